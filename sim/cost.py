@@ -1,0 +1,73 @@
+"""Cost and energy: $/GPU-hour, $/M tokens and J/token from a run's throughput and utilization.
+
+* $/GPU-h. Rental: ``hardware.price_usd_per_gpu_h`` or the GPU's catalog tier (``cost.price_tier``).
+  TCO: capex / (amortization years x 8760 h) + hosting ($/kW-month x kW / 730 h, kW = the GPU's
+  all-in share of node power, else TDP) + electricity at the realized power x PUE + other opex.
+* $/M tokens at realized utilization = GPUs x window hours x $/GPU-h / tokens x 1e6, so idle and
+  over-provisioned capacity costs what it costs (output tokens, and input + output tokens).
+* The figure published benchmarks use, $/GPU-h / (tok/s/GPU x 3600) x 1e6, equals the realized
+  figure over the same window; ``usd_per_m_total_tokens_busy`` charges only busy GPU-time, i.e. the
+  cost if the idle share were sold elsewhere: the full-load figure of this batch behaviour.
+* $ per million SLO-meeting output tokens: the same cost over goodput tokens.
+* Power per GPU = idle + (TDP - idle) x busy fraction; facility energy = power x PUE x time.
+"""
+
+from __future__ import annotations
+
+from sim.scenario import Scenario
+
+HOURS_PER_YEAR = 8760.0
+HOURS_PER_MONTH = 730.0
+
+
+def power_w_per_gpu(sc: Scenario, busy_fraction: float) -> float:
+    g = sc.hardware.gpu
+    return g.idle_w + (g.tdp_w - g.idle_w) * min(1.0, max(0.0, busy_fraction))
+
+
+def price_usd_per_gpu_h(sc: Scenario, busy_fraction: float) -> float:
+    c, g = sc.cost, sc.hardware.gpu
+    if c.mode == "tco":
+        assert c.tco is not None
+        kw = g.all_in_kw if g.all_in_kw is not None else g.tdp_w / 1000.0
+        capex = c.tco.capex_usd_per_gpu / (c.tco.amortization_years * HOURS_PER_YEAR)
+        hosting = c.tco.hosting_usd_per_kw_month * kw / HOURS_PER_MONTH
+        energy = power_w_per_gpu(sc, busy_fraction) / 1000.0 * c.pue * c.electricity_usd_per_kwh
+        return capex + hosting + energy + c.tco.other_opex_usd_per_gpu_h
+    if sc.hardware.price_usd_per_gpu_h is not None:
+        return sc.hardware.price_usd_per_gpu_h
+    price = getattr(g.prices_usd_per_gpu_h, c.price_tier)
+    assert price is not None, "validated in Scenario"
+    return price
+
+
+def _per_m(usd: float, tokens: float) -> float:
+    return usd / tokens * 1e6 if tokens > 0 else float("inf")
+
+
+def cost_summary(sc: Scenario, s: dict[str, float]) -> dict[str, float]:
+    """Cost and energy figures from a summary made by metrics.summarize."""
+    busy = s["gpu_busy_fraction"]
+    window_h = s["window_s"] / 3600.0
+    gpu_h = sc.gpus * window_h
+    price = price_usd_per_gpu_h(sc, busy)
+    usd = gpu_h * price
+    out_tok, total_tok = s["output_tokens"], s["output_tokens"] + s["input_tokens"]
+    good_tok = s["goodput_output_tok_per_s"] * s["window_s"]
+    power_w = power_w_per_gpu(sc, busy)
+    facility_j = power_w * sc.cost.pue * sc.gpus * s["window_s"]
+    facility_mw = power_w * sc.cost.pue * sc.gpus / 1e6
+    return {
+        "price_usd_per_gpu_h": price,
+        "gpu_hours": gpu_h,
+        "cost_usd": usd,
+        "usd_per_m_output_tokens": _per_m(usd, out_tok),
+        "usd_per_m_total_tokens": _per_m(usd, total_tok),
+        "usd_per_m_total_tokens_busy": _per_m(usd * busy, total_tok),
+        "usd_per_m_slo_output_tokens": _per_m(usd, good_tok),
+        "power_w_per_gpu": power_w,
+        "energy_kwh": facility_j / 3.6e6,
+        "joules_per_output_token": facility_j / out_tok if out_tok > 0 else float("inf"),
+        "joules_per_total_token": facility_j / total_tok if total_tok > 0 else float("inf"),
+        "total_tok_per_s_per_mw": s["total_tok_per_s"] / facility_mw if facility_mw > 0 else float("nan"),
+    }

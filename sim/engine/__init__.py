@@ -1,0 +1,1 @@
+"""Replica engine: requests, the decode set, and the continuous-batching replica process."""

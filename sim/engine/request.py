@@ -1,0 +1,55 @@
+"""One inference request and its life-cycle state inside a replica.
+
+A request arrives with `input_tokens` of prompt and asks for `output_tokens`. The iteration that
+finishes its prefill samples output token 1 (that instant is the first token, TTFT); each later
+decode iteration feeds the last token back, writes its KV and samples one more. So a request's KV
+holds prompt + generated - 1 tokens while decoding, and it finishes after output_tokens - 1 decode
+steps. On preemption by recompute its prompt becomes prompt + generated and it is prefilled again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    WAITING = 0
+    RUNNING = 1
+    DONE = 2
+    REJECTED = 3
+
+
+class Request:
+    """Mutable per-request state (slots for speed: the engine touches these in its inner loop)."""
+
+    __slots__ = (
+        "id", "arrival_s", "input_tokens", "output_tokens", "replica", "status", "reject_reason",
+        "generated", "prefill_target", "prefilled", "swapped_kv", "blocks", "admit_s", "first_token_s",
+        "finish_s", "preemptions", "input_counted", "seq", "base", "finish_g", "in_decode", "on_done",
+    )
+
+    def __init__(self, rid: int, arrival_s: float, input_tokens: int, output_tokens: int,
+                 on_done: Callable[[Request], None] | None = None) -> None:
+        self.id = rid
+        self.arrival_s = arrival_s
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.replica = -1
+        self.status = Status.WAITING
+        self.reject_reason = ""
+        self.generated = 0          # output tokens sampled so far
+        self.prefill_target = input_tokens  # tokens the current prefill must cover
+        self.prefilled = 0          # tokens of prefill_target already in KV
+        self.swapped_kv = 0         # KV tokens held in host memory after a swap preemption
+        self.blocks = 0             # KV blocks held while not in the decode set
+        self.admit_s = -1.0         # first time scheduled
+        self.first_token_s = -1.0
+        self.finish_s = -1.0
+        self.preemptions = 0
+        self.input_counted = 0      # prompt tokens already counted as processed input
+        self.seq = 0                # admission order on its replica (LIFO preemption)
+        self.base = 0               # decode set: kv_tokens = base + G (global decode step)
+        self.finish_g = 0           # decode set: G at which the last token is sampled
+        self.in_decode = False
+        self.on_done = on_done

@@ -1,0 +1,131 @@
+"""Build and run one simulation: Scenario + seed -> Result (DataFrames + summary).
+
+``build`` wires a SimPy environment: the step-time model, one Replica per `serving.replicas`, the
+router, and either the open-loop arrival source or the closed-loop clients, all drawing from named
+random streams of one root seed. ``run`` executes it until every request has finished or
+`duration_s + drain_timeout_s`, then turns the records into DataFrames and the summary.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any
+
+import pandas as pd
+import simpy
+
+from sim import cost as cost_mod
+from sim import metrics
+from sim.cluster import Cluster, closed_loop_client, open_loop_source
+from sim.engine.replica import IterRecord, Replica
+from sim.engine.request import Request
+from sim.perf import StepModel
+from sim.scenario import ClosedLoop, MemoryPlan, Scenario, memory_plan
+from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams
+
+
+@dataclass
+class Simulation:
+    """A wired, not yet run, simulation (exposed for tests and notebooks)."""
+
+    scenario: Scenario
+    seed: int
+    env: simpy.Environment
+    cluster: Cluster
+    step_model: StepModel
+    memory: MemoryPlan
+    requests: list[Request] = field(default_factory=list)
+    records: list[IterRecord] = field(default_factory=list)
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return self.cluster.replicas
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    seed: int
+    requests: pd.DataFrame
+    iterations: pd.DataFrame
+    summary: dict[str, Any]
+    memory: MemoryPlan
+    sim_end_s: float
+    wall_s: float
+
+
+def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Simulation:
+    """Wire a simulation. allow_jumps=False advances decode one step per event (reference mode)."""
+    seed = sc.seed if seed is None else seed
+    streams = rng_streams(seed)
+    env = simpy.Environment()
+    step = StepModel.from_scenario(sc)
+    mem = memory_plan(sc)
+    s = sc.serving
+    block_bytes = mem.kv_bytes_per_token_per_gpu * s.kv_cache.block_tokens
+    sliding = sc.model.sliding_kv_bytes_per_request(s.precision.kv_cache, s.parallelism.tp)
+    sliding_blocks = math.ceil(sliding / block_bytes) if sliding else 0
+    sim = Simulation(sc, seed, env, None, step, mem)  # type: ignore[arg-type]
+
+    def on_finish(r: Request) -> None:
+        if r.on_done is not None:
+            r.on_done(r)
+
+    replicas = [
+        Replica(env, i, step, mem.kv_blocks, block_tokens=s.kv_cache.block_tokens, sliding_blocks=sliding_blocks,
+                max_num_seqs=s.batching.max_num_seqs, max_num_batched_tokens=s.batching.max_num_batched_tokens,
+                chunked_prefill=s.batching.chunked_prefill, max_waiting=s.batching.max_waiting,
+                preemption=s.batching.preemption, watermark_fraction=s.kv_cache.watermark_fraction,
+                max_context_tokens=sc.model.max_context_tokens, on_finish=on_finish, records=sim.records,
+                allow_jumps=allow_jumps)
+        for i in range(s.replicas)
+    ]
+    sim.cluster = Cluster(env, replicas, s.router)
+    arrivals = sc.workload.arrivals
+    if isinstance(arrivals, ClosedLoop):
+        lengths = ClosedLoopLengths(sc, streams)
+        ids = count()
+        for _ in range(arrivals.clients):
+            env.process(closed_loop_client(env, sim.cluster, arrivals, lengths, streams["think_time"],
+                                           sc.duration_s, sim.requests, ids.__next__))
+    else:
+        env.process(open_loop_source(env, sim.cluster, open_loop_requests(sc, streams), sim.requests))
+    return sim
+
+
+def execute(sim: Simulation, progress: Callable[[float], None] | None = None) -> Result:
+    """Run a built simulation to the end. `progress(sim_time_s)` is called about 100 times."""
+    sc = sim.scenario
+    t_wall = time.perf_counter()
+    end_s = sc.duration_s + sc.drain_timeout_s
+    if progress is None:
+        sim.env.run(until=end_s)
+    else:
+        step_s = sc.duration_s / 100.0
+        t = step_s
+        while t < end_s and sim.env.peek() != float("inf"):
+            sim.env.run(until=t)
+            progress(t)
+            t += step_s
+        sim.env.run(until=max(end_s, sim.env.now + 1e-9))
+    sim_end = max((r[2] for r in sim.records), default=0.0)
+    req = metrics.requests_frame(sim.requests, sc)
+    it = metrics.iterations_frame(sim.records)
+    summary: dict[str, Any] = metrics.summarize(sc, req, it, sim.memory.kv_blocks)
+    summary.update(cost_mod.cost_summary(sc, summary))
+    summary["kv_blocks_per_replica"] = sim.memory.kv_blocks
+    summary["kv_capacity_tokens_per_replica"] = sim.memory.kv_blocks * sc.serving.kv_cache.block_tokens
+    wall = time.perf_counter() - t_wall
+    summary["sim_end_s"] = sim_end
+    summary["wall_s"] = wall
+    summary["sim_requests_per_wall_s"] = len(sim.requests) / wall if wall > 0 else float("inf")
+    return Result(sc, sim.seed, req, it, summary, sim.memory, sim_end, wall)
+
+
+def run(sc: Scenario, seed: int | None = None) -> Result:
+    """Simulate a scenario. `seed` overrides the scenario's seed (same seed -> same result)."""
+    return execute(build(sc, seed))

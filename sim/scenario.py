@@ -1,0 +1,470 @@
+"""Scenario schema: what a user writes in a scenario YAML file, validated and frozen.
+
+Pydantic v2 models with ``extra="forbid"`` (unknown keys are errors) and ``frozen=True``.
+Catalog names (``model: llama-3.1-70b``, ``hardware.gpu: h200``) are resolved to full specs at
+load time, so a loaded Scenario is self-contained and can be dumped as the "resolved scenario".
+Cross-field checks (tensor parallelism vs heads, precision support, memory fit, batching
+limits) run here so that a bad file fails before any simulation starts. Every key is documented
+in docs/scenario-reference.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec, Precision, gpu_catalog, model_catalog
+from sim.errors import InputError
+
+BUNDLED_PREFIX = "bundled:"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def resolve_data_path(value: str, info: ValidationInfo | None, field: str) -> str:
+    """Turn a user path into an absolute one: ``bundled:NAME`` is a file shipped in
+    sim/data/traces; a relative path is relative to the scenario file's folder."""
+    if value.startswith(BUNDLED_PREFIX):
+        path = Path(__file__).parent / "data" / "traces" / value[len(BUNDLED_PREFIX):]
+    else:
+        path = Path(value).expanduser()
+        base = (info.context or {}).get("base_dir") if info is not None else None
+        if not path.is_absolute() and base is not None:
+            path = Path(base) / path
+    if not path.is_file():
+        raise ValueError(f"file not found: {value!r} (looked at {path})")
+    return str(path.resolve())
+
+
+# ---- workload ---------------------------------------------------------------------------------
+
+class Poisson(_Frozen):
+    kind: Literal["poisson"]
+    rate_per_s: float = Field(gt=0)
+
+
+class GammaArrivals(_Frozen):
+    """Renewal process with Gamma inter-arrival times: cv > 1 is burstier than Poisson."""
+
+    kind: Literal["gamma"]
+    rate_per_s: float = Field(gt=0)
+    cv: float = Field(gt=0, description="coefficient of variation of inter-arrival times")
+
+
+class RateSegment(_Frozen):
+    duration_s: float = Field(gt=0)
+    rate_per_s: float = Field(ge=0)
+
+
+class Piecewise(_Frozen):
+    """Poisson arrivals whose rate is constant within each segment; `repeat` cycles them."""
+
+    kind: Literal["piecewise"]
+    segments: list[RateSegment] = Field(min_length=1)
+    repeat: bool = True
+
+
+class Diurnal(_Frozen):
+    """Poisson with rate(t) = mean x (1 + amplitude x sin(2 pi (t + phase) / period))."""
+
+    kind: Literal["diurnal"]
+    mean_rate_per_s: float = Field(gt=0)
+    amplitude: float = Field(ge=0, le=1)
+    period_s: float = Field(default=86400.0, gt=0)
+    phase_s: float = 0.0
+
+
+class ClosedLoop(_Frozen):
+    """N clients, each sends a request, waits for its last token, thinks, and repeats."""
+
+    kind: Literal["closed_loop"]
+    clients: int = Field(ge=1)
+    think_time_s: float = Field(default=0.0, ge=0)
+    think_time_dist: Literal["fixed", "exponential"] = "fixed"
+
+
+Arrivals = Annotated[Poisson | GammaArrivals | Piecewise | Diurnal | ClosedLoop, Field(discriminator="kind")]
+
+
+class FixedLen(_Frozen):
+    kind: Literal["fixed"]
+    value: int = Field(ge=1)
+
+
+class UniformLen(_Frozen):
+    """Integers uniform on [low, high] inclusive."""
+
+    kind: Literal["uniform"]
+    low: int = Field(ge=1)
+    high: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> UniformLen:
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) < low ({self.low})")
+        return self
+
+
+class LognormalLen(_Frozen):
+    """Lognormal with the given mean and coefficient of variation, rounded to integers >= 1."""
+
+    kind: Literal["lognormal"]
+    mean: float = Field(gt=0)
+    cv: float = Field(gt=0)
+
+
+class EmpiricalLen(_Frozen):
+    """Resample (with replacement) a column of a CSV file, e.g. lengths from a real trace."""
+
+    kind: Literal["empirical"]
+    path: str
+    column: str
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str, info: ValidationInfo) -> str:
+        return resolve_data_path(v, info, "path")
+
+
+LengthDist = Annotated[FixedLen | UniformLen | LognormalLen | EmpiricalLen, Field(discriminator="kind")]
+
+
+class Trace(_Frozen):
+    """Replay a request trace: Azure LLM inference CSV or Mooncake JSONL."""
+
+    format: Literal["azure", "mooncake"]
+    path: str
+    rate_scale: float = Field(default=1.0, gt=0, description="2.0 replays twice as fast")
+    start_s: float = Field(default=0.0, ge=0, description="skip this much of the trace's start")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str, info: ValidationInfo) -> str:
+        return resolve_data_path(v, info, "path")
+
+
+class Workload(_Frozen):
+    arrivals: Arrivals | None = None
+    input_tokens: LengthDist | None = None
+    output_tokens: LengthDist | None = None
+    trace: Trace | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Workload:
+        if self.trace is not None:
+            if self.input_tokens is not None or self.output_tokens is not None:
+                raise ValueError("workload.trace gives the lengths: drop input_tokens/output_tokens")
+            if self.arrivals is not None and self.arrivals.kind != "closed_loop":
+                raise ValueError("workload.trace gives the arrival times: drop arrivals (or use closed_loop)")
+        else:
+            missing = [k for k in ("arrivals", "input_tokens", "output_tokens") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"workload needs either a trace or all of arrivals/input_tokens/output_tokens; missing {missing}")
+        return self
+
+
+# ---- hardware, serving ----------------------------------------------------------------------
+
+class Hardware(_Frozen):
+    gpu: GpuSpec
+    price_usd_per_gpu_h: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        overrides = data.pop("overrides", None) or {}
+        gpu = data.get("gpu")
+        if isinstance(gpu, str):
+            cat = gpu_catalog()
+            if gpu not in cat:
+                raise ValueError(f"unknown GPU {gpu!r}; catalog has: {', '.join(cat)}")
+            base = cat[gpu].model_dump()
+        elif isinstance(gpu, dict):
+            base = dict(gpu)
+        else:
+            return data
+        if not isinstance(overrides, dict):
+            raise ValueError(f"overrides must be a mapping, got {overrides!r}")
+        data["gpu"] = {**base, **overrides}
+        return data
+
+
+class PrecisionCfg(_Frozen):
+    weights: Precision = "bf16"
+    kv_cache: Precision = "bf16"
+    compute: Precision | None = Field(default=None, description="defaults to the weights precision")
+
+    @property
+    def compute_precision(self) -> str:
+        return self.compute or self.weights
+
+
+class Parallelism(_Frozen):
+    tp: int = Field(default=1, ge=1)
+
+
+class Batching(_Frozen):
+    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    chunked_prefill: bool = True
+    max_waiting: int = Field(default=4096, ge=1, description="bounded waiting queue per replica")
+    preemption: Literal["recompute", "swap"] = "recompute"
+
+    @model_validator(mode="after")
+    def _check(self) -> Batching:
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
+                f"({self.max_num_seqs}) so every running sequence can decode each step"
+            )
+        return self
+
+
+class KvCacheCfg(_Frozen):
+    block_tokens: int = Field(default=16, ge=1)
+    gpu_memory_fraction: float = Field(default=0.90, gt=0, le=1)
+    activation_reserve_gb: float | None = Field(
+        default=None, ge=0, description="per-GPU memory kept for activations; default derived from the batch"
+    )
+    watermark_fraction: float = Field(default=0.01, ge=0, lt=1)
+
+
+class Serving(_Frozen):
+    precision: PrecisionCfg = PrecisionCfg()
+    parallelism: Parallelism = Parallelism()
+    replicas: int = Field(default=1, ge=1)
+    batching: Batching = Batching()
+    kv_cache: KvCacheCfg = KvCacheCfg()
+    router: Literal["round_robin", "least_outstanding", "least_kv_load"] = "least_outstanding"
+    frontend_overhead_s: float = Field(default=0.0, ge=0, description="per-request fixed latency added to TTFT/E2E")
+
+
+class PerfCfg(_Frozen):
+    """Step-time model parameters (see docs/model-assumptions in sim/perf.py)."""
+
+    hbm_bw_efficiency: float = Field(default=0.80, gt=0, le=1)
+    compute_efficiency: float = Field(default=0.55, gt=0, le=1)
+    comm_efficiency: float = Field(default=0.70, gt=0, le=1)
+    collective_latency_s: float = Field(default=8e-6, ge=0)
+    iteration_overhead_s: float = Field(default=1.5e-3, ge=0)
+    activation_traffic_factor: float = Field(default=1.0, ge=0)
+
+
+class Slo(_Frozen):
+    ttft_s: float = Field(default=2.0, gt=0)
+    tpot_s: float = Field(default=0.1, gt=0)
+    percentile: float = Field(default=99.0, gt=0, le=100)
+
+
+class Tco(_Frozen):
+    capex_usd_per_gpu: float = Field(gt=0, description="purchase price per GPU incl. its share of the server")
+    amortization_years: float = Field(default=5.0, gt=0)
+    hosting_usd_per_kw_month: float = Field(default=200.0, ge=0)
+    other_opex_usd_per_gpu_h: float = Field(default=0.0, ge=0)
+
+
+class Cost(_Frozen):
+    mode: Literal["rental", "tco"] = "rental"
+    price_tier: Literal["hyperscaler", "neocloud", "rental"] = "rental"
+    electricity_usd_per_kwh: float = Field(default=0.08, ge=0)
+    pue: float = Field(default=1.2, ge=1)
+    tco: Tco | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Cost:
+        if self.mode == "tco" and self.tco is None:
+            raise ValueError("cost.mode 'tco' needs a cost.tco block (capex_usd_per_gpu, ...)")
+        return self
+
+
+class Scenario(_Frozen):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    description: str = ""
+    seed: int = Field(default=0, ge=0)
+    duration_s: float = Field(gt=0, description="arrivals stop here; in-flight requests finish")
+    warmup_s: float = Field(default=0.0, ge=0)
+    drain_timeout_s: float = Field(default=3600.0, ge=0, description="max simulated time after duration_s")
+    model: ModelSpec
+    hardware: Hardware
+    serving: Serving = Serving()
+    workload: Workload
+    slo: Slo = Slo()
+    cost: Cost = Cost()
+    perf: PerfCfg = PerfCfg()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            cat = model_catalog()
+            if v not in cat:
+                raise ValueError(f"unknown model {v!r}; catalog has: {', '.join(cat)}")
+            return cat[v]
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> Scenario:
+        m, g, s = self.model, self.hardware.gpu, self.serving
+        tp = s.parallelism.tp
+        if self.warmup_s >= self.duration_s:
+            raise ValueError(f"warmup_s ({self.warmup_s}) must be < duration_s ({self.duration_s})")
+        if m.q_heads % tp:
+            raise ValueError(f"serving.parallelism.tp={tp} does not divide the model's {m.q_heads} attention heads")
+        if m.attention.kind == "gqa" and m.kv_heads % tp and tp % m.kv_heads:
+            raise ValueError(f"serving.parallelism.tp={tp} and the model's {m.kv_heads} KV heads do not divide")
+        if tp > g.scale_up_domain:
+            raise ValueError(f"serving.parallelism.tp={tp} exceeds the GPU's scale-up domain ({g.scale_up_domain})")
+        p = s.precision
+        if g.peak_flops(p.compute_precision) is None:
+            raise ValueError(
+                f"serving.precision.compute={p.compute_precision!r}: GPU {g.name!r} has no {p.compute_precision} tensor cores"
+            )
+        for field in ("weights", "kv_cache", "compute"):
+            if getattr(p, field) == "fp4" and g.tflops.fp4 is None:
+                raise ValueError(f"serving.precision.{field}='fp4': GPU {g.name!r} has no FP4 support")
+        c = self.cost
+        if c.mode == "rental" and self.hardware.price_usd_per_gpu_h is None \
+                and getattr(g.prices_usd_per_gpu_h, c.price_tier) is None:
+            raise ValueError(
+                f"cost.price_tier={c.price_tier!r}: GPU {g.name!r} has no such catalog price; "
+                "set hardware.price_usd_per_gpu_h or pick another tier"
+            )
+        mem = memory_plan(self)
+        if mem.kv_blocks < 1:
+            raise ValueError(
+                f"model does not fit: {m.name} needs {mem.weights_gb_per_gpu:.1f} GB of weights per GPU "
+                f"+ {mem.activation_gb_per_gpu:.1f} GB activations, but serving.kv_cache.gpu_memory_fraction="
+                f"{s.kv_cache.gpu_memory_fraction} of {g.hbm_gb} GB leaves no room for KV cache (raise tp or lower precision)"
+            )
+        return self
+
+    @property
+    def gpus(self) -> int:
+        return self.serving.replicas * self.serving.parallelism.tp
+
+
+class MemoryPlan(BaseModel):
+    """Per-GPU memory split of one replica, GB (1e9 bytes), and the KV blocks it leaves."""
+
+    weights_gb_per_gpu: float
+    activation_gb_per_gpu: float
+    kv_gb_per_gpu: float
+    kv_bytes_per_token_per_gpu: float
+    kv_blocks: int
+
+
+def memory_plan(sc: Scenario) -> MemoryPlan:
+    """HBM x fraction - weights - activations = KV space; blocks = KV space / block bytes."""
+    m, g, s = sc.model, sc.hardware.gpu, sc.serving
+    tp = s.parallelism.tp
+    wbytes = BYTES_PER_ELEMENT[s.precision.weights]
+    weights_gb = m.params_total * wbytes / tp / 1e9
+    if s.kv_cache.activation_reserve_gb is not None:
+        act_gb = s.kv_cache.activation_reserve_gb
+    else:
+        # Peak activations of one forward pass over the token budget: hidden and gated-MLP
+        # intermediates (bf16) plus fp32 logits of the sampled rows; 1 GB floor for the
+        # CUDA context, graphs and workspace.
+        per_token = 2 * (4 * m.hidden + 2 * max(m.ffn_dim, m.moe.expert_ffn_dim if m.moe else 0) / tp)
+        logits = 4 * m.vocab / tp * s.batching.max_num_seqs
+        act_gb = 1.0 + (per_token * s.batching.max_num_batched_tokens + logits) / 1e9
+    kv_gb = g.hbm_gb * s.kv_cache.gpu_memory_fraction - weights_gb - act_gb
+    kv_bpt = m.kv_bytes_per_token(s.precision.kv_cache, tp)
+    blocks = int(max(0.0, kv_gb) * 1e9 // (kv_bpt * s.kv_cache.block_tokens))
+    return MemoryPlan(
+        weights_gb_per_gpu=weights_gb,
+        activation_gb_per_gpu=act_gb,
+        kv_gb_per_gpu=max(0.0, kv_gb),
+        kv_bytes_per_token_per_gpu=kv_bpt,
+        kv_blocks=blocks,
+    )
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors(include_url=False):
+        loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x in _UNION_TAGS))
+        msg = e["msg"].removeprefix("Value error, ")
+        inp = e.get("input")
+        shown = "" if isinstance(inp, dict | list) or e["type"] == "missing" else f" (got {inp!r})"
+        where = f"{loc}: " if loc else ""
+        lines.append(f"{source}: {where}{msg}{shown}")
+    return "\n".join(lines)
+
+
+# Tags pydantic inserts into error locations for discriminated unions; not user field names.
+_UNION_TAGS = {"poisson", "gamma", "piecewise", "diurnal", "closed_loop", "fixed", "uniform", "lognormal", "empirical",
+               "GpuSpec", "ModelSpec"}
+
+
+def scenario_from_dict(data: Any, source: str = "scenario", base_dir: str | Path | None = None) -> Scenario:
+    """Validate a mapping into a Scenario; raise InputError with one line per problem."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: the file must hold a mapping of scenario keys, got {type(data).__name__}")
+    try:
+        return Scenario.model_validate(data, context={"base_dir": str(base_dir) if base_dir else None})
+    except ValidationError as err:
+        raise InputError(_format_validation_error(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file, turning I/O and syntax problems into InputError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{p}: file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{p}: cannot read: {err}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise InputError(f"{p}: malformed YAML{where}: {problem}") from None
+
+
+def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
+    """Load and validate a scenario file. `overrides` maps dotted keys to values
+    (e.g. {"duration_s": 60}) applied before validation."""
+    p = Path(path)
+    data = read_yaml(p)
+    if isinstance(data, dict):
+        data = dict(data)
+        data.pop("sweep", None)  # sweep files are scenarios plus a sweep block
+        for key, value in (overrides or {}).items():
+            set_dotted(data, key, value)
+    return scenario_from_dict(data, source=str(p), base_dir=p.parent)
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """Set data['a']['b'] for key 'a.b', creating mappings on the way."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        else:
+            nxt = dict(nxt)
+            node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value

@@ -1,0 +1,315 @@
+"""Workload: request arrivals, prompt/output lengths, and trace readers.
+
+* Random streams: one root seed split into named, independent streams with
+  ``np.random.SeedSequence(seed, spawn_key=(crc32(name),))``, so adding a stream never shifts
+  another and every component draws from its own generator (design brief, "Randomness").
+* Open-loop arrivals up to ``duration_s``: Poisson (exponential gaps); Gamma renewal with a
+  coefficient of variation (shape 1/cv^2, so cv > 1 is burstier than Poisson); piecewise-constant
+  Poisson rate; diurnal sinusoidal rate by thinning (Lewis & Shedler).
+* Lengths: fixed; uniform integers; lognormal from mean m and cv (sigma^2 = ln(1 + cv^2),
+  mu = ln m - sigma^2 / 2), rounded to the nearest integer and floored at 1 token; empirical
+  resampling of a CSV column.
+* Traces: Azure LLM inference CSV (2023 and 2024 share the columns TIMESTAMP, ContextTokens,
+  GeneratedTokens) and Mooncake JSONL (timestamp in ms, input_length, output_length, hash_ids).
+  ``rate_scale`` divides inter-arrival times (2.0 replays twice as fast); ``start_s`` skips the
+  head of the trace.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sim.errors import InputError
+from sim.scenario import (
+    ClosedLoop,
+    Diurnal,
+    EmpiricalLen,
+    FixedLen,
+    GammaArrivals,
+    LengthDist,
+    LognormalLen,
+    Piecewise,
+    Poisson,
+    Scenario,
+    Trace,
+    UniformLen,
+)
+
+STREAMS = ("arrivals", "input_tokens", "output_tokens", "think_time", "routing")
+
+
+def rng_streams(seed: int) -> dict[str, np.random.Generator]:
+    """Named independent generators derived from one root seed."""
+    return {
+        name: np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(zlib.crc32(name.encode()),))))
+        for name in STREAMS
+    }
+
+
+@dataclass(frozen=True)
+class OpenLoopRequests:
+    """Pre-drawn open-loop requests, sorted by arrival time."""
+
+    arrival_s: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+
+# ---- arrival processes --------------------------------------------------------------------
+
+def _renewal(rng: np.random.Generator, duration_s: float, mean_gap_s: float, draw) -> np.ndarray:
+    """Cumulative sums of i.i.d. gaps until duration_s, drawn in vectorised chunks."""
+    out: list[np.ndarray] = []
+    t0 = 0.0
+    chunk = max(64, int(duration_s / mean_gap_s * 1.1) + 16)
+    while True:
+        times = t0 + np.cumsum(draw(rng, chunk))
+        if times[-1] >= duration_s:
+            out.append(times[times < duration_s])
+            break
+        out.append(times)
+        t0 = float(times[-1])
+    return np.concatenate(out)
+
+
+def poisson_arrivals(rng: np.random.Generator, rate_per_s: float, duration_s: float) -> np.ndarray:
+    gap = 1.0 / rate_per_s
+    return _renewal(rng, duration_s, gap, lambda r, n: r.exponential(gap, n))
+
+
+def gamma_arrivals(rng: np.random.Generator, rate_per_s: float, cv: float, duration_s: float) -> np.ndarray:
+    shape = 1.0 / (cv * cv)
+    scale = 1.0 / (rate_per_s * shape)
+    return _renewal(rng, duration_s, 1.0 / rate_per_s, lambda r, n: r.gamma(shape, scale, n))
+
+
+def piecewise_arrivals(rng: np.random.Generator, spec: Piecewise, duration_s: float) -> np.ndarray:
+    out = []
+    t = 0.0
+    while t < duration_s:
+        for seg in spec.segments:
+            end = min(t + seg.duration_s, duration_s)
+            if seg.rate_per_s > 0 and end > t:
+                out.append(t + poisson_arrivals(rng, seg.rate_per_s, end - t))
+            t = end
+            if t >= duration_s:
+                break
+        if not spec.repeat:
+            break
+    return np.concatenate(out) if out else np.empty(0)
+
+
+def diurnal_arrivals(rng: np.random.Generator, spec: Diurnal, duration_s: float) -> np.ndarray:
+    peak = spec.mean_rate_per_s * (1.0 + spec.amplitude)
+    cand = poisson_arrivals(rng, peak, duration_s)
+    rate = spec.mean_rate_per_s * (1.0 + spec.amplitude * np.sin(2 * np.pi * (cand + spec.phase_s) / spec.period_s))
+    keep = rng.random(len(cand)) * peak < rate
+    return cand[keep]
+
+
+def draw_arrivals(rng: np.random.Generator, spec, duration_s: float) -> np.ndarray:
+    match spec:
+        case Poisson():
+            return poisson_arrivals(rng, spec.rate_per_s, duration_s)
+        case GammaArrivals():
+            return gamma_arrivals(rng, spec.rate_per_s, spec.cv, duration_s)
+        case Piecewise():
+            return piecewise_arrivals(rng, spec, duration_s)
+        case Diurnal():
+            return diurnal_arrivals(rng, spec, duration_s)
+    raise TypeError(f"not an open-loop arrival process: {spec!r}")
+
+
+# ---- lengths ------------------------------------------------------------------------------
+
+class LengthSampler:
+    """Draws token counts for one length distribution; `draw(n)` returns int64 >= 1."""
+
+    def __init__(self, spec: LengthDist, rng: np.random.Generator, field: str) -> None:
+        self.spec, self.rng = spec, rng
+        self._values: np.ndarray | None = None
+        if isinstance(spec, EmpiricalLen):
+            self._values = read_length_column(spec.path, spec.column, field)
+
+    def draw(self, n: int) -> np.ndarray:
+        s, r = self.spec, self.rng
+        match s:
+            case FixedLen():
+                return np.full(n, s.value, dtype=np.int64)
+            case UniformLen():
+                return r.integers(s.low, s.high + 1, n, dtype=np.int64)
+            case LognormalLen():
+                sigma2 = np.log1p(s.cv * s.cv)
+                mu = np.log(s.mean) - sigma2 / 2.0
+                return np.maximum(1, np.rint(r.lognormal(mu, np.sqrt(sigma2), n))).astype(np.int64)
+            case EmpiricalLen():
+                assert self._values is not None
+                return r.choice(self._values, n)
+        raise TypeError(f"unknown length distribution {s!r}")
+
+
+def read_length_column(path: str, column: str, field: str) -> np.ndarray:
+    try:
+        df = pd.read_csv(path)
+    except Exception as err:  # pandas raises many parser error types
+        raise InputError(f"{path}: cannot read CSV for {field}: {err}") from None
+    if column not in df.columns:
+        raise InputError(f"{field}.column: {column!r} is not a column of {path} (columns: {list(df.columns)})")
+    vals = pd.to_numeric(df[column], errors="coerce")
+    bad = vals.isna() | (vals < 1) | (vals != np.floor(vals))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(f"{path}: line {i + 2}: column {column!r} must be a positive integer, got {df[column].iloc[i]!r}")
+    if len(vals) == 0:
+        raise InputError(f"{path}: column {column!r} is empty")
+    return vals.to_numpy(dtype=np.int64)
+
+
+# ---- traces -------------------------------------------------------------------------------
+
+def read_azure_trace(path: str | Path) -> pd.DataFrame:
+    """Azure LLM inference CSV -> DataFrame(arrival_s, input_tokens, output_tokens), t0 = 0."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as err:
+        raise InputError(f"{path}: cannot read Azure trace CSV: {err}") from None
+    need = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: Azure trace lacks column(s) {missing}; has {list(df.columns)}")
+    ts = pd.to_datetime(df["TIMESTAMP"], errors="coerce", format="mixed")
+    _check_col(path, df["TIMESTAMP"], ts.isna(), "TIMESTAMP", "a timestamp")
+    inp = pd.to_numeric(df["ContextTokens"], errors="coerce")
+    _check_col(path, df["ContextTokens"], inp.isna() | (inp < 1) | (inp % 1 != 0), "ContextTokens", "an integer >= 1")
+    out = pd.to_numeric(df["GeneratedTokens"], errors="coerce")
+    _check_col(path, df["GeneratedTokens"], out.isna() | (out < 0) | (out % 1 != 0), "GeneratedTokens", "an integer >= 0")
+    t = (ts - ts.min()).dt.total_seconds().to_numpy()
+    return _trace_frame(t, inp.to_numpy(), out.to_numpy())
+
+
+def read_mooncake_trace(path: str | Path) -> pd.DataFrame:
+    """Mooncake JSONL -> DataFrame(arrival_s, input_tokens, output_tokens[, hash_ids])."""
+    t, inp, out, hashes = [], [], [], []
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"{path}: cannot read Mooncake trace: {err}") from None
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}: line {lineno}: malformed JSON: {err.msg}") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}: line {lineno}: expected a JSON object, got {line.strip()[:60]!r}")
+            for key, lo in (("timestamp", 0), ("input_length", 1), ("output_length", 0)):
+                v = row.get(key)
+                if isinstance(v, bool) or not isinstance(v, int | float) or v < lo or v != int(v):
+                    raise InputError(f"{path}: line {lineno}: field {key!r} must be an integer >= {lo}, got {v!r}")
+            t.append(row["timestamp"] / 1000.0)
+            inp.append(int(row["input_length"]))
+            out.append(int(row["output_length"]))
+            hashes.append(row.get("hash_ids"))
+    if not t:
+        raise InputError(f"{path}: the trace holds no requests")
+    df = _trace_frame(np.asarray(t) - min(t), np.asarray(inp), np.asarray(out))
+    df["hash_ids"] = [hashes[i] for i in df.index]  # kept for prefix reuse
+    return df
+
+
+def _check_col(path, raw: pd.Series, bad: pd.Series, col: str, what: str) -> None:
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(f"{path}: line {i + 2}: column {col!r} must be {what}, got {raw.iloc[i]!r}")
+    if len(raw) == 0:
+        raise InputError(f"{path}: the trace holds no requests")
+
+
+def _trace_frame(t: np.ndarray, inp: np.ndarray, out: np.ndarray) -> pd.DataFrame:
+    df = pd.DataFrame({"arrival_s": t.astype(float), "input_tokens": inp.astype(np.int64),
+                       "output_tokens": out.astype(np.int64)})
+    return df.sort_values("arrival_s", kind="stable").reset_index(drop=True)
+
+
+def read_trace(spec: Trace) -> pd.DataFrame:
+    return read_azure_trace(spec.path) if spec.format == "azure" else read_mooncake_trace(spec.path)
+
+
+def trace_requests(spec: Trace, duration_s: float) -> OpenLoopRequests:
+    df = read_trace(spec)
+    t = (df["arrival_s"].to_numpy() - spec.start_s) / spec.rate_scale
+    keep = (t >= 0) & (t < duration_s)
+    # A request that asks for no output still gets its prompt processed and one token back
+    # (serving engines sample at least once); count it as 1 output token.
+    out = np.maximum(1, df["output_tokens"].to_numpy()[keep])
+    return OpenLoopRequests(t[keep], df["input_tokens"].to_numpy()[keep], out)
+
+
+# ---- the scenario's workload ------------------------------------------------------------------
+
+def open_loop_requests(sc: Scenario, streams: dict[str, np.random.Generator]) -> OpenLoopRequests:
+    """All requests of an open-loop scenario (synthetic or trace), drawn up front."""
+    w = sc.workload
+    if w.trace is not None:
+        return trace_requests(w.trace, sc.duration_s)
+    assert w.arrivals is not None and w.input_tokens is not None and w.output_tokens is not None
+    t = draw_arrivals(streams["arrivals"], w.arrivals, sc.duration_s)
+    n = len(t)
+    inp = LengthSampler(w.input_tokens, streams["input_tokens"], "workload.input_tokens").draw(n)
+    out = LengthSampler(w.output_tokens, streams["output_tokens"], "workload.output_tokens").draw(n)
+    return OpenLoopRequests(t, inp, out)
+
+
+class ClosedLoopLengths:
+    """Lengths for closed-loop clients: from the distributions, or cycling through a trace."""
+
+    def __init__(self, sc: Scenario, streams: dict[str, np.random.Generator]) -> None:
+        w = sc.workload
+        self._i = 0
+        if w.trace is not None:
+            df = read_trace(w.trace)
+            self._inp = df["input_tokens"].to_numpy()
+            self._out = np.maximum(1, df["output_tokens"].to_numpy())
+            self._samplers = None
+        else:
+            assert w.input_tokens is not None and w.output_tokens is not None
+            self._samplers = (
+                LengthSampler(w.input_tokens, streams["input_tokens"], "workload.input_tokens"),
+                LengthSampler(w.output_tokens, streams["output_tokens"], "workload.output_tokens"),
+            )
+            self._refill()
+
+    def _refill(self) -> None:
+        assert self._samplers is not None
+        self._inp = self._samplers[0].draw(4096)
+        self._out = self._samplers[1].draw(4096)
+        self._i = 0
+
+    def next(self) -> tuple[int, int]:
+        if self._i >= len(self._inp):
+            if self._samplers is None:
+                self._i = 0
+            else:
+                self._refill()
+        i = self._i
+        self._i += 1
+        return int(self._inp[i]), int(self._out[i])
+
+
+def think_time_s(spec: ClosedLoop, rng: np.random.Generator) -> float:
+    if spec.think_time_s == 0:
+        return 0.0
+    if spec.think_time_dist == "exponential":
+        return float(rng.exponential(spec.think_time_s))
+    return spec.think_time_s
