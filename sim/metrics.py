@@ -143,8 +143,8 @@ def summarize(sc: Scenario, req: pd.DataFrame, it: pd.DataFrame, total_blocks: i
     ttft_p = float(np.percentile(done["ttft_s"], p)) if len(done) else float("inf")
     tpots = done["tpot_s"].dropna()
     tpot_p = float(np.percentile(tpots, p)) if len(tpots) else 0.0
-    s[f"ttft_s_at_slo_percentile"] = ttft_p
-    s[f"tpot_s_at_slo_percentile"] = tpot_p
+    s["ttft_s_at_slo_percentile"] = ttft_p
+    s["tpot_s_at_slo_percentile"] = tpot_p
     s["slo_met"] = bool(n > 0 and ttft_p <= sc.slo.ttft_s and tpot_p <= sc.slo.tpot_s
                         and unfinished <= 1.0 - p / 100.0)
     good = win[win["met_slo"]]

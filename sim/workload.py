@@ -200,27 +200,27 @@ def read_mooncake_trace(path: str | Path) -> pd.DataFrame:
     """Mooncake JSONL -> DataFrame(arrival_s, input_tokens, output_tokens[, hash_ids])."""
     t, inp, out, hashes = [], [], [], []
     try:
-        fh = open(path, encoding="utf-8")
-    except OSError as err:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read Mooncake trace: {err}") from None
-    with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}: line {lineno}: malformed JSON: {err.msg}") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}: line {lineno}: expected a JSON object, got {line.strip()[:60]!r}")
-            for key, lo in (("timestamp", 0), ("input_length", 1), ("output_length", 0)):
-                v = row.get(key)
-                if isinstance(v, bool) or not isinstance(v, int | float) or v < lo or v != int(v):
-                    raise InputError(f"{path}: line {lineno}: field {key!r} must be an integer >= {lo}, got {v!r}")
-            t.append(row["timestamp"] / 1000.0)
-            inp.append(int(row["input_length"]))
-            out.append(int(row["output_length"]))
-            hashes.append(row.get("hash_ids"))
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}: line {lineno}: malformed JSON: {err.msg}") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}: line {lineno}: expected a JSON object, got {line.strip()[:60]!r}")
+        for key, lo in (("timestamp", 0), ("input_length", 1), ("output_length", 0)):
+            v = row.get(key)
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < lo or v != int(v):
+                raise InputError(f"{path}: line {lineno}: field {key!r} must be an integer >= {lo}, got {v!r}")
+        t.append(row["timestamp"] / 1000.0)
+        inp.append(int(row["input_length"]))
+        out.append(int(row["output_length"]))
+        hashes.append(row.get("hash_ids"))
     if not t:
         raise InputError(f"{path}: the trace holds no requests")
     df = _trace_frame(np.asarray(t) - min(t), np.asarray(inp), np.asarray(out))

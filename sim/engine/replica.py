@@ -74,6 +74,7 @@ class Replica:
         self._seq = 0
         self._wakeup: simpy.Event | None = None
         self._interruptible = False
+        self._jump_state: tuple | None = None
         self.proc = env.process(self._loop())
 
     # ---- intake ---------------------------------------------------------------------------
@@ -112,7 +113,17 @@ class Replica:
 
     @property
     def kv_load_tokens(self) -> int:
-        return self.used_blocks * self.bt + self.waiting_tokens
+        return self.current_used_blocks() * self.bt + self.waiting_tokens
+
+    def current_used_blocks(self) -> int:
+        """Blocks allocated now. Inside a decode jump the blocks of the steps done so far, and of
+        the step in progress, are booked only at the jump's end; count them as a per-step
+        simulation would have."""
+        if self._jump_state is None:
+            return self.used_blocks
+        t0, coeffs, ctx_first, n = self._jump_state
+        k = coeffs.steps_within(ctx_first, n, self.env.now - t0)
+        return self.used_blocks + self.ds.blocks_needed(min(n, k + 1))
 
     # ---- KV helpers -------------------------------------------------------------------------
     def _blocks_for(self, kv_tokens: int) -> int:
@@ -353,6 +364,7 @@ class Replica:
         ctx_first = ds.ctx_sum_at(ds.g + 1)
         t0 = env.now
         total_s = coeffs.run_s(ctx_first, n)
+        self._jump_state = (t0, coeffs, ctx_first, n)
         if not self.waiting and len(self.running) < self.max_seqs:
             self._interruptible = True
             try:
@@ -370,6 +382,7 @@ class Replica:
                     yield env.timeout(t0 + total_s - env.now)
         else:
             yield env.timeout(total_s)
+        self._jump_state = None
         if n == 0:
             return
         self.busy_s += total_s

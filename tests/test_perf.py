@@ -1,0 +1,80 @@
+"""Step-time model: limits of the roofline, and its monotone behaviour."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import base_dict
+
+from sim.catalog import BYTES_PER_ELEMENT
+from sim.perf import Chunk, StepModel
+from sim.scenario import scenario_from_dict
+
+NO_OVERHEAD = {"iteration_overhead_s": 0.0, "activation_traffic_factor": 0.0}
+
+
+def model(**over) -> StepModel:
+    return StepModel.from_scenario(scenario_from_dict(base_dict(perf=NO_OVERHEAD, **over)))
+
+
+def test_memory_bound_decode_is_bytes_over_bandwidth():
+    s = model()
+    m = s.model
+    ctx = 1000
+    t = s.iteration_s(1, ctx)
+    weight = (m.always_read_params + m.lm_head_params) * 2.0
+    kv = m.layers * 2 * m.kv_heads * m.head_dim * 2.0 * (ctx + 1)  # read ctx, write 1
+    bw = 3.35e12 * s.cfg.hbm_bw_efficiency
+    assert t == pytest.approx((weight + kv) / bw, rel=1e-12)
+
+
+def test_compute_bound_prefill_is_flops_over_peak():
+    s = model()
+    m = s.model
+    n = 8192
+    t = s.iteration_s(0, 0, [Chunk(0, n, True)])
+    flops = 2 * m.linear_params_per_token * n + 2 * m.lm_head_params + \
+        m.attn_flops_per_ctx_token() * m.layers * n * (n + 1) / 2
+    assert t == pytest.approx(flops / (989e12 * s.cfg.compute_efficiency), rel=1e-12)
+
+
+def test_precision_halves_weight_bytes():
+    bf16 = model()
+    fp8 = model(serving={"precision": {"weights": "fp8", "kv_cache": "fp8"}})
+    assert fp8.base_weight_bytes == pytest.approx(bf16.base_weight_bytes / 2)
+    assert fp8.iteration_s(1, 10) < bf16.iteration_s(1, 10)
+    assert BYTES_PER_ELEMENT["fp4"] == pytest.approx(0.5625)
+
+
+def test_tensor_parallel_adds_allreduce_and_splits_work():
+    one = model()
+    two = model(serving={"parallelism": {"tp": 2}})
+    assert one.comm_s_per_token == 0 and two.comm_s_per_token > 0
+    m = one.model
+    expected = 2 * m.layers * (2 * 1 / 2) * m.hidden * 2 / (450e9 * 0.7)
+    assert two.comm_s_per_token == pytest.approx(expected)
+    assert two.iteration_s(64, 64 * 1000) < one.iteration_s(64, 64 * 1000)
+
+
+def test_moe_touched_experts_grow_with_batch():
+    s = StepModel.from_scenario(scenario_from_dict(base_dict(model="mixtral-8x7b", hardware={"gpu": "h200"},
+                                                              perf=NO_OVERHEAD)))
+    m = s.model
+    w1, w64 = s.weight_bytes(1), s.weight_bytes(64)
+    # One token touches top-2 of 8 experts per layer; 64 tokens touch (nearly) all 8.
+    per_layer = m.expert_params * 2.0
+    assert w1 == pytest.approx(s.base_weight_bytes + m.moe_layers * 2 * per_layer)
+    assert w64 == pytest.approx(s.base_weight_bytes + m.moe_layers * 8 * (1 - (6 / 8) ** 64) * per_layer)
+
+
+def test_step_time_monotone_in_batch_and_context():
+    s = model()
+    assert s.iteration_s(2, 2000) > s.iteration_s(1, 1000)
+    assert s.iteration_s(1, 100_000) > s.iteration_s(1, 1000)
+    assert s.iteration_s(0, 0, [Chunk(1000, 500, True)]) > s.iteration_s(0, 0, [Chunk(0, 500, True)])
+
+
+def test_overhead_is_added_once_per_iteration():
+    with_o = StepModel.from_scenario(scenario_from_dict(base_dict(perf={"iteration_overhead_s": 0.004})))
+    without = StepModel.from_scenario(scenario_from_dict(base_dict(perf={"iteration_overhead_s": 0.0})))
+    assert with_o.iteration_s(3, 300) - without.iteration_s(3, 300) == pytest.approx(0.004)
+    assert with_o.decode(3).run_s(300, 10) - without.decode(3).run_s(300, 10) == pytest.approx(0.04)

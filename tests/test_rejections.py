@@ -1,0 +1,37 @@
+"""Requests that cannot be served are rejected with a reason and counted, never dropped."""
+
+from __future__ import annotations
+
+from conftest import base_dict, tiny_kv_gpu
+
+from sim.runner import run
+from sim.scenario import scenario_from_dict
+
+
+def test_queue_full_rejections_are_counted():
+    d = base_dict(duration_s=60.0, serving={"batching": {"max_num_seqs": 2, "max_num_batched_tokens": 64,
+                                                         "max_waiting": 5}},
+                  workload={"arrivals": {"kind": "poisson", "rate_per_s": 50}})
+    res = run(scenario_from_dict(d))
+    req = res.requests
+    rej = req[req.status == "rejected"]
+    assert len(rej) > 0 and (rej["reject_reason"] == "queue_full").all()
+    assert res.summary["requests_rejected"] == len(rej[rej.in_window])
+    assert res.summary["requests_arrived"] == res.summary["requests_completed"] + res.summary["requests_rejected"]
+    assert res.summary["slo_attainment"] < 1
+
+
+def test_context_and_capacity_rejections():
+    d = base_dict(hardware={"gpu": tiny_kv_gpu(3000)},
+                  serving={"kv_cache": {"activation_reserve_gb": 0, "gpu_memory_fraction": 1.0}},
+                  workload={"input_tokens": {"kind": "uniform", "low": 100, "high": 6000},
+                            "output_tokens": {"kind": "fixed", "value": 10}})
+    req = run(scenario_from_dict(d)).requests
+    too_big = req["input_tokens"] + 10 - 1 > 3000
+    assert (req.loc[too_big, "reject_reason"] == "exceeds_kv_capacity").all()
+    assert (req.loc[~too_big, "status"] == "completed").all()
+    d = base_dict(model="mixtral-8x7b", hardware={"gpu": "h200"},
+                  workload={"input_tokens": {"kind": "fixed", "value": 32000},
+                            "output_tokens": {"kind": "fixed", "value": 1000}})
+    req = run(scenario_from_dict(d)).requests
+    assert (req["reject_reason"] == "context_too_long").all()
