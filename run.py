@@ -173,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if show:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.percentage:>3.0f}% of arrivals window"),
+        with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.percentage:>3.0f}% of simulated duration"),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as prog:
             task = prog.add_task("sim", total=sc.duration_s)
             result = execute(sim, progress=lambda t: prog.update(task, completed=min(t, sc.duration_s)))
