@@ -30,22 +30,22 @@ def pick_round_robin(replicas: Sequence[Replica], counter: int) -> int:
     return counter % len(replicas)
 
 
-def pick_least_outstanding(replicas: Sequence[Replica]) -> int:
-    best, best_load = 0, None
-    for i, rep in enumerate(replicas):
-        load = rep.outstanding
-        if best_load is None or load < best_load:
-            best, best_load = i, load
+def _argmin(replicas: Sequence[Replica], load: Callable[[Replica], int]) -> int:
+    """Index of the least-loaded replica; ties go to the lowest index."""
+    best, best_load = 0, load(replicas[0])
+    for i in range(1, len(replicas)):
+        v = load(replicas[i])
+        if v < best_load:
+            best, best_load = i, v
     return best
+
+
+def pick_least_outstanding(replicas: Sequence[Replica]) -> int:
+    return _argmin(replicas, lambda r: r.outstanding)
 
 
 def pick_least_kv_load(replicas: Sequence[Replica]) -> int:
-    best, best_load = 0, None
-    for i, rep in enumerate(replicas):
-        load = rep.kv_load_tokens
-        if best_load is None or load < best_load:
-            best, best_load = i, load
-    return best
+    return _argmin(replicas, lambda r: r.kv_load_tokens)
 
 
 class Cluster:

@@ -69,7 +69,8 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
     block_bytes = mem.kv_bytes_per_token_per_gpu * s.kv_cache.block_tokens
     sliding = sc.model.sliding_kv_bytes_per_request(s.precision.kv_cache, s.parallelism.tp)
     sliding_blocks = math.ceil(sliding / block_bytes) if sliding else 0
-    sim = Simulation(sc, seed, env, None, step, mem)  # type: ignore[arg-type]
+    records: list[IterRecord] = []
+    requests: list[Request] = []
 
     def on_finish(r: Request) -> None:
         if r.on_done is not None:
@@ -80,11 +81,11 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
                 max_num_seqs=s.batching.max_num_seqs, max_num_batched_tokens=s.batching.max_num_batched_tokens,
                 chunked_prefill=s.batching.chunked_prefill, max_waiting=s.batching.max_waiting,
                 preemption=s.batching.preemption, watermark_fraction=s.kv_cache.watermark_fraction,
-                max_context_tokens=sc.model.max_context_tokens, on_finish=on_finish, records=sim.records,
+                max_context_tokens=sc.model.max_context_tokens, on_finish=on_finish, records=records,
                 allow_jumps=allow_jumps)
         for i in range(s.replicas)
     ]
-    sim.cluster = Cluster(env, replicas, s.router)
+    sim = Simulation(sc, seed, env, Cluster(env, replicas, s.router), step, mem, requests, records)
     arrivals = sc.workload.arrivals
     if isinstance(arrivals, ClosedLoop):
         lengths = ClosedLoopLengths(sc, streams)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -34,7 +35,7 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def resolve_data_path(value: str, info: ValidationInfo | None, field: str) -> str:
+def resolve_data_path(value: str, info: ValidationInfo | None) -> str:
     """Turn a user path into an absolute one: ``bundled:NAME`` is a file shipped in
     sim/data/traces; a relative path is relative to the scenario file's folder."""
     if value.startswith(BUNDLED_PREFIX):
@@ -47,6 +48,10 @@ def resolve_data_path(value: str, info: ValidationInfo | None, field: str) -> st
     if not path.is_file():
         raise ValueError(f"file not found: {value!r} (looked at {path})")
     return str(path.resolve())
+
+
+#: A path to a data file, resolved against the scenario's folder (or `bundled:`) and checked.
+DataPath = Annotated[str, AfterValidator(resolve_data_path)]
 
 
 # ---- workload ---------------------------------------------------------------------------------
@@ -130,13 +135,8 @@ class EmpiricalLen(_Frozen):
     """Resample (with replacement) a column of a CSV file, e.g. lengths from a real trace."""
 
     kind: Literal["empirical"]
-    path: str
+    path: DataPath
     column: str
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str, info: ValidationInfo) -> str:
-        return resolve_data_path(v, info, "path")
 
 
 LengthDist = Annotated[FixedLen | UniformLen | LognormalLen | EmpiricalLen, Field(discriminator="kind")]
@@ -146,14 +146,9 @@ class Trace(_Frozen):
     """Replay a request trace: Azure LLM inference CSV or Mooncake JSONL."""
 
     format: Literal["azure", "mooncake"]
-    path: str
+    path: DataPath
     rate_scale: float = Field(default=1.0, gt=0, description="2.0 replays twice as fast")
     start_s: float = Field(default=0.0, ge=0, description="skip this much of the trace's start")
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str, info: ValidationInfo) -> str:
-        return resolve_data_path(v, info, "path")
 
 
 class Workload(_Frozen):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from conftest import base_dict, tiny_kv_gpu
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sim.runner import build, execute
@@ -46,8 +46,22 @@ def scenarios(draw):
     return d, draw(st.integers(0, 2**31))
 
 
+# Found by hypothesis: a request swapped out mid-prefill and swapped back in was taken for "no
+# progress" and preempted again, forever (swap thrash until the drain deadline).
+SWAP_MID_PREFILL = (base_dict(
+    duration_s=5.0, hardware={"gpu": tiny_kv_gpu(1430)},
+    serving={"replicas": 2, "router": "round_robin",
+             "batching": {"max_num_seqs": 7, "max_num_batched_tokens": 16, "chunked_prefill": True,
+                          "preemption": "swap", "max_waiting": 100},
+             "kv_cache": {"activation_reserve_gb": 0.0, "gpu_memory_fraction": 1.0, "block_tokens": 1}},
+    workload={"arrivals": {"kind": "gamma", "rate_per_s": 25.3375, "cv": 1.4724},
+              "input_tokens": {"kind": "uniform", "low": 1, "high": 999},
+              "output_tokens": {"kind": "uniform", "low": 1, "high": 191}}), 597)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
+@example(SWAP_MID_PREFILL)
 def test_invariants(case):
     d, seed = case
     sc = scenario_from_dict(d)
@@ -76,6 +90,7 @@ def test_invariants(case):
         t0, t1 = g["t_start_s"].to_numpy(), g["t_end_s"].to_numpy()
         assert (t1 >= t0).all()
         assert (t0[1:] >= t1[:-1] - 1e-9).all()
+    assert res.summary["preemptions"] <= 50 * len(req), "preemption thrash"
     s = res.summary
     for k in ("gpu_busy_fraction", "kv_occupancy_mean"):
         assert 0.0 <= s[k] <= 1.0 + 1e-9, (k, s[k])

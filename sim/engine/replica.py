@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import simpy
 
@@ -36,6 +37,18 @@ from sim.perf import Chunk, StepModel
 #: One iteration record: (replica, t_start_s, t_end_s, steps, batch_seqs, prompt_tokens,
 #: recompute_tokens, output_tokens, running, waiting, kv_blocks_used)
 IterRecord = tuple[int, float, float, int, int, int, int, int, int, int, int]
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the next iteration does: prefill chunks, swapped-in decodes, a decode step or not,
+    seconds of KV transfer, and how many waiting requests were admitted."""
+
+    chunks: list[tuple[Request, int]] = field(default_factory=list)
+    resumed: list[Request] = field(default_factory=list)
+    decode: bool = False
+    swap_s: float = 0.0
+    admitted: int = 0
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -183,48 +196,47 @@ class Replica:
             free -= self.sliding_blocks
         return max(0, (_ceil_div(r.prefilled, self.bt) + free) * self.bt - r.prefilled)
 
-    def _schedule(self) -> tuple[list[tuple[Request, int]], list[Request], bool, float]:
-        """Decide the next iteration: (prefill chunks, swapped-in requests, decode?, swap seconds).
-        Allocates the blocks it needs and preempts when a decode step cannot get blocks."""
-        chunks: list[tuple[Request, int]] = []
-        resumed: list[Request] = []
-        swap_s = 0.0
+    def _schedule(self) -> Plan:
+        """Decide the next iteration. Allocates the blocks it needs and preempts when a decode
+        step cannot get blocks."""
+        plan = Plan()
         if not self.chunked:
-            swap_s, chunks, resumed = self._admit_waiting(self.budget, whole_prompts=True)
-            if chunks or resumed:
-                return chunks, resumed, False, swap_s
-        decode = self.ds.size > 0
-        if decode:
+            self._admit_waiting(plan, self.budget, whole_prompts=True)
+            if plan.admitted:
+                return plan
+        if self.ds.size:
             need = self.ds.blocks_needed(1)
             while need > self.free_blocks:
-                swap_s += self._preempt_last()
+                plan.swap_s += self._preempt_last()
                 need = self.ds.blocks_needed(1)
-            decode = self.ds.size > 0
+            plan.decode = self.ds.size > 0
             self.used_blocks += need
         if not self.chunked:
-            return chunks, resumed, decode, swap_s
+            return plan
         budget = self.budget - self.ds.size
         for r in self.prefilling:
             if budget <= 0:
                 break
-            new = min(r.prefill_target - r.prefilled, budget, self._fit_tokens(r, self.free_blocks))
+            new = self._add_chunk(plan, r, budget, self.free_blocks)
             if new <= 0:
                 break
+            budget -= new
+        if budget > 0:
+            self._admit_waiting(plan, budget, whole_prompts=False)
+        return plan
+
+    def _add_chunk(self, plan: Plan, r: Request, budget: int, free: int) -> int:
+        """Schedule the next prefill chunk of running request r within budget and free blocks."""
+        new = min(r.prefill_target - r.prefilled, budget, self._fit_tokens(r, free))
+        if new > 0:
             blocks = self._chunk_blocks(r, new)
             r.blocks += blocks
             self.used_blocks += blocks
-            chunks.append((r, new))
-            budget -= new
-        if budget > 0:
-            s, more, resumed = self._admit_waiting(budget, whole_prompts=False)
-            swap_s += s
-            chunks += more
-        return chunks, resumed, decode, swap_s
+            plan.chunks.append((r, new))
+        return new
 
-    def _admit_waiting(self, budget: int, whole_prompts: bool) -> tuple[float, list[tuple[Request, int]], list[Request]]:
-        chunks: list[tuple[Request, int]] = []
-        resumed: list[Request] = []
-        swap_s = 0.0
+    def _admit_waiting(self, plan: Plan, budget: int, whole_prompts: bool) -> None:
+        """Admit waiting requests FCFS into `plan` while budget, sequence slots and blocks allow."""
         while self.waiting and budget > 0 and len(self.running) < self.max_seqs:
             r = self.waiting[0]
             margin = self.watermark_blocks if self.running else 0
@@ -233,19 +245,20 @@ class Replica:
                 if self.free_blocks - blocks < margin:
                     break
                 self._admit(r)
+                plan.admitted += 1
                 self.used_blocks += blocks
-                swap_s += self.step.transfer_s(r.swapped_kv)
-                if r.prefilled < r.prefill_target:     # was swapped mid-prefill
+                plan.swap_s += self.step.transfer_s(r.swapped_kv)
+                if r.prefilled < r.prefill_target:     # swapped out mid-prefill: continue it now
                     r.blocks = blocks
-                    r.prefilled = r.swapped_kv
                     r.swapped_kv = 0
                     self.prefilling.append(r)
+                    budget -= max(0, self._add_chunk(plan, r, budget, self.free_blocks))
                 else:
-                    resumed.append(r)
+                    plan.resumed.append(r)
                 continue
             new = r.prefill_target - r.prefilled
             if whole_prompts:
-                if new > budget and (chunks or resumed):
+                if new > budget and plan.admitted:
                     break
             else:
                 new = min(new, budget, self._fit_tokens(r, self.free_blocks - margin))
@@ -255,12 +268,12 @@ class Replica:
             if self.free_blocks - blocks < margin:
                 break
             self._admit(r)
+            plan.admitted += 1
             r.blocks = blocks
             self.used_blocks += blocks
             self.prefilling.append(r)
-            chunks.append((r, new))
+            plan.chunks.append((r, new))
             budget -= new
-        return swap_s, chunks, resumed
 
     # ---- effects of a finished iteration ----------------------------------------------------------
     def _complete(self, r: Request, blocks: int) -> None:
@@ -322,8 +335,9 @@ class Replica:
                 if n > 1:
                     yield from self._jump(n)
                     continue
-            chunks, resumed, decode, swap_s = self._schedule()
-            if not chunks and not decode and not resumed:
+            plan = self._schedule()
+            chunks, resumed, decode, swap_s = plan.chunks, plan.resumed, plan.decode, plan.swap_s
+            if not chunks and not decode and not plan.admitted:
                 # Partial prefills hold all the KV and none can grow: free the newest one.
                 if not self.running:
                     raise RuntimeError(f"replica {self.idx}: waiting request cannot be admitted into an empty replica")
