@@ -82,8 +82,6 @@ class Replica:
         self.running: dict[int, Request] = {}   # insertion order = admission order
         self.prefilling: list[Request] = []      # running requests still in prefill, admission order
         self.waiting_tokens = 0
-        self.busy_s = 0.0
-        self.preemptions = 0
         self._seq = 0
         self._wakeup: simpy.Event | None = None
         self._interruptible = False
@@ -181,7 +179,6 @@ class Replica:
         victim.blocks = 0
         victim.status = Status.WAITING
         victim.preemptions += 1
-        self.preemptions += 1
         self.waiting.appendleft(victim)
         self.waiting_tokens += victim.input_tokens
         return swap_s
@@ -343,8 +340,10 @@ class Replica:
                     raise RuntimeError(f"replica {self.idx}: waiting request cannot be admitted into an empty replica")
                 swap_s += self._preempt_last()
                 if swap_s:
+                    t0 = env.now
                     yield env.timeout(swap_s)
-                    self.busy_s += swap_s
+                    self.records.append((self.idx, t0, env.now, 0, 0, 0, 0, 0, len(self.running),
+                                         len(self.waiting), self.used_blocks))
                 continue
             t0 = env.now
             ctx = self.ds.ctx_sum_at(self.ds.g + 1) if decode else 0
@@ -352,7 +351,6 @@ class Replica:
             dt = self.step.iteration_s(self.ds.size if decode else 0, ctx, spec) + swap_s
             batch = (self.ds.size if decode else 0) + len(chunks)
             yield env.timeout(dt)
-            self.busy_s += dt
             prompt, recompute, sampled = self._apply(chunks, resumed, decode)
             self.records.append((self.idx, t0, env.now, 1, batch, prompt, recompute, sampled,
                                  len(self.running), len(self.waiting), self.used_blocks))
@@ -399,7 +397,6 @@ class Replica:
         self._jump_state = None
         if n == 0:
             return
-        self.busy_s += total_s
         self.used_blocks += ds.blocks_needed(n)
         ds.g += n
         batch = ds.size
