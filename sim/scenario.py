@@ -391,10 +391,10 @@ def memory_plan(sc: Scenario) -> MemoryPlan:
     )
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:
     lines = []
     for e in err.errors(include_url=False):
-        loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x in _UNION_TAGS))
+        loc = prefix + ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x in _UNION_TAGS))
         msg = e["msg"].removeprefix("Value error, ")
         inp = e.get("input")
         shown = "" if isinstance(inp, dict | list) or e["type"] == "missing" else f" (got {inp!r})"
@@ -415,7 +415,7 @@ def scenario_from_dict(data: Any, source: str = "scenario", base_dir: str | Path
     try:
         return Scenario.model_validate(data, context={"base_dir": str(base_dir) if base_dir else None})
     except ValidationError as err:
-        raise InputError(_format_validation_error(err, source)) from None
+        raise InputError(format_validation_error(err, source)) from None
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -443,7 +443,8 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     data = read_yaml(p)
     if isinstance(data, dict):
         data = dict(data)
-        data.pop("sweep", None)  # sweep files are scenarios plus a sweep block
+        data.pop("sweep", None)  # sweep and plan files are scenarios plus a block of their own
+        data.pop("plan", None)
         for key, value in (overrides or {}).items():
             set_dotted(data, key, value)
     return scenario_from_dict(data, source=str(p), base_dir=p.parent)

@@ -1,0 +1,206 @@
+"""Capacity planning: the smallest (and cheapest) deployment that meets the SLO at a load, and the
+highest load a deployment sustains within the SLO.
+
+Definitions and stopping rules (also in docs/capacity-planning.md):
+
+* A configuration at a load **meets the SLO** when every one of its R replications (common random
+  numbers, see sim/sweep.py) finished without error and reports ``slo_met`` (the SLO percentile
+  of TTFT and TPOT within target, and no more requests unfinished than the percentile allows).
+  Requiring all replications is deliberately conservative.
+* **Minimum replicas** at a load: try 1, 2, 4, 8, ... until a count meets the SLO (or
+  ``max_replicas`` fails: infeasible), then bisect between the last failing and the first meeting
+  count. Assumes more replicas never hurt, which holds for the routers here.
+* **Cheapest**: among candidate configurations (GPU type, tensor parallelism, precision, ...) each
+  at its minimum replica count, the lowest mean $ per million output tokens.
+* **Maximum load** with the deployment fixed: start at the scenario's load; double while it meets
+  the SLO (or halve until it does), then bisect until the bracket [meets, fails] is narrower than
+  ``rate_tolerance`` x its upper end (integer knobs: until it is one apart). The answer is the
+  highest load that met the SLO. Stops after ``max_evaluations`` in any case.
+
+The load knob depends on the workload: arrival rate (Poisson, Gamma), mean rate (diurnal),
+trace speed-up (``workload.trace.rate_scale``) or number of clients (closed loop).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from sim.errors import InputError
+from sim.scenario import ClosedLoop, Diurnal, GammaArrivals, Piecewise, Poisson, Scenario
+
+Rows = list[dict[str, Any]]
+Evaluate = Callable[[dict[str, Any]], Rows]
+
+
+class PlanSpec(BaseModel):
+    """The `plan:` block of a scenario file (all optional; CLI flags override)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate: float | None = Field(default=None, gt=0, description="load to plan for, in the load knob's units")
+    candidates: list[dict[str, Any]] = Field(default_factory=list, description="configurations to compare (overrides)")
+    max_replicas: int = Field(default=64, ge=1)
+    replications: int = Field(default=3, ge=1)
+    rate_tolerance: float = Field(default=0.05, gt=0, lt=1)
+    max_evaluations: int = Field(default=40, ge=2)
+
+
+@dataclass(frozen=True)
+class LoadKnob:
+    path: str
+    integer: bool
+    unit: str
+    value: float
+
+
+def load_knob(sc: Scenario) -> LoadKnob:
+    """Which scenario key sets the load, and its current value."""
+    w = sc.workload
+    a = w.arrivals
+    if isinstance(a, ClosedLoop):
+        return LoadKnob("workload.arrivals.clients", True, "clients", a.clients)
+    if w.trace is not None:
+        return LoadKnob("workload.trace.rate_scale", False, "x trace speed", w.trace.rate_scale)
+    if isinstance(a, Poisson | GammaArrivals):
+        return LoadKnob("workload.arrivals.rate_per_s", False, "requests/s", a.rate_per_s)
+    if isinstance(a, Diurnal):
+        return LoadKnob("workload.arrivals.mean_rate_per_s", False, "requests/s (mean)", a.mean_rate_per_s)
+    assert isinstance(a, Piecewise)
+    raise InputError("plan: piecewise arrivals have no single load knob; plan with poisson, gamma, diurnal, "
+                     "closed_loop or a trace")
+
+
+def meets(rows: Rows) -> bool:
+    return bool(rows) and all(r.get("error") == "" and bool(r.get("slo_met")) for r in rows)
+
+
+@dataclass
+class Search:
+    """Outcome of one search: the answer (None if infeasible) and every evaluation made."""
+
+    answer: float | None
+    evaluations: list[tuple[float, bool, Rows]] = field(default_factory=list)
+
+    def rows_at(self, value: float) -> Rows:
+        for v, _, rows in self.evaluations:
+            if v == value:
+                return rows
+        return []
+
+
+def min_replicas(evaluate: Callable[[int], Rows], max_replicas: int) -> Search:
+    """Smallest replica count that meets the SLO (exponential search, then bisection)."""
+    s = Search(None)
+
+    def ok(n: int) -> bool:
+        rows = evaluate(n)
+        good = meets(rows)
+        s.evaluations.append((n, good, rows))
+        return good
+
+    lo, n = 0, 1                     # lo: largest count known to fail
+    while not ok(n):
+        lo = n
+        if n >= max_replicas:
+            return s
+        n = min(2 * n, max_replicas)
+    hi = n                           # hi: smallest count known to meet
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    s.answer = hi
+    return s
+
+
+def max_load(evaluate: Callable[[float], Rows], start: float, integer: bool, rel_tol: float,
+             max_evaluations: int) -> Search:
+    """Highest load that meets the SLO (bracketing by doubling/halving, then bisection)."""
+    s = Search(None)
+
+    def norm(v: float) -> float:
+        return float(max(1, round(v))) if integer else v
+
+    def ok(v: float) -> bool:
+        rows = evaluate(v)
+        good = meets(rows)
+        s.evaluations.append((v, good, rows))
+        return good
+
+    v = norm(start)
+    if ok(v):
+        lo, hi = v, None
+        while hi is None and len(s.evaluations) < max_evaluations:
+            nxt = norm(lo * 2)
+            if ok(nxt):
+                lo = nxt
+            else:
+                hi = nxt
+        if hi is None:
+            s.answer = lo
+            return s
+    else:
+        hi, lo = v, None
+        floor = start / 1024
+        while lo is None and len(s.evaluations) < max_evaluations:
+            nxt = norm(hi / 2)
+            if nxt >= hi or nxt < floor:
+                return s  # even the smallest load fails: infeasible
+            if ok(nxt):
+                lo = nxt
+            else:
+                hi = nxt
+        if lo is None:
+            return s
+
+    def narrow(lo: float, hi: float) -> bool:
+        return hi - lo <= 1 if integer else (hi - lo) <= rel_tol * hi
+
+    while not narrow(lo, hi) and len(s.evaluations) < max_evaluations:
+        mid = norm((lo + hi) / 2)
+        if mid in (lo, hi):
+            break
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    s.answer = lo
+    return s
+
+
+def _mean(rows: Rows, key: str) -> float:
+    vals = [float(r[key]) for r in rows if r.get("error") == "" and key in r]
+    finite = [v for v in vals if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def summary_row(candidate: int, overrides: dict[str, Any], rows: Rows) -> dict[str, Any]:
+    """Mean figures of one evaluated configuration (for the plan table)."""
+    return {
+        "candidate": candidate,
+        "overrides": ", ".join(f"{k}={v}" for k, v in overrides.items()) or "(scenario as is)",
+        "gpus": _mean(rows, "gpus"),
+        "usd_per_m_output_tokens": _mean(rows, "usd_per_m_output_tokens"),
+        "usd_per_m_total_tokens": _mean(rows, "usd_per_m_total_tokens"),
+        "usd_per_gpu_h": _mean(rows, "price_usd_per_gpu_h"),
+        "ttft_s_p99": _mean(rows, "ttft_s_p99"),
+        "tpot_s_p99": _mean(rows, "tpot_s_p99"),
+        "slo_attainment": _mean(rows, "slo_attainment"),
+        "gpu_busy_fraction": _mean(rows, "gpu_busy_fraction"),
+        "total_tok_per_s_per_gpu": _mean(rows, "total_tok_per_s_per_gpu"),
+    }
+
+
+def cheapest(table: pd.DataFrame) -> pd.Series | None:
+    feasible = table[table["feasible"]]
+    if feasible.empty:
+        return None
+    return feasible.sort_values(["usd_per_m_output_tokens", "gpus"], kind="stable").iloc[0]

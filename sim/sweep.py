@@ -1,0 +1,316 @@
+"""Sweeps: a scenario plus a `sweep:` block -> one tidy table (row per point x replication).
+
+* Points: the full grid (Cartesian product) of `axes`, crossed with the rows of `zip` (axes that
+  vary together, equal lengths). Each axis is a dotted scenario path (`serving.replicas`).
+* Common random numbers: replication r of every point runs with the same seed,
+  seed_r = SeedSequence(root_seed, spawn_key=(r,)) -> 63-bit int, so differences between points
+  are not drowned by sampling noise (two points see identical arrivals and lengths when their
+  workload keys are equal). Each row stores root_seed, replication and seed, so any row can be
+  re-run alone: ``run.py SCENARIO --seed SEED --set path=value ...``.
+* Execution: any ``concurrent.futures.Executor``: a local process pool, or Dask distributed's
+  ``Client.get_executor()``; results come back as they complete. A failing point returns a row with
+  its error instead of raising, so it never stops the others.
+* Aggregation: per point, mean and 95% confidence half-width (Student t, replications - 1 degrees
+  of freedom) of every numeric metric.
+* Pareto frontier: points not dominated in (tokens/s/user, tokens/s/GPU), as published benchmark
+  charts draw them.
+
+The library does not write files: persistence and resuming live in the CLI (simcli/).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sim.errors import InputError
+from sim.scenario import format_validation_error, read_yaml, scenario_from_dict, set_dotted
+
+
+class SweepSpec(BaseModel):
+    """The `sweep:` block of a sweep file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    axes: dict[str, list[Any]] = Field(default_factory=dict, description="full grid over these")
+    zip: dict[str, list[Any]] = Field(default_factory=dict, description="axes that vary together")
+    replications: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepSpec:
+        if not self.axes and not self.zip:
+            raise ValueError("sweep needs at least one axis under 'axes' or 'zip'")
+        for group in ("axes", "zip"):
+            for path, values in getattr(self, group).items():
+                if not values:
+                    raise ValueError(f"sweep.{group}.{path}: the axis is empty")
+        lengths = {path: len(v) for path, v in self.zip.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"sweep.zip: axes must have equal lengths, got {lengths}")
+        overlap = set(self.axes) & set(self.zip)
+        if overlap:
+            raise ValueError(f"sweep: {sorted(overlap)} appear in both axes and zip")
+        return self
+
+
+@dataclass(frozen=True)
+class Point:
+    """One simulation to run: a parameter assignment and a replication."""
+
+    point_id: str
+    params: dict[str, Any]
+    replication: int
+    seed: int
+    root_seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.point_id}-r{self.replication}"
+
+
+@dataclass(frozen=True)
+class SweepFile:
+    """A parsed sweep file: the base scenario data (plain YAML), the sweep spec, where it lives."""
+
+    base: dict[str, Any]
+    spec: SweepSpec
+    base_dir: str
+    source: str
+
+    @property
+    def name(self) -> str:
+        return str(self.base.get("name", "sweep"))
+
+    @property
+    def root_seed(self) -> int:
+        return int(self.base.get("seed", 0))
+
+    def digest(self) -> str:
+        """Identity of the sweep (base scenario + spec): same file -> same results folder."""
+        text = json.dumps({"base": self.base, "spec": self.spec.model_dump()}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepFile:
+    """Read a sweep file (a scenario plus a `sweep:` block) and validate every point up front."""
+    p = Path(path)
+    data = read_yaml(p)
+    if not isinstance(data, dict):
+        raise InputError(f"{p}: the file must hold a mapping of scenario keys")
+    data = dict(data)
+    raw = data.pop("sweep", None)
+    data.pop("plan", None)
+    if raw is None:
+        raise InputError(f"{p}: no 'sweep:' block (a sweep file is a scenario plus sweep: {{axes: ..., replications: N}})")
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        raise InputError(format_validation_error(err, str(p), prefix="sweep.")) from None
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    sf = SweepFile(data, spec, str(p.parent.resolve()), str(p))
+    validate_points(sf.base, expand(spec), sf.base_dir, sf.source)
+    return sf
+
+
+def expand(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Parameter assignments: grid over `axes` x rows of `zip`, in a stable order."""
+    grid_keys = list(spec.axes)
+    grid = [dict(zip(grid_keys, combo, strict=True)) for combo in itertools.product(*spec.axes.values())] \
+        if grid_keys else [{}]
+    zipped = [dict(zip(spec.zip, row, strict=True)) for row in zip(*spec.zip.values(), strict=True)] \
+        if spec.zip else [{}]
+    return [{**g, **z} for g in grid for z in zipped]
+
+
+def replication_seed(root_seed: int, replication: int) -> int:
+    """The seed of replication r: the same at every point (common random numbers)."""
+    state = np.random.SeedSequence(root_seed, spawn_key=(replication,)).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def point_id(params: dict[str, Any]) -> str:
+    """A stable id for a parameter assignment (independent of dict order and process)."""
+    text = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def make_points(params_list: list[dict[str, Any]], replications: int, root_seed: int) -> list[Point]:
+    seeds = [replication_seed(root_seed, r) for r in range(replications)]
+    return [Point(point_id(p), p, r, seeds[r], root_seed) for p in params_list for r in range(replications)]
+
+
+def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    data = json.loads(json.dumps(base))  # deep copy of plain YAML data
+    for path, value in params.items():
+        set_dotted(data, path, value)
+    return data
+
+
+def validate_points(base: dict[str, Any], params_list: list[dict[str, Any]], base_dir: str | Path | None,
+                    source: str) -> None:
+    """Validate every point's scenario up front; InputError names the sweep point on failure."""
+    seen: set[str] = set()
+    for params in params_list:
+        try:
+            scenario_from_dict(apply_params(base, params), source=source, base_dir=base_dir)
+        except InputError as err:
+            for path in params:
+                if f"{path}: Extra inputs are not permitted" in str(err):
+                    raise InputError(f"{source}: sweep axis {path!r} is not a scenario key "
+                                     "(unknown parameter path)") from None
+            where = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            raise InputError(f"{err}\n  (at sweep point {where})") from None
+        pid = point_id(params)
+        if pid in seen:
+            raise InputError(f"{source}: sweep point {params} appears twice")
+        seen.add(pid)
+
+
+def run_point(base: dict[str, Any], base_dir: str | None, point: Point) -> dict[str, Any]:
+    """Run one point (in a worker process). Never raises: errors come back in the row."""
+    from sim.runner import run  # imported here: cheap pickling of the function for workers
+
+    row: dict[str, Any] = {"point_id": point.point_id, "replication": point.replication, "seed": point.seed,
+                           "root_seed": point.root_seed, **point.params}
+    try:
+        sc = scenario_from_dict(apply_params(base, point.params), base_dir=base_dir)
+        res = run(sc, seed=point.seed)
+        row.update(res.summary)
+        row["error"] = ""
+    except Exception as err:  # a failing point is data, not a crash of the sweep
+        row["error"] = f"{type(err).__name__}: {err}"
+        row["traceback"] = traceback.format_exc(limit=5)
+    return row
+
+
+def execute(base: dict[str, Any], base_dir: str | None, points: Iterable[Point], executor: Executor) -> Iterator[dict[str, Any]]:
+    """Submit every point and yield rows as they complete (any concurrent.futures executor)."""
+    futures: dict[Future, Point] = {executor.submit(run_point, base, base_dir, p): p for p in points}
+    for fut in as_completed(futures):
+        yield fut.result()
+
+
+def run_sweep(base: dict[str, Any], base_dir: str | None, points: list[Point], executor: Executor,
+              on_row: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
+    """Run points and return the tidy table, ordered by point then replication."""
+    rows = []
+    for row in execute(base, base_dir, points, executor):
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return tidy(rows, [p for p in points])
+
+
+def tidy(rows: list[dict[str, Any]], points: list[Point]) -> pd.DataFrame:
+    """Rows in the points' order (stable whatever the completion order)."""
+    order = {p.key: i for i, p in enumerate(points)}
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df["_o"] = [order.get(f"{pid}-r{r}", math.inf) for pid, r in zip(df["point_id"], df["replication"], strict=True)]
+    return df.sort_values("_o", kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+def aggregate(df: pd.DataFrame, param_cols: list[str]) -> pd.DataFrame:
+    """Per point: `<metric>_mean` and `<metric>_ci95` (half-width) for every numeric metric."""
+    from scipy import stats  # slow to import; only sweeps need it
+    ok = df[df["error"] == ""] if "error" in df else df
+    skip = set(param_cols) | {"replication", "seed", "root_seed"}
+    metrics = [c for c in ok.columns if c not in skip and c != "point_id"
+               and (pd.api.types.is_numeric_dtype(ok[c]) or pd.api.types.is_bool_dtype(ok[c]))]
+    out = []
+    for pid, g in ok.groupby("point_id", sort=False):
+        rec: dict[str, Any] = {"point_id": pid, **{c: g[c].iloc[0] for c in param_cols}, "replications": len(g)}
+        n = len(g)
+        t = float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.nan
+        for c in metrics:
+            x = g[c].astype(float).to_numpy()
+            finite = x[np.isfinite(x)]
+            rec[f"{c}_mean"] = float(finite.mean()) if len(finite) else float(x.mean()) if len(x) else math.nan
+            rec[f"{c}_ci95"] = float(t * finite.std(ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else math.nan
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+PARETO_X = "output_tok_per_s_per_user_p50"
+PARETO_Y = "total_tok_per_s_per_gpu"
+
+
+def pareto_frontier(df: pd.DataFrame, x: str = PARETO_X, y: str = PARETO_Y) -> pd.DataFrame:
+    """Rows not dominated in (x, y), both to maximise, sorted by x ascending."""
+    d = df.dropna(subset=[x, y]).sort_values([x, y], ascending=[False, False], kind="stable")
+    keep, best_y = [], -math.inf
+    for idx, yv in zip(d.index, d[y], strict=True):
+        if yv > best_y:
+            keep.append(idx)
+            best_y = yv
+    return d.loc[keep].sort_values(x, kind="stable").reset_index(drop=True)
+
+
+# ---- executors ------------------------------------------------------------------------------
+
+class inline_executor(Executor):  # noqa: N801
+    """Runs each task at submit time in this process (one worker, no pool, easy to debug)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:  # type: ignore[override]
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as err:  # noqa: BLE001 - handed to the caller through the future
+            fut.set_exception(err)
+        return fut
+
+    def __enter__(self) -> Executor:
+        return self
+
+
+class local_executor:  # noqa: N801 - used like a function in `with local_executor(2) as ex:`
+    """A process pool of `workers` processes (context manager yielding the executor)."""
+
+    def __init__(self, workers: int) -> None:
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._pool = ProcessPoolExecutor(max_workers=workers)
+
+    def __enter__(self) -> Executor:
+        return self._pool
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class dask_executor:  # noqa: N801
+    """Dask distributed as a concurrent.futures executor: connect to a scheduler at `address`,
+    or start a local cluster of `workers` single-threaded worker processes when address is None."""
+
+    def __init__(self, address: str | None, workers: int) -> None:
+        from distributed import Client, LocalCluster
+
+        self._cluster = None
+        if address is None:
+            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                         dashboard_address=None)
+            self._client = Client(self._cluster)
+        else:
+            self._client = Client(address)
+
+    def __enter__(self) -> Executor:
+        return self._client.get_executor(pure=False)
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()

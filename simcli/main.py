@@ -1,0 +1,42 @@
+"""`python run.py` / `token-factory`: dispatch to the run, sweep and plan commands.
+
+    run.py SCENARIO.yaml [...]           same as `run.py run SCENARIO.yaml`
+    run.py sweep SWEEP.yaml [...]        grid of points x replications, resumable
+    run.py plan SCENARIO.yaml [...]      smallest/cheapest deployment, or highest load, within the SLO
+
+Bad input (files, flags) prints one message per problem and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sim.errors import InputError
+from simcli import plan_cmd, run_cmd, sweep_cmd
+
+COMMANDS = ("run", "sweep", "plan")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py", description="Simulate LLM inference deployments and their cost.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run_cmd.add_parser(sub)
+    sweep_cmd.add_parser(sub)
+    plan_cmd.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        argv = ["run", *argv]
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept, nothing is half-written", file=sys.stderr)
+        return 130
