@@ -13,7 +13,8 @@ replica with tensor-parallel degree tp, per GPU:
     t      = max(FLOPs / (peak[compute precision] x compute_eff), bytes / (hbm_bw x bw_eff))
            + tp all-reduce            (2 per layer: 2 (tp-1)/tp x tokens x hidden x 2 B / (link x comm_eff)
                                        + collective latency)
-           + per-iteration overhead   (scheduler, kernel launch)
+           + per-iteration overhead   (scheduler, kernel launch) + per-sequence overhead x sequences
+                                      (sampling, detokenization, scheduling work that grows with the batch)
 
 Weights and FLOPs divide by tp; KV divides by tp through the KV heads each GPU holds.
 
@@ -140,8 +141,9 @@ class StepModel:
         touched = e * (1.0 - (1.0 - k / e) ** tokens)
         return self.base_weight_bytes + self.model.moe_layers * touched * self.expert_bytes_per_layer
 
-    def _fixed_s(self, tokens: int) -> float:
-        return self.cfg.iteration_overhead_s + (self.comm_fixed_s + self.comm_s_per_token * tokens if tokens else 0.0)
+    def _fixed_s(self, tokens: int, seqs: int) -> float:
+        comm = self.comm_fixed_s + self.comm_s_per_token * tokens if tokens else 0.0
+        return self.cfg.iteration_overhead_s + self.cfg.per_seq_overhead_s * seqs + comm
 
     # ---- decode-only iterations (closed form) -----------------------------------------------
     def decode(self, batch: int) -> DecodeCoeffs:
@@ -160,7 +162,7 @@ class StepModel:
         c = DecodeCoeffs(
             m0=mem0 / self.bytes_per_s, m1=mem1 / self.bytes_per_s,
             c0=cmp0 / self.flops_per_s, c1=cmp1 / self.flops_per_s,
-            fixed_s=self._fixed_s(batch), batch=batch,
+            fixed_s=self._fixed_s(batch, batch), batch=batch,
         )
         self._decode_cache[batch] = c
         return c
@@ -192,7 +194,7 @@ class StepModel:
                + self.kv_layer_bytes * (self.full_layers * read_full + self.sliding_layers * read_sl))
         cmp = (tokens * self.linear_flops_per_token + samples * self.lm_flops_per_sample
                + self.attn_flops_per_pair * (self.full_layers * pairs_full + self.sliding_layers * pairs_sl))
-        return max(cmp / self.flops_per_s, mem / self.bytes_per_s) + self._fixed_s(tokens)
+        return max(cmp / self.flops_per_s, mem / self.bytes_per_s) + self._fixed_s(tokens, decode_seqs + len(chunks))
 
     def transfer_s(self, kv_tokens: int) -> float:
         """Time to move one request's KV between GPU and host over the host link (swap)."""

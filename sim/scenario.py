@@ -92,6 +92,13 @@ class Diurnal(_Frozen):
     phase_s: float = 0.0
 
 
+class Offline(_Frozen):
+    """All `requests` arrive at t = 0, as offline max-throughput benchmarks submit them."""
+
+    kind: Literal["offline"]
+    requests: int = Field(ge=1)
+
+
 class ClosedLoop(_Frozen):
     """N clients, each sends a request, waits for its last token, thinks, and repeats."""
 
@@ -101,7 +108,7 @@ class ClosedLoop(_Frozen):
     think_time_dist: Literal["fixed", "exponential"] = "fixed"
 
 
-Arrivals = Annotated[Poisson | GammaArrivals | Piecewise | Diurnal | ClosedLoop, Field(discriminator="kind")]
+Arrivals = Annotated[Poisson | GammaArrivals | Piecewise | Diurnal | Offline | ClosedLoop, Field(discriminator="kind")]
 
 
 class FixedLen(_Frozen):
@@ -250,15 +257,48 @@ class Serving(_Frozen):
     frontend_overhead_s: float = Field(default=0.0, ge=0, description="per-request fixed latency added to TTFT/E2E")
 
 
-class PerfCfg(_Frozen):
-    """Step-time model parameters (see docs/model-assumptions in sim/perf.py)."""
+def _calibrated_defaults() -> dict[str, float]:
+    """Step-time parameters fitted to published measurements (sim/data/calibration.yaml)."""
+    path = Path(__file__).parent / "data" / "calibration.yaml"
+    if not path.is_file():
+        return {}
+    return dict((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("perf", {}))
 
-    hbm_bw_efficiency: float = Field(default=0.80, gt=0, le=1)
-    compute_efficiency: float = Field(default=0.55, gt=0, le=1)
-    comm_efficiency: float = Field(default=0.70, gt=0, le=1)
-    collective_latency_s: float = Field(default=8e-6, ge=0)
-    iteration_overhead_s: float = Field(default=1.5e-3, ge=0)
-    activation_traffic_factor: float = Field(default=1.0, ge=0)
+
+_CAL = _calibrated_defaults()
+
+
+class PerfCfg(_Frozen):
+    """Step-time model parameters (docs/model-assumptions.md). Defaults are the calibrated values
+    in sim/data/calibration.yaml; `profile` loads a calibration profile written by `run.py
+    calibrate`; keys given explicitly override both."""
+
+    hbm_bw_efficiency: float = Field(default=_CAL.get("hbm_bw_efficiency", 0.80), gt=0, le=1)
+    compute_efficiency: float = Field(default=_CAL.get("compute_efficiency", 0.55), gt=0, le=1)
+    comm_efficiency: float = Field(default=_CAL.get("comm_efficiency", 0.70), gt=0, le=1)
+    collective_latency_s: float = Field(default=_CAL.get("collective_latency_s", 8e-6), ge=0)
+    iteration_overhead_s: float = Field(default=_CAL.get("iteration_overhead_s", 1.5e-3), ge=0)
+    per_seq_overhead_s: float = Field(default=_CAL.get("per_seq_overhead_s", 0.0), ge=0,
+                                      description="per sequence in an iteration (sampling, scheduling)")
+    activation_traffic_factor: float = Field(default=_CAL.get("activation_traffic_factor", 1.0), ge=0)
+    profile: str | None = Field(default=None, description="calibration profile file the values came from")
+    step_table: DataPath | None = Field(default=None, description="CSV of measured iteration times")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_profile(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or data.get("profile") is None:
+            return data
+        path = resolve_data_path(str(data["profile"]), info)
+        try:
+            prof = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ValueError(f"profile {data['profile']!r} is not valid YAML: {err}") from None
+        if not isinstance(prof, dict) or prof.get("kind") != "perf-profile" or not isinstance(prof.get("perf"), dict):
+            raise ValueError(f"profile {data['profile']!r} is not a perf profile written by 'run.py calibrate'")
+        known = set(cls.model_fields) - {"profile", "step_table"}
+        values = {k: v for k, v in prof["perf"].items() if k in known}
+        return {**values, **data, "profile": path}
 
 
 class Slo(_Frozen):
@@ -330,7 +370,9 @@ class Scenario(_Frozen):
             raise ValueError(
                 f"serving.precision.compute={p.compute_precision!r}: GPU {g.name!r} has no {p.compute_precision} tensor cores"
             )
-        for field in ("weights", "kv_cache", "compute"):
+        # FP4 weights alone run on any GPU (weight-only quantization, dequantized to the compute
+        # precision); FP4 compute and an FP4 KV cache need FP4 tensor-core support.
+        for field in ("kv_cache", "compute"):
             if getattr(p, field) == "fp4" and g.tflops.fp4 is None:
                 raise ValueError(f"serving.precision.{field}='fp4': GPU {g.name!r} has no FP4 support")
         c = self.cost
@@ -404,7 +446,7 @@ def format_validation_error(err: ValidationError, source: str, prefix: str = "")
 
 
 # Tags pydantic inserts into error locations for discriminated unions; not user field names.
-_UNION_TAGS = {"poisson", "gamma", "piecewise", "diurnal", "closed_loop", "fixed", "uniform", "lognormal", "empirical",
+_UNION_TAGS = {"poisson", "gamma", "piecewise", "diurnal", "offline", "closed_loop", "fixed", "uniform", "lognormal", "empirical",
                "GpuSpec", "ModelSpec"}
 
 

@@ -3,7 +3,7 @@
 * Random streams: one root seed split into named, independent streams with
   ``np.random.SeedSequence(seed, spawn_key=(crc32(name),))``, so adding a stream never shifts
   another and every component draws from its own generator (design brief, "Randomness").
-* Open-loop arrivals up to ``duration_s``: Poisson (exponential gaps); Gamma renewal with a
+* Open-loop arrivals up to ``duration_s``: offline (all requests at t = 0); Poisson (exponential gaps); Gamma renewal with a
   coefficient of variation (shape 1/cv^2, so cv > 1 is burstier than Poisson); piecewise-constant
   Poisson rate; diurnal sinusoidal rate by thinning (Lewis & Shedler).
 * Lengths: fixed; uniform integers; lognormal from mean m and cv (sigma^2 = ln(1 + cv^2),
@@ -34,6 +34,7 @@ from sim.scenario import (
     GammaArrivals,
     LengthDist,
     LognormalLen,
+    Offline,
     Piecewise,
     Poisson,
     Scenario,
@@ -126,6 +127,8 @@ def draw_arrivals(rng: np.random.Generator, spec, duration_s: float) -> np.ndarr
             return piecewise_arrivals(rng, spec, duration_s)
         case Diurnal():
             return diurnal_arrivals(rng, spec, duration_s)
+        case Offline():
+            return np.zeros(spec.requests)
     raise TypeError(f"not an open-loop arrival process: {spec!r}")
 
 

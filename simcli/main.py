@@ -3,6 +3,7 @@
     run.py SCENARIO.yaml [...]           same as `run.py run SCENARIO.yaml`
     run.py sweep SWEEP.yaml [...]        grid of points x replications, resumable
     run.py plan SCENARIO.yaml [...]      smallest/cheapest deployment, or highest load, within the SLO
+    run.py calibrate MEASUREMENTS.csv    fit step-time parameters; write a perf profile
 
 Bad input (files, flags) prints one message per problem and exits with status 2.
 """
@@ -13,9 +14,9 @@ import argparse
 import sys
 
 from sim.errors import InputError
-from simcli import plan_cmd, run_cmd, sweep_cmd
+from simcli import calibrate_cmd, plan_cmd, run_cmd, sweep_cmd
 
-COMMANDS = ("run", "sweep", "plan")
+COMMANDS = ("run", "sweep", "plan", "calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_parser(sub)
     sweep_cmd.add_parser(sub)
     plan_cmd.add_parser(sub)
+    calibrate_cmd.add_parser(sub)
     return p
 
 

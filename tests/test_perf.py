@@ -9,7 +9,7 @@ from sim.catalog import BYTES_PER_ELEMENT
 from sim.perf import Chunk, StepModel
 from sim.scenario import scenario_from_dict
 
-NO_OVERHEAD = {"iteration_overhead_s": 0.0, "activation_traffic_factor": 0.0}
+NO_OVERHEAD = {"iteration_overhead_s": 0.0, "per_seq_overhead_s": 0.0, "activation_traffic_factor": 0.0}
 
 
 def model(**over) -> StepModel:

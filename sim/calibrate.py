@@ -1,0 +1,238 @@
+"""Calibration: fit the step-time model's physical parameters to measurements.
+
+Parameters fitted (defaults; any subset of PerfCfg's numeric fields can be chosen):
+achievable fraction of HBM bandwidth (``hbm_bw_efficiency``) and of dense peak FLOPS
+(``compute_efficiency``), fixed time per iteration (``iteration_overhead_s``) and time per
+sequence in an iteration (``per_seq_overhead_s``). The same few numbers serve every GPU and model:
+no per-point special cases.
+
+Measurements are of two kinds:
+
+* ``step``: one iteration's measured time for a batch shape: `decode_seqs` sequences decoding with
+  a mean KV length `context_tokens`, plus a prefill of `prefill_tokens` (0 for pure decode);
+  predicted with ``StepModel.iteration_s``.
+* ``throughput``: an offline benchmark (`requests` requests of `input_tokens` / `output_tokens`
+  submitted at once, as trtllm-bench does) with measured output tokens/s per GPU; predicted by
+  simulating it.
+
+Method: minimise sum_i log(predicted_i / measured_i)^2 (relative errors, so a 2,000 tok/s point
+weighs like a 27,000 tok/s one) with bounded trust-region least squares
+(``scipy.optimize.least_squares``); parameters are scaled to order one and derivatives are taken
+with a 2% step, since simulated throughput is piecewise constant at finer scales.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from sim.errors import InputError
+from sim.perf import Chunk, StepModel
+from sim.scenario import PerfCfg, scenario_from_dict
+
+DEFAULT_PARAMS = ("hbm_bw_efficiency", "compute_efficiency", "iteration_overhead_s", "per_seq_overhead_s")
+#: (lower, upper, scale) per fittable parameter; the optimiser works on value / scale.
+BOUNDS: dict[str, tuple[float, float, float]] = {
+    "hbm_bw_efficiency": (0.2, 1.0, 1.0),
+    "compute_efficiency": (0.05, 1.0, 1.0),
+    "comm_efficiency": (0.1, 1.0, 1.0),
+    "iteration_overhead_s": (0.0, 0.05, 1e-3),
+    "per_seq_overhead_s": (0.0, 5e-4, 1e-5),
+    "collective_latency_s": (0.0, 1e-4, 1e-5),
+    "activation_traffic_factor": (0.0, 10.0, 1.0),
+}
+CONFIG_COLS = ("model", "gpu", "tp", "weights", "kv_cache", "compute")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    id: str
+    kind: str                      # "step" or "throughput"
+    config: dict[str, Any]         # model, gpu, tp, weights, kv_cache, compute
+    measured: float                # step_time_s, or output tokens/s per GPU
+    decode_seqs: int = 0
+    context_tokens: int = 0
+    prefill_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    requests: int = 0
+    max_num_seqs: int = 2048
+    max_num_batched_tokens: int = 8192
+
+
+def scenario_data(m: Measurement, perf: dict[str, Any]) -> dict[str, Any]:
+    c = m.config
+    return {
+        "name": f"calibrate-{m.id}"[:60].replace(" ", "_"),
+        "duration_s": 1.0,
+        "drain_timeout_s": 1e7,
+        "model": c["model"],
+        "hardware": {"gpu": c["gpu"], "price_usd_per_gpu_h": 1.0},
+        "serving": {"precision": {"weights": c["weights"], "kv_cache": c["kv_cache"], "compute": c["compute"]},
+                    "parallelism": {"tp": int(c["tp"])},
+                    "batching": {"max_num_seqs": m.max_num_seqs, "max_num_batched_tokens": m.max_num_batched_tokens},
+                    "kv_cache": {"gpu_memory_fraction": 0.9}},
+        "workload": {"arrivals": {"kind": "offline", "requests": max(1, m.requests)},
+                     "input_tokens": {"kind": "fixed", "value": max(1, m.input_tokens)},
+                     "output_tokens": {"kind": "fixed", "value": max(1, m.output_tokens)}},
+        "perf": perf,
+    }
+
+
+def predict(m: Measurement, perf: dict[str, Any]) -> float:
+    """The model's value for a measurement under perf parameters `perf`."""
+    from sim.runner import run
+
+    sc = scenario_from_dict(scenario_data(m, perf), source=f"measurement {m.id}")
+    if m.kind == "step":
+        step = StepModel.from_scenario(sc)
+        chunks = [Chunk(0, m.prefill_tokens, True)] if m.prefill_tokens else []
+        return step.iteration_s(m.decode_seqs, m.decode_seqs * m.context_tokens, chunks)
+    return float(run(sc).summary["output_tok_per_s_per_gpu_makespan"])
+
+
+@dataclass
+class Fit:
+    params: dict[str, float]                 # fitted values
+    base: dict[str, Any]                     # every perf parameter used (fitted + fixed)
+    table: pd.DataFrame                      # id, kind, measured, predicted, error (relative)
+    rms_log_error: float
+    evaluations: int
+    notes: list[str] = field(default_factory=list)
+
+
+def error_table(ms: list[Measurement], perf: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for m in ms:
+        pred = predict(m, perf)
+        rows.append({"id": m.id, "kind": m.kind, **m.config, "measured": m.measured, "predicted": pred,
+                     "error": pred / m.measured - 1.0})
+    return pd.DataFrame(rows)
+
+
+def fit(ms: list[Measurement], params: tuple[str, ...] = DEFAULT_PARAMS,
+        start: dict[str, Any] | None = None) -> Fit:
+    """Least-squares fit of `params` (log residuals) starting from `start` (default: PerfCfg defaults)."""
+    from scipy.optimize import least_squares
+
+    if not ms:
+        raise InputError("calibrate: no measurements to fit")
+    unknown = [p for p in params if p not in BOUNDS]
+    if unknown:
+        raise InputError(f"calibrate --params: cannot fit {unknown}; choose from {sorted(BOUNDS)}")
+    base = PerfCfg().model_dump()
+    base.update(start or {})
+    scales = np.array([BOUNDS[p][2] for p in params])
+    lo = np.array([BOUNDS[p][0] for p in params]) / scales
+    hi = np.array([BOUNDS[p][1] for p in params]) / scales
+    x0 = np.clip(np.array([float(base[p]) for p in params]) / scales, lo + 1e-9, hi - 1e-9)
+    count = 0
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        nonlocal count
+        count += 1
+        perf = {**base, **dict(zip(params, (x * scales).tolist(), strict=True))}
+        return np.array([math.log(max(predict(m, perf), 1e-30) / m.measured) for m in ms])
+
+    sol = least_squares(residuals, x0, bounds=(lo, hi), diff_step=0.02, xtol=1e-4, ftol=1e-6, max_nfev=200)
+    fitted = dict(zip(params, (sol.x * scales).tolist(), strict=True))
+    perf = {**base, **fitted}
+    table = error_table(ms, perf)
+    rms = float(np.sqrt(np.mean(np.log1p(table["error"].to_numpy()) ** 2)))
+    notes = [] if len(ms) > len(params) else [
+        f"{len(ms)} measurements for {len(params)} parameters: the fit is not over-determined"]
+    return Fit(fitted, perf, table, rms, count, notes)
+
+
+# ---- reading measurements --------------------------------------------------------------------
+
+STEP_COLS = ("decode_seqs", "context_tokens", "prefill_tokens", "step_time_s")
+THROUGHPUT_COLS = ("input_tokens", "output_tokens", "requests", "output_tok_per_s_per_gpu")
+
+
+def read_measurements_csv(path: str | Path) -> list[Measurement]:
+    """Parse a measurements CSV (format: docs/model-assumptions.md, 'Calibrating to your data')."""
+    p = Path(path)
+    try:
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise InputError(f"{p}: file not found") from None
+    except Exception as err:
+        raise InputError(f"{p}: cannot read CSV: {err}") from None
+    missing = [c for c in ("kind", *CONFIG_COLS) if c not in df.columns]
+    if missing:
+        raise InputError(f"{p}: missing column(s) {missing}; has {list(df.columns)}")
+    out = []
+    for i, row in df.iterrows():
+        line = int(i) + 2
+        kind = row["kind"].strip()
+        if kind not in ("step", "throughput"):
+            raise InputError(f"{p}: line {line}: column 'kind' must be 'step' or 'throughput', got {kind!r}")
+        need = STEP_COLS if kind == "step" else THROUGHPUT_COLS
+        absent = [c for c in need if c not in df.columns or row[c].strip() == ""]
+        if absent:
+            raise InputError(f"{p}: line {line}: a {kind} row needs {list(absent)}")
+        nums = {c: _num(p, line, c, row[c]) for c in need}
+        extra = {c: int(_num(p, line, c, row[c])) for c in ("max_num_seqs", "max_num_batched_tokens")
+                 if c in df.columns and row[c].strip()}
+        config = {c: row[c].strip() for c in CONFIG_COLS}
+        config["tp"] = int(_num(p, line, "tp", row["tp"]))
+        mid = row["id"].strip() if "id" in df.columns and row["id"].strip() else f"line{line}"
+        if kind == "step":
+            m = Measurement(mid, kind, config, nums["step_time_s"], decode_seqs=int(nums["decode_seqs"]),
+                            context_tokens=int(nums["context_tokens"]), prefill_tokens=int(nums["prefill_tokens"]),
+                            **extra)
+        else:
+            m = Measurement(mid, kind, config, nums["output_tok_per_s_per_gpu"], input_tokens=int(nums["input_tokens"]),
+                            output_tokens=int(nums["output_tokens"]), requests=int(nums["requests"]), **extra)
+        if m.measured <= 0:
+            raise InputError(f"{p}: line {line}: the measured value must be > 0, got {m.measured}")
+        try:
+            scenario_from_dict(scenario_data(m, {}), source=f"{p}: line {line}")
+        except InputError as err:
+            raise InputError(str(err)) from None
+        out.append(m)
+    if not out:
+        raise InputError(f"{p}: no measurements")
+    return out
+
+
+def _num(p: Path, line: int, col: str, raw: str) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        raise InputError(f"{p}: line {line}: column {col!r} must be a number, got {raw!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise InputError(f"{p}: line {line}: column {col!r} must be a finite number >= 0, got {raw!r}")
+    return v
+
+
+def reference_points() -> tuple[list[Measurement], list[dict[str, Any]], dict[str, Any]]:
+    """The bundled measured points (sim/data/measured_points.yaml): usable, skipped, header."""
+    data = yaml.safe_load(resources.files("sim").joinpath("data", "measured_points.yaml").read_text(encoding="utf-8"))
+    ms = [Measurement(pt["id"], "throughput", {c: pt[c] for c in CONFIG_COLS}, float(pt["measured"]),
+                      input_tokens=data["input_tokens"], output_tokens=data["output_tokens"],
+                      requests=data["requests"]) for pt in data["points"]]
+    header = {k: v for k, v in data.items() if k not in ("points", "skipped")}
+    return ms, data.get("skipped", []), header
+
+
+def profile(f: Fit, source: str) -> dict[str, Any]:
+    """A perf profile (YAML-ready) that scenarios can reference with perf: {profile: FILE}."""
+    return {
+        "kind": "perf-profile",
+        "source": source,
+        "perf": {k: float(v) for k, v in f.base.items() if k in BOUNDS},
+        "fitted": sorted(f.params),
+        "rms_log_error": f.rms_log_error,
+        "points": [{k: (float(v) if isinstance(v, float | np.floating) else v) for k, v in r.items()}
+                   for r in f.table.to_dict(orient="records")],
+        "notes": f.notes,
+    }

@@ -1,0 +1,72 @@
+"""`calibrate`: fit the step-time parameters to measurements and write a perf profile.
+
+    run.py calibrate MEASUREMENTS.csv [--params a,b,...] [--out PROFILE.yaml]
+    run.py calibrate --reference [--out PROFILE.yaml]     refit to the bundled published points
+
+A scenario uses the profile with ``perf: {profile: PROFILE.yaml}``. The CSV format is in
+docs/model-assumptions.md ("Calibrating to your own measurements").
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from sim.calibrate import DEFAULT_PARAMS, fit, profile, read_measurements_csv, reference_points
+from sim.errors import InputError
+from simcli.output import fmt, write_text
+from simcli.run_cmd import RESULTS_DIR
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    if args.reference == (args.measurements is not None):
+        raise InputError("calibrate: give either a MEASUREMENTS.csv file or --reference")
+    params = tuple(p.strip() for p in args.params.split(",") if p.strip()) if args.params else DEFAULT_PARAMS
+    if args.reference:
+        ms, _, header = reference_points()
+        source = f"bundled measured points: {header.get('source', '')}"
+    else:
+        ms = read_measurements_csv(args.measurements)
+        source = str(args.measurements)
+    console = Console()
+    if not args.quiet:
+        console.print(f"fitting {', '.join(params)} to {len(ms)} measurements ...")
+    f = fit(ms, params)
+    prof = profile(f, source)
+    prof["created_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out if args.out is not None else RESULTS_DIR / "calibration" / f"profile-{stamp}.yaml"
+    header = ("# Perf profile written by 'run.py calibrate'. Use it in a scenario with\n"
+              f"#   perf: {{profile: {out.name}}}\n")
+    write_text(out, header + yaml.safe_dump(prof, sort_keys=False))
+    if args.quiet:
+        print(out)
+        return 0
+    t = Table(title=f"calibration: {len(ms)} measurements, rms log error {f.rms_log_error:.3f}", header_style="bold")
+    for c in ("measurement", "kind", "measured", "predicted", "error"):
+        t.add_column(c, justify="left" if c in ("measurement", "kind") else "right")
+    for _, r in f.table.iterrows():
+        t.add_row(str(r["id"]), r["kind"], fmt(r["measured"], 4), fmt(r["predicted"], 4), f"{r['error']:+.1%}")
+    console.print(t)
+    for k, v in f.params.items():
+        console.print(f"  {k} = {v:.6g}")
+    for note in f.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"profile: {out}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    c = sub.add_parser("calibrate", help="fit step-time parameters to measurements; write a perf profile")
+    c.add_argument("measurements", nargs="?", default=None, help="measurements CSV (step times or throughput)")
+    c.add_argument("--reference", action="store_true", help="fit to the bundled published measurements instead")
+    c.add_argument("--params", default=None, help=f"comma-separated parameters to fit (default: {','.join(DEFAULT_PARAMS)})")
+    c.add_argument("--out", type=Path, default=None, help="profile file (default: results/calibration/profile-<time>.yaml)")
+    c.add_argument("--quiet", action="store_true", help="print only the profile path")
+    c.set_defaults(func=cmd_calibrate)
