@@ -1,0 +1,59 @@
+"""Fidelity benchmark: simulate every measured point in sim/data/measured_points.yaml (published
+TensorRT-LLM max-throughput results, facts.md section 3a) and print simulated vs measured.
+
+    python bench/fidelity.py [--uncalibrated] [--profile PROFILE.yaml]
+
+Each point runs as the benchmark did: an offline burst of 3,000 fixed 1k-in / 1k-out requests on
+the same model, GPU, precision and tensor parallelism; output tokens/s per GPU over the makespan.
+Points the simulator cannot express yet are listed as skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml  # noqa: E402
+
+from sim.calibrate import error_table, reference_points  # noqa: E402
+
+#: The step-time parameters before calibration (the roofline's first-guess defaults).
+UNCALIBRATED = {"hbm_bw_efficiency": 0.80, "compute_efficiency": 0.55, "iteration_overhead_s": 1.5e-3,
+                "per_seq_overhead_s": 0.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--uncalibrated", action="store_true", help="use the pre-calibration first-guess parameters")
+    ap.add_argument("--profile", type=Path, default=None, help="a perf profile from 'run.py calibrate'")
+    args = ap.parse_args()
+    perf: dict = {}
+    label = "calibrated defaults (sim/data/calibration.yaml)"
+    if args.uncalibrated:
+        perf, label = UNCALIBRATED, "uncalibrated first-guess parameters"
+    elif args.profile:
+        perf = yaml.safe_load(args.profile.read_text())["perf"]
+        label = f"profile {args.profile}"
+    ms, skipped, header = reference_points()
+    table = error_table(ms, perf)
+    print(f"source: {header['source']}")
+    print(f"unit: {header['unit']}; {header['requests']} requests of {header['input_tokens']}/{header['output_tokens']} "
+          f"tokens, offline; parameters: {label}\n")
+    print(f"{'point':28s} {'GPU':9s} {'TP':>2s} {'weights/compute':>15s} {'measured':>9s} {'simulated':>9s} {'error':>7s}")
+    for _, r in table.iterrows():
+        print(f"{r['id']:28s} {r['gpu']:9s} {r['tp']:>2d} {r['weights'] + '/' + r['compute']:>15s} "
+              f"{r['measured']:9,.0f} {r['predicted']:9,.0f} {r['error']:+7.1%}")
+    abs_err = [abs(e) for e in table["error"]]
+    print(f"\nmedian absolute error {statistics.median(abs_err):.1%}; max absolute error {max(abs_err):.1%} "
+          f"({len(table)} points)")
+    print(f"\nskipped ({len(skipped)}), not expressible yet:")
+    for s in skipped:
+        print(f"  {s['id']:34s} measured {s['measured']:>7,} : {s['reason']}")
+
+
+if __name__ == "__main__":
+    main()
