@@ -24,8 +24,17 @@ from sim.cluster import Cluster, closed_loop_client, open_loop_source
 from sim.engine.replica import IterRecord, Replica
 from sim.engine.request import Request
 from sim.perf import StepModel
+from sim.perf_table import TableStepModel, read_step_table
 from sim.scenario import ClosedLoop, MemoryPlan, Scenario, memory_plan
 from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams
+
+
+def make_step_model(sc: Scenario) -> StepModel | TableStepModel:
+    """The roofline, or a measured step-time table when the scenario names one."""
+    roofline = StepModel.from_scenario(sc)
+    if sc.perf.step_table is None:
+        return roofline
+    return TableStepModel(read_step_table(sc.perf.step_table), roofline, sc.perf.step_table)
 
 
 @dataclass
@@ -36,7 +45,7 @@ class Simulation:
     seed: int
     env: simpy.Environment
     cluster: Cluster
-    step_model: StepModel
+    step_model: StepModel | TableStepModel
     memory: MemoryPlan
     requests: list[Request] = field(default_factory=list)
     records: list[IterRecord] = field(default_factory=list)
@@ -63,7 +72,7 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
     seed = sc.seed if seed is None else seed
     streams = rng_streams(seed)
     env = simpy.Environment()
-    step = StepModel.from_scenario(sc)
+    step = make_step_model(sc)
     mem = memory_plan(sc)
     s = sc.serving
     block_bytes = mem.kv_bytes_per_token_per_gpu * s.kv_cache.block_tokens
@@ -118,6 +127,12 @@ def execute(sim: Simulation, progress: Callable[[float], None] | None = None) ->
     it = metrics.iterations_frame(sim.records)
     summary: dict[str, Any] = metrics.summarize(sc, req, it, sim.memory.kv_blocks)
     summary.update(cost_mod.cost_summary(sc, summary))
+    if isinstance(sim.step_model, TableStepModel):
+        ext = sim.step_model.coverage.extrapolated()
+        summary["step_table_extrapolated"] = bool(ext)
+        summary["step_table_extrapolation"] = "; ".join(
+            f"{axis} asked {lo:,.0f}..{hi:,.0f}, table covers {sim.step_model.coverage.grid[axis][0]:,.0f}.."
+            f"{sim.step_model.coverage.grid[axis][1]:,.0f}" for axis, (lo, hi) in ext.items())
     summary["kv_blocks_per_replica"] = sim.memory.kv_blocks
     summary["kv_capacity_tokens_per_replica"] = sim.memory.kv_blocks * sc.serving.kv_cache.block_tokens
     wall = time.perf_counter() - t_wall

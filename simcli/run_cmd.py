@@ -97,6 +97,8 @@ def print_summary(result, out_dir: Path, console) -> None:
     for row in rows:
         t.add_row(*row)
     console.print(t)
+    if s.get("step_table_extrapolated"):
+        console.print(f"[yellow]warning:[/yellow] the measured step table was extrapolated: {s['step_table_extrapolation']}")
     console.print(f"results: {out_dir}")
 
 

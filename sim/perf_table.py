@@ -1,0 +1,181 @@
+"""Measured step-time tables: interpolate a CSV of iteration times instead of the roofline.
+
+CSV columns: ``decode_seqs`` (sequences decoding one token each), ``context_tokens`` (their mean
+KV length), ``prefill_tokens`` (prompt tokens computed in the same iteration), ``step_time_s``.
+The rows must form a full grid: every combination of the distinct values of the three inputs,
+at least two values each. Interpolation is multilinear (``scipy.interpolate.RegularGridInterpolator``),
+exact at table points; outside the grid it extrapolates linearly from the edge cells and records
+it, so results can say how far they left the measured range.
+
+For a fixed number of decoding sequences B and no prefill, step time is piecewise linear in the
+mean context, with breakpoints at the table's context values, hence piecewise linear in the
+summed context S = B x mean. A run of n decode steps (S grows by B per step) therefore still has a
+closed-form duration: a sum of linear pieces, one per segment the run crosses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sim.errors import InputError
+from sim.perf import Chunk, StepModel, _lin_sum
+
+COLUMNS = ("decode_seqs", "context_tokens", "prefill_tokens", "step_time_s")
+AXES = COLUMNS[:3]
+
+
+@dataclass
+class Coverage:
+    """Smallest and largest value asked for on each axis, against the table's range."""
+
+    grid: dict[str, tuple[float, float]]
+    seen: dict[str, list[float]] = field(default_factory=dict)
+
+    def note(self, axis: str, lo: float, hi: float) -> None:
+        cur = self.seen.get(axis)
+        self.seen[axis] = [lo, hi] if cur is None else [min(cur[0], lo), max(cur[1], hi)]
+
+    def extrapolated(self) -> dict[str, tuple[float, float]]:
+        """Axes where requests left the table: {axis: (lowest asked, highest asked)}."""
+        out = {}
+        for axis, (lo, hi) in self.seen.items():
+            g_lo, g_hi = self.grid[axis]
+            if lo < g_lo - 1e-9 or hi > g_hi + 1e-9:
+                out[axis] = (lo, hi)
+        return out
+
+
+def read_step_table(path: str | Path) -> pd.DataFrame:
+    p = Path(path)
+    try:
+        df = pd.read_csv(p)
+    except Exception as err:
+        raise InputError(f"{p}: cannot read step table CSV: {err}") from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{p}: step table lacks column(s) {missing}; needs {list(COLUMNS)}")
+    for c in COLUMNS:
+        vals = pd.to_numeric(df[c], errors="coerce")
+        bad = vals.isna() | (vals < 0) | ((vals <= 0) if c == "step_time_s" else False)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(f"{p}: line {i + 2}: column {c!r} must be a number "
+                             f"{'> 0' if c == 'step_time_s' else '>= 0'}, got {df[c].iloc[i]!r}")
+        df[c] = vals.astype(float)
+    if df.duplicated(list(AXES)).any():
+        i = int(np.flatnonzero(df.duplicated(list(AXES)).to_numpy())[0])
+        raise InputError(f"{p}: line {i + 2}: duplicate row for {dict(df.loc[i, list(AXES)])}")
+    sizes = {a: df[a].nunique() for a in AXES}
+    few = [a for a, n in sizes.items() if n < 2]
+    if few:
+        raise InputError(f"{p}: step table needs at least two distinct values of {few}")
+    if len(df) != math.prod(sizes.values()):
+        raise InputError(f"{p}: step table is not a full grid: {len(df)} rows for "
+                         f"{' x '.join(str(n) for n in sizes.values())} combinations of {list(AXES)}")
+    return df
+
+
+@dataclass(frozen=True)
+class PiecewiseDecode:
+    """Decode step time for B sequences: a_k + b_k * S on segment k of the summed context S
+    (segment k spans [bounds[k-1], bounds[k]); the first and last extend to infinity)."""
+
+    bounds: tuple[float, ...]
+    a: tuple[float, ...]
+    b: tuple[float, ...]
+    batch: int
+    coverage: Coverage
+
+    def _segment(self, s: float) -> int:
+        return int(np.searchsorted(self.bounds, s, side="right"))
+
+    def step_s(self, ctx_sum: float) -> float:
+        self.coverage.note("context_tokens", ctx_sum / self.batch, ctx_sum / self.batch)
+        k = self._segment(ctx_sum)
+        return self.a[k] + self.b[k] * ctx_sum
+
+    def run_s(self, ctx_sum_first: float, n_steps: int) -> float:
+        if n_steps <= 0:
+            return 0.0
+        bt = float(self.batch)
+        self.coverage.note("context_tokens", ctx_sum_first / bt, (ctx_sum_first + (n_steps - 1) * bt) / bt)
+        total, j = 0.0, 0
+        while j < n_steps:
+            k = self._segment(ctx_sum_first + j * bt)
+            if k < len(self.bounds):  # steps until S reaches the next breakpoint
+                end = min(n_steps, max(j + 1, math.ceil((self.bounds[k] - ctx_sum_first) / bt)))
+            else:
+                end = n_steps
+            total += _lin_sum(self.a[k] + self.b[k] * ctx_sum_first, self.b[k] * bt, j, end)
+            j = end
+        return total
+
+    def steps_within(self, ctx_sum_first: float, n_max: int, elapsed_s: float) -> int:
+        lo, hi = 0, n_max
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.run_s(ctx_sum_first, mid) <= elapsed_s:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+
+class TableStepModel:
+    """Step times from a measured table (same interface as perf.StepModel)."""
+
+    def __init__(self, table: pd.DataFrame, roofline: StepModel, path: str = "") -> None:
+        from scipy.interpolate import RegularGridInterpolator
+
+        self.path = path
+        self.roofline = roofline  # for KV transfers over the host link
+        self.axes = [np.sort(table[a].unique()) for a in AXES]
+        grid = table.set_index(list(AXES))["step_time_s"]
+        values = np.array([[[grid[(b, c, p)] for p in self.axes[2]] for c in self.axes[1]] for b in self.axes[0]])
+        self._interp = RegularGridInterpolator(self.axes, values, method="linear", bounds_error=False, fill_value=None)
+        self.coverage = Coverage({a: (float(ax[0]), float(ax[-1])) for a, ax in zip(AXES, self.axes, strict=True)})
+        self._decode_cache: dict[int, PiecewiseDecode] = {}
+
+    def _at(self, b: float, c: float, p: float) -> float:
+        return float(self._interp([[b, c, p]])[0])
+
+    def iteration_s(self, decode_seqs: int, decode_ctx_sum: int, chunks: list[Chunk] | tuple[Chunk, ...] = ()) -> float:
+        if not chunks:
+            return self.decode(decode_seqs).step_s(decode_ctx_sum) if decode_seqs else 0.0
+        prefill = float(sum(ch.new for ch in chunks))
+        mean_ctx = decode_ctx_sum / decode_seqs if decode_seqs else float(self.axes[1][0])
+        cov = self.coverage
+        cov.note("decode_seqs", decode_seqs, decode_seqs)
+        cov.note("prefill_tokens", prefill, prefill)
+        if decode_seqs:
+            cov.note("context_tokens", mean_ctx, mean_ctx)
+        return max(0.0, self._at(decode_seqs, mean_ctx, prefill))
+
+    def decode(self, batch: int) -> PiecewiseDecode:
+        d = self._decode_cache.get(batch)
+        if d is not None:
+            return d
+        self.coverage.note("decode_seqs", batch, batch)
+        cs = self.axes[1]
+        v = np.array([self._at(batch, c, 0.0) for c in cs])
+        slopes_c = np.diff(v) / np.diff(cs)
+        # Segments in S = batch x mean context: below the first point, between points, above the last.
+        seg_slope_c = np.concatenate([[slopes_c[0]], slopes_c, [slopes_c[-1]]])
+        seg_origin = np.concatenate([[0], np.arange(len(cs) - 1), [len(cs) - 2]])
+        a, b = [], []
+        for sc, o in zip(seg_slope_c, seg_origin, strict=True):
+            # t = v[o] + sc * (S / batch - cs[o])  ->  intercept + slope * S
+            a.append(float(v[o] - sc * cs[o]))
+            b.append(float(sc / batch))
+        bounds = tuple(float(c * batch) for c in cs)
+        d = PiecewiseDecode(bounds, tuple(a), tuple(b), batch, self.coverage)
+        self._decode_cache[batch] = d
+        return d
+
+    def transfer_s(self, kv_tokens: int) -> float:
+        return self.roofline.transfer_s(kv_tokens)
