@@ -6,8 +6,9 @@ time-weighted levels cover what the GPUs did DURING W: each iteration record spa
 contributes the fraction of it that overlaps W (a multi-step decode run spreads its tokens evenly
 over its span). Idle time counts as zero batch, zero KV and zero queue.
 
-Per request: queue_s = admit - arrival; ttft_s = first token - arrival (+ front-end overhead);
-e2e_s = last token - arrival (+ front-end overhead); tpot_s = (last token - first token) /
+Per request: queue_s = admit - arrival; ttft_s = first token - arrival + front-end overhead;
+e2e_s = last token - arrival + front-end overhead (tokenize + schedule + detokenize/stream, see
+scenario.Frontend: these run outside the GPU iterations and, once per request, delay both); tpot_s = (last token - first token) /
 (output tokens - 1), undefined for one-token outputs. A request meets the SLO when it completed,
 ttft_s <= slo.ttft_s and (tpot_s <= slo.tpot_s or it has a single output token).
 """
@@ -42,7 +43,7 @@ def requests_frame(reqs: Sequence[Request], sc: Scenario) -> pd.DataFrame:
     out = np.asarray(col("output_tokens"), dtype=np.int64)
     status = np.asarray([_STATUS[r.status] for r in reqs], dtype=object)
     done = status == "completed"
-    fe = sc.serving.frontend_overhead_s
+    fe = sc.serving.frontend.overhead_s(np.asarray(col("input_tokens"), dtype=float))
     with np.errstate(invalid="ignore", divide="ignore"):
         ttft = np.where(first >= 0, first - arrival + fe, nan)
         e2e = np.where(done, finish - arrival + fe, nan)

@@ -247,6 +247,20 @@ class KvCacheCfg(_Frozen):
     watermark_fraction: float = Field(default=0.01, ge=0, lt=1)
 
 
+class Frontend(_Frozen):
+    """Per-request work outside the GPU iterations (API server): it adds to TTFT and E2E."""
+
+    tokenize_s: float = Field(default=0.0, ge=0, description="fixed part of tokenizing the prompt")
+    tokenize_s_per_1k_tokens: float = Field(default=0.0, ge=0, description="per 1,000 prompt tokens")
+    schedule_s: float = Field(default=0.0, ge=0, description="request admission, routing, queue hand-off")
+    detokenize_s: float = Field(default=0.0, ge=0, description="detokenize and stream a token to the client")
+
+    def overhead_s(self, input_tokens):  # works on ints and numpy arrays
+        """Latency a request's first (and last) token carries on top of the engine's."""
+        return self.tokenize_s + self.tokenize_s_per_1k_tokens * input_tokens / 1000.0 + self.schedule_s \
+            + self.detokenize_s
+
+
 class Serving(_Frozen):
     precision: PrecisionCfg = PrecisionCfg()
     parallelism: Parallelism = Parallelism()
@@ -254,7 +268,7 @@ class Serving(_Frozen):
     batching: Batching = Batching()
     kv_cache: KvCacheCfg = KvCacheCfg()
     router: Literal["round_robin", "least_outstanding", "least_kv_load"] = "least_outstanding"
-    frontend_overhead_s: float = Field(default=0.0, ge=0, description="per-request fixed latency added to TTFT/E2E")
+    frontend: Frontend = Frontend()
 
 
 def _calibrated_defaults() -> dict[str, float]:

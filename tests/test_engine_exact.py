@@ -79,10 +79,13 @@ def test_lone_request_without_chunked_prefill_is_one_prefill_iteration():
 def test_frontend_overhead_adds_to_ttft_and_e2e():
     base = lone(300, 10)
     _, a = run_one(base, 300, 10)
-    over = lone(300, 10, serving={"frontend_overhead_s": 0.05})
+    over = lone(300, 10, serving={"frontend": {"tokenize_s": 0.01, "tokenize_s_per_1k_tokens": 0.02,
+                                               "schedule_s": 0.003, "detokenize_s": 0.001}})
     _, b = run_one(over, 300, 10)
-    assert b.requests["ttft_s"].iloc[0] == pytest.approx(a.requests["ttft_s"].iloc[0] + 0.05)
-    assert b.requests["e2e_s"].iloc[0] == pytest.approx(a.requests["e2e_s"].iloc[0] + 0.05)
+    extra = 0.01 + 0.02 * 0.3 + 0.003 + 0.001
+    assert b.requests["ttft_s"].iloc[0] == pytest.approx(a.requests["ttft_s"].iloc[0] + extra)
+    assert b.requests["e2e_s"].iloc[0] == pytest.approx(a.requests["e2e_s"].iloc[0] + extra)
+    assert b.requests["tpot_s"].iloc[0] == pytest.approx(a.requests["tpot_s"].iloc[0])
 
 
 CASES = {

@@ -78,3 +78,19 @@ def test_overhead_is_added_once_per_iteration():
     without = StepModel.from_scenario(scenario_from_dict(base_dict(perf={"iteration_overhead_s": 0.0})))
     assert with_o.iteration_s(3, 300) - without.iteration_s(3, 300) == pytest.approx(0.004)
     assert with_o.decode(3).run_s(300, 10) - without.decode(3).run_s(300, 10) == pytest.approx(0.04)
+
+
+def test_mla_and_shared_experts():
+    s = StepModel.from_scenario(scenario_from_dict(base_dict(
+        model="deepseek-v3", hardware={"gpu": "b200"}, perf=NO_OVERHEAD,
+        serving={"parallelism": {"tp": 8}, "precision": {"weights": "fp4", "kv_cache": "fp8", "compute": "fp4"}})))
+    m = s.model
+    # Absorbed MLA: 4 x heads x (kv_lora_rank + rope) FLOPs per (query, key) pair, split over tp.
+    assert s.attn_flops_per_pair == 4 * 128 * (512 + 64) / 8
+    # One shared expert per MoE layer is always read; routed experts only when touched.
+    shared = m.moe_layers * m.expert_params
+    assert m.always_read_params >= shared
+    one_token = s.weight_bytes(1) - s.base_weight_bytes
+    assert one_token == pytest.approx(m.moe_layers * 256 * (1 - (1 - 8 / 256)) * s.expert_bytes_per_layer)
+    # Active parameters per token: 8 routed + 1 shared expert per MoE layer, about 37B in all.
+    assert m.params_active / 1e9 == pytest.approx(37, rel=0.02)
