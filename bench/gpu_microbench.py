@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+DATA = Path(__file__).resolve().parents[1] / "sim" / "data"
 
 GEMM_SHAPES = {  # (K, N) of the per-layer projections
     "llama8b_qkv": (4096, 6144), "llama8b_o": (4096, 4096), "llama8b_up_gate": (4096, 28672),
@@ -154,27 +154,31 @@ def main() -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device; nothing measured", file=sys.stderr)
         return 2
-    from sim.catalog import gpu_catalog
-    from sim.scenario import PerfCfg
+    import yaml  # the GPU machine has PyYAML but not the project's other dependencies
 
-    spec = gpu_catalog()[args.gpu]
+    gpus = yaml.safe_load((DATA / "gpus.yaml").read_text(encoding="utf-8"))
+    if args.gpu not in gpus:
+        print(f"error: --gpu {args.gpu!r} is not in the catalog ({', '.join(gpus)})", file=sys.stderr)
+        return 2
+    spec = gpus[args.gpu]
+    cal = yaml.safe_load((DATA / "calibration.yaml").read_text(encoding="utf-8"))["perf"]
+    peak_bw = spec["hbm_bw_tb_s"]
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     bw = bandwidth(torch, args.device, args.repeats, args.gib)
     gm = gemm(torch, args.device, args.repeats, args.quick)
     at = attention(torch, args.device, args.repeats, args.quick)
     for r in bw:
-        r["fraction_of_peak"] = r["tb_s"] / spec.hbm_bw_tb_s
+        r["fraction_of_peak"] = r["tb_s"] / peak_bw
     for r in gm:
-        peak = spec.peak_flops(r["precision"])
-        r["fraction_of_peak_flops"] = r["tflops"] * 1e12 / peak if peak else float("nan")
-        r["fraction_of_peak_bw"] = r["tb_s"] / spec.hbm_bw_tb_s
+        peak = spec["tflops"].get(r["precision"])
+        r["fraction_of_peak_flops"] = r["tflops"] / peak if peak else float("nan")
+        r["fraction_of_peak_bw"] = r["tb_s"] / peak_bw
     for r in at:
-        r["fraction_of_peak_bw"] = r["kv_tb_s"] / spec.hbm_bw_tb_s
+        r["fraction_of_peak_bw"] = r["kv_tb_s"] / peak_bw
     write_csv(args.out / "bandwidth.csv", bw)
     write_csv(args.out / "gemm.csv", gm)
     write_csv(args.out / "attention.csv", at)
-    cfg = PerfCfg()
     big = [r for r in gm if r["tokens"] >= 2048]
     small = [r for r in gm if r["tokens"] <= 8]
     summary = {
@@ -185,8 +189,8 @@ def main() -> int:
         "gemm_large_fraction_of_peak_median": statistics.median(r["fraction_of_peak_flops"] for r in big) if big else None,
         "gemm_small_bw_fraction_median": statistics.median(r["fraction_of_peak_bw"] for r in small) if small else None,
         "attention_decode_bw_fraction_median": statistics.median(r["fraction_of_peak_bw"] for r in at),
-        "calibrated_hbm_bw_efficiency": cfg.hbm_bw_efficiency,
-        "calibrated_compute_efficiency": cfg.compute_efficiency,
+        "calibrated_hbm_bw_efficiency": cal["hbm_bw_efficiency"],
+        "calibrated_compute_efficiency": cal["compute_efficiency"],
     }
     tmp = args.out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
