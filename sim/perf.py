@@ -27,6 +27,7 @@ engine advance many decode steps in one event.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec
@@ -64,15 +65,20 @@ class DecodeCoeffs:
         return total + _lin_sum(*flat, 0, k) + _lin_sum(*steep, k, n_steps)
 
     def steps_within(self, ctx_sum_first: float, n_max: int, elapsed_s: float) -> int:
-        """Largest n <= n_max whose cumulative run time is <= elapsed_s (binary search)."""
-        lo, hi = 0, n_max
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.run_s(ctx_sum_first, mid) <= elapsed_s:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        return steps_within(self.run_s, ctx_sum_first, n_max, elapsed_s)
+
+
+def steps_within(run_s: Callable[[float, int], float], ctx_sum_first: float, n_max: int, elapsed_s: float) -> int:
+    """Largest n <= n_max whose cumulative run time run_s(first, n) is <= elapsed_s (bisection;
+    run_s is non-decreasing in n)."""
+    lo, hi = 0, n_max
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if run_s(ctx_sum_first, mid) <= elapsed_s:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _lin_sum(a: float, b: float, lo: int, hi: int) -> float:

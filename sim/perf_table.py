@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from sim.errors import InputError
-from sim.perf import Chunk, StepModel, _lin_sum
+from sim.perf import Chunk, StepModel, _lin_sum, steps_within
 
 COLUMNS = ("decode_seqs", "context_tokens", "prefill_tokens", "step_time_s")
 AXES = COLUMNS[:3]
@@ -116,14 +116,7 @@ class PiecewiseDecode:
         return total
 
     def steps_within(self, ctx_sum_first: float, n_max: int, elapsed_s: float) -> int:
-        lo, hi = 0, n_max
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.run_s(ctx_sum_first, mid) <= elapsed_s:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        return steps_within(self.run_s, ctx_sum_first, n_max, elapsed_s)
 
 
 class TableStepModel:
