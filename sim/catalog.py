@@ -280,7 +280,3 @@ def gpu_catalog() -> dict[str, GpuSpec]:
 def model_catalog() -> dict[str, ModelSpec]:
     """All catalog models by name."""
     return {k: ModelSpec(name=k, **v) for k, v in _load_yaml("models.yaml").items()}
-
-
-def weight_bytes_per_param(weights: str) -> float:
-    return BYTES_PER_ELEMENT[weights]

@@ -35,7 +35,6 @@ from sim.errors import InputError
 from sim.scenario import ClosedLoop, Diurnal, GammaArrivals, Piecewise, Poisson, Scenario
 
 Rows = list[dict[str, Any]]
-Evaluate = Callable[[dict[str, Any]], Rows]
 
 
 class PlanSpec(BaseModel):

@@ -201,6 +201,20 @@ def test_failing_point_is_recorded_and_others_finish(tmp_path):
     assert len(ran) == 1                      # the failed point is retried, the good one is not
 
 
+def test_python_api_run_sweep_matches_cli(tmp_path):
+    from sim.sweep import inline_executor, run_sweep
+
+    p = sweep_file(tmp_path, {"axes": {"serving.replicas": [1, 2]}, "replications": 2})
+    sf = load_sweep(p)
+    points = make_points(expand(sf.spec), sf.spec.replications, sf.root_seed)
+    with inline_executor() as ex:
+        table = run_sweep(sf.base, sf.base_dir, points, ex)
+    assert list(zip(table["serving.replicas"], table["replication"], strict=True)) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert cmd_sweep(args_for(p, tmp_path / "o")) == 0
+    cli = pd.read_parquet(tmp_path / "o" / "sweep.parquet")
+    assert cli["ttft_s_p99"].tolist() == pytest.approx(table["ttft_s_p99"].tolist(), rel=1e-12)
+
+
 def test_aggregate_mean_and_t_interval():
     df = pd.DataFrame({"point_id": ["a"] * 4 + ["b"] * 4, "x": [1] * 4 + [2] * 4, "replication": [0, 1, 2, 3] * 2,
                        "seed": 0, "root_seed": 0, "m": [1.0, 2.0, 3.0, 4.0, 10, 10, 10, 10], "error": ""})

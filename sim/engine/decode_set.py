@@ -52,9 +52,6 @@ class DecodeSet:
     def kv_tokens(self, r: Request) -> int:
         return r.base + self.g
 
-    def generated(self, r: Request) -> int:
-        return r.output_tokens - (r.finish_g - self.g)
-
     # ---- queries ------------------------------------------------------------------------------
     def ctx_sum_at(self, g_after: int) -> int:
         """Summed KV length over members at the step that brings the counter to g_after."""
