@@ -305,7 +305,10 @@ class dask_executor:  # noqa: N801
                                          dashboard_address=None)
             self._client = Client(self._cluster)
         else:
-            self._client = Client(address)
+            try:
+                self._client = Client(address, timeout="15s")
+            except (OSError, TimeoutError, ValueError) as err:
+                raise InputError(f"--dask: cannot connect to a Dask scheduler at {address!r}: {err}") from None
 
     def __enter__(self) -> Executor:
         return self._client.get_executor(pure=False)

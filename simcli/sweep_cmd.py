@@ -63,19 +63,25 @@ LOAD_KEYS = ("clients", "rate_per_s", "mean_rate_per_s", "rate_scale")
 class PointStore:
     """Finished points as one JSON file each under <out>/points/ (atomic writes)."""
 
-    def __init__(self, out: Path, sweep: SweepFile, points: list[Point], fresh: bool) -> None:
-        self.out = out
-        self.dir = out / "points"
+    @staticmethod
+    def check(out: Path, sweep: SweepFile, fresh: bool) -> None:
+        """Refuse (before anything is written) a folder that holds another sweep's results."""
         manifest = out / "sweep.json"
-        digest = sweep.digest()
         if manifest.exists() and not fresh:
             try:
                 old = json.loads(manifest.read_text(encoding="utf-8")).get("digest")
             except (OSError, json.JSONDecodeError):
                 old = None
-            if old != digest:
+            if old != sweep.digest():
                 raise InputError(f"--out {out}: holds results of a different sweep; use --fresh to start over "
                                  "or choose another folder")
+
+    def __init__(self, out: Path, sweep: SweepFile, points: list[Point], fresh: bool) -> None:
+        self.check(out, sweep, fresh)
+        self.out = out
+        self.dir = out / "points"
+        manifest = out / "sweep.json"
+        digest = sweep.digest()
         if fresh and self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -187,9 +193,7 @@ def cmd_sweep(args: argparse.Namespace, after_row: Callable[[dict[str, Any]], No
     sweep = load_sweep(args.sweep_file, parse_set(args.set))
     points = make_points(expand(sweep.spec), sweep.spec.replications, sweep.root_seed)
     out = args.out if args.out is not None else RESULTS_DIR / sweep.name / f"sweep-{sweep.digest()[:12]}"
-    store = PointStore(out, sweep, points, fresh=args.fresh)
-    done = store.finished(points)
-    todo = [p for p in points if p.key not in done]
+    PointStore.check(out, sweep, args.fresh)
     console = Console()
     failed = 0
 
@@ -201,6 +205,9 @@ def cmd_sweep(args: argparse.Namespace, after_row: Callable[[dict[str, Any]], No
             after_row(row)
 
     with make_executor(args.workers, args.dask) as ex:
+        store = PointStore(out, sweep, points, fresh=args.fresh)
+        done = store.finished(points)
+        todo = [p for p in points if p.key not in done]
         if show_progress(args.quiet) and todo:
             from rich.progress import (
                 BarColumn,
