@@ -17,12 +17,11 @@ import yaml
 
 from sim.calibrate import DEFAULT_PARAMS, fit, profile, read_measurements_csv, reference_points
 from sim.errors import InputError
-from simcli.output import fmt, write_text
+from simcli.output import fmt, make_console, write_text
 from simcli.run_cmd import RESULTS_DIR
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     if args.reference == (args.measurements is not None):
@@ -34,7 +33,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         ms = read_measurements_csv(args.measurements)
         source = str(args.measurements)
-    console = Console()
+    console = make_console()
     if not args.quiet:
         console.print(f"fitting {', '.join(params)} to {len(ms)} measurements ...")
     f = fit(ms, params)

@@ -91,6 +91,14 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
         raise
 
 
+def make_console():
+    """A rich console: the terminal's width, or 130 columns when written to a pipe or file
+    (rich would assume 80 and wrap the tables)."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=130)
+
+
 def show_progress(quiet: bool) -> bool:
     """Progress bars only on a terminal, never in CI or with --quiet."""
     return not quiet and sys.stdout.isatty() and not os.environ.get("CI")

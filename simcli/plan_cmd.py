@@ -25,7 +25,7 @@ from sim.errors import InputError
 from sim.plan import PlanSpec, Search, cheapest, load_knob, max_load, min_replicas, summary_row
 from sim.scenario import format_validation_error, read_yaml, scenario_from_dict, set_dotted
 from sim.sweep import apply_params, execute, make_points
-from simcli.output import atomic_dir, fmt, jsonable, show_progress
+from simcli.output import atomic_dir, fmt, jsonable, make_console, show_progress
 from simcli.run_cmd import RESULTS_DIR, parse_set, unique
 from simcli.sweep_cmd import make_executor
 
@@ -53,7 +53,6 @@ def load_plan(path: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], Pla
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     base, spec, base_dir = load_plan(args.scenario, parse_set(args.set))
@@ -73,7 +72,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise InputError(f"{err}\n  (in plan.candidates[{i}])") from None
     knob = load_knob(sc)
     rate = spec.rate if spec.rate is not None else knob.value
-    console = Console()
+    console = make_console()
     verbose = show_progress(args.quiet)
     evaluations: list[dict[str, Any]] = []
     table: list[dict[str, Any]] = []
@@ -130,8 +129,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
              f"{sc.name}: fewest replicas within the SLO at {knob.path}={rate:g} {knob.unit}")
     t = Table(title=title, header_style="bold")
     key = "max_load_per_replica" if args.max_rate else "min_replicas"
-    for col in ("candidate", "configuration", "max load/replica" if args.max_rate else "min replicas", "GPUs", "$/M out tok", "$/GPU-h", "TTFT p99 [s]",
-                "TPOT p99 [ms]", "SLO attain.", "GPU busy"):
+    for col in ("candidate", "configuration", "max load/replica" if args.max_rate else "min replicas", "GPUs", "$/M out tok", "$/GPU-h", "TTFT p99 (s)",
+                "TPOT p99 (ms)", "SLO attain.", "GPU busy"):
         t.add_column(col, justify="left" if col == "configuration" else "right")
     for r in table:
         short = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in candidates[r["candidate"]].items()) or "as is"

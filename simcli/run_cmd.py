@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from sim.errors import InputError
-from simcli.output import atomic_dir, fmt, jsonable, show_progress
+from simcli.output import atomic_dir, fmt, jsonable, make_console, show_progress
 
 RESULTS_DIR = Path("results")
 
@@ -103,8 +103,6 @@ def print_summary(result, out_dir: Path, console) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from sim.runner import build, execute
     from sim.scenario import load_scenario
 
@@ -112,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     seed = sc.seed if args.seed is None else args.seed
     if seed < 0:
         raise InputError(f"--seed: must be >= 0, got {seed}")
-    console = Console(stderr=False)
+    console = make_console()
     sim = build(sc, seed)
     if show_progress(args.quiet):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

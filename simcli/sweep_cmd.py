@@ -45,7 +45,7 @@ from sim.sweep import (
     pareto_frontier,
     tidy,
 )
-from simcli.output import fmt, save_figure, show_progress, write_json, write_table
+from simcli.output import fmt, make_console, save_figure, show_progress, write_json, write_table
 from simcli.run_cmd import RESULTS_DIR, parse_set
 
 _SPECIAL = {"inf": float("inf"), "-inf": float("-inf")}
@@ -167,7 +167,7 @@ def print_sweep(console, sweep: SweepFile, agg: pd.DataFrame, out: Path, ran: in
                     f"(mean ± 95% CI)", header_style="bold")
     for c in params:
         t.add_column(c.rsplit(".", 1)[-1])
-    cols = [("ttft_s_p99", "TTFT p99 [s]", 3), ("tpot_s_p50", "TPOT p50 [ms]", 1),
+    cols = [("ttft_s_p99", "TTFT p99 (s)", 3), ("tpot_s_p50", "TPOT p50 (ms)", 1),
             ("total_tok_per_s_per_gpu", "tok/s/GPU", 0), ("slo_attainment", "SLO attain.", 3),
             ("usd_per_m_output_tokens", "$/M out tok", 3)]
     for _, head, _ in cols:
@@ -188,13 +188,11 @@ def print_sweep(console, sweep: SweepFile, agg: pd.DataFrame, out: Path, ran: in
 
 def cmd_sweep(args: argparse.Namespace, after_row: Callable[[dict[str, Any]], None] | None = None) -> int:
     """Run a sweep. `after_row` is called after each point is persisted (tests simulate crashes with it)."""
-    from rich.console import Console
-
     sweep = load_sweep(args.sweep_file, parse_set(args.set))
     points = make_points(expand(sweep.spec), sweep.spec.replications, sweep.root_seed)
     out = args.out if args.out is not None else RESULTS_DIR / sweep.name / f"sweep-{sweep.digest()[:12]}"
     PointStore.check(out, sweep, args.fresh)
-    console = Console()
+    console = make_console()
     failed = 0
 
     def handle(row: dict[str, Any]) -> None:
