@@ -41,9 +41,10 @@ def requests_frame(reqs: Sequence[Request], sc: Scenario) -> pd.DataFrame:
     finish = np.asarray(col("finish_s"), dtype=float)
     admit = np.asarray(col("admit_s"), dtype=float)
     out = np.asarray(col("output_tokens"), dtype=np.int64)
+    inp = np.asarray(col("input_tokens"), dtype=np.int64)
     status = np.asarray([_STATUS[r.status] for r in reqs], dtype=object)
     done = status == "completed"
-    fe = sc.serving.frontend.overhead_s(np.asarray(col("input_tokens"), dtype=float))
+    fe = sc.serving.frontend.overhead_s(inp.astype(float))
     with np.errstate(invalid="ignore", divide="ignore"):
         ttft = np.where(first >= 0, first - arrival + fe, nan)
         e2e = np.where(done, finish - arrival + fe, nan)
@@ -55,7 +56,7 @@ def requests_frame(reqs: Sequence[Request], sc: Scenario) -> pd.DataFrame:
         "request_id": np.asarray(col("id"), dtype=np.int64),
         "replica": np.asarray(col("replica"), dtype=np.int64),
         "arrival_s": arrival,
-        "input_tokens": np.asarray(col("input_tokens"), dtype=np.int64),
+        "input_tokens": inp,
         "output_tokens": out,
         "status": pd.Categorical(status, categories=["completed", "rejected", "in_flight"]),
         "reject_reason": col("reject_reason"),

@@ -16,6 +16,7 @@ closed-form duration: a sum of linear pieces, one per segment the run crosses.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +93,7 @@ class PiecewiseDecode:
     coverage: Coverage
 
     def _segment(self, s: float) -> int:
-        return int(np.searchsorted(self.bounds, s, side="right"))
+        return bisect_right(self.bounds, s)
 
     def step_s(self, ctx_sum: float) -> float:
         self.coverage.note("context_tokens", ctx_sum / self.batch, ctx_sum / self.batch)

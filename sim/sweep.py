@@ -77,7 +77,12 @@ class Point:
 
     @property
     def key(self) -> str:
-        return f"{self.point_id}-r{self.replication}"
+        return point_key(self.point_id, self.replication)
+
+
+def point_key(pid: str, replication: int) -> str:
+    """The identity of one point x replication (file name of its stored row)."""
+    return f"{pid}-r{replication}"
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,7 @@ def run_point(base: dict[str, Any], base_dir: str | None, point: Point) -> dict[
 
 def execute(base: dict[str, Any], base_dir: str | None, points: Iterable[Point], executor: Executor) -> Iterator[dict[str, Any]]:
     """Submit every point and yield rows as they complete (any concurrent.futures executor)."""
-    futures: dict[Future, Point] = {executor.submit(run_point, base, base_dir, p): p for p in points}
+    futures: list[Future] = [executor.submit(run_point, base, base_dir, p) for p in points]
     for fut in as_completed(futures):
         yield fut.result()
 
@@ -211,7 +216,7 @@ def run_sweep(base: dict[str, Any], base_dir: str | None, points: list[Point], e
         rows.append(row)
         if on_row is not None:
             on_row(row)
-    return tidy(rows, [p for p in points])
+    return tidy(rows, points)
 
 
 def tidy(rows: list[dict[str, Any]], points: list[Point]) -> pd.DataFrame:
@@ -220,7 +225,7 @@ def tidy(rows: list[dict[str, Any]], points: list[Point]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    df["_o"] = [order.get(f"{pid}-r{r}", math.inf) for pid, r in zip(df["point_id"], df["replication"], strict=True)]
+    df["_o"] = [order.get(point_key(pid, r), math.inf) for pid, r in zip(df["point_id"], df["replication"], strict=True)]
     return df.sort_values("_o", kind="stable").drop(columns="_o").reset_index(drop=True)
 
 

@@ -22,10 +22,10 @@ import pandas as pd
 from pydantic import ValidationError
 
 from sim.errors import InputError
-from sim.plan import PlanSpec, Search, cheapest, load_knob, max_load, min_replicas, summary_row
+from sim.plan import PlanSpec, Search, cheapest, load_knob, max_load, meets, min_replicas, summary_row
 from sim.scenario import format_validation_error, read_yaml, scenario_from_dict, set_dotted
 from sim.sweep import apply_params, execute, make_points
-from simcli.output import atomic_dir, fmt, jsonable, make_console, show_progress
+from simcli.output import atomic_dir, fmt, jsonable, make_console, show_progress, write_json, write_table
 from simcli.run_cmd import RESULTS_DIR, parse_set, unique
 from simcli.sweep_cmd import make_executor
 
@@ -65,9 +65,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ValidationError as err:
         raise InputError(format_validation_error(err, "command line", prefix="--")) from None
     candidates = spec.candidates or [{}]
+    scenarios = []
     for i, cand in enumerate(candidates):
         try:
-            scenario_from_dict(apply_params(base, cand), source=source, base_dir=base_dir)
+            scenarios.append(scenario_from_dict(apply_params(base, cand), source=source, base_dir=base_dir))
         except InputError as err:
             raise InputError(f"{err}\n  (in plan.candidates[{i}])") from None
     knob = load_knob(sc)
@@ -81,7 +82,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         def evaluate(cand_i: int, params: dict[str, Any], label: str, value: float):
             pts = make_points([params], spec.replications, sc.seed)
             rows = list(execute(base, base_dir, pts, ex))
-            met = all(r.get("error") == "" and r.get("slo_met") for r in rows)
+            met = meets(rows)
             for r in rows:
                 evaluations.append({"candidate": cand_i, "search": label, "value": value, "met": met,
                                     **{k: v for k, v in r.items() if k != "traceback"}})
@@ -95,7 +96,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                                   start=knob.value, integer=knob.integer, rel_tol=spec.rate_tolerance,
                                   max_evaluations=spec.max_evaluations)
                 row = _row(i, cand, search)
-                replicas = scenario_from_dict(apply_params(base, cand), base_dir=base_dir).serving.replicas
+                replicas = scenarios[i].serving.replicas
                 row.update({"max_load": search.answer, "max_load_per_replica":
                             None if search.answer is None else search.answer / replicas, "replicas": replicas})
             else:
@@ -114,14 +115,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out if args.out is not None else unique(RESULTS_DIR / sc.name / f"plan-{stamp}")
     with atomic_dir(out) as tmp:
-        plan_df.to_csv(tmp / "plan.csv", index=False)
-        plan_df.to_parquet(tmp / "plan.parquet", index=False)
-        ev = pd.DataFrame(evaluations)
-        ev.to_csv(tmp / "evaluations.csv", index=False)
-        ev.to_parquet(tmp / "evaluations.parquet", index=False)
-        import json
-
-        (tmp / "plan.json").write_text(json.dumps(jsonable(answer), indent=2), encoding="utf-8")
+        write_table(plan_df, tmp / "plan")
+        write_table(pd.DataFrame(evaluations), tmp / "evaluations")
+        write_json(tmp / "plan.json", answer)
     if args.quiet:
         print(out)
         return 0

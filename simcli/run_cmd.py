@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import yaml
 
 from sim.errors import InputError
-from simcli.output import atomic_dir, fmt, jsonable, make_console, show_progress
+from simcli.output import atomic_dir, fmt, make_console, show_progress, write_json
 
 RESULTS_DIR = Path("results")
 
@@ -40,10 +39,8 @@ def write_results(result, out_dir: Path, scenario_path: str) -> Path:
             yaml.safe_dump(sc.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
         meta = {"scenario": sc.name, "scenario_file": scenario_path, "seed": result.seed, "version": __version__,
                 "created_utc": datetime.now(UTC).isoformat(timespec="seconds"), "wall_s": result.wall_s}
-        (tmp / "run.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        summary = jsonable(dict(result.summary))
-        summary["seed"] = result.seed
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_json(tmp / "run.json", meta)
+        write_json(tmp / "summary.json", {**result.summary, "seed": result.seed})
         result.requests.to_parquet(tmp / "requests.parquet", index=False)
         result.iterations.to_parquet(tmp / "iterations.parquet", index=False)
     return out_dir

@@ -20,8 +20,8 @@ import argparse
 import json
 import os
 import shutil
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from sim.sweep import (
     local_executor,
     make_points,
     pareto_frontier,
+    point_key,
     tidy,
 )
 from simcli.output import fmt, make_console, save_figure, show_progress, write_json, write_table
@@ -108,7 +109,7 @@ class PointStore:
         return done
 
     def save(self, row: dict[str, Any]) -> None:
-        write_json(self.path(f"{row['point_id']}-r{row['replication']}"), row)
+        write_json(self.path(point_key(row["point_id"], row["replication"])), row)
 
     def rows(self, points: list[Point]) -> list[dict[str, Any]]:
         out = []
@@ -136,7 +137,8 @@ def _rows_frame(rows: list[dict[str, Any]], points: list[Point]) -> pd.DataFrame
     return df
 
 
-def write_outputs(out: Path, sweep: SweepFile, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def write_outputs(out: Path, sweep: SweepFile, df: pd.DataFrame) -> pd.DataFrame:
+    """sweep, aggregate and Pareto tables (+ chart); returns the aggregate."""
     from sim import report  # matplotlib: slow to import, only needed here
     params = list(sweep.spec.axes) + list(sweep.spec.zip)
     write_table(df, out / "sweep")
@@ -144,7 +146,7 @@ def write_outputs(out: Path, sweep: SweepFile, df: pd.DataFrame) -> tuple[pd.Dat
     write_table(agg, out / "aggregate")
     x, y = f"{PARETO_X}_mean", f"{PARETO_Y}_mean"
     if agg.empty or x not in agg or y not in agg:
-        return agg, None
+        return agg
     front = pareto_frontier(agg, x, y)
     write_table(front, out / "pareto")
     # One curve per configuration: the values of every axis that is not a load knob.
@@ -186,6 +188,27 @@ def print_sweep(console, sweep: SweepFile, agg: pd.DataFrame, out: Path, ran: in
     console.print(f"results: {out}")
 
 
+@contextmanager
+def _progress(console, total: int, show: bool) -> Iterator[Callable[[], None]]:
+    """Yield a function that advances a progress bar with ETA (a no-op when not shown)."""
+    if not show:
+        yield lambda: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("points"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as prog:
+        task = prog.add_task("sweep", total=total)
+        yield lambda: prog.advance(task)
+
+
 def cmd_sweep(args: argparse.Namespace, after_row: Callable[[dict[str, Any]], None] | None = None) -> int:
     """Run a sweep. `after_row` is called after each point is persisted (tests simulate crashes with it)."""
     sweep = load_sweep(args.sweep_file, parse_set(args.set))
@@ -206,27 +229,12 @@ def cmd_sweep(args: argparse.Namespace, after_row: Callable[[dict[str, Any]], No
         store = PointStore(out, sweep, points, fresh=args.fresh)
         done = store.finished(points)
         todo = [p for p in points if p.key not in done]
-        if show_progress(args.quiet) and todo:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("points"),
-                          TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as prog:
-                task = prog.add_task("sweep", total=len(todo))
-                for row in execute(sweep.base, sweep.base_dir, todo, ex):
-                    handle(row)
-                    prog.advance(task)
-        else:
+        with _progress(console, len(todo), show_progress(args.quiet) and bool(todo)) as advance:
             for row in execute(sweep.base, sweep.base_dir, todo, ex):
                 handle(row)
+                advance()
     df = _rows_frame(store.rows(points), points)
-    agg, _ = write_outputs(out, sweep, df)
+    agg = write_outputs(out, sweep, df)
     if args.quiet:
         print(out)
     else:
