@@ -18,7 +18,7 @@ import yaml
 from sim.calibrate import DEFAULT_PARAMS, fit, profile, read_measurements_csv, reference_points
 from sim.errors import InputError
 from simcli.output import fmt, make_console, write_text
-from simcli.run_cmd import RESULTS_DIR
+from simcli.run_cmd import RESULTS_DIR, unique
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -40,10 +40,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     prof = profile(f, source)
     prof["created_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = args.out if args.out is not None else RESULTS_DIR / "calibration" / f"profile-{stamp}.yaml"
-    header = ("# Perf profile written by 'run.py calibrate'. Use it in a scenario with\n"
+    out = args.out if args.out is not None else unique(RESULTS_DIR / "calibration" / f"profile-{stamp}.yaml")
+    comment = ("# Perf profile written by 'run.py calibrate'. Use it in a scenario with\n"
               f"#   perf: {{profile: {out.name}}}\n")
-    write_text(out, header + yaml.safe_dump(prof, sort_keys=False))
+    write_text(out, comment + yaml.safe_dump(prof, sort_keys=False))
     if args.quiet:
         print(out)
         return 0

@@ -51,9 +51,10 @@ def run_id(seed: int) -> str:
 
 
 def unique(path: Path) -> Path:
+    """`path`, or `stem-1.suffix`, `stem-2.suffix`, ... if it exists."""
     cand, i = path, 1
     while cand.exists():
-        cand = path.with_name(f"{path.name}-{i}")
+        cand = path.with_name(f"{path.stem}-{i}{path.suffix}")
         i += 1
     return cand
 

@@ -138,7 +138,7 @@ def _rows_frame(rows: list[dict[str, Any]], points: list[Point]) -> pd.DataFrame
 
 
 def write_outputs(out: Path, sweep: SweepFile, df: pd.DataFrame) -> pd.DataFrame:
-    """sweep, aggregate and Pareto tables (+ chart); returns the aggregate."""
+    """sweep, aggregate and Pareto tables (+ chart); returns the aggregate (one row per point)."""
     from sim import report  # matplotlib: slow to import, only needed here
     params = list(sweep.spec.axes) + list(sweep.spec.zip)
     write_table(df, out / "sweep")
@@ -157,7 +157,7 @@ def write_outputs(out: Path, sweep: SweepFile, df: pd.DataFrame) -> pd.DataFrame
                                group="configuration" if config else None)
     save_figure(fig, out / "pareto.png")
     report.close(fig)
-    return agg, front
+    return agg
 
 
 def print_sweep(console, sweep: SweepFile, agg: pd.DataFrame, out: Path, ran: int, skipped: int,
