@@ -72,6 +72,9 @@ class GpuSpec(_Frozen):
     def _idle_below_tdp(self) -> GpuSpec:
         if self.idle_w > self.tdp_w:
             raise ValueError(f"idle_w ({self.idle_w}) exceeds tdp_w ({self.tdp_w})")
+        if self.all_in_kw is not None and self.all_in_kw * 1000.0 < self.tdp_w:
+            raise ValueError(f"all_in_kw ({self.all_in_kw}) is below tdp_w ({self.tdp_w} W): the all-in share "
+                             "includes the chip")
         return self
 
     def peak_flops(self, precision: str) -> float | None:

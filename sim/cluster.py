@@ -73,11 +73,12 @@ def open_loop_source(env: simpy.Environment, cluster: Cluster, reqs: OpenLoopReq
     times = reqs.arrival_s.tolist()
     inp = reqs.input_tokens.tolist()
     outp = reqs.output_tokens.tolist()
+    hashes = reqs.hash_ids
     for i, t in enumerate(times):
         dt = t - env.now
         if dt > 0:
             yield env.timeout(dt)
-        r = Request(i, t, inp[i], outp[i])
+        r = Request(i, t, inp[i], outp[i], hash_ids=None if hashes is None else hashes[i])
         out.append(r)
         cluster.submit(r)
 
@@ -87,9 +88,9 @@ def closed_loop_client(env: simpy.Environment, cluster: Cluster, spec: ClosedLoo
                        next_id: Callable[[], int]):
     """SimPy process: one client that keeps one request in flight until stop_s."""
     while env.now < stop_s:
-        inp, outp = lengths.next()
+        inp, outp, hashes = lengths.next()
         done = env.event()
-        r = Request(next_id(), env.now, inp, outp, on_done=lambda _r, ev=done: ev.succeed())
+        r = Request(next_id(), env.now, inp, outp, on_done=lambda _r, ev=done: ev.succeed(), hash_ids=hashes)
         out.append(r)
         cluster.submit(r)
         yield done

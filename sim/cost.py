@@ -9,20 +9,38 @@
   figure over the same window; ``usd_per_m_total_tokens_busy`` charges only busy GPU-time, i.e. the
   cost if the idle share were sold elsewhere: the full-load figure of this batch behaviour.
 * $ per million SLO-meeting output tokens: the same cost over goodput tokens.
-* Power per GPU = idle + (TDP - idle) x busy fraction; facility energy = power x PUE x time.
+* Power, one convention for hosting, electricity, energy, J/token and tokens/MW: a GPU's all-in
+  power is its chip (idle + (TDP - idle) x busy fraction) plus its share of the rest of the node
+  (host CPUs, memory, NICs: ``all_in_kw`` - TDP, drawn whenever the node is provisioned). At full
+  load it equals ``all_in_kw``, the per-GPU figure of SemiAnalysis' TCO model that InferenceX uses
+  for tokens per MW (facts.md section 2a). Hosting is billed on that provisioned peak; electricity,
+  energy and J/token use the realized all-in power x PUE. A GPU without ``all_in_kw`` counts its
+  chip only (and is hosted at its TDP).
 """
 
 from __future__ import annotations
 
+from sim.catalog import GpuSpec
 from sim.scenario import Scenario
 
 HOURS_PER_YEAR = 8760.0
 HOURS_PER_MONTH = 730.0
 
 
+def chip_power_w(gpu: GpuSpec, busy_fraction: float) -> float:
+    """The GPU chip's draw: idle power plus the busy share of (TDP - idle)."""
+    return gpu.idle_w + (gpu.tdp_w - gpu.idle_w) * min(1.0, max(0.0, busy_fraction))
+
+
+def host_share_w(gpu: GpuSpec) -> float:
+    """The GPU's share of the rest of its node (CPUs, memory, NICs), drawn whenever provisioned."""
+    return max(0.0, gpu.all_in_kw * 1000.0 - gpu.tdp_w) if gpu.all_in_kw is not None else 0.0
+
+
 def power_w_per_gpu(sc: Scenario, busy_fraction: float) -> float:
+    """All-in power per GPU at a busy fraction (before PUE): chip + share of the node."""
     g = sc.hardware.gpu
-    return g.idle_w + (g.tdp_w - g.idle_w) * min(1.0, max(0.0, busy_fraction))
+    return chip_power_w(g, busy_fraction) + host_share_w(g)
 
 
 def price_usd_per_gpu_h(sc: Scenario, busy_fraction: float) -> float:
@@ -66,6 +84,7 @@ def cost_summary(sc: Scenario, s: dict[str, float]) -> dict[str, float]:
         "usd_per_m_total_tokens_busy": _per_m(usd * busy, total_tok),
         "usd_per_m_slo_output_tokens": _per_m(usd, good_tok),
         "power_w_per_gpu": power_w,
+        "chip_power_w_per_gpu": chip_power_w(sc.hardware.gpu, busy),
         "energy_kwh": facility_j / 3.6e6,
         "joules_per_output_token": facility_j / out_tok if out_tok > 0 else float("inf"),
         "joules_per_total_token": facility_j / total_tok if total_tok > 0 else float("inf"),

@@ -32,7 +32,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from sim.errors import InputError
-from sim.scenario import ClosedLoop, Diurnal, GammaArrivals, Piecewise, Poisson, Scenario
+from sim.scenario import ClosedLoop, Diurnal, GammaArrivals, Offline, Piecewise, Poisson, Scenario
 
 Rows = list[dict[str, Any]]
 
@@ -70,9 +70,13 @@ def load_knob(sc: Scenario) -> LoadKnob:
         return LoadKnob("workload.arrivals.rate_per_s", False, "requests/s", a.rate_per_s)
     if isinstance(a, Diurnal):
         return LoadKnob("workload.arrivals.mean_rate_per_s", False, "requests/s (mean)", a.mean_rate_per_s)
-    assert isinstance(a, Piecewise)
-    raise InputError("plan: piecewise arrivals have no single load knob; plan with poisson, gamma, diurnal, "
-                     "closed_loop or a trace")
+    kinds = "poisson, gamma, diurnal, closed_loop or a trace"
+    if isinstance(a, Piecewise):
+        raise InputError(f"plan: workload.arrivals.kind 'piecewise' has no single load knob; plan with {kinds}")
+    if isinstance(a, Offline):
+        raise InputError("plan: workload.arrivals.kind 'offline' has no load knob (every request arrives at t = 0, "
+                         f"and the SLO does not bound a batch job); plan with {kinds}")
+    raise InputError(f"plan: workload.arrivals {a!r} has no load knob; plan with {kinds}")
 
 
 def meets(rows: Rows) -> bool:

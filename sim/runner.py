@@ -25,7 +25,7 @@ from sim.engine.replica import IterRecord, Replica
 from sim.engine.request import Request
 from sim.perf import StepModel
 from sim.perf_table import TableStepModel, read_step_table
-from sim.scenario import ClosedLoop, MemoryPlan, Scenario, memory_plan
+from sim.scenario import ClosedLoop, MemoryPlan, Offline, Scenario, memory_plan
 from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams
 
 
@@ -80,6 +80,9 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
     sliding_blocks = math.ceil(sliding / block_bytes) if sliding else 0
     records: list[IterRecord] = []
     requests: list[Request] = []
+    # An offline burst is a batch job handed to the engine whole (as vLLM's LLM.generate or
+    # trtllm-bench do): the API server's queue bound is for online traffic only.
+    max_waiting = None if isinstance(sc.workload.arrivals, Offline) else s.batching.max_waiting
 
     def on_finish(r: Request) -> None:
         if r.on_done is not None:
@@ -88,7 +91,7 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
     replicas = [
         Replica(env, i, step, mem.kv_blocks, block_tokens=s.kv_cache.block_tokens, sliding_blocks=sliding_blocks,
                 max_num_seqs=s.batching.max_num_seqs, max_num_batched_tokens=s.batching.max_num_batched_tokens,
-                chunked_prefill=s.batching.chunked_prefill, max_waiting=s.batching.max_waiting,
+                chunked_prefill=s.batching.chunked_prefill, max_waiting=max_waiting,
                 preemption=s.batching.preemption, watermark_fraction=s.kv_cache.watermark_fraction,
                 max_context_tokens=sc.model.max_context_tokens, on_finish=on_finish, records=records,
                 allow_jumps=allow_jumps)

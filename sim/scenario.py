@@ -225,7 +225,7 @@ class Batching(_Frozen):
     max_num_seqs: int = Field(default=256, ge=1)
     max_num_batched_tokens: int = Field(default=8192, ge=1)
     chunked_prefill: bool = True
-    max_waiting: int = Field(default=4096, ge=1, description="bounded waiting queue per replica")
+    max_waiting: int = Field(default=4096, ge=1, description="bounded waiting queue per replica (online traffic; offline bursts are queued whole)")
     preemption: Literal["recompute", "swap"] = "recompute"
 
     @model_validator(mode="after")
@@ -450,7 +450,8 @@ def memory_plan(sc: Scenario) -> MemoryPlan:
 def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:
     lines = []
     for e in err.errors(include_url=False):
-        loc = prefix + ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x in _UNION_TAGS))
+        path = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x in _UNION_TAGS))
+        loc = prefix + path if path else ""
         msg = e["msg"].removeprefix("Value error, ")
         inp = e.get("input")
         shown = "" if isinstance(inp, dict | list) or e["type"] == "missing" else f" (got {inp!r})"

@@ -38,6 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sim.errors import InputError
 from sim.scenario import format_validation_error, read_yaml, scenario_from_dict, set_dotted
 
+#: Columns every sweep row carries; an axis of the same name would be ignored or overwrite them.
+RESERVED_AXES = ("seed", "root_seed", "replication", "replications", "point_id", "error", "traceback")
+
 
 class SweepSpec(BaseModel):
     """The `sweep:` block of a sweep file."""
@@ -56,6 +59,11 @@ class SweepSpec(BaseModel):
             for path, values in getattr(self, group).items():
                 if not values:
                     raise ValueError(f"sweep.{group}.{path}: the axis is empty")
+                if path in RESERVED_AXES:
+                    raise ValueError(
+                        f"sweep.{group}.{path}: {path!r} is not a sweep axis: every replication runs with its own "
+                        "seed derived from the file's seed (common random numbers); set sweep.replications "
+                        "for more seeds, or the file's seed for another root seed")
         lengths = {path: len(v) for path, v in self.zip.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"sweep.zip: axes must have equal lengths, got {lengths}")

@@ -60,6 +60,8 @@ class OpenLoopRequests:
     arrival_s: np.ndarray
     input_tokens: np.ndarray
     output_tokens: np.ndarray
+    #: Per request, the prompt's KV block hashes (Mooncake traces), else None.
+    hash_ids: list[tuple[int, ...] | None] | None = None
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -223,12 +225,20 @@ def read_mooncake_trace(path: str | Path) -> pd.DataFrame:
         t.append(row["timestamp"] / 1000.0)
         inp.append(int(row["input_length"]))
         out.append(int(row["output_length"]))
-        hashes.append(row.get("hash_ids"))
+        hashes.append(_hash_ids(path, lineno, row.get("hash_ids")))
     if not t:
         raise InputError(f"{path}: the trace holds no requests")
-    df = _trace_frame(np.asarray(t) - min(t), np.asarray(inp), np.asarray(out))
-    df["hash_ids"] = [hashes[i] for i in df.index]  # kept for prefix reuse
-    return df
+    # hash_ids are carried to the requests for prefix reuse.
+    return _trace_frame(np.asarray(t) - min(t), np.asarray(inp), np.asarray(out), hash_ids=hashes)
+
+
+def _hash_ids(path: str | Path, lineno: int, v: object) -> tuple[int, ...] | None:
+    """A Mooncake row's `hash_ids`: the ids of its prompt's KV blocks (512 tokens each), or None."""
+    if v is None:
+        return None
+    if not isinstance(v, list) or any(isinstance(h, bool) or not isinstance(h, int) for h in v):
+        raise InputError(f"{path}: line {lineno}: field 'hash_ids' must be a list of integers, got {str(v)[:60]!r}")
+    return tuple(v)
 
 
 def _check_col(path, raw: pd.Series, bad: pd.Series, col: str, what: str) -> None:
@@ -239,9 +249,12 @@ def _check_col(path, raw: pd.Series, bad: pd.Series, col: str, what: str) -> Non
         raise InputError(f"{path}: the trace holds no requests")
 
 
-def _trace_frame(t: np.ndarray, inp: np.ndarray, out: np.ndarray) -> pd.DataFrame:
+def _trace_frame(t: np.ndarray, inp: np.ndarray, out: np.ndarray,
+                 hash_ids: list[tuple[int, ...] | None] | None = None) -> pd.DataFrame:
     df = pd.DataFrame({"arrival_s": t.astype(float), "input_tokens": inp.astype(np.int64),
                        "output_tokens": out.astype(np.int64)})
+    if hash_ids is not None:
+        df["hash_ids"] = pd.Series(hash_ids, dtype=object)
     return df.sort_values("arrival_s", kind="stable").reset_index(drop=True)
 
 
@@ -256,7 +269,8 @@ def trace_requests(spec: Trace, duration_s: float) -> OpenLoopRequests:
     # A request that asks for no output still gets its prompt processed and one token back
     # (serving engines sample at least once); count it as 1 output token.
     out = np.maximum(1, df["output_tokens"].to_numpy()[keep])
-    return OpenLoopRequests(t[keep], df["input_tokens"].to_numpy()[keep], out)
+    hashes = df["hash_ids"][keep].tolist() if "hash_ids" in df else None
+    return OpenLoopRequests(t[keep], df["input_tokens"].to_numpy()[keep], out, hashes)
 
 
 # ---- the scenario's workload ------------------------------------------------------------------
@@ -280,10 +294,12 @@ class ClosedLoopLengths:
     def __init__(self, sc: Scenario, streams: dict[str, np.random.Generator]) -> None:
         w = sc.workload
         self._i = 0
+        self._hashes: list[tuple[int, ...] | None] | None = None
         if w.trace is not None:
             df = read_trace(w.trace)
             self._inp = df["input_tokens"].to_numpy()
             self._out = np.maximum(1, df["output_tokens"].to_numpy())
+            self._hashes = df["hash_ids"].tolist() if "hash_ids" in df else None
             self._samplers = None
         else:
             assert w.input_tokens is not None and w.output_tokens is not None
@@ -299,7 +315,8 @@ class ClosedLoopLengths:
         self._out = self._samplers[1].draw(4096)
         self._i = 0
 
-    def next(self) -> tuple[int, int]:
+    def next(self) -> tuple[int, int, tuple[int, ...] | None]:
+        """(input tokens, output tokens, prompt block hashes or None) of the next request."""
         if self._i >= len(self._inp):
             if self._samplers is None:
                 self._i = 0
@@ -307,7 +324,7 @@ class ClosedLoopLengths:
                 self._refill()
         i = self._i
         self._i += 1
-        return int(self._inp[i]), int(self._out[i])
+        return int(self._inp[i]), int(self._out[i]), None if self._hashes is None else self._hashes[i]
 
 
 def think_time_s(spec: ClosedLoop, rng: np.random.Generator) -> float:

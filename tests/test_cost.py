@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import base_dict
 
-from sim.cost import cost_summary, power_w_per_gpu, price_usd_per_gpu_h
+from sim.cost import cost_summary, price_usd_per_gpu_h
 from sim.runner import run
 from sim.scenario import scenario_from_dict
 
@@ -27,10 +27,12 @@ def test_rental_cost_per_million_tokens_by_hand():
     assert c["usd_per_m_total_tokens"] == pytest.approx(1.78)
     assert c["usd_per_m_total_tokens_busy"] == pytest.approx(0.89)
     assert c["usd_per_m_slo_output_tokens"] == pytest.approx(14.24)
-    # Power: 105 + (700 - 105) x 0.5 = 402.5 W per GPU; x 1.2 PUE x 4 GPUs x 3600 s.
-    assert c["power_w_per_gpu"] == pytest.approx(402.5)
-    assert c["energy_kwh"] == pytest.approx(402.5 * 1.2 * 4 / 1000)
-    assert c["joules_per_output_token"] == pytest.approx(402.5 * 1.2 * 4 * 3600 / 1e6)
+    # Chip: 105 + (700 - 105) x 0.5 = 402.5 W; all-in adds the node share 1,370 - 700 = 670 W;
+    # x 1.2 PUE x 4 GPUs x 3600 s.
+    assert c["chip_power_w_per_gpu"] == pytest.approx(402.5)
+    assert c["power_w_per_gpu"] == pytest.approx(1072.5)
+    assert c["energy_kwh"] == pytest.approx(1072.5 * 1.2 * 4 / 1000)
+    assert c["joules_per_output_token"] == pytest.approx(1072.5 * 1.2 * 4 * 3600 / 1e6)
 
 
 def test_published_benchmark_formula_equals_realized_over_the_window():
@@ -54,7 +56,7 @@ def test_tco_price_by_hand():
                                                     "hosting_usd_per_kw_month": 150}}))
     capex = 30000 / (4 * 8760)
     hosting = 150 * 1.37 / 730
-    energy = power_w_per_gpu(sc, 0.8) / 1000 * 1.25 * 0.1
+    energy = (105 + 595 * 0.8 + 670) / 1000 * 1.25 * 0.1   # chip at 80% busy + node share, x PUE x $/kWh
     assert price_usd_per_gpu_h(sc, 0.8) == pytest.approx(capex + hosting + energy)
 
 

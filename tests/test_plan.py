@@ -60,6 +60,23 @@ def test_load_knobs():
                                                              "segments": [{"duration_s": 5, "rate_per_s": 1}]}}))
     with pytest.raises(InputError, match="piecewise"):
         load_knob(pw)
+    off = scenario_from_dict(base_dict(workload={"arrivals": {"kind": "offline", "requests": 50}}))
+    with pytest.raises(InputError, match="'offline' has no load knob"):
+        load_knob(off)
+
+
+@pytest.mark.parametrize("arrivals,needle", [
+    ({"kind": "offline", "requests": 50}, "'offline' has no load knob"),
+    ({"kind": "piecewise", "segments": [{"duration_s": 5, "rate_per_s": 1}]}, "'piecewise' has no single load knob"),
+])
+def test_plan_without_a_load_knob_is_a_clear_error(tmp_path, arrivals, needle):
+    d = base_dict(workload={"arrivals": arrivals})
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(d), encoding="utf-8")
+    r = subprocess.run([*RUN, "plan", str(p), "--workers", "1"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
 
 
 INP, OUT = 200, 4

@@ -35,3 +35,16 @@ def test_context_and_capacity_rejections():
                             "output_tokens": {"kind": "fixed", "value": 1000}})
     req = run(scenario_from_dict(d)).requests
     assert (req["reject_reason"] == "context_too_long").all()
+
+
+def test_offline_burst_larger_than_the_queue_bound_is_served_whole():
+    # 5,000 requests at t = 0 on one replica whose online queue holds 4,096 (the default): a batch
+    # job is handed to the engine whole, so none is lost as queue_full.
+    d = base_dict(duration_s=1.0, drain_timeout_s=1e6,
+                  workload={"arrivals": {"kind": "offline", "requests": 5000},
+                            "input_tokens": {"kind": "fixed", "value": 100},
+                            "output_tokens": {"kind": "fixed", "value": 10}})
+    res = run(scenario_from_dict(d))
+    assert (res.requests["status"] == "completed").all()
+    assert len(res.requests) == 5000
+    # The bound still applies to online arrivals (see test_queue_full_rejections_are_counted).

@@ -67,11 +67,13 @@ def test_grid_and_zip_expansion():
 @pytest.mark.parametrize("sweep,needle", [
     ({"axes": {"serving.replicaz": [1, 2]}}, "'serving.replicaz' is not a scenario key"),
     ({"axes": {"serving.replicas": []}}, "sweep.axes.serving.replicas: the axis is empty"),
-    ({"zip": {"serving.replicas": [1, 2], "seed": [1, 2, 3]}}, "equal lengths"),
+    ({"zip": {"serving.replicas": [1, 2], "workload.arrivals.rate_per_s": [1, 2, 3]}}, "equal lengths"),
     ({"axes": {}}, "at least one axis"),
     ({"axes": {"serving.replicas": [1]}, "replications": 0}, "sweep.replications"),
     ({"axes": {"serving.replicas": [1, -2]}}, "serving.replicas"),
     ({"axes": {"serving.replicas": [1]}, "grid": {}}, "sweep.grid"),
+    ({"axes": {"seed": [1, 2, 3]}}, "sweep.axes.seed: 'seed' is not a sweep axis"),
+    ({"zip": {"replication": [1, 2]}}, "sweep.zip.replication: 'replication' is not a sweep axis"),
 ])
 def test_bad_sweep_files(tmp_path, sweep, needle):
     p = sweep_file(tmp_path, sweep)
@@ -158,7 +160,7 @@ def test_resume_after_crash_loses_and_duplicates_nothing(tmp_path):
     assert cmd_sweep(args_for(p, out), after_row=lambda r: ran.append(r)) == 0
     assert len(ran) == 7                                   # a third run has nothing to do
     with pytest.raises(InputError, match="different sweep"):
-        cmd_sweep(args_for(sweep_file(tmp_path, {"axes": {"seed": [1, 2]}}), out))
+        cmd_sweep(args_for(sweep_file(tmp_path, {"axes": {"serving.replicas": [1, 2]}}), out))
 
 
 def test_killed_sweep_process_resumes(tmp_path):

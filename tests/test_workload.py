@@ -125,7 +125,7 @@ def test_azure_2024_style_timestamps_and_mooncake(shared_dir, tmp_path):
     mc = read_mooncake_trace(shared_dir / "traces/mooncake-fast25/conversation_trace.jsonl")
     assert len(mc) == 12031
     assert mc["arrival_s"].is_monotonic_increasing and mc["input_tokens"].min() >= 1
-    assert isinstance(mc["hash_ids"].iloc[0], list)
+    assert mc["hash_ids"].iloc[0] == tuple(range(14))
 
 
 def test_mooncake_timestamps_are_milliseconds(tmp_path):
@@ -136,6 +136,34 @@ def test_mooncake_timestamps_are_milliseconds(tmp_path):
     assert df["arrival_s"].tolist() == [0.0, 2.5]
     req = trace_requests(Trace(format="mooncake", path=str(p)), 100)
     assert req.output_tokens.tolist() == [2, 1]  # zero-output rows still produce one token
+
+
+def test_mooncake_hash_ids_reach_the_requests(tmp_path):
+    from sim.runner import build, execute
+
+    p = tmp_path / "m.jsonl"
+    # Out of time order on purpose: the hashes must follow their rows through the sort.
+    p.write_text('{"timestamp": 2000, "input_length": 30, "output_length": 2, "hash_ids": [7, 8]}\n'
+                 '{"timestamp": 0, "input_length": 10, "output_length": 3, "hash_ids": [1]}\n'
+                 '{"timestamp": 1000, "input_length": 20, "output_length": 2}\n', encoding="utf-8")
+    d = base_dict(duration_s=10.0)
+    d["workload"] = {"trace": {"format": "mooncake", "path": str(p)}}
+    sim = build(scenario_from_dict(d))
+    execute(sim)
+    got = {(r.input_tokens, r.hash_ids) for r in sim.requests}
+    assert got == {(10, (1,)), (20, None), (30, (7, 8))}
+    # Closed-loop clients cycling through the trace carry them too.
+    d["workload"]["arrivals"] = {"kind": "closed_loop", "clients": 1}
+    sim = build(scenario_from_dict(d))
+    execute(sim)
+    assert [(r.input_tokens, r.hash_ids) for r in sim.requests[:3]] == [(10, (1,)), (20, None), (30, (7, 8))]
+
+
+def test_mooncake_bad_hash_ids(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"timestamp": 0, "input_length": 10, "output_length": 3, "hash_ids": "abc"}\n', encoding="utf-8")
+    with pytest.raises(InputError, match="line 1: field 'hash_ids' must be a list of integers"):
+        read_mooncake_trace(p)
 
 
 def test_open_loop_requests_are_seeded():

@@ -12,7 +12,8 @@ Scheduling follows vLLM's policy (V1 with chunked prefill, V0 without):
 * when a decode step needs a block and none is free, the most recently admitted running request
   is preempted (LIFO): `recompute` frees its blocks and prefills prompt + generated tokens again
   later; `swap` copies its KV to host memory over the host link and back when resumed;
-* the waiting queue is bounded (`max_waiting`); a request is rejected, with its reason counted,
+* the waiting queue is bounded (`max_waiting`, online traffic only: an offline burst is queued whole);
+  a request is rejected, with its reason counted,
   when the queue is full, when prompt + output exceed the model's context, or when it could not
   fit in this replica's KV cache even alone.
 
@@ -58,7 +59,7 @@ def _ceil_div(a: int, b: int) -> int:
 class Replica:
     def __init__(self, env: simpy.Environment, idx: int, step: StepModel, total_blocks: int, *,
                  block_tokens: int, sliding_blocks: int, max_num_seqs: int, max_num_batched_tokens: int,
-                 chunked_prefill: bool, max_waiting: int, preemption: str, watermark_fraction: float,
+                 chunked_prefill: bool, max_waiting: int | None, preemption: str, watermark_fraction: float,
                  max_context_tokens: int, on_finish: Callable[[Request], None],
                  records: list[IterRecord], allow_jumps: bool = True) -> None:
         self.env, self.idx, self.step = env, idx, step
@@ -94,7 +95,7 @@ class Replica:
             return "context_too_long"
         if self._blocks_for(r.input_tokens + r.output_tokens - 1) > self.total_blocks:
             return "exceeds_kv_capacity"
-        if len(self.waiting) >= self.max_waiting:
+        if self.max_waiting is not None and len(self.waiting) >= self.max_waiting:
             return "queue_full"
         return ""
 

@@ -26,11 +26,12 @@ class Request:
     __slots__ = (
         "id", "arrival_s", "input_tokens", "output_tokens", "replica", "status", "reject_reason",
         "generated", "prefill_target", "prefilled", "swapped_kv", "blocks", "admit_s", "first_token_s",
-        "finish_s", "preemptions", "input_counted", "seq", "base", "finish_g", "in_decode", "on_done",
+        "finish_s", "preemptions", "input_counted", "seq", "base", "finish_g", "in_decode", "on_done", "hash_ids",
     )
 
     def __init__(self, rid: int, arrival_s: float, input_tokens: int, output_tokens: int,
-                 on_done: Callable[[Request], None] | None = None) -> None:
+                 on_done: Callable[[Request], None] | None = None,
+                 hash_ids: tuple[int, ...] | None = None) -> None:
         self.id = rid
         self.arrival_s = arrival_s
         self.input_tokens = input_tokens
@@ -53,3 +54,4 @@ class Request:
         self.finish_g = 0           # decode set: G at which the last token is sampled
         self.in_decode = False
         self.on_done = on_done
+        self.hash_ids = hash_ids    # prompt KV block hashes from a trace (Mooncake), for prefix reuse
