@@ -34,8 +34,8 @@ import pandas as pd
 import yaml
 
 from sim.errors import InputError
-from sim.perf import Chunk, StepModel
-from sim.scenario import PerfCfg, scenario_from_dict
+from sim.perf import Chunk, PerfCfg, decode_shape
+from sim.scenario import scenario_from_dict
 
 DEFAULT_PARAMS = ("hbm_bw_efficiency", "compute_efficiency", "iteration_overhead_s", "per_seq_overhead_s")
 #: (lower, upper, scale) per fittable parameter; the optimiser works on value / scale.
@@ -88,13 +88,12 @@ def scenario_data(m: Measurement, perf: dict[str, Any]) -> dict[str, Any]:
 
 def predict(m: Measurement, perf: dict[str, Any]) -> float:
     """The model's value for a measurement under perf parameters `perf`."""
-    from sim.runner import run
+    from sim.runner import run, step_model_for
 
     sc = scenario_from_dict(scenario_data(m, perf), source=f"measurement {m.id}")
     if m.kind == "step":
-        step = StepModel.from_scenario(sc)
         chunks = [Chunk(0, m.prefill_tokens, True)] if m.prefill_tokens else []
-        return step.iteration_s(m.decode_seqs, m.decode_seqs * m.context_tokens, chunks)
+        return step_model_for(sc).iteration_s(decode_shape(m.decode_seqs, m.decode_seqs * m.context_tokens, chunks))
     return float(run(sc).summary["output_tok_per_s_per_gpu_makespan"])
 
 

@@ -23,18 +23,16 @@ from sim import metrics
 from sim.cluster import Cluster, closed_loop_client, open_loop_source
 from sim.engine.replica import IterRecord, Replica
 from sim.engine.request import Request
-from sim.perf import StepModel
-from sim.perf_table import TableStepModel, read_step_table
+from sim.perf import RooflineStepModel, TableStepModel, make_step_model
 from sim.scenario import ClosedLoop, MemoryPlan, Offline, Scenario, memory_plan
 from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams
 
 
-def make_step_model(sc: Scenario) -> StepModel | TableStepModel:
-    """The roofline, or a measured step-time table when the scenario names one."""
-    roofline = StepModel.from_scenario(sc)
-    if sc.perf.step_table is None:
-        return roofline
-    return TableStepModel(read_step_table(sc.perf.step_table), roofline, sc.perf.step_table)
+def step_model_for(sc: Scenario) -> RooflineStepModel | TableStepModel:
+    """The scenario's step-time model: the roofline, or the measured table it names."""
+    p = sc.serving.precision
+    return make_step_model(sc.model, sc.hardware.gpu, sc.serving.parallelism.tp, p.weights, p.kv_cache,
+                           p.compute_precision, sc.perf)
 
 
 @dataclass
@@ -45,7 +43,7 @@ class Simulation:
     seed: int
     env: simpy.Environment
     cluster: Cluster
-    step_model: StepModel | TableStepModel
+    step_model: RooflineStepModel | TableStepModel
     memory: MemoryPlan
     requests: list[Request] = field(default_factory=list)
     records: list[IterRecord] = field(default_factory=list)
@@ -72,7 +70,7 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
     seed = sc.seed if seed is None else seed
     streams = rng_streams(seed)
     env = simpy.Environment()
-    step = make_step_model(sc)
+    step = step_model_for(sc)
     mem = memory_plan(sc)
     s = sc.serving
     block_bytes = mem.kv_bytes_per_token_per_gpu * s.kv_cache.block_tokens
@@ -93,7 +91,10 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
                 max_num_seqs=s.batching.max_num_seqs, max_num_batched_tokens=s.batching.max_num_batched_tokens,
                 chunked_prefill=s.batching.chunked_prefill, max_waiting=max_waiting,
                 preemption=s.batching.preemption, watermark_fraction=s.kv_cache.watermark_fraction,
-                max_context_tokens=sc.model.max_context_tokens, on_finish=on_finish, records=records,
+                max_context_tokens=sc.model.max_context_tokens,
+                swap_bytes_per_kv_token=sc.model.layers * sc.model.kv_bytes_per_token_per_layer(
+                    s.precision.kv_cache, s.parallelism.tp),
+                host_link_bytes_per_s=sc.hardware.gpu.host_link_gb_s * 1e9, on_finish=on_finish, records=records,
                 allow_jumps=allow_jumps)
         for i in range(s.replicas)
     ]

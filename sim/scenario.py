@@ -15,43 +15,22 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec, Precision, gpu_catalog, model_catalog
+from sim.datapath import DataPath
 from sim.errors import InputError
-
-BUNDLED_PREFIX = "bundled:"
+from sim.perf.config import PerfCfg
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def resolve_data_path(value: str, info: ValidationInfo | None) -> str:
-    """Turn a user path into an absolute one: ``bundled:NAME`` is a file shipped in
-    sim/data/traces; a relative path is relative to the scenario file's folder."""
-    if value.startswith(BUNDLED_PREFIX):
-        path = Path(__file__).parent / "data" / "traces" / value[len(BUNDLED_PREFIX):]
-    else:
-        path = Path(value).expanduser()
-        base = (info.context or {}).get("base_dir") if info is not None else None
-        if not path.is_absolute() and base is not None:
-            path = Path(base) / path
-    if not path.is_file():
-        raise ValueError(f"file not found: {value!r} (looked at {path})")
-    return str(path.resolve())
-
-
-#: A path to a data file, resolved against the scenario's folder (or `bundled:`) and checked.
-DataPath = Annotated[str, AfterValidator(resolve_data_path)]
 
 
 # ---- workload ---------------------------------------------------------------------------------
@@ -271,50 +250,6 @@ class Serving(_Frozen):
     frontend: Frontend = Frontend()
 
 
-def _calibrated_defaults() -> dict[str, float]:
-    """Step-time parameters fitted to published measurements (sim/data/calibration.yaml)."""
-    path = Path(__file__).parent / "data" / "calibration.yaml"
-    if not path.is_file():
-        return {}
-    return dict((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("perf", {}))
-
-
-_CAL = _calibrated_defaults()
-
-
-class PerfCfg(_Frozen):
-    """Step-time model parameters (docs/model-assumptions.md). Defaults are the calibrated values
-    in sim/data/calibration.yaml; `profile` loads a calibration profile written by `run.py
-    calibrate`; keys given explicitly override both."""
-
-    hbm_bw_efficiency: float = Field(default=_CAL.get("hbm_bw_efficiency", 0.80), gt=0, le=1)
-    compute_efficiency: float = Field(default=_CAL.get("compute_efficiency", 0.55), gt=0, le=1)
-    comm_efficiency: float = Field(default=_CAL.get("comm_efficiency", 0.70), gt=0, le=1)
-    collective_latency_s: float = Field(default=_CAL.get("collective_latency_s", 8e-6), ge=0)
-    iteration_overhead_s: float = Field(default=_CAL.get("iteration_overhead_s", 1.5e-3), ge=0)
-    per_seq_overhead_s: float = Field(default=_CAL.get("per_seq_overhead_s", 0.0), ge=0,
-                                      description="per sequence in an iteration (sampling, scheduling)")
-    activation_traffic_factor: float = Field(default=_CAL.get("activation_traffic_factor", 1.0), ge=0)
-    profile: str | None = Field(default=None, description="calibration profile file the values came from")
-    step_table: DataPath | None = Field(default=None, description="CSV of measured iteration times")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _load_profile(cls, data: Any, info: ValidationInfo) -> Any:
-        if not isinstance(data, dict) or data.get("profile") is None:
-            return data
-        path = resolve_data_path(str(data["profile"]), info)
-        try:
-            prof = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ValueError(f"profile {data['profile']!r} is not valid YAML: {err}") from None
-        if not isinstance(prof, dict) or prof.get("kind") != "perf-profile" or not isinstance(prof.get("perf"), dict):
-            raise ValueError(f"profile {data['profile']!r} is not a perf profile written by 'run.py calibrate'")
-        known = set(cls.model_fields) - {"profile", "step_table"}
-        values = {k: v for k, v in prof["perf"].items() if k in known}
-        return {**values, **data, "profile": path}
-
-
 class Slo(_Frozen):
     ttft_s: float = Field(default=2.0, gt=0)
     tpot_s: float = Field(default=0.1, gt=0)
@@ -355,7 +290,7 @@ class Scenario(_Frozen):
     workload: Workload
     slo: Slo = Slo()
     cost: Cost = Cost()
-    perf: PerfCfg = PerfCfg()
+    perf: PerfCfg = Field(default_factory=PerfCfg)
 
     @field_validator("model", mode="before")
     @classmethod

@@ -36,6 +36,21 @@ def base_dict(**over) -> dict:
     return deep_update(d, over)
 
 
+def step_model(sc):
+    """The scenario's step-time model (roofline or table)."""
+    from sim.runner import step_model_for
+
+    return step_model_for(sc)
+
+
+def step_s(step, decode_seqs: int, ctx_sum: float, chunks=()) -> float:
+    """One iteration's seconds: `decode_seqs` one-token decodes over summed context `ctx_sum`,
+    plus prefill chunks."""
+    from sim.perf import decode_shape
+
+    return step.iteration_s(decode_shape(decode_seqs, ctx_sum, chunks))
+
+
 def deep_update(d: dict, over: dict) -> dict:
     d = copy.deepcopy(d)
     for k, v in over.items():

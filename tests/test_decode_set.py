@@ -20,7 +20,7 @@ def blocks(kv: int, bt: int) -> int:
        start_g=st.integers(0, 1000), n=st.integers(0, 200), free=st.integers(0, 400))
 def test_blocks_needed_and_safe_steps_match_brute_force(bt, kvs, start_g, n, free):
     ds = DecodeSet(bt)
-    ds.g = start_g
+    ds.advance(start_g)
     reqs = []
     for i, kv in enumerate(kvs):
         r = Request(i, 0.0, kv, 10_000)
@@ -50,7 +50,9 @@ def test_finish_order_and_removal():
     ds.remove(rs[1])                           # preempted
     assert rs[1].generated == 1
     assert ds.steps_to_next_finish() == 4
-    ds.g += 4
+    assert ds.tokens_sampled(4) == 8 and ds.path() == (2 * 101, 2)
+    ds.advance(4)
+    assert ds.generated(rs[2]) == 5
     done = ds.pop_finished()
-    assert [r.id for r in done] == [0] and done[0].generated == 5
+    assert [(r.id, kv) for r, kv in done] == [(0, 104)] and done[0][0].generated == 5
     assert ds.size == 1 and ds.kv_tokens(rs[2]) == 104

@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import base_dict
+from conftest import base_dict, step_model, step_s
 
-from sim.perf import Chunk, StepModel
+from sim.perf import Chunk, LinearPath, steps_within
 from sim.runner import build, execute, run
 from sim.scenario import scenario_from_dict
 
@@ -42,18 +42,18 @@ def test_lone_request_latency_is_sum_of_step_times(tp, inp, out, budget):
     d = lone(inp, out, serving={"parallelism": {"tp": tp},
                                 "batching": {"max_num_seqs": 8, "max_num_batched_tokens": budget}})
     sc, res = run_one(d, inp, out)
-    step = StepModel.from_scenario(sc)
+    step = step_model(sc)
     # Chunked prefill: ceil(inp / budget) chunks, the last one samples token 1.
     t = 0.0
     done = 0
     while done < inp:
         new = min(budget, inp - done)
-        t += step.iteration_s(0, 0, [Chunk(done, new, done + new == inp)])
+        t += step_s(step, 0, 0, [Chunk(done, new, done + new == inp)])
         done += new
     ttft = t
     # Then out - 1 decode steps; at decode step j the KV holds inp + j tokens.
     for j in range(1, out):
-        t += step.iteration_s(1, inp + j)
+        t += step_s(step, 1, inp + j)
     row = res.requests.iloc[0]
     assert row["status"] == "completed"
     assert row["ttft_s"] == pytest.approx(ttft, rel=1e-12, abs=1e-12)
@@ -68,9 +68,9 @@ def test_lone_request_without_chunked_prefill_is_one_prefill_iteration():
     d = lone(inp, out, serving={"batching": {"max_num_seqs": 8, "max_num_batched_tokens": 1024,
                                              "chunked_prefill": False}})
     sc, res = run_one(d, inp, out)
-    step = StepModel.from_scenario(sc)
-    ttft = step.iteration_s(0, 0, [Chunk(0, inp, True)])  # a lone prompt above the budget runs alone
-    e2e = ttft + sum(step.iteration_s(1, inp + j) for j in range(1, out))
+    step = step_model(sc)
+    ttft = step_s(step, 0, 0, [Chunk(0, inp, True)])  # a lone prompt above the budget runs alone
+    e2e = ttft + sum(step_s(step, 1, inp + j) for j in range(1, out))
     row = res.requests.iloc[0]
     assert row["ttft_s"] == pytest.approx(ttft, rel=1e-12)
     assert row["e2e_s"] == pytest.approx(e2e, rel=1e-12)
@@ -122,15 +122,20 @@ def test_decode_jumps_equal_step_by_step(case):
 
 def test_decode_run_matches_per_step_times():
     sc = scenario_from_dict(base_dict())
-    step = StepModel.from_scenario(sc)
-    c = step.decode(37)
-    for first in (0, 1234, 50_000):
-        brute = sum(step.iteration_s(37, first + 37 * j) for j in range(300))
-        assert c.run_s(first, 300) == pytest.approx(brute, rel=1e-12)
-        total = c.run_s(first, 300)
-        assert c.steps_within(first, 300, total) == 300
-        assert c.steps_within(first, 300, total * (1 - 1e-9)) == 299
-        assert c.steps_within(first, 300, c.run_s(first, 120)) == 120
+    step = step_model(sc)
+    c = step.decode_run(37)
+    for first in (0, 1234, 50_000, 2_000_000):
+        path = LinearPath(float(first), 37.0)
+        brute = sum(step_s(step, 37, first + 37 * j) for j in range(300))
+        assert c.run_s(path, 300) == pytest.approx(brute, rel=1e-12)
+        total = c.run_s(path, 300)
+        assert steps_within(c, path, 300, total) == 300
+        assert steps_within(c, path, 300, total * (1 - 1e-9)) == 299
+        for k in (0, 1, 120, 299):
+            assert steps_within(c, path, 300, c.run_s(path, k)) == k
+            assert steps_within(c, path, 300, c.run_s(path, k + 1) * (1 - 1e-12)) == k
+        pieces = c.segments(path, 300)
+        assert sum(a * (hi - lo) + b * path.total(lo, hi) for lo, hi, a, b in pieces) == pytest.approx(brute, rel=1e-12)
 
 
 def test_one_output_token_finishes_at_prefill():

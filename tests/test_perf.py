@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import pytest
-from conftest import base_dict
+from conftest import base_dict, step_model, step_s
 
 from sim.catalog import BYTES_PER_ELEMENT
-from sim.perf import Chunk, StepModel
+from sim.perf import Chunk, LinearPath, RooflineStepModel, StepShape
 from sim.scenario import scenario_from_dict
 
 NO_OVERHEAD = {"iteration_overhead_s": 0.0, "per_seq_overhead_s": 0.0, "activation_traffic_factor": 0.0}
 
 
-def model(**over) -> StepModel:
-    return StepModel.from_scenario(scenario_from_dict(base_dict(perf=NO_OVERHEAD, **over)))
+def model(**over) -> RooflineStepModel:
+    return step_model(scenario_from_dict(base_dict(perf=NO_OVERHEAD, **over)))
 
 
 def test_memory_bound_decode_is_bytes_over_bandwidth():
     s = model()
     m = s.model
     ctx = 1000
-    t = s.iteration_s(1, ctx)
+    t = step_s(s, 1, ctx)
     weight = (m.always_read_params + m.lm_head_params) * 2.0
     kv = m.layers * 2 * m.kv_heads * m.head_dim * 2.0 * (ctx + 1)  # read ctx, write 1
     bw = 3.35e12 * s.cfg.hbm_bw_efficiency
@@ -31,7 +31,7 @@ def test_compute_bound_prefill_is_flops_over_peak():
     s = model()
     m = s.model
     n = 8192
-    t = s.iteration_s(0, 0, [Chunk(0, n, True)])
+    t = step_s(s, 0, 0, [Chunk(0, n, True)])
     flops = 2 * m.linear_params_per_token * n + 2 * m.lm_head_params + \
         m.attn_flops_per_ctx_token() * m.layers * n * (n + 1) / 2
     assert t == pytest.approx(flops / (989e12 * s.cfg.compute_efficiency), rel=1e-12)
@@ -41,7 +41,7 @@ def test_precision_halves_weight_bytes():
     bf16 = model()
     fp8 = model(serving={"precision": {"weights": "fp8", "kv_cache": "fp8"}})
     assert fp8.base_weight_bytes == pytest.approx(bf16.base_weight_bytes / 2)
-    assert fp8.iteration_s(1, 10) < bf16.iteration_s(1, 10)
+    assert step_s(fp8, 1, 10) < step_s(bf16, 1, 10)
     assert BYTES_PER_ELEMENT["fp4"] == pytest.approx(0.5625)
 
 
@@ -52,11 +52,11 @@ def test_tensor_parallel_adds_allreduce_and_splits_work():
     m = one.model
     expected = 2 * m.layers * (2 * 1 / 2) * m.hidden * 2 / (450e9 * 0.7)
     assert two.comm_s_per_token == pytest.approx(expected)
-    assert two.iteration_s(64, 64 * 1000) < one.iteration_s(64, 64 * 1000)
+    assert step_s(two, 64, 64 * 1000) < step_s(one, 64, 64 * 1000)
 
 
 def test_moe_touched_experts_grow_with_batch():
-    s = StepModel.from_scenario(scenario_from_dict(base_dict(model="mixtral-8x7b", hardware={"gpu": "h200"},
+    s = step_model(scenario_from_dict(base_dict(model="mixtral-8x7b", hardware={"gpu": "h200"},
                                                               perf=NO_OVERHEAD)))
     m = s.model
     w1, w64 = s.weight_bytes(1), s.weight_bytes(64)
@@ -68,20 +68,21 @@ def test_moe_touched_experts_grow_with_batch():
 
 def test_step_time_monotone_in_batch_and_context():
     s = model()
-    assert s.iteration_s(2, 2000) > s.iteration_s(1, 1000)
-    assert s.iteration_s(1, 100_000) > s.iteration_s(1, 1000)
-    assert s.iteration_s(0, 0, [Chunk(1000, 500, True)]) > s.iteration_s(0, 0, [Chunk(0, 500, True)])
+    assert step_s(s, 2, 2000) > step_s(s, 1, 1000)
+    assert step_s(s, 1, 100_000) > step_s(s, 1, 1000)
+    assert step_s(s, 0, 0, [Chunk(1000, 500, True)]) > step_s(s, 0, 0, [Chunk(0, 500, True)])
 
 
 def test_overhead_is_added_once_per_iteration():
-    with_o = StepModel.from_scenario(scenario_from_dict(base_dict(perf={"iteration_overhead_s": 0.004})))
-    without = StepModel.from_scenario(scenario_from_dict(base_dict(perf={"iteration_overhead_s": 0.0})))
-    assert with_o.iteration_s(3, 300) - without.iteration_s(3, 300) == pytest.approx(0.004)
-    assert with_o.decode(3).run_s(300, 10) - without.decode(3).run_s(300, 10) == pytest.approx(0.04)
+    with_o = step_model(scenario_from_dict(base_dict(perf={"iteration_overhead_s": 0.004})))
+    without = step_model(scenario_from_dict(base_dict(perf={"iteration_overhead_s": 0.0})))
+    assert step_s(with_o, 3, 300) - step_s(without, 3, 300) == pytest.approx(0.004)
+    path = LinearPath(300.0, 3.0)
+    assert with_o.decode_run(3).run_s(path, 10) - without.decode_run(3).run_s(path, 10) == pytest.approx(0.04)
 
 
 def test_mla_and_shared_experts():
-    s = StepModel.from_scenario(scenario_from_dict(base_dict(
+    s = step_model(scenario_from_dict(base_dict(
         model="deepseek-v3", hardware={"gpu": "b200"}, perf=NO_OVERHEAD,
         serving={"parallelism": {"tp": 8}, "precision": {"weights": "fp4", "kv_cache": "fp8", "compute": "fp4"}})))
     m = s.model
@@ -94,3 +95,25 @@ def test_mla_and_shared_experts():
     assert one_token == pytest.approx(m.moe_layers * 256 * (1 - (1 - 8 / 256)) * s.expert_bytes_per_layer)
     # Active parameters per token: 8 routed + 1 shared expert per MoE layer, about 37B in all.
     assert m.params_active / 1e9 == pytest.approx(37, rel=0.02)
+
+
+def test_verifying_several_tokens_per_sequence():
+    """A decode step over q query tokens per sequence (speculative verification): nearly free while
+    weights dominate the bytes, about q times the work once the batch is compute-bound."""
+    s = model()
+    small = [s.iteration_s(StepShape(1, 1000 + q, q)) for q in (1, 4)]
+    assert small[1] / small[0] < 1.1
+    big = [s.iteration_s(StepShape(1024, 1024 * (50 + q), q)) for q in (1, 4)]
+    assert big[1] / big[0] > 3.0
+    # q = 1 is the plain decode step; the decode run has the same step time as the general shape.
+    assert s.iteration_s(StepShape(7, 7000, 1)) == step_s(s, 7, 7000)
+    run = s.decode_run(7, 3)
+    assert run.step_s(7000) == s.iteration_s(StepShape(7, 7000, 3))
+    # Attention pairs of q queries over a KV length c (new tokens included): q c - q (q - 1) / 2;
+    # every query position is sampled.
+    one = s.decode_run(1, 3)
+    c = 1000
+    pairs = 3 * c - 3
+    assert (one.c0 + one.c1 * c) * s.flops_per_s == pytest.approx(
+        3 * (s.linear_flops_per_token + s.lm_flops_per_sample) + s.attn_flops_per_pair * s.full_layers * pairs,
+        rel=1e-12)

@@ -10,10 +10,10 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, base_dict
+from conftest import ROOT, base_dict, step_model, step_s
 
 from sim.errors import InputError
-from sim.perf import Chunk, StepModel
+from sim.perf import Chunk
 from sim.plan import load_knob, max_load, meets, min_replicas
 from sim.scenario import scenario_from_dict
 from simcli.plan_cmd import cmd_plan
@@ -89,8 +89,8 @@ def mdc_scenario(tmp_path, plan: dict, rate_factor: float, replicas: int = 1) ->
                     "batching": {"max_num_seqs": 1, "max_num_batched_tokens": 4096}}
     d["workload"]["input_tokens"] = {"kind": "fixed", "value": INP}
     d["workload"]["output_tokens"] = {"kind": "fixed", "value": OUT}
-    step = StepModel.from_scenario(scenario_from_dict(d))
-    service_s = step.iteration_s(0, 0, [Chunk(0, INP, True)]) + sum(step.iteration_s(1, INP + j) for j in range(1, OUT))
+    step = step_model(scenario_from_dict(d))
+    service_s = step_s(step, 0, 0, [Chunk(0, INP, True)]) + sum(step_s(step, 1, INP + j) for j in range(1, OUT))
     d["workload"]["arrivals"] = {"kind": "poisson", "rate_per_s": rate_factor / service_s}
     # Generous latency targets: only an unstable queue (arrival rate >= c / D) misses them.
     d["slo"] = {"ttft_s": 40 * service_s, "tpot_s": 10.0, "percentile": 99}

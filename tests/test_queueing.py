@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import base_dict
+from conftest import base_dict, step_model, step_s
 
-from sim.perf import Chunk, StepModel
+from sim.perf import Chunk
 from sim.runner import run
 from sim.scenario import scenario_from_dict
 
@@ -26,8 +26,8 @@ def md1_scenario(rho: float, duration_s: float) -> tuple[dict, float]:
     d["serving"]["batching"] = {"max_num_seqs": 1, "max_num_batched_tokens": 4096}
     d["workload"]["input_tokens"] = {"kind": "fixed", "value": INP}
     d["workload"]["output_tokens"] = {"kind": "fixed", "value": OUT}
-    step = StepModel.from_scenario(scenario_from_dict(d))
-    service_s = step.iteration_s(0, 0, [Chunk(0, INP, True)]) + sum(step.iteration_s(1, INP + j) for j in range(1, OUT))
+    step = step_model(scenario_from_dict(d))
+    service_s = step_s(step, 0, 0, [Chunk(0, INP, True)]) + sum(step_s(step, 1, INP + j) for j in range(1, OUT))
     d["workload"]["arrivals"] = {"kind": "poisson", "rate_per_s": rho / service_s}
     return d, service_s
 

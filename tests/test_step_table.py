@@ -7,11 +7,10 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import base_dict
+from conftest import base_dict, step_s
 
 from sim.errors import InputError
-from sim.perf import Chunk, StepModel
-from sim.perf_table import TableStepModel, read_step_table
+from sim.perf import Chunk, LinearPath, StepShape, TableStepModel, read_step_table, steps_within
 from sim.runner import build, execute
 from sim.scenario import scenario_from_dict
 
@@ -35,8 +34,7 @@ def table_csv(tmp_path):
 
 
 def model(path) -> TableStepModel:
-    sc = scenario_from_dict(base_dict())
-    return TableStepModel(read_step_table(path), StepModel.from_scenario(sc))
+    return TableStepModel(read_step_table(path))
 
 
 def test_exact_at_table_points(table_csv):
@@ -45,30 +43,42 @@ def test_exact_at_table_points(table_csv):
         chunks = [Chunk(0, p, True)] if p else []
         if b == 0 and p == 0:
             continue
-        assert m.iteration_s(b, b * c, chunks) == pytest.approx(step_time(b, c, p), rel=1e-12)
+        assert step_s(m, b, b * c, chunks) == pytest.approx(step_time(b, c, p), rel=1e-12)
     assert not m.coverage.extrapolated()
 
 
 def test_interpolates_between_points(table_csv):
     m = model(table_csv)
-    mid = m.iteration_s(16, 16 * 2560, [])           # halfway between 1024 and 4096 context
+    mid = step_s(m, 16, 16 * 2560, [])           # halfway between 1024 and 4096 context
     assert mid == pytest.approx((step_time(16, 1024, 0) + step_time(16, 4096, 0)) / 2, rel=1e-12)
 
 
 def test_decode_run_closed_form_matches_steps(table_csv):
     m = model(table_csv)
     for batch in (1, 16, 40, 300):
-        d = m.decode(batch)
+        d = m.decode_run(batch)
         for first in (batch * 100, batch * 1000, batch * 4000, batch * 20000):
             n = 700
-            brute = sum(m.iteration_s(batch, first + j * batch) for j in range(n))
-            assert d.run_s(first, n) == pytest.approx(brute, rel=1e-9)
-            assert d.steps_within(first, n, d.run_s(first, 321)) == 321
+            path = LinearPath(float(first), float(batch))
+            brute = sum(step_s(m, batch, first + j * batch) for j in range(n))
+            assert d.run_s(path, n) == pytest.approx(brute, rel=1e-9)
+            assert steps_within(d, path, n, d.run_s(path, 321)) == 321
+            pieces = d.segments(path, n)            # the affine pieces sum to the same run
+            assert sum(a * (hi - lo) + b * path.total(lo, hi) for lo, hi, a, b in pieces) == \
+                pytest.approx(brute, rel=1e-9)
+
+
+def test_several_query_tokens_per_sequence_count_as_prefill(table_csv):
+    m = model(table_csv)
+    # 8 sequences verifying 3 tokens each: 8 decode tokens plus 16 extra tokens looked up as prefill.
+    direct = m.iteration_s(StepShape(8, 8 * 1024, 3))
+    assert direct == pytest.approx(float(m._interp([[8, 1024, 16]])[0]), rel=1e-12)
+    assert m.decode_run(8, 3).step_s(8 * 1024) == pytest.approx(direct, rel=1e-12)
 
 
 def test_extrapolation_is_reported(table_csv):
     m = model(table_csv)
-    m.iteration_s(300, 300 * 30000)
+    step_s(m, 300, 300 * 30000)
     ext = m.coverage.extrapolated()
     assert set(ext) == {"decode_seqs", "context_tokens"}
     assert ext["decode_seqs"] == (300, 300) and ext["context_tokens"][1] == pytest.approx(30000)

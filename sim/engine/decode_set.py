@@ -9,6 +9,11 @@ global step counter G and stores, per sequence, `base` with kv_tokens = base + G
   without touching each sequence; in any `block` consecutive steps each sequence needs exactly one;
 * completions come off a heap keyed by the step at which the last token is sampled.
 
+The engine sees only the interface: membership (`add`, `remove`), the run ahead (`path`,
+`blocks_needed`, `safe_steps`, `steps_to_next_finish`, `tokens_sampled`) and progress (`advance`,
+`pop_finished`). It never assumes one token per sequence per step itself, so a speculative decode
+set (several tokens per step, drawn per request) can implement the same interface.
+
 Plain Python, no SimPy: it is unit-tested on its own.
 """
 
@@ -17,9 +22,12 @@ from __future__ import annotations
 import heapq
 
 from sim.engine.request import Request
+from sim.perf.shape import LinearPath
 
 
 class DecodeSet:
+    """Decoding sequences that each gain one KV token and one output token per step."""
+
     def __init__(self, block_tokens: int) -> None:
         self.bt = block_tokens
         self.g = 0                          # global decode step counter
@@ -50,12 +58,34 @@ class DecodeSet:
         return r.base + self.g
 
     def kv_tokens(self, r: Request) -> int:
+        """KV tokens a member holds now."""
         return r.base + self.g
+
+    def generated(self, r: Request) -> int:
+        """Output tokens a member has sampled so far."""
+        return r.output_tokens - (r.finish_g - self.g)
 
     # ---- queries ------------------------------------------------------------------------------
     def ctx_sum_at(self, g_after: int) -> int:
         """Summed KV length over members at the step that brings the counter to g_after."""
         return self.base_sum + self.size * g_after
+
+    def next_ctx_sum(self) -> int:
+        """Summed KV length of the next step (its new tokens included)."""
+        return self.base_sum + self.size * (self.g + 1)
+
+    def path(self) -> LinearPath:
+        """Summed context at steps j = 0, 1, ... of a run starting with the next step."""
+        return LinearPath(float(self.ctx_sum_at(self.g + 1)), float(self.size))
+
+    def tokens_sampled(self, n_steps: int) -> int:
+        """Output tokens the next n steps sample (one per member per step)."""
+        return self.size * n_steps
+
+    # ---- progress ---------------------------------------------------------------------------
+    def advance(self, n_steps: int) -> None:
+        """n decode steps happened: every member gained n KV and n output tokens."""
+        self.g += n_steps
 
     def steps_to_next_finish(self) -> int:
         h = self._heap
@@ -94,8 +124,9 @@ class DecodeSet:
             g += 1
         return n
 
-    def pop_finished(self) -> list[Request]:
-        """Members whose last token was sampled at the current step; removed from the set."""
+    def pop_finished(self) -> list[tuple[Request, int]]:
+        """Members whose last token was sampled at the current step, with the KV tokens they
+        held; removed from the set."""
         out = []
         h = self._heap
         while h:
@@ -106,6 +137,5 @@ class DecodeSet:
             if fg > self.g:
                 break
             heapq.heappop(h)
-            self.remove(r)
-            out.append(r)
+            out.append((r, self.remove(r)))
         return out

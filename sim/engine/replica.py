@@ -19,7 +19,7 @@ Scheduling follows vLLM's policy (V1 with chunked prefill, V0 without):
 
 Speed: one SimPy event per iteration, and a run of decode-only iterations with no admission,
 completion or block shortage in between is a single event whose duration is summed in closed form
-(`perf.DecodeCoeffs.run_s`). An arrival that could join the batch interrupts such a run; the run
+(`perf.shape.DecodeRun.run_s` along the decode set's context path). An arrival that could join the batch interrupts such a run; the run
 is cut at the end of the step in progress, exactly as a per-step simulation would admit it.
 """
 
@@ -33,7 +33,7 @@ import simpy
 
 from sim.engine.decode_set import DecodeSet
 from sim.engine.request import Request, Status
-from sim.perf import Chunk, StepModel
+from sim.perf.shape import Chunk, DecodeRun, LinearPath, StepModel, StepShape, steps_within
 
 #: One iteration record: (replica, t_start_s, t_end_s, steps, batch_seqs, prompt_tokens,
 #: recompute_tokens, output_tokens, running, waiting, kv_blocks_used)
@@ -60,7 +60,8 @@ class Replica:
     def __init__(self, env: simpy.Environment, idx: int, step: StepModel, total_blocks: int, *,
                  block_tokens: int, sliding_blocks: int, max_num_seqs: int, max_num_batched_tokens: int,
                  chunked_prefill: bool, max_waiting: int | None, preemption: str, watermark_fraction: float,
-                 max_context_tokens: int, on_finish: Callable[[Request], None],
+                 max_context_tokens: int, swap_bytes_per_kv_token: float,
+                 host_link_bytes_per_s: float, on_finish: Callable[[Request], None],
                  records: list[IterRecord], allow_jumps: bool = True) -> None:
         self.env, self.idx, self.step = env, idx, step
         self.bt = block_tokens
@@ -74,6 +75,8 @@ class Replica:
         self.max_waiting = max_waiting
         self.swap = preemption == "swap"
         self.max_context = max_context_tokens
+        self.swap_bytes_per_kv_token = swap_bytes_per_kv_token
+        self.host_link_bytes_per_s = host_link_bytes_per_s
         self.on_finish = on_finish
         self.records = records
         self.allow_jumps = allow_jumps  # False: one event per step (reference mode for tests)
@@ -86,7 +89,7 @@ class Replica:
         self._seq = 0
         self._wakeup: simpy.Event | None = None
         self._interruptible = False
-        self._jump_state: tuple | None = None
+        self._jump_state: tuple[float, DecodeRun, LinearPath, int] | None = None
         self.proc = env.process(self._loop())
 
     # ---- intake ---------------------------------------------------------------------------
@@ -133,13 +136,17 @@ class Replica:
         simulation would have."""
         if self._jump_state is None:
             return self.used_blocks
-        t0, coeffs, ctx_first, n = self._jump_state
-        k = coeffs.steps_within(ctx_first, n, self.env.now - t0)
+        t0, run, path, n = self._jump_state
+        k = steps_within(run, path, n, self.env.now - t0)
         return self.used_blocks + self.ds.blocks_needed(min(n, k + 1))
 
     # ---- KV helpers -------------------------------------------------------------------------
     def _blocks_for(self, kv_tokens: int) -> int:
         return _ceil_div(kv_tokens, self.bt) + (self.sliding_blocks if kv_tokens > 0 else 0)
+
+    def transfer_s(self, kv_tokens: int) -> float:
+        """Seconds to move a request's KV between GPU and host memory (swap)."""
+        return kv_tokens * self.swap_bytes_per_kv_token / self.host_link_bytes_per_s
 
     @property
     def free_blocks(self) -> int:
@@ -165,7 +172,7 @@ class Replica:
             self.used_blocks -= self._blocks_for(kv)
             if self.swap:
                 victim.swapped_kv = kv
-                swap_s = self.step.transfer_s(kv)
+                swap_s = self.transfer_s(kv)
             else:
                 victim.prefill_target = victim.input_tokens + victim.generated
                 victim.prefilled = 0
@@ -174,7 +181,7 @@ class Replica:
             self.used_blocks -= victim.blocks
             if self.swap and victim.prefilled:
                 victim.swapped_kv = victim.prefilled
-                swap_s = self.step.transfer_s(victim.prefilled)
+                swap_s = self.transfer_s(victim.prefilled)
             else:
                 victim.prefilled = 0
         victim.blocks = 0
@@ -245,7 +252,7 @@ class Replica:
                 self._admit(r)
                 plan.admitted += 1
                 self.used_blocks += blocks
-                plan.swap_s += self.step.transfer_s(r.swapped_kv)
+                plan.swap_s += self.transfer_s(r.swapped_kv)
                 if r.prefilled < r.prefill_target:     # swapped out mid-prefill: continue it now
                     r.blocks = blocks
                     r.swapped_kv = 0
@@ -282,16 +289,16 @@ class Replica:
         self.on_finish(r)
 
     def _finish_decode_steps(self) -> None:
-        for r in self.ds.pop_finished():
-            self._complete(r, self._blocks_for(r.base + self.ds.g))
+        for r, kv in self.ds.pop_finished():
+            self._complete(r, self._blocks_for(kv))
 
     def _apply(self, chunks: list[tuple[Request, int]], resumed: list[Request], decode: bool) -> tuple[int, int, int]:
         """Apply an iteration's effects; returns (prompt tokens, recompute tokens, sampled tokens)."""
         now = self.env.now
         sampled = 0
         if decode:
-            self.ds.g += 1
-            sampled += self.ds.size
+            sampled += self.ds.tokens_sampled(1)
+            self.ds.advance(1)
             self._finish_decode_steps()
         prompt = recompute = 0
         for r, new in chunks:
@@ -347,9 +354,9 @@ class Replica:
                                          len(self.waiting), self.used_blocks))
                 continue
             t0 = env.now
-            ctx = self.ds.ctx_sum_at(self.ds.g + 1) if decode else 0
-            spec = [Chunk(r.prefilled, new, r.prefilled + new >= r.prefill_target) for r, new in chunks]
-            dt = self.step.iteration_s(self.ds.size if decode else 0, ctx, spec) + swap_s
+            shape = StepShape(self.ds.size if decode else 0, self.ds.next_ctx_sum() if decode else 0, 1,
+                              tuple(Chunk(r.prefilled, new, r.prefilled + new >= r.prefill_target) for r, new in chunks))
+            dt = self.step.iteration_s(shape) + swap_s
             batch = (self.ds.size if decode else 0) + len(chunks)
             yield env.timeout(dt)
             prompt, recompute, sampled = self._apply(chunks, resumed, decode)
@@ -373,11 +380,11 @@ class Replica:
 
     def _jump(self, n: int):
         env, ds = self.env, self.ds
-        coeffs = self.step.decode(ds.size)
-        ctx_first = ds.ctx_sum_at(ds.g + 1)
+        run = self.step.decode_run(ds.size)
+        path = ds.path()
         t0 = env.now
-        total_s = coeffs.run_s(ctx_first, n)
-        self._jump_state = (t0, coeffs, ctx_first, n)
+        total_s = run.run_s(path, n)
+        self._jump_state = (t0, run, path, n)
         if not self.waiting and len(self.running) < self.max_seqs:
             self._interruptible = True
             try:
@@ -386,11 +393,11 @@ class Replica:
             except simpy.Interrupt:
                 self._interruptible = False
                 elapsed = env.now - t0
-                k = coeffs.steps_within(ctx_first, n, elapsed)
-                if k < n and not (k > 0 and coeffs.run_s(ctx_first, k) == elapsed):
+                k = steps_within(run, path, n, elapsed)
+                if k < n and not (k > 0 and run.run_s(path, k) == elapsed):
                     k += 1  # the step in progress completes before the newcomer can join
                 n = k
-                total_s = coeffs.run_s(ctx_first, n)
+                total_s = run.run_s(path, n)
                 if t0 + total_s > env.now:
                     yield env.timeout(t0 + total_s - env.now)
         else:
@@ -399,8 +406,9 @@ class Replica:
         if n == 0:
             return
         self.used_blocks += ds.blocks_needed(n)
-        ds.g += n
         batch = ds.size
+        sampled = ds.tokens_sampled(n)
+        ds.advance(n)
         self._finish_decode_steps()
-        self.records.append((self.idx, t0, t0 + total_s, n, batch, 0, 0, batch * n,
+        self.records.append((self.idx, t0, t0 + total_s, n, batch, 0, 0, sampled,
                              len(self.running), len(self.waiting), self.used_blocks))

@@ -9,8 +9,14 @@ it, so results can say how far they left the measured range.
 
 For a fixed number of decoding sequences B and no prefill, step time is piecewise linear in the
 mean context, with breakpoints at the table's context values, hence piecewise linear in the
-summed context S = B x mean. A run of n decode steps (S grows by B per step) therefore still has a
-closed-form duration: a sum of linear pieces, one per segment the run crosses.
+summed context S = B x mean. A run of n decode steps along a context path therefore still has a
+closed-form duration: a sum of linear pieces (`shape.Segment`), one per table segment the run
+crosses.
+
+The table has no axis for several query tokens per decoding sequence (speculative verification):
+such an iteration is looked up as one decode token per sequence plus the extra tokens as prefill.
+Chunked prefills are looked up by their token count only: a chunk late in a long prompt costs the
+same as the first (the table has no prefix axis).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from sim.errors import InputError
-from sim.perf import Chunk, StepModel, _lin_sum, steps_within
+from sim.perf.shape import ContextPath, LinearPath, Segment, StepShape, lin_sum, segments_run_s
 
 COLUMNS = ("decode_seqs", "context_tokens", "prefill_tokens", "step_time_s")
 AXES = COLUMNS[:3]
@@ -81,16 +87,13 @@ def read_step_table(path: str | Path) -> pd.DataFrame:
     return df
 
 
-@dataclass(frozen=True)
 class PiecewiseDecode:
     """Decode step time for B sequences: a_k + b_k * S on segment k of the summed context S
     (segment k spans [bounds[k-1], bounds[k]); the first and last extend to infinity)."""
 
-    bounds: tuple[float, ...]
-    a: tuple[float, ...]
-    b: tuple[float, ...]
-    batch: int
-    coverage: Coverage
+    def __init__(self, bounds: tuple[float, ...], a: tuple[float, ...], b: tuple[float, ...], batch: int,
+                 coverage: Coverage) -> None:
+        self.bounds, self.a, self.b, self.batch, self.coverage = bounds, a, b, batch, coverage
 
     def _segment(self, s: float) -> int:
         return bisect_right(self.bounds, s)
@@ -100,48 +103,60 @@ class PiecewiseDecode:
         k = self._segment(ctx_sum)
         return self.a[k] + self.b[k] * ctx_sum
 
-    def run_s(self, ctx_sum_first: float, n_steps: int) -> float:
+    def segments(self, path: ContextPath, n_steps: int) -> list[Segment]:
+        out: list[Segment] = []
+        j = 0
+        while j < n_steps:
+            k = self._segment(path.at(j))
+            # Steps until S reaches the next breakpoint.
+            end = n_steps if k >= len(self.bounds) else \
+                min(n_steps, max(j + 1, path.first_step_at_least(self.bounds[k], n_steps)))
+            out.append(Segment(j, end, self.a[k], self.b[k]))
+            j = end
+        return out
+
+    def run_s(self, path: ContextPath, n_steps: int) -> float:
         if n_steps <= 0:
             return 0.0
         bt = float(self.batch)
-        self.coverage.note("context_tokens", ctx_sum_first / bt, (ctx_sum_first + (n_steps - 1) * bt) / bt)
+        self.coverage.note("context_tokens", path.at(0) / bt, path.at(n_steps - 1) / bt)
+        if not isinstance(path, LinearPath):
+            return segments_run_s(self.segments(path, n_steps), path)
+        first, slope = path.first, path.slope
         total, j = 0.0, 0
         while j < n_steps:
-            k = self._segment(ctx_sum_first + j * bt)
+            k = self._segment(first + j * slope)
             if k < len(self.bounds):  # steps until S reaches the next breakpoint
-                end = min(n_steps, max(j + 1, math.ceil((self.bounds[k] - ctx_sum_first) / bt)))
+                end = min(n_steps, max(j + 1, math.ceil((self.bounds[k] - first) / slope)))
             else:
                 end = n_steps
-            total += _lin_sum(self.a[k] + self.b[k] * ctx_sum_first, self.b[k] * bt, j, end)
+            total += lin_sum(self.a[k] + self.b[k] * first, self.b[k] * slope, j, end)
             j = end
         return total
 
-    def steps_within(self, ctx_sum_first: float, n_max: int, elapsed_s: float) -> int:
-        return steps_within(self.run_s, ctx_sum_first, n_max, elapsed_s)
-
 
 class TableStepModel:
-    """Step times from a measured table (same interface as perf.StepModel)."""
+    """Step times from a measured table (implements shape.StepModel)."""
 
-    def __init__(self, table: pd.DataFrame, roofline: StepModel, path: str = "") -> None:
+    def __init__(self, table: pd.DataFrame, path: str = "") -> None:
         from scipy.interpolate import RegularGridInterpolator
 
         self.path = path
-        self.roofline = roofline  # for KV transfers over the host link
         self.axes = [np.sort(table[a].unique()) for a in AXES]
         grid = table.set_index(list(AXES))["step_time_s"]
         values = np.array([[[grid[(b, c, p)] for p in self.axes[2]] for c in self.axes[1]] for b in self.axes[0]])
         self._interp = RegularGridInterpolator(self.axes, values, method="linear", bounds_error=False, fill_value=None)
         self.coverage = Coverage({a: (float(ax[0]), float(ax[-1])) for a, ax in zip(AXES, self.axes, strict=True)})
-        self._decode_cache: dict[int, PiecewiseDecode] = {}
+        self._decode_cache: dict[tuple[int, int], PiecewiseDecode] = {}
 
     def _at(self, b: float, c: float, p: float) -> float:
         return float(self._interp([[b, c, p]])[0])
 
-    def iteration_s(self, decode_seqs: int, decode_ctx_sum: int, chunks: list[Chunk] | tuple[Chunk, ...] = ()) -> float:
-        if not chunks:
-            return self.decode(decode_seqs).step_s(decode_ctx_sum) if decode_seqs else 0.0
-        prefill = float(sum(ch.new for ch in chunks))
+    def iteration_s(self, shape: StepShape) -> float:
+        decode_seqs, decode_ctx_sum, q = shape.decode_seqs, shape.decode_ctx_sum, shape.query_tokens_per_seq
+        if not shape.chunks:
+            return self.decode_run(decode_seqs, q).step_s(decode_ctx_sum) if decode_seqs else 0.0
+        prefill = float(shape.prefill_tokens + decode_seqs * (q - 1))
         mean_ctx = decode_ctx_sum / decode_seqs if decode_seqs else float(self.axes[1][0])
         cov = self.coverage
         cov.note("decode_seqs", decode_seqs, decode_seqs)
@@ -150,13 +165,17 @@ class TableStepModel:
             cov.note("context_tokens", mean_ctx, mean_ctx)
         return max(0.0, self._at(decode_seqs, mean_ctx, prefill))
 
-    def decode(self, batch: int) -> PiecewiseDecode:
-        d = self._decode_cache.get(batch)
+    def decode_run(self, batch: int, query_tokens_per_seq: int = 1) -> PiecewiseDecode:
+        key = (batch, query_tokens_per_seq)
+        d = self._decode_cache.get(key)
         if d is not None:
             return d
         self.coverage.note("decode_seqs", batch, batch)
         cs = self.axes[1]
-        v = np.array([self._at(batch, c, 0.0) for c in cs])
+        extra = float(batch * (query_tokens_per_seq - 1))
+        if extra:
+            self.coverage.note("prefill_tokens", extra, extra)
+        v = np.array([self._at(batch, c, extra) for c in cs])
         slopes_c = np.diff(v) / np.diff(cs)
         # Segments in S = batch x mean context: below the first point, between points, above the last.
         seg_slope_c = np.concatenate([[slopes_c[0]], slopes_c, [slopes_c[-1]]])
@@ -168,8 +187,5 @@ class TableStepModel:
             b.append(float(sc / batch))
         bounds = tuple(float(c * batch) for c in cs)
         d = PiecewiseDecode(bounds, tuple(a), tuple(b), batch, self.coverage)
-        self._decode_cache[batch] = d
+        self._decode_cache[key] = d
         return d
-
-    def transfer_s(self, kv_tokens: int) -> float:
-        return self.roofline.transfer_s(kv_tokens)

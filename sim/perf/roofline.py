@@ -1,14 +1,15 @@
-"""Step-time model: (batch shape, model, hardware, parallelism, precision) -> seconds.
+"""Roofline step-time model: (batch shape, model, hardware, parallelism, precision) -> seconds.
 
 A roofline that needs no profiling (design brief, "Step-time model"). For one iteration of a
 replica with tensor-parallel degree tp, per GPU:
 
     bytes  = weight bytes read        (dense: all weights; MoE: always-read weights + the experts
                                        the batch touches, E x (1 - (1 - k/E)^tokens) per layer)
-           + KV bytes read            (attended context x KV bytes per token per layer)
+           + KV bytes read            (attended context x KV bytes per token per layer; a decoding
+                                       sequence reads its KV once for all its query tokens)
            + KV bytes written         (new tokens x all layers)
            + activation traffic       (tokens x layers x (8 hidden + 3 ffn/tp) x 2 bytes x factor)
-    FLOPs  = 2 x matmul params x tokens + 2 x LM-head params x sampled sequences
+    FLOPs  = 2 x matmul params x tokens + 2 x LM-head params x sampled positions
            + attention FLOPs          (4 x heads x head_dim per (query, key) pair per layer)
     t      = max(FLOPs / (peak[compute precision] x compute_eff), bytes / (hbm_bw x bw_eff))
            + tp all-reduce            (2 per layer: 2 (tp-1)/tp x tokens x hidden x 2 B / (link x comm_eff)
@@ -16,22 +17,25 @@ replica with tensor-parallel degree tp, per GPU:
            + per-iteration overhead   (scheduler, kernel launch) + per-sequence overhead x sequences
                                       (sampling, detokenization, scheduling work that grows with the batch)
 
-Weights and FLOPs divide by tp; KV divides by tp through the KV heads each GPU holds.
+Weights and FLOPs divide by tp; KV divides by tp through the KV heads each GPU holds. A decoding
+sequence computing q query tokens (q = 1 plain decoding, k + 1 verifying k drafts) over a KV length
+c (its new tokens included) attends q c - q (q - 1) / 2 (query, key) pairs and samples q positions.
 
-A decode-only iteration with a fixed set of B sequences is  max(m0 + m1 S, c0 + c1 S) + fixed,
-where S is the summed context, which grows by B per step. A run of n such steps therefore has a
-closed-form duration (sum of the max of two linear functions of the step index), which lets the
-engine advance many decode steps in one event.
+A decode-only iteration of a fixed set of B sequences with q tokens each is
+max(m0 + m1 S, c0 + c1 S) + fixed, where S is the summed context: two lines that cross at most once,
+so a run along any non-decreasing context path is two affine pieces (`shape.Segment`) and has a
+closed-form duration, which lets the engine advance many decode steps in one event.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec
-from sim.scenario import PerfCfg, Scenario
+from sim.errors import InputError
+from sim.perf.config import PerfCfg
+from sim.perf.shape import ContextPath, LinearPath, Segment, StepShape, lin_sum, segments_run_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,57 +52,42 @@ class DecodeCoeffs:
     def step_s(self, ctx_sum: float) -> float:
         return max(self.m0 + self.m1 * ctx_sum, self.c0 + self.c1 * ctx_sum) + self.fixed_s
 
-    def run_s(self, ctx_sum_first: float, n_steps: int) -> float:
-        """Total time of n steps; step j (0-based) has summed context ctx_sum_first + j*batch."""
+    def segments(self, path: ContextPath, n_steps: int) -> list[Segment]:
+        if n_steps <= 0:
+            return []
+        if self.m1 == self.c1:
+            hi_line = (self.m0, self.m1) if self.m0 >= self.c0 else (self.c0, self.c1)
+            return [Segment(0, n_steps, hi_line[0] + self.fixed_s, hi_line[1])]
+        # Left of the crossing the flatter line is the larger one, right of it the steeper one.
+        flat, steep = ((self.m0, self.m1), (self.c0, self.c1)) if self.m1 < self.c1 else \
+            ((self.c0, self.c1), (self.m0, self.m1))
+        k = path.first_step_at_least((steep[0] - flat[0]) / (flat[1] - steep[1]), n_steps)
+        out = []
+        if k > 0:
+            out.append(Segment(0, k, flat[0] + self.fixed_s, flat[1]))
+        if k < n_steps:
+            out.append(Segment(k, n_steps, steep[0] + self.fixed_s, steep[1]))
+        return out
+
+    def run_s(self, path: ContextPath, n_steps: int) -> float:
+        """Total time of n steps along `path` (closed form on a linear path)."""
         if n_steps <= 0:
             return 0.0
-        b = float(self.batch)
-        am, bm = self.m0 + self.m1 * ctx_sum_first, self.m1 * b
-        ac, bc = self.c0 + self.c1 * ctx_sum_first, self.c1 * b
+        if not isinstance(path, LinearPath):
+            return segments_run_s(self.segments(path, n_steps), path)
+        b = path.slope
+        am, bm = self.m0 + self.m1 * path.first, self.m1 * b
+        ac, bc = self.c0 + self.c1 * path.first, self.c1 * b
         total = self.fixed_s * n_steps
         if bm == bc:
-            return total + _lin_sum(max(am, ac), bm, 0, n_steps)
-        # Left of the crossing the flatter line is the larger one, right of it the steeper one.
+            return total + lin_sum(max(am, ac), bm, 0, n_steps)
         flat, steep = ((am, bm), (ac, bc)) if bm < bc else ((ac, bc), (am, bm))
         cross = (steep[0] - flat[0]) / (flat[1] - steep[1])
         k = min(n_steps, max(0, math.ceil(cross)))
-        return total + _lin_sum(*flat, 0, k) + _lin_sum(*steep, k, n_steps)
-
-    def steps_within(self, ctx_sum_first: float, n_max: int, elapsed_s: float) -> int:
-        return steps_within(self.run_s, ctx_sum_first, n_max, elapsed_s)
+        return total + lin_sum(*flat, 0, k) + lin_sum(*steep, k, n_steps)
 
 
-def steps_within(run_s: Callable[[float, int], float], ctx_sum_first: float, n_max: int, elapsed_s: float) -> int:
-    """Largest n <= n_max whose cumulative run time run_s(first, n) is <= elapsed_s (bisection;
-    run_s is non-decreasing in n)."""
-    lo, hi = 0, n_max
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if run_s(ctx_sum_first, mid) <= elapsed_s:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def _lin_sum(a: float, b: float, lo: int, hi: int) -> float:
-    """sum_{j=lo}^{hi-1} (a + b j)."""
-    n = hi - lo
-    if n <= 0:
-        return 0.0
-    return n * a + b * (lo + hi - 1) * n / 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """A prefill chunk: `new` tokens computed on top of `prefix` tokens already in KV."""
-
-    prefix: int
-    new: int
-    samples: bool  # the chunk ends the prompt, so its last position is sampled
-
-
-class StepModel:
+class RooflineStepModel:
     """Precomputed per-replica constants; pure functions of batch shape afterwards."""
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, tp: int, weights: str, kv: str, compute: str,
@@ -106,7 +95,7 @@ class StepModel:
         self.model, self.gpu, self.tp, self.cfg = model, gpu, tp, cfg
         peak = gpu.peak_flops(compute)
         if peak is None:
-            raise ValueError(f"GPU {gpu.name} has no {compute} compute")
+            raise InputError(f"GPU {gpu.name} has no {compute} tensor cores")
         self.flops_per_s = peak * cfg.compute_efficiency
         self.bytes_per_s = gpu.hbm_bw_tb_s * 1e12 * cfg.hbm_bw_efficiency
         wb = BYTES_PER_ELEMENT[weights]
@@ -129,13 +118,7 @@ class StepModel:
         else:
             self.comm_s_per_token = 0.0
             self.comm_fixed_s = 0.0
-        self._decode_cache: dict[int, DecodeCoeffs] = {}
-
-    @classmethod
-    def from_scenario(cls, sc: Scenario) -> StepModel:
-        p = sc.serving.precision
-        return cls(sc.model, sc.hardware.gpu, sc.serving.parallelism.tp, p.weights, p.kv_cache,
-                   p.compute_precision, sc.perf)
+        self._decode_cache: dict[tuple[int, int], DecodeCoeffs] = {}
 
     # ---- pieces --------------------------------------------------------------------------
     def weight_bytes(self, tokens: int) -> float:
@@ -152,40 +135,44 @@ class StepModel:
         return self.cfg.iteration_overhead_s + self.cfg.per_seq_overhead_s * seqs + comm
 
     # ---- decode-only iterations (closed form) -----------------------------------------------
-    def decode(self, batch: int) -> DecodeCoeffs:
-        """Coefficients of a decode-only step of `batch` sequences (cached per batch size)."""
-        c = self._decode_cache.get(batch)
+    def decode_run(self, batch: int, query_tokens_per_seq: int = 1) -> DecodeCoeffs:
+        """Coefficients of a decode-only step of `batch` sequences computing q tokens each."""
+        key = (batch, query_tokens_per_seq)
+        c = self._decode_cache.get(key)
         if c is not None:
             return c
         w = self.window
-        mem0 = (self.weight_bytes(batch)
-                + batch * (self.model.layers * self.kv_layer_bytes + self.act_bytes_per_token)
+        q = query_tokens_per_seq
+        tokens = batch * q
+        mem0 = (self.weight_bytes(tokens)
+                + tokens * (self.model.layers * self.kv_layer_bytes + self.act_bytes_per_token)
                 + self.sliding_layers * self.kv_layer_bytes * batch * w)
         mem1 = self.full_layers * self.kv_layer_bytes
-        cmp0 = (batch * (self.linear_flops_per_token + self.lm_flops_per_sample)
-                + self.attn_flops_per_pair * self.sliding_layers * batch * w)
-        cmp1 = self.attn_flops_per_pair * self.full_layers
+        cmp0 = (tokens * (self.linear_flops_per_token + self.lm_flops_per_sample)
+                + self.attn_flops_per_pair * self.sliding_layers * tokens * w
+                - self.attn_flops_per_pair * self.full_layers * batch * (q * (q - 1) // 2))
+        cmp1 = self.attn_flops_per_pair * self.full_layers * q
         c = DecodeCoeffs(
             m0=mem0 / self.bytes_per_s, m1=mem1 / self.bytes_per_s,
             c0=cmp0 / self.flops_per_s, c1=cmp1 / self.flops_per_s,
-            fixed_s=self._fixed_s(batch, batch), batch=batch,
+            fixed_s=self._fixed_s(tokens, batch), batch=batch,
         )
-        self._decode_cache[batch] = c
+        self._decode_cache[key] = c
         return c
 
     # ---- general iteration ------------------------------------------------------------------
-    def iteration_s(self, decode_seqs: int, decode_ctx_sum: int, chunks: list[Chunk] | tuple[Chunk, ...] = ()) -> float:
-        """Time of one iteration: `decode_seqs` sequences decoding one token each with summed
-        context `decode_ctx_sum` (KV length including the new token), plus prefill chunks."""
+    def iteration_s(self, shape: StepShape) -> float:
+        """Time of one iteration of the given shape (see the module docstring)."""
+        seqs, q, chunks = shape.decode_seqs, shape.query_tokens_per_seq, shape.chunks
         if not chunks:
-            return self.decode(decode_seqs).step_s(decode_ctx_sum) if decode_seqs else 0.0
+            return self.decode_run(seqs, q).step_s(shape.decode_ctx_sum) if seqs else 0.0
         w = self.window
-        tokens = decode_seqs
-        samples = decode_seqs
-        pairs_full = float(decode_ctx_sum)
-        read_full = float(decode_ctx_sum)
-        pairs_sl = float(decode_seqs * w)
-        read_sl = float(decode_seqs * w)
+        tokens = seqs * q
+        samples = seqs * q
+        pairs_full = q * float(shape.decode_ctx_sum) - seqs * (q * (q - 1) // 2)
+        read_full = float(shape.decode_ctx_sum)
+        pairs_sl = float(tokens * w)
+        read_sl = float(seqs * w)
         for ch in chunks:
             end = ch.prefix + ch.new
             tokens += ch.new
@@ -200,9 +187,4 @@ class StepModel:
                + self.kv_layer_bytes * (self.full_layers * read_full + self.sliding_layers * read_sl))
         cmp = (tokens * self.linear_flops_per_token + samples * self.lm_flops_per_sample
                + self.attn_flops_per_pair * (self.full_layers * pairs_full + self.sliding_layers * pairs_sl))
-        return max(cmp / self.flops_per_s, mem / self.bytes_per_s) + self._fixed_s(tokens, decode_seqs + len(chunks))
-
-    def transfer_s(self, kv_tokens: int) -> float:
-        """Time to move one request's KV between GPU and host over the host link (swap)."""
-        per_token = self.model.layers * self.kv_layer_bytes
-        return kv_tokens * per_token / (self.gpu.host_link_gb_s * 1e9)
+        return max(cmp / self.flops_per_s, mem / self.bytes_per_s) + self._fixed_s(tokens, seqs + len(chunks))

@@ -1,0 +1,38 @@
+"""Step-time models: how long one iteration of a replica takes for a given batch shape.
+
+* `shape`: the interface the engine uses (batch shapes, context paths, decode runs, the
+  `StepModel` protocol).
+* `roofline`: the default model, from spec sheets and a few calibrated efficiencies.
+* `table`: a measured step-time table interpolated instead of the roofline.
+* `config`: the scenario's `perf:` block and its calibrated defaults.
+"""
+
+from __future__ import annotations
+
+from sim.catalog import GpuSpec, ModelSpec
+from sim.perf.config import PerfCfg
+from sim.perf.roofline import DecodeCoeffs, RooflineStepModel
+from sim.perf.shape import (
+    Chunk,
+    ContextPath,
+    DecodeRun,
+    LinearPath,
+    Segment,
+    StepModel,
+    StepShape,
+    decode_shape,
+    steps_within,
+)
+from sim.perf.table import TableStepModel, read_step_table
+
+__all__ = ["Chunk", "ContextPath", "DecodeCoeffs", "DecodeRun", "LinearPath", "PerfCfg", "RooflineStepModel",
+           "Segment", "StepModel", "StepShape", "TableStepModel", "decode_shape", "make_step_model",
+           "read_step_table", "steps_within"]
+
+
+def make_step_model(model: ModelSpec, gpu: GpuSpec, tp: int, weights: str, kv: str, compute: str,
+                    cfg: PerfCfg) -> RooflineStepModel | TableStepModel:
+    """The roofline, or the measured step-time table that `cfg.step_table` names."""
+    if cfg.step_table is not None:
+        return TableStepModel(read_step_table(cfg.step_table), cfg.step_table)
+    return RooflineStepModel(model, gpu, tp, weights, kv, compute, cfg)

@@ -1,0 +1,69 @@
+"""Step-time model parameters as a scenario writes them (`perf:` block), with calibrated defaults.
+
+The defaults are the values fitted to published measurements, stored in
+``sim/data/calibration.yaml`` (written by ``run.py calibrate --reference``). That file is read the
+first time a default is needed, not at import. ``profile:`` loads another calibration profile;
+keys given explicitly override both. Meaning and method: docs/model-assumptions.md.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+from sim.datapath import DataPath, resolve_data_path
+
+#: Fallbacks where calibration.yaml lacks a value (the pre-calibration defaults).
+FALLBACK: dict[str, float] = {
+    "hbm_bw_efficiency": 0.80, "compute_efficiency": 0.55, "comm_efficiency": 0.70,
+    "collective_latency_s": 8e-6, "iteration_overhead_s": 1.5e-3, "per_seq_overhead_s": 0.0,
+    "activation_traffic_factor": 1.0,
+}
+
+
+@cache
+def calibrated_defaults() -> dict[str, float]:
+    """The fitted step-time parameters bundled with the package (read once, on first use)."""
+    text = resources.files("sim").joinpath("data", "calibration.yaml").read_text(encoding="utf-8")
+    fitted = (yaml.safe_load(text) or {}).get("perf", {})
+    return {k: float(fitted.get(k, v)) for k, v in FALLBACK.items()}
+
+
+
+class PerfCfg(BaseModel):
+    """Step-time model parameters (docs/model-assumptions.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hbm_bw_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["hbm_bw_efficiency"], gt=0, le=1)
+    compute_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["compute_efficiency"], gt=0, le=1)
+    comm_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["comm_efficiency"], gt=0, le=1)
+    collective_latency_s: float = Field(default_factory=lambda: calibrated_defaults()["collective_latency_s"], ge=0)
+    iteration_overhead_s: float = Field(default_factory=lambda: calibrated_defaults()["iteration_overhead_s"], ge=0)
+    per_seq_overhead_s: float = Field(default_factory=lambda: calibrated_defaults()["per_seq_overhead_s"], ge=0,
+                                      description="per sequence in an iteration (sampling, scheduling)")
+    activation_traffic_factor: float = Field(
+        default_factory=lambda: calibrated_defaults()["activation_traffic_factor"], ge=0)
+    profile: str | None = Field(default=None, description="calibration profile file the values came from")
+    step_table: DataPath | None = Field(default=None, description="CSV of measured iteration times")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_profile(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or data.get("profile") is None:
+            return data
+        path = resolve_data_path(str(data["profile"]), info)
+        try:
+            prof = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ValueError(f"profile {data['profile']!r} is not valid YAML: {err}") from None
+        if not isinstance(prof, dict) or prof.get("kind") != "perf-profile" or not isinstance(prof.get("perf"), dict):
+            raise ValueError(f"profile {data['profile']!r} is not a perf profile written by 'run.py calibrate'")
+        known = set(cls.model_fields) - {"profile", "step_table"}
+        values = {k: v for k, v in prof["perf"].items() if k in known}
+        return {**values, **data, "profile": path}

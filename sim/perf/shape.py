@@ -1,0 +1,193 @@
+"""What the engine asks a step-time model: batch shapes, context paths and decode runs.
+
+* A **batch shape** (`StepShape`) is one iteration: `decode_seqs` sequences each computing
+  `query_tokens_per_seq` tokens (1 for plain decoding; k + 1 when a speculative step verifies k
+  drafts) over a summed KV length `decode_ctx_sum` (this step's tokens included), plus prefill
+  chunks (`Chunk`: `new` tokens on top of `prefix` tokens already in KV).
+* A **context path** gives the summed KV length of a fixed set of decoding sequences at each step
+  j = 0, 1, ... of a run. Plain decoding adds one token per sequence per step, so the path is
+  linear, S_j = S_0 + B j (`LinearPath`); speculative decoding will add a random number of tokens
+  per step, and any monotone path works with the same interface.
+* A **decode run** (`DecodeRun`) is the step time of a fixed batch as a function of the summed
+  context. On each of a few segments of the context it is affine, t_j = a + b S_j, so a run of n
+  steps along a path is a sum of a few linear pieces: `run_s` sums them in closed form and
+  `steps_within` inverts it (how many steps fit in some elapsed time), which is what lets the
+  engine advance many decode steps in one event.
+
+Both step-time models (`roofline.RooflineStepModel`, `table.TableStepModel`) implement `StepModel`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A prefill chunk: `new` tokens computed on top of `prefix` tokens already in KV."""
+
+    prefix: int
+    new: int
+    samples: bool  # the chunk ends the prompt, so its last position is sampled
+
+
+class StepShape(NamedTuple):
+    """The work of one iteration (see the module docstring). A NamedTuple: the engine builds one
+    per iteration, and tuples are the cheapest immutable values to build."""
+
+    decode_seqs: int = 0
+    decode_ctx_sum: float = 0.0
+    query_tokens_per_seq: int = 1
+    chunks: tuple[Chunk, ...] = ()
+
+    @property
+    def decode_tokens(self) -> int:
+        return self.decode_seqs * self.query_tokens_per_seq
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(ch.new for ch in self.chunks)
+
+    @property
+    def sequences(self) -> int:
+        return self.decode_seqs + len(self.chunks)
+
+
+def decode_shape(decode_seqs: int, decode_ctx_sum: float, chunks: Sequence[Chunk] = ()) -> StepShape:
+    """A one-token-per-sequence decode step plus optional prefill chunks."""
+    return StepShape(decode_seqs, decode_ctx_sum, 1, tuple(chunks))
+
+
+class ContextPath(Protocol):
+    """Summed KV length of a fixed batch at steps j = 0, 1, ... of a decode run (non-decreasing)."""
+
+    def at(self, j: int) -> float: ...
+
+    def total(self, lo: int, hi: int) -> float:
+        """sum of at(j) for lo <= j < hi."""
+        ...
+
+    def first_step_at_least(self, ctx_sum: float, n: int) -> int:
+        """Smallest j in [0, n] with at(j) >= ctx_sum (n if none)."""
+        ...
+
+
+class LinearPath(NamedTuple):
+    """S_j = first + slope x j: every sequence gains `slope / batch` tokens per step."""
+
+    first: float
+    slope: float
+
+    def at(self, j: int) -> float:
+        return self.first + self.slope * j
+
+    def total(self, lo: int, hi: int) -> float:
+        return lin_sum(self.first, self.slope, lo, hi)
+
+    def first_step_at_least(self, ctx_sum: float, n: int) -> int:
+        if self.slope <= 0:
+            return 0 if self.first >= ctx_sum else n
+        return min(n, max(0, math.ceil((ctx_sum - self.first) / self.slope)))
+
+
+class Segment(NamedTuple):
+    """Steps lo <= j < hi of a run each take a + b x path.at(j) seconds."""
+
+    lo: int
+    hi: int
+    a: float
+    b: float
+
+
+class DecodeRun(Protocol):
+    """Step time of a fixed batch of decoding sequences as a function of their summed context."""
+
+    batch: int
+
+    def step_s(self, ctx_sum: float) -> float: ...
+
+    def segments(self, path: ContextPath, n_steps: int) -> list[Segment]:
+        """The run's steps 0 <= j < n_steps split into pieces that are affine in path.at(j)."""
+        ...
+
+    def run_s(self, path: ContextPath, n_steps: int) -> float:
+        """Total seconds of the first n_steps steps along `path`."""
+        ...
+
+
+class StepModel(Protocol):
+    """Iteration time from batch shape: the roofline or a measured table."""
+
+    def iteration_s(self, shape: StepShape) -> float: ...
+
+    def decode_run(self, batch: int, query_tokens_per_seq: int = 1) -> DecodeRun:
+        """Coefficients of decode-only steps of `batch` sequences (cached per shape)."""
+        ...
+
+
+def lin_sum(a: float, b: float, lo: int, hi: int) -> float:
+    """sum_{j=lo}^{hi-1} (a + b j)."""
+    n = hi - lo
+    if n <= 0:
+        return 0.0
+    return n * a + b * (lo + hi - 1) * n / 2.0
+
+
+def segments_run_s(segments: Sequence[Segment], path: ContextPath) -> float:
+    """Seconds of a run given its affine pieces."""
+    return sum(s.a * (s.hi - s.lo) + s.b * path.total(s.lo, s.hi) for s in segments)
+
+
+def steps_within(run: DecodeRun, path: ContextPath, n_max: int, elapsed_s: float) -> int:
+    """Largest n <= n_max with run.run_s(path, n) <= elapsed_s.
+
+    On a linear path each piece's cumulative time is quadratic in n, so the answer is a root,
+    corrected by a step or two against run_s itself (so the answer is exactly what bisection over
+    run_s would give); other paths bisect."""
+    if n_max <= 0:
+        return 0
+    if isinstance(path, LinearPath):
+        k = _linear_estimate(run.segments(path, n_max), path, elapsed_s)
+        k = min(n_max, max(0, k))
+        while k < n_max and run.run_s(path, k + 1) <= elapsed_s:
+            k += 1
+        while k > 0 and run.run_s(path, k) > elapsed_s:
+            k -= 1
+        return k
+    lo, hi = 0, n_max
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if run.run_s(path, mid) <= elapsed_s:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _linear_estimate(segments: Sequence[Segment], path: LinearPath, elapsed_s: float) -> int:
+    """Steps done by elapsed_s on a linear path, from the quadratic cumulative time of the piece
+    the time falls in (may be off by one through rounding)."""
+    done_s = 0.0
+    k = 0
+    for lo, hi, a, b in segments:
+        alpha = a + b * path.first          # step j of this piece takes alpha + beta j
+        beta = b * path.slope
+        piece_s = lin_sum(alpha, beta, lo, hi)
+        if done_s + piece_s <= elapsed_s:
+            done_s += piece_s
+            k = hi
+            continue
+        left = elapsed_s - done_s
+        first = alpha + beta * lo           # duration of the piece's first step
+        if beta == 0.0:
+            m = left / first if first > 0 else float(hi - lo)
+        else:
+            # beta/2 m^2 + (first - beta/2) m - left = 0
+            c1 = first - beta / 2.0
+            disc = c1 * c1 + 2.0 * beta * left
+            m = (-c1 + math.sqrt(max(0.0, disc))) / beta
+        return lo + int(math.floor(max(0.0, m)))
+    return k
