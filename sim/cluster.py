@@ -30,22 +30,17 @@ def pick_round_robin(replicas: Sequence[Replica], counter: int) -> int:
     return counter % len(replicas)
 
 
-def _argmin(replicas: Sequence[Replica], load: Callable[[Replica], int]) -> int:
-    """Index of the least-loaded replica; ties go to the lowest index."""
-    best, best_load = 0, load(replicas[0])
-    for i in range(1, len(replicas)):
-        v = load(replicas[i])
-        if v < best_load:
-            best, best_load = i, v
-    return best
+def _argmin(loads: list[int]) -> int:
+    """Index of the least load; ties go to the lowest index (min keeps the first minimum)."""
+    return min(range(len(loads)), key=loads.__getitem__)
 
 
 def pick_least_outstanding(replicas: Sequence[Replica]) -> int:
-    return _argmin(replicas, lambda r: r.outstanding)
+    return _argmin([r.scheduler.outstanding for r in replicas])
 
 
 def pick_least_kv_load(replicas: Sequence[Replica]) -> int:
-    return _argmin(replicas, lambda r: r.kv_load_tokens)
+    return _argmin([r.kv_load_tokens for r in replicas])
 
 
 class Cluster:

@@ -21,8 +21,10 @@ import simpy
 from sim import cost as cost_mod
 from sim import metrics
 from sim.cluster import Cluster, closed_loop_client, open_loop_source
+from sim.engine.kv_cache import KvCache
 from sim.engine.replica import IterRecord, Replica
 from sim.engine.request import Request
+from sim.engine.scheduler import BatchLimits
 from sim.perf import RooflineStepModel, TableStepModel, make_step_model
 from sim.scenario import ClosedLoop, MemoryPlan, Offline, Scenario, memory_plan
 from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams
@@ -86,16 +88,17 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
         if r.on_done is not None:
             r.on_done(r)
 
+    swap_bytes_per_token = sc.model.layers * sc.model.kv_bytes_per_token_per_layer(s.precision.kv_cache,
+                                                                                 s.parallelism.tp)
+    limits = BatchLimits(max_num_seqs=s.batching.max_num_seqs, max_num_batched_tokens=s.batching.max_num_batched_tokens,
+                         chunked_prefill=s.batching.chunked_prefill, max_waiting=max_waiting,
+                         preemption=s.batching.preemption, max_context_tokens=sc.model.max_context_tokens)
     replicas = [
-        Replica(env, i, step, mem.kv_blocks, block_tokens=s.kv_cache.block_tokens, sliding_blocks=sliding_blocks,
-                max_num_seqs=s.batching.max_num_seqs, max_num_batched_tokens=s.batching.max_num_batched_tokens,
-                chunked_prefill=s.batching.chunked_prefill, max_waiting=max_waiting,
-                preemption=s.batching.preemption, watermark_fraction=s.kv_cache.watermark_fraction,
-                max_context_tokens=sc.model.max_context_tokens,
-                swap_bytes_per_kv_token=sc.model.layers * sc.model.kv_bytes_per_token_per_layer(
-                    s.precision.kv_cache, s.parallelism.tp),
-                host_link_bytes_per_s=sc.hardware.gpu.host_link_gb_s * 1e9, on_finish=on_finish, records=records,
-                allow_jumps=allow_jumps)
+        Replica(env, i, step, KvCache(mem.kv_blocks, s.kv_cache.block_tokens, sliding_blocks=sliding_blocks,
+                                      watermark_fraction=s.kv_cache.watermark_fraction,
+                                      swap_bytes_per_token=swap_bytes_per_token,
+                                      host_link_bytes_per_s=sc.hardware.gpu.host_link_gb_s * 1e9),
+                limits, on_finish=on_finish, records=records, allow_jumps=allow_jumps)
         for i in range(s.replicas)
     ]
     sim = Simulation(sc, seed, env, Cluster(env, replicas, s.router), step, mem, requests, records)

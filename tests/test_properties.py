@@ -84,7 +84,7 @@ def test_invariants(case):
     cap = sim.memory.kv_blocks
     assert (it["kv_blocks_used"] >= 0).all() and (it["kv_blocks_used"] <= cap).all()
     for rep in sim.replicas:
-        assert rep.used_blocks == 0 and not rep.running and not rep.waiting
+        assert rep.kv.used_blocks == 0 and not rep.scheduler.busy
     # Time monotone and iterations of one replica never overlap.
     for _, g in it.groupby("replica"):
         t0, t1 = g["t_start_s"].to_numpy(), g["t_end_s"].to_numpy()

@@ -1,0 +1,73 @@
+"""One replica's paged KV cache in GPU memory: the block allocator every block goes through.
+
+KV is allocated in blocks of `block_tokens` tokens (vLLM's PagedAttention). A request holding n KV
+tokens uses ceil(n / block_tokens) blocks, plus, for models with sliding-window layers, a fixed
+`sliding_blocks` for the window's KV (held from its first token; an overestimate for prompts
+shorter than the window). `watermark_fraction` of the blocks is kept free when admitting new work,
+as vLLM does, so running sequences can grow. A preempted request's KV can be swapped to host memory
+over the GPU-host link: bytes / link bandwidth, serially with the iteration that triggers it.
+
+Plain Python, no SimPy: the scheduler calls it, and tests use it alone.
+"""
+
+from __future__ import annotations
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class KvCache:
+    """Block accounting of one replica (capacity from the memory plan)."""
+
+    __slots__ = ("total_blocks", "block_tokens", "sliding_blocks", "watermark_blocks", "used_blocks",
+                 "swap_bytes_per_token", "host_link_bytes_per_s")
+
+    def __init__(self, total_blocks: int, block_tokens: int, *, sliding_blocks: int = 0,
+                 watermark_fraction: float = 0.0, swap_bytes_per_token: float = 0.0,
+                 host_link_bytes_per_s: float = 1.0) -> None:
+        self.total_blocks = total_blocks
+        self.block_tokens = block_tokens
+        self.sliding_blocks = sliding_blocks
+        self.watermark_blocks = int(watermark_fraction * total_blocks)
+        self.swap_bytes_per_token = swap_bytes_per_token
+        self.host_link_bytes_per_s = host_link_bytes_per_s
+        #: Blocks allocated now. Read it freely; change it only through allocate() and release().
+        self.used_blocks = 0
+
+    # ---- level ------------------------------------------------------------------------------
+    @property
+    def free_blocks(self) -> int:
+        return self.total_blocks - self.used_blocks
+
+    def allocate(self, blocks: int) -> None:
+        """Take `blocks` free blocks (the scheduler checked they are free)."""
+        if blocks > self.total_blocks - self.used_blocks or blocks < 0:
+            raise RuntimeError(f"KV allocator: {blocks} blocks asked, {self.free_blocks} free")
+        self.used_blocks += blocks
+
+    def release(self, blocks: int) -> None:
+        """Return `blocks` blocks (a finished or preempted request's)."""
+        if blocks > self.used_blocks or blocks < 0:
+            raise RuntimeError(f"KV allocator: {blocks} blocks released, {self.used_blocks} in use")
+        self.used_blocks -= blocks
+
+    # ---- geometry ---------------------------------------------------------------------------
+    def blocks_for(self, kv_tokens: int) -> int:
+        """Blocks a request holding kv_tokens tokens uses."""
+        return ceil_div(kv_tokens, self.block_tokens) + (self.sliding_blocks if kv_tokens > 0 else 0)
+
+    def growth_blocks(self, kv_tokens: int, new_tokens: int) -> int:
+        """Extra blocks to grow a request's KV from kv_tokens by new_tokens."""
+        return self.blocks_for(kv_tokens + new_tokens) - self.blocks_for(kv_tokens)
+
+    def fit_tokens(self, kv_tokens: int, free_blocks: int) -> int:
+        """Most new tokens a request holding kv_tokens can add within free_blocks blocks."""
+        if kv_tokens == 0:
+            free_blocks -= self.sliding_blocks
+        return max(0, (ceil_div(kv_tokens, self.block_tokens) + free_blocks) * self.block_tokens - kv_tokens)
+
+    # ---- swap ---------------------------------------------------------------------------------
+    def transfer_s(self, kv_tokens: int) -> float:
+        """Seconds to move a request's KV between GPU and host memory over the host link."""
+        return kv_tokens * self.swap_bytes_per_token / self.host_link_bytes_per_s

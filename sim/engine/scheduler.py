@@ -1,0 +1,303 @@
+"""Iteration-level continuous batching over paged KV: which requests run in the next iteration.
+
+The policy follows vLLM's scheduler (V1 with chunked prefill, V0 without):
+
+* chunked prefill on: each iteration runs every decoding sequence (one token each), then
+  continues partial prefills, then admits waiting requests FCFS, cutting prompts into chunks so
+  the iteration holds at most `max_num_batched_tokens` tokens and `max_num_seqs` sequences;
+* chunked prefill off: an iteration is either prefill-only (whole prompts, FCFS, within the token
+  budget; a lone prompt above the budget runs by itself) or decode-only, prefills first;
+* a request is admitted only if its first chunk fits while keeping the watermark of KV blocks free;
+* when a decode step needs a block and none is free, the most recently admitted running request
+  is preempted (LIFO): `recompute` frees its blocks and prefills prompt + generated tokens again
+  later; `swap` copies its KV to host memory and back when it is resumed;
+* the waiting queue is bounded (`max_waiting`, online traffic only: an offline burst is queued
+  whole); a request is rejected, with its reason, when the queue is full, when prompt + output
+  exceed the model's context, or when it could not fit in the KV cache even alone.
+
+No SimPy here: `schedule(now)` decides an iteration from the state and allocates its blocks,
+`finish_iteration(plan, now)` applies its effects when it ends, and `finish_decode_run(n, now)` does
+the same for n decode-only steps at once. The replica process (replica.py) calls them and keeps
+time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from sim.engine.decode_set import DecodeSet
+from sim.engine.kv_cache import KvCache
+from sim.engine.request import Request, Status
+
+
+@dataclass(slots=True)
+class IterationPlan:
+    """What the next iteration does: prefill chunks, swapped-in decodes, a decode step or not,
+    seconds of KV transfer, and how many waiting requests were admitted."""
+
+    chunks: list[tuple[Request, int]] = field(default_factory=list)
+    resumed: list[Request] = field(default_factory=list)
+    decode: bool = False
+    swap_s: float = 0.0
+    admitted: int = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.chunks and not self.decode and not self.admitted
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    chunked_prefill: bool
+    max_waiting: int | None          # None: unbounded (offline bursts)
+    preemption: str                  # "recompute" or "swap"
+    max_context_tokens: int
+
+
+@dataclass(slots=True)
+class IterationOutcome:
+    """Tokens an iteration processed, and the requests it finished."""
+
+    prompt_tokens: int = 0
+    recompute_tokens: int = 0
+    sampled_tokens: int = 0
+    finished: list[Request] = field(default_factory=list)
+
+
+class BatchScheduler:
+    """The queues and running set of one replica, and the vLLM-style policy over them."""
+
+    def __init__(self, kv: KvCache, limits: BatchLimits) -> None:
+        self.kv = kv
+        self.limits = limits
+        self.swap = limits.preemption == "swap"
+        self.decode_set = DecodeSet(kv.block_tokens)
+        self.waiting: deque[Request] = deque()
+        self.running: dict[int, Request] = {}   # insertion order = admission order
+        self.prefilling: list[Request] = []      # running requests still in prefill, admission order
+        self.waiting_tokens = 0
+        self.outstanding = 0                     # accepted and not finished: waiting + running
+        self._seq = 0
+
+    # ---- intake ---------------------------------------------------------------------------
+    def reject_reason(self, r: Request) -> str:
+        lim = self.limits
+        if r.input_tokens + r.output_tokens > lim.max_context_tokens:
+            return "context_too_long"
+        if self.kv.blocks_for(r.input_tokens + r.output_tokens - 1) > self.kv.total_blocks:
+            return "exceeds_kv_capacity"
+        if lim.max_waiting is not None and len(self.waiting) >= lim.max_waiting:
+            return "queue_full"
+        return ""
+
+    def enqueue(self, r: Request) -> None:
+        self.waiting.append(r)
+        self.waiting_tokens += r.input_tokens
+        self.outstanding += 1
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    # ---- admission and preemption ------------------------------------------------------------
+    def _admit(self, r: Request, now: float) -> None:
+        self.waiting.popleft()
+        self.waiting_tokens -= r.input_tokens
+        self._seq += 1
+        r.seq = self._seq
+        r.status = Status.RUNNING
+        if r.admit_s < 0:
+            r.admit_s = now
+        self.running[r.id] = r
+
+    def preempt_last(self) -> float:
+        """Preempt the most recently admitted running request; returns swap-out seconds."""
+        victim = next(reversed(self.running.values()))
+        del self.running[victim.id]
+        swap_s = 0.0
+        if victim.in_decode:
+            kv = self.decode_set.remove(victim)
+            self.kv.release(self.kv.blocks_for(kv))
+            if self.swap:
+                victim.swapped_kv = kv
+                swap_s = self.kv.transfer_s(kv)
+            else:
+                victim.prefill_target = victim.input_tokens + victim.generated
+                victim.prefilled = 0
+        else:
+            self.prefilling.remove(victim)
+            self.kv.release(victim.blocks)
+            if self.swap and victim.prefilled:
+                victim.swapped_kv = victim.prefilled
+                swap_s = self.kv.transfer_s(victim.prefilled)
+            else:
+                victim.prefilled = 0
+        victim.blocks = 0
+        victim.status = Status.WAITING
+        victim.preemptions += 1
+        self.waiting.appendleft(victim)
+        self.waiting_tokens += victim.input_tokens
+        return swap_s
+
+    # ---- one iteration --------------------------------------------------------------------------
+    def schedule(self, now: float) -> IterationPlan:
+        """Decide the next iteration. Allocates the blocks it needs and preempts when a decode
+        step cannot get blocks."""
+        plan = IterationPlan()
+        lim, ds, kv = self.limits, self.decode_set, self.kv
+        if not lim.chunked_prefill:
+            self._admit_waiting(plan, lim.max_num_batched_tokens, whole_prompts=True, now=now)
+            if plan.admitted:
+                return plan
+        if ds.size:
+            need = ds.blocks_needed(1)
+            while need > kv.free_blocks:
+                plan.swap_s += self.preempt_last()
+                need = ds.blocks_needed(1)
+            plan.decode = ds.size > 0
+            kv.allocate(need)
+        if not lim.chunked_prefill:
+            return plan
+        budget = lim.max_num_batched_tokens - ds.size
+        for r in self.prefilling:
+            if budget <= 0:
+                break
+            new = self._add_chunk(plan, r, budget, kv.free_blocks)
+            if new <= 0:
+                break
+            budget -= new
+        if budget > 0:
+            self._admit_waiting(plan, budget, whole_prompts=False, now=now)
+        return plan
+
+    def _add_chunk(self, plan: IterationPlan, r: Request, budget: int, free: int) -> int:
+        """Schedule the next prefill chunk of running request r within budget and free blocks."""
+        new = min(r.prefill_target - r.prefilled, budget, self.kv.fit_tokens(r.prefilled, free))
+        if new > 0:
+            blocks = self.kv.growth_blocks(r.prefilled, new)
+            r.blocks += blocks
+            self.kv.allocate(blocks)
+            plan.chunks.append((r, new))
+        return new
+
+    def _admit_waiting(self, plan: IterationPlan, budget: int, whole_prompts: bool, now: float) -> None:
+        """Admit waiting requests FCFS into `plan` while budget, sequence slots and blocks allow."""
+        kv = self.kv
+        while self.waiting and budget > 0 and len(self.running) < self.limits.max_num_seqs:
+            r = self.waiting[0]
+            margin = kv.watermark_blocks if self.running else 0
+            if r.swapped_kv:
+                blocks = kv.blocks_for(r.swapped_kv)
+                if kv.free_blocks - blocks < margin:
+                    break
+                self._admit(r, now)
+                plan.admitted += 1
+                kv.allocate(blocks)
+                plan.swap_s += kv.transfer_s(r.swapped_kv)
+                if r.prefilled < r.prefill_target:     # swapped out mid-prefill: continue it now
+                    r.blocks = blocks
+                    r.swapped_kv = 0
+                    self.prefilling.append(r)
+                    budget -= max(0, self._add_chunk(plan, r, budget, kv.free_blocks))
+                else:
+                    plan.resumed.append(r)
+                continue
+            new = r.prefill_target - r.prefilled
+            if whole_prompts:
+                if new > budget and plan.admitted:
+                    break
+            else:
+                new = min(new, budget, kv.fit_tokens(r.prefilled, kv.free_blocks - margin))
+                if new <= 0:
+                    break
+            blocks = kv.growth_blocks(r.prefilled, new)
+            if kv.free_blocks - blocks < margin:
+                break
+            self._admit(r, now)
+            plan.admitted += 1
+            r.blocks = blocks
+            kv.allocate(blocks)
+            self.prefilling.append(r)
+            plan.chunks.append((r, new))
+            budget -= new
+
+    # ---- effects of a finished iteration ----------------------------------------------------------
+    def _complete(self, r: Request, blocks: int, now: float, out: IterationOutcome) -> None:
+        r.status = Status.DONE
+        r.finish_s = now
+        del self.running[r.id]
+        self.outstanding -= 1
+        self.kv.release(blocks)
+        out.finished.append(r)
+
+    def _finish_decode_steps(self, now: float, out: IterationOutcome) -> None:
+        for r, kv_tokens in self.decode_set.pop_finished():
+            self._complete(r, self.kv.blocks_for(kv_tokens), now, out)
+
+    def finish_iteration(self, plan: IterationPlan, now: float) -> IterationOutcome:
+        """Apply an iteration's effects when it ends at `now`."""
+        out = IterationOutcome()
+        ds = self.decode_set
+        if plan.decode:
+            out.sampled_tokens += ds.tokens_sampled(1)
+            ds.advance(1)
+            self._finish_decode_steps(now, out)
+        for r, new in plan.chunks:
+            first = r.prefilled
+            r.prefilled += new
+            counted = min(r.prefilled, r.input_tokens)
+            fresh = max(0, counted - max(first, r.input_counted))
+            r.input_counted = max(r.input_counted, counted)
+            out.prompt_tokens += fresh
+            out.recompute_tokens += new - fresh
+            if r.prefilled < r.prefill_target:
+                continue
+            self.prefilling.remove(r)
+            r.generated += 1
+            out.sampled_tokens += 1
+            if r.first_token_s < 0:
+                r.first_token_s = now
+            if r.generated >= r.output_tokens:
+                self._complete(r, r.blocks, now, out)
+            else:
+                r.blocks = 0
+                ds.add(r, r.prefilled)
+        for r in plan.resumed:
+            ds.add(r, r.swapped_kv)
+            r.swapped_kv = 0
+        return out
+
+    # ---- decode runs ------------------------------------------------------------------------------
+    def decode_run_stable(self) -> bool:
+        """Decode-only and nothing could be admitted: only arrivals, completions or a block
+        shortage change the batch, so decode steps until then can run as one event."""
+        if self.prefilling or self.decode_set.size == 0:
+            return False
+        if not self.waiting:
+            return True
+        if len(self.running) >= self.limits.max_num_seqs:
+            return True
+        r = self.waiting[0]
+        kv = self.kv
+        if r.swapped_kv:
+            need = kv.blocks_for(r.swapped_kv)
+        else:
+            need = kv.blocks_for(min(r.prefill_target, 1 if self.limits.chunked_prefill else r.prefill_target))
+        return kv.free_blocks - need < kv.watermark_blocks
+
+    def decode_run_length(self) -> int:
+        """Decode steps that can run before a member finishes or the KV blocks run out."""
+        ds = self.decode_set
+        return ds.safe_steps(self.kv.free_blocks, ds.steps_to_next_finish())
+
+    def finish_decode_run(self, n_steps: int, now: float) -> IterationOutcome:
+        """Apply n decode-only steps that end at `now`."""
+        ds = self.decode_set
+        self.kv.allocate(ds.blocks_needed(n_steps))
+        out = IterationOutcome(sampled_tokens=ds.tokens_sampled(n_steps))
+        ds.advance(n_steps)
+        self._finish_decode_steps(now, out)
+        return out
