@@ -21,7 +21,8 @@ import numpy as np
 import simpy
 
 from sim.engine.replica import Replica
-from sim.engine.request import Request, Status
+from sim.engine.request import Request
+from sim.metrics.records import Status
 from sim.scenario import ClosedLoop
 from sim.workload import ClosedLoopLengths, OpenLoopRequests, think_time_s
 

@@ -22,9 +22,10 @@ from sim import cost as cost_mod
 from sim import metrics
 from sim.cluster import Cluster, closed_loop_client, open_loop_source
 from sim.engine.kv_cache import KvCache
-from sim.engine.replica import IterRecord, Replica
+from sim.engine.replica import Replica
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits
+from sim.metrics import IterRecord, LevelLog
 from sim.perf import RooflineStepModel, TableStepModel, make_step_model
 from sim.scenario import ClosedLoop, MemoryPlan, Offline, Scenario, memory_plan
 from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams
@@ -80,6 +81,7 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
     sliding_blocks = math.ceil(sliding / block_bytes) if sliding else 0
     records: list[IterRecord] = []
     requests: list[Request] = []
+    levels = LevelLog()
     # An offline burst is a batch job handed to the engine whole (as vLLM's LLM.generate or
     # trtllm-bench do): the API server's queue bound is for online traffic only.
     max_waiting = None if isinstance(sc.workload.arrivals, Offline) else s.batching.max_waiting
@@ -98,7 +100,7 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
                                       watermark_fraction=s.kv_cache.watermark_fraction,
                                       swap_bytes_per_token=swap_bytes_per_token,
                                       host_link_bytes_per_s=sc.hardware.gpu.host_link_gb_s * 1e9),
-                limits, on_finish=on_finish, records=records, allow_jumps=allow_jumps)
+                limits, on_finish=on_finish, records=records, levels=levels, allow_jumps=allow_jumps)
         for i in range(s.replicas)
     ]
     sim = Simulation(sc, seed, env, Cluster(env, replicas, s.router), step, mem, requests, records)

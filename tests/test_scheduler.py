@@ -48,7 +48,7 @@ def test_chunked_prefill_admits_fcfs_within_the_token_budget():
     s = BatchScheduler(KvCache(1000, 16), limits(max_num_batched_tokens=64))
     a, b, c = req(0, 40, 5), req(1, 40, 5), req(2, 10, 5)
     for r in (a, b, c):
-        s.enqueue(r)
+        s.enqueue(r, 0.0)
     plan = s.schedule(now=1.0)
     assert [(r.id, n) for r, n in plan.chunks] == [(0, 40), (1, 24)]   # b is cut to fit 64 tokens
     assert plan.admitted == 2 and list(s.waiting) == [c] and a.admit_s == 1.0
@@ -63,8 +63,8 @@ def test_preemption_is_lifo_and_recompute_prefills_prompt_plus_generated():
     kv = KvCache(6, 16)
     s = BatchScheduler(kv, limits(max_num_batched_tokens=256))
     a, b = req(0, 48, 100), req(1, 48, 100)
-    s.enqueue(a)
-    s.enqueue(b)
+    s.enqueue(a, 0.0)
+    s.enqueue(b, 0.0)
     s.finish_iteration(s.schedule(0.0), 0.1)    # both prefilled: 3 blocks each, KV full
     assert kv.free_blocks == 0 and s.decode_set.size == 2
     plan = s.schedule(0.1)                      # the next token needs a 4th block each: b goes
@@ -79,8 +79,8 @@ def test_swap_preemption_charges_the_transfer():
     kv = KvCache(6, 16, swap_bytes_per_token=1000, host_link_bytes_per_s=1e6)
     s = BatchScheduler(kv, limits(max_num_batched_tokens=256, preemption="swap"))
     a, b = req(0, 48, 100), req(1, 48, 100)
-    s.enqueue(a)
-    s.enqueue(b)
+    s.enqueue(a, 0.0)
+    s.enqueue(b, 0.0)
     s.finish_iteration(s.schedule(0.0), 0.1)
     plan = s.schedule(0.1)
     assert b.swapped_kv == 48 and plan.swap_s == pytest.approx(48 * 1000 / 1e6)
@@ -90,9 +90,9 @@ def test_rejection_reasons():
     s = BatchScheduler(KvCache(4, 16), limits(max_waiting=1, max_context_tokens=100))
     assert s.reject_reason(req(0, 90, 20)) == "context_too_long"
     assert s.reject_reason(req(1, 60, 10)) == "exceeds_kv_capacity"   # 69 tokens > 4 blocks of 16
-    s.enqueue(req(2, 10, 5))
+    s.enqueue(req(2, 10, 5), 0.0)
     assert s.reject_reason(req(3, 10, 5)) == "queue_full"
     unbounded = BatchScheduler(KvCache(4, 16), limits(max_waiting=None))
     for i in range(500):
-        unbounded.enqueue(req(i, 10, 5))
+        unbounded.enqueue(req(i, 10, 5), 0.0)
     assert unbounded.reject_reason(req(999, 10, 5)) == ""

@@ -18,21 +18,19 @@ from typing import Any
 import simpy
 
 from sim.engine.kv_cache import KvCache
-from sim.engine.request import Request, Status
+from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationOutcome, IterationPlan
+from sim.metrics.records import IterRecord, LevelLog, Status
 from sim.perf.shape import Chunk, DecodeRun, LinearPath, StepModel, StepShape, steps_within
-
-#: One iteration record: (replica, t_start_s, t_end_s, steps, batch_seqs, prompt_tokens,
-#: recompute_tokens, output_tokens, running, waiting, kv_blocks_used)
-IterRecord = tuple[int, float, float, int, int, int, int, int, int, int, int]
 
 
 class Replica:
     def __init__(self, env: simpy.Environment, idx: int, step: StepModel, kv: KvCache, limits: BatchLimits, *,
-                 on_finish: Callable[[Request], None], records: list[IterRecord], allow_jumps: bool = True) -> None:
+                 on_finish: Callable[[Request], None], records: list[IterRecord], levels: LevelLog,
+                 allow_jumps: bool = True) -> None:
         self.env, self.idx, self.step_model = env, idx, step
         self.kv = kv
-        self.scheduler = BatchScheduler(kv, limits)
+        self.scheduler = BatchScheduler(kv, limits, levels, idx)
         self.on_finish = on_finish
         self.records = records
         self.allow_jumps = allow_jumps  # False: one event per step (reference mode for tests)
@@ -53,7 +51,7 @@ class Replica:
             r.finish_s = self.env.now
             self.on_finish(r)
             return False
-        sched.enqueue(r)
+        sched.enqueue(r, self.env.now)
         if self._wakeup is not None:
             if not self._wakeup.triggered:
                 self._wakeup.succeed()
@@ -106,10 +104,11 @@ class Replica:
         if not sched.running:
             raise RuntimeError(f"replica {self.idx}: waiting request cannot be admitted into an empty replica")
         swap_s = plan.swap_s + sched.preempt_last()
+        sched.note_levels(env.now)
         if swap_s:
             t0 = env.now
             yield env.timeout(swap_s)
-            self.records.append((self.idx, t0, env.now, 0, 0, 0, 0, 0, len(sched.running),
+            self.records.append(IterRecord(self.idx, t0, env.now, 0, 0, 0, 0, 0, len(sched.running),
                                  len(sched.waiting), self.kv.used_blocks))
 
     def _iteration(self, plan: IterationPlan) -> Generator[simpy.Event, Any, None]:
@@ -124,7 +123,7 @@ class Replica:
         batch = decode_seqs + len(plan.chunks)
         yield env.timeout(dt)
         out = sched.finish_iteration(plan, env.now)
-        self.records.append((self.idx, t0, env.now, 1, batch, out.prompt_tokens, out.recompute_tokens,
+        self.records.append(IterRecord(self.idx, t0, env.now, 1, batch, out.prompt_tokens, out.recompute_tokens,
                              out.sampled_tokens, len(sched.running), len(sched.waiting), self.kv.used_blocks))
         self._finished(out)
 
@@ -158,6 +157,6 @@ class Replica:
             return
         batch = ds.size
         out = sched.finish_decode_run(n, env.now)
-        self.records.append((self.idx, t0, t0 + total_s, n, batch, 0, 0, out.sampled_tokens,
+        self.records.append(IterRecord(self.idx, t0, t0 + total_s, n, batch, 0, 0, out.sampled_tokens,
                              len(sched.running), len(sched.waiting), self.kv.used_blocks))
         self._finished(out)

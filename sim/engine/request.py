@@ -10,14 +10,8 @@ steps. On preemption by recompute its prompt becomes prompt + generated and it i
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import IntEnum
 
-
-class Status(IntEnum):
-    WAITING = 0
-    RUNNING = 1
-    DONE = 2
-    REJECTED = 3
+from sim.metrics.records import Status
 
 
 class Request:

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 from sim.engine.decode_set import DecodeSet
 from sim.engine.kv_cache import KvCache
-from sim.engine.request import Request, Status
+from sim.engine.request import Request
+from sim.metrics.records import LevelLog, Status
 
 
 @dataclass(slots=True)
@@ -70,8 +71,10 @@ class IterationOutcome:
 class BatchScheduler:
     """The queues and running set of one replica, and the vLLM-style policy over them."""
 
-    def __init__(self, kv: KvCache, limits: BatchLimits) -> None:
+    def __init__(self, kv: KvCache, limits: BatchLimits, levels: LevelLog | None = None, replica: int = 0) -> None:
         self.kv = kv
+        self.levels = levels if levels is not None else LevelLog()
+        self.replica = replica
         self.limits = limits
         self.swap = limits.preemption == "swap"
         self.decode_set = DecodeSet(kv.block_tokens)
@@ -93,10 +96,15 @@ class BatchScheduler:
             return "queue_full"
         return ""
 
-    def enqueue(self, r: Request) -> None:
+    def enqueue(self, r: Request, now: float) -> None:
         self.waiting.append(r)
         self.waiting_tokens += r.input_tokens
         self.outstanding += 1
+        self.note_levels(now)
+
+    def note_levels(self, now: float) -> None:
+        """Log the waiting and running counts from `now` on (called after every change)."""
+        self.levels.record(now, self.replica, len(self.waiting), len(self.running))
 
     @property
     def busy(self) -> bool:
@@ -151,6 +159,7 @@ class BatchScheduler:
         if not lim.chunked_prefill:
             self._admit_waiting(plan, lim.max_num_batched_tokens, whole_prompts=True, now=now)
             if plan.admitted:
+                self.note_levels(now)
                 return plan
         if ds.size:
             need = ds.blocks_needed(1)
@@ -160,6 +169,7 @@ class BatchScheduler:
             plan.decode = ds.size > 0
             kv.allocate(need)
         if not lim.chunked_prefill:
+            self.note_levels(now)
             return plan
         budget = lim.max_num_batched_tokens - ds.size
         for r in self.prefilling:
@@ -171,6 +181,7 @@ class BatchScheduler:
             budget -= new
         if budget > 0:
             self._admit_waiting(plan, budget, whole_prompts=False, now=now)
+        self.note_levels(now)
         return plan
 
     def _add_chunk(self, plan: IterationPlan, r: Request, budget: int, free: int) -> int:
@@ -268,6 +279,7 @@ class BatchScheduler:
         for r in plan.resumed:
             ds.add(r, r.swapped_kv)
             r.swapped_kv = 0
+        self.note_levels(now)
         return out
 
     # ---- decode runs ------------------------------------------------------------------------------
@@ -300,4 +312,5 @@ class BatchScheduler:
         out = IterationOutcome(sampled_tokens=ds.tokens_sampled(n_steps))
         ds.advance(n_steps)
         self._finish_decode_steps(now, out)
+        self.note_levels(now)
         return out

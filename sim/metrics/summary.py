@@ -16,21 +16,18 @@ ttft_s <= slo.ttft_s and (tpot_s <= slo.tpot_s or it has a single output token).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sim.engine.request import Request, Status
+from sim.metrics.records import STATUS_NAMES, IterRecord
 from sim.scenario import Scenario
 
-ITER_COLUMNS = ["replica", "t_start_s", "t_end_s", "steps", "batch_seqs", "prompt_tokens", "recompute_tokens",
-                "output_tokens", "running", "waiting", "kv_blocks_used"]
-
-_STATUS = {Status.DONE: "completed", Status.REJECTED: "rejected", Status.WAITING: "in_flight",
-           Status.RUNNING: "in_flight"}
+ITER_COLUMNS = list(IterRecord._fields)
 
 
-def requests_frame(reqs: Sequence[Request], sc: Scenario) -> pd.DataFrame:
+def requests_frame(reqs: Sequence[Any], sc: Scenario) -> pd.DataFrame:
     """One row per request, in arrival order."""
     def col(name: str) -> list:
         return [getattr(r, name) for r in reqs]
@@ -42,7 +39,7 @@ def requests_frame(reqs: Sequence[Request], sc: Scenario) -> pd.DataFrame:
     admit = np.asarray(col("admit_s"), dtype=float)
     out = np.asarray(col("output_tokens"), dtype=np.int64)
     inp = np.asarray(col("input_tokens"), dtype=np.int64)
-    status = np.asarray([_STATUS[r.status] for r in reqs], dtype=object)
+    status = np.asarray([STATUS_NAMES[r.status] for r in reqs], dtype=object)
     done = status == "completed"
     fe = sc.serving.frontend.overhead_s(inp.astype(float))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -71,7 +68,7 @@ def requests_frame(reqs: Sequence[Request], sc: Scenario) -> pd.DataFrame:
     })
 
 
-def iterations_frame(records: list[tuple]) -> pd.DataFrame:
+def iterations_frame(records: Sequence[IterRecord]) -> pd.DataFrame:
     if not records:
         return pd.DataFrame({c: pd.Series(dtype=float if c.startswith("t_") else np.int64) for c in ITER_COLUMNS})
     return pd.DataFrame.from_records(records, columns=ITER_COLUMNS)
