@@ -1,30 +1,58 @@
-"""Cluster: N identical replicas behind a router, fed by an arrival source or closed-loop clients.
+"""Cluster: pools of replicas built from specs, behind a router.
 
-Routers (decisions are plain functions of replica state at the arrival instant; ties go to the
+A `ReplicaSpec` holds everything that makes one pool's replicas: how many, how many GPUs of which
+kind each (whose power and price the cost model reads), their step-time model, KV geometry
+(memory.py), batching limits and role. A scenario gives one pool
+today ("mixed": prefill and decode on the same replicas); disaggregated pools and autoscaling will
+add more. The cluster keeps a lifecycle record per replica (provisioned, ready, draining, gone),
+from which cost and per-replica averages take provisioned time.
+
+Routers (decisions are plain functions of replica loads at the arrival instant; ties go to the
 lowest replica index so runs are deterministic):
 
 * ``round_robin``: replicas in turn;
 * ``least_outstanding``: fewest requests waiting + running (join-shortest-queue);
 * ``least_kv_load``: fewest tokens of load: KV tokens allocated (blocks x block size) plus
   prompt tokens waiting (join-shortest-queue by tokens).
-
-Open-loop requests arrive at pre-drawn times (one SimPy timeout per arrival). Closed-loop clients
-each send a request, wait for its last token (or its rejection), think, and send the next, until
-the scenario's duration ends, as benchmark tools do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-import numpy as np
 import simpy
 
+from sim.catalog import GpuSpec
+from sim.engine.kv_cache import KvCache
 from sim.engine.replica import Replica
 from sim.engine.request import Request
-from sim.metrics.records import Status
-from sim.scenario import ClosedLoop
-from sim.workload import ClosedLoopLengths, OpenLoopRequests, think_time_s
+from sim.engine.scheduler import BatchLimits
+from sim.memory import MemoryPlan
+from sim.metrics.records import IterRecord, LevelLog, LifecycleRecord
+from sim.perf.shape import StepModel
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """One pool of identical replicas."""
+
+    pool: str
+    role: str                     # "mixed": prefill and decode on the same replica
+    count: int
+    gpus_per_replica: int
+    gpu: GpuSpec                  # for power and price
+    step_model: StepModel
+    memory: MemoryPlan
+    limits: BatchLimits
+    watermark_fraction: float
+    host_link_bytes_per_s: float
+
+    def kv_cache(self) -> KvCache:
+        m = self.memory
+        return KvCache(m.kv_blocks, m.block_tokens, sliding_blocks=m.sliding_blocks,
+                       watermark_fraction=self.watermark_fraction, swap_bytes_per_token=m.swap_bytes_per_token,
+                       host_link_bytes_per_s=self.host_link_bytes_per_s)
 
 
 def pick_round_robin(replicas: Sequence[Replica], counter: int) -> int:
@@ -44,54 +72,43 @@ def pick_least_kv_load(replicas: Sequence[Replica]) -> int:
     return _argmin([r.kv_load_tokens for r in replicas])
 
 
+ROUTERS: dict[str, Callable[[Sequence[Replica]], int]] = {
+    "least_outstanding": pick_least_outstanding,
+    "least_kv_load": pick_least_kv_load,
+}
+
+
 class Cluster:
-    def __init__(self, env: simpy.Environment, replicas: list[Replica], router: str) -> None:
+    def __init__(self, env: simpy.Environment, replicas: list[Replica], router: str,
+                 lifecycle: list[LifecycleRecord] | None = None) -> None:
         self.env, self.replicas, self.router = env, replicas, router
+        self.lifecycle = lifecycle if lifecycle is not None else []
+        self._pick = None if router == "round_robin" else ROUTERS[router]
         self._rr = 0
 
+    @classmethod
+    def from_specs(cls, env: simpy.Environment, specs: Sequence[ReplicaSpec], router: str, *,
+                   on_finish: Callable[[Request], None], records: list[IterRecord], levels: LevelLog,
+                   allow_jumps: bool = True) -> Cluster:
+        """Build every pool's replicas, provisioned and ready at time 0 for the whole run."""
+        replicas: list[Replica] = []
+        lifecycle: list[LifecycleRecord] = []
+        for spec in specs:
+            for _ in range(spec.count):
+                i = len(replicas)
+                replicas.append(Replica(env, i, spec.step_model, spec.kv_cache(), spec.limits, on_finish=on_finish,
+                                        records=records, levels=levels, allow_jumps=allow_jumps))
+                lifecycle.append(LifecycleRecord(i, spec.pool, spec.gpus_per_replica, 0.0, 0.0, float("inf"),
+                                                 float("inf")))
+        return cls(env, replicas, router, lifecycle)
+
     def route(self) -> Replica:
-        if self.router == "round_robin":
+        if self._pick is None:
             i = pick_round_robin(self.replicas, self._rr)
             self._rr += 1
-        elif self.router == "least_outstanding":
-            i = pick_least_outstanding(self.replicas)
         else:
-            i = pick_least_kv_load(self.replicas)
+            i = self._pick(self.replicas)
         return self.replicas[i]
 
     def submit(self, r: Request) -> bool:
         return self.route().submit(r)
-
-
-def open_loop_source(env: simpy.Environment, cluster: Cluster, reqs: OpenLoopRequests,
-                     out: list[Request]):
-    """SimPy process: submit each pre-drawn request at its arrival time."""
-    times = reqs.arrival_s.tolist()
-    inp = reqs.input_tokens.tolist()
-    outp = reqs.output_tokens.tolist()
-    hashes = reqs.hash_ids
-    for i, t in enumerate(times):
-        dt = t - env.now
-        if dt > 0:
-            yield env.timeout(dt)
-        r = Request(i, t, inp[i], outp[i], hash_ids=None if hashes is None else hashes[i])
-        out.append(r)
-        cluster.submit(r)
-
-
-def closed_loop_client(env: simpy.Environment, cluster: Cluster, spec: ClosedLoop, lengths: ClosedLoopLengths,
-                       think_rng: np.random.Generator, stop_s: float, out: list[Request],
-                       next_id: Callable[[], int]):
-    """SimPy process: one client that keeps one request in flight until stop_s."""
-    while env.now < stop_s:
-        inp, outp, hashes = lengths.next()
-        done = env.event()
-        r = Request(next_id(), env.now, inp, outp, on_done=lambda _r, ev=done: ev.succeed(), hash_ids=hashes)
-        out.append(r)
-        cluster.submit(r)
-        yield done
-        pause = think_time_s(spec, think_rng)
-        if r.status == Status.REJECTED:
-            pause = max(pause, 1e-3)  # do not spin at one instant on a full queue
-        if pause > 0:
-            yield env.timeout(pause)

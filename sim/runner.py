@@ -1,14 +1,14 @@
 """Build and run one simulation: Scenario + seed -> Result (DataFrames + summary).
 
-``build`` wires a SimPy environment: the step-time model, one Replica per `serving.replicas`, the
-router, and either the open-loop arrival source or the closed-loop clients, all drawing from named
-random streams of one root seed. ``run`` executes it until every request has finished or
+``build`` wires a SimPy environment: replica specs from the scenario (step-time model, memory
+plan, batching limits), the cluster that builds the replicas from them behind the router, and
+either the open-loop arrival source or the closed-loop clients (traffic.py), all drawing from
+named random streams of one root seed. ``run`` executes it until every request has finished or
 `duration_s + drain_timeout_s`, then turns the records into DataFrames and the summary.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,14 +20,15 @@ import simpy
 
 from sim import cost as cost_mod
 from sim import metrics
-from sim.cluster import Cluster, closed_loop_client, open_loop_source
-from sim.engine.kv_cache import KvCache
+from sim.cluster import Cluster, ReplicaSpec
 from sim.engine.replica import Replica
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits
+from sim.memory import MemoryPlan
 from sim.metrics import IterRecord, LevelLog
 from sim.perf import RooflineStepModel, TableStepModel, make_step_model
-from sim.scenario import ClosedLoop, MemoryPlan, Offline, Scenario, memory_plan
+from sim.scenario import ClosedLoop, Offline, Scenario
+from sim.traffic import closed_loop_client, open_loop_source
 from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams
 
 
@@ -38,6 +39,21 @@ def step_model_for(sc: Scenario) -> RooflineStepModel | TableStepModel:
                            p.compute_precision, sc.perf)
 
 
+def replica_specs(sc: Scenario) -> list[ReplicaSpec]:
+    """The scenario's pools of replicas (one pool of mixed prefill/decode replicas)."""
+    s = sc.serving
+    # An offline burst is a batch job handed to the engine whole (as vLLM's LLM.generate or
+    # trtllm-bench do): the API server's queue bound is for online traffic only.
+    max_waiting = None if isinstance(sc.workload.arrivals, Offline) else s.batching.max_waiting
+    limits = BatchLimits(max_num_seqs=s.batching.max_num_seqs, max_num_batched_tokens=s.batching.max_num_batched_tokens,
+                         chunked_prefill=s.batching.chunked_prefill, max_waiting=max_waiting,
+                         preemption=s.batching.preemption, max_context_tokens=sc.model.max_context_tokens)
+    return [ReplicaSpec(pool="default", role="mixed", count=s.replicas, gpus_per_replica=s.parallelism.tp,
+                        gpu=sc.hardware.gpu, step_model=step_model_for(sc), memory=sc.memory_plan(), limits=limits,
+                        watermark_fraction=s.kv_cache.watermark_fraction,
+                        host_link_bytes_per_s=sc.hardware.gpu.host_link_gb_s * 1e9)]
+
+
 @dataclass
 class Simulation:
     """A wired, not yet run, simulation (exposed for tests and notebooks)."""
@@ -46,14 +62,22 @@ class Simulation:
     seed: int
     env: simpy.Environment
     cluster: Cluster
-    step_model: RooflineStepModel | TableStepModel
-    memory: MemoryPlan
+    specs: list[ReplicaSpec]
     requests: list[Request] = field(default_factory=list)
     records: list[IterRecord] = field(default_factory=list)
+    levels: LevelLog = field(default_factory=LevelLog)
 
     @property
     def replicas(self) -> list[Replica]:
         return self.cluster.replicas
+
+    @property
+    def memory(self) -> MemoryPlan:
+        return self.specs[0].memory
+
+    @property
+    def step_model(self) -> RooflineStepModel | TableStepModel:
+        return self.specs[0].step_model  # type: ignore[return-value]
 
 
 @dataclass
@@ -73,46 +97,26 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
     seed = sc.seed if seed is None else seed
     streams = rng_streams(seed)
     env = simpy.Environment()
-    step = step_model_for(sc)
-    mem = memory_plan(sc)
-    s = sc.serving
-    block_bytes = mem.kv_bytes_per_token_per_gpu * s.kv_cache.block_tokens
-    sliding = sc.model.sliding_kv_bytes_per_request(s.precision.kv_cache, s.parallelism.tp)
-    sliding_blocks = math.ceil(sliding / block_bytes) if sliding else 0
+    specs = replica_specs(sc)
     records: list[IterRecord] = []
-    requests: list[Request] = []
     levels = LevelLog()
-    # An offline burst is a batch job handed to the engine whole (as vLLM's LLM.generate or
-    # trtllm-bench do): the API server's queue bound is for online traffic only.
-    max_waiting = None if isinstance(sc.workload.arrivals, Offline) else s.batching.max_waiting
 
     def on_finish(r: Request) -> None:
         if r.on_done is not None:
             r.on_done(r)
 
-    swap_bytes_per_token = sc.model.layers * sc.model.kv_bytes_per_token_per_layer(s.precision.kv_cache,
-                                                                                 s.parallelism.tp)
-    limits = BatchLimits(max_num_seqs=s.batching.max_num_seqs, max_num_batched_tokens=s.batching.max_num_batched_tokens,
-                         chunked_prefill=s.batching.chunked_prefill, max_waiting=max_waiting,
-                         preemption=s.batching.preemption, max_context_tokens=sc.model.max_context_tokens)
-    replicas = [
-        Replica(env, i, step, KvCache(mem.kv_blocks, s.kv_cache.block_tokens, sliding_blocks=sliding_blocks,
-                                      watermark_fraction=s.kv_cache.watermark_fraction,
-                                      swap_bytes_per_token=swap_bytes_per_token,
-                                      host_link_bytes_per_s=sc.hardware.gpu.host_link_gb_s * 1e9),
-                limits, on_finish=on_finish, records=records, levels=levels, allow_jumps=allow_jumps)
-        for i in range(s.replicas)
-    ]
-    sim = Simulation(sc, seed, env, Cluster(env, replicas, s.router), step, mem, requests, records)
+    cluster = Cluster.from_specs(env, specs, sc.serving.router, on_finish=on_finish, records=records,
+                                 levels=levels, allow_jumps=allow_jumps)
+    sim = Simulation(sc, seed, env, cluster, specs, [], records, levels)
     arrivals = sc.workload.arrivals
     if isinstance(arrivals, ClosedLoop):
         lengths = ClosedLoopLengths(sc, streams)
         ids = count()
         for _ in range(arrivals.clients):
-            env.process(closed_loop_client(env, sim.cluster, arrivals, lengths, streams["think_time"],
+            env.process(closed_loop_client(env, cluster.submit, arrivals, lengths, streams["think_time"],
                                            sc.duration_s, sim.requests, ids.__next__))
     else:
-        env.process(open_loop_source(env, sim.cluster, open_loop_requests(sc, streams), sim.requests))
+        env.process(open_loop_source(env, cluster.submit, open_loop_requests(sc, streams), sim.requests))
     return sim
 
 

@@ -23,9 +23,10 @@ from pydantic import (
     model_validator,
 )
 
-from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec, Precision, gpu_catalog, model_catalog
+from sim.catalog import GpuSpec, ModelSpec, Precision, gpu_catalog, model_catalog
 from sim.datapath import DataPath
 from sim.errors import InputError
+from sim.memory import MemoryPlan, memory_plan
 from sim.perf.config import PerfCfg
 
 
@@ -331,7 +332,7 @@ class Scenario(_Frozen):
                 f"cost.price_tier={c.price_tier!r}: GPU {g.name!r} has no such catalog price; "
                 "set hardware.price_usd_per_gpu_h or pick another tier"
             )
-        mem = memory_plan(self)
+        mem = self.memory_plan()
         if mem.kv_blocks < 1:
             raise ValueError(
                 f"model does not fit: {m.name} needs {mem.weights_gb_per_gpu:.1f} GB of weights per GPU "
@@ -344,42 +345,15 @@ class Scenario(_Frozen):
     def gpus(self) -> int:
         return self.serving.replicas * self.serving.parallelism.tp
 
-
-class MemoryPlan(BaseModel):
-    """Per-GPU memory split of one replica, GB (1e9 bytes), and the KV blocks it leaves."""
-
-    weights_gb_per_gpu: float
-    activation_gb_per_gpu: float
-    kv_gb_per_gpu: float
-    kv_bytes_per_token_per_gpu: float
-    kv_blocks: int
-
-
-def memory_plan(sc: Scenario) -> MemoryPlan:
-    """HBM x fraction - weights - activations = KV space; blocks = KV space / block bytes."""
-    m, g, s = sc.model, sc.hardware.gpu, sc.serving
-    tp = s.parallelism.tp
-    wbytes = BYTES_PER_ELEMENT[s.precision.weights]
-    weights_gb = m.params_total * wbytes / tp / 1e9
-    if s.kv_cache.activation_reserve_gb is not None:
-        act_gb = s.kv_cache.activation_reserve_gb
-    else:
-        # Peak activations of one forward pass over the token budget: hidden and gated-MLP
-        # intermediates (bf16) plus fp32 logits of the sampled rows; 1 GB floor for the
-        # CUDA context, graphs and workspace.
-        per_token = 2 * (4 * m.hidden + 2 * max(m.ffn_dim, m.moe.expert_ffn_dim if m.moe else 0) / tp)
-        logits = 4 * m.vocab / tp * s.batching.max_num_seqs
-        act_gb = 1.0 + (per_token * s.batching.max_num_batched_tokens + logits) / 1e9
-    kv_gb = g.hbm_gb * s.kv_cache.gpu_memory_fraction - weights_gb - act_gb
-    kv_bpt = m.kv_bytes_per_token(s.precision.kv_cache, tp)
-    blocks = int(max(0.0, kv_gb) * 1e9 // (kv_bpt * s.kv_cache.block_tokens))
-    return MemoryPlan(
-        weights_gb_per_gpu=weights_gb,
-        activation_gb_per_gpu=act_gb,
-        kv_gb_per_gpu=max(0.0, kv_gb),
-        kv_bytes_per_token_per_gpu=kv_bpt,
-        kv_blocks=blocks,
-    )
+    def memory_plan(self) -> MemoryPlan:
+        """How each GPU's HBM splits into weights, activations and KV blocks (sim/memory.py)."""
+        s = self.serving
+        return memory_plan(self.model, self.hardware.gpu, tp=s.parallelism.tp, weights=s.precision.weights,
+                           kv_cache=s.precision.kv_cache, block_tokens=s.kv_cache.block_tokens,
+                           gpu_memory_fraction=s.kv_cache.gpu_memory_fraction,
+                           activation_reserve_gb=s.kv_cache.activation_reserve_gb,
+                           max_num_seqs=s.batching.max_num_seqs,
+                           max_num_batched_tokens=s.batching.max_num_batched_tokens)
 
 
 def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:

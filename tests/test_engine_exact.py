@@ -26,13 +26,13 @@ def lone(inp: int, out: int, **over) -> dict:
 
 def run_one(d: dict, inp: int, out: int, arrival_s: float = 1.0):
     """Simulate exactly one request arriving at arrival_s."""
-    from sim.cluster import open_loop_source
+    from sim.traffic import open_loop_source
     from sim.workload import OpenLoopRequests
 
     sc = scenario_from_dict(d)
     sim = build(sc)
     reqs = OpenLoopRequests(np.array([arrival_s]), np.array([inp]), np.array([out]))
-    sim.env.process(open_loop_source(sim.env, sim.cluster, reqs, sim.requests))
+    sim.env.process(open_loop_source(sim.env, sim.cluster.submit, reqs, sim.requests))
     return sc, execute(sim)
 
 

@@ -54,6 +54,7 @@ class LevelRecord(NamedTuple):
 
 class LifecycleRecord(NamedTuple):
     replica: int
+    pool: str
     gpus: int
     t_provisioned_s: float
     t_ready_s: float

@@ -1,0 +1,71 @@
+"""Memory plan of one replica: how a GPU's HBM splits into weights, activations and KV cache.
+
+    KV space per GPU = HBM x gpu_memory_fraction - weights - activations
+    KV blocks        = KV space / (KV bytes per token per GPU x block_tokens)
+
+GB are 1e9 bytes, as the catalog's `hbm_gb`. Weights divide over tp. Activations: the peak of one
+forward pass over the token budget, hidden and gated-MLP intermediates in BF16
+(2 x (4 hidden + 2 ffn / tp) bytes per token) plus FP32 logits of the sampled rows
+(4 x vocab / tp per sequence), and a 1 GB floor for the CUDA context, graphs and workspace, unless
+the scenario sets `activation_reserve_gb`. KV per token counts the full-attention layers; a model
+with sliding-window layers also holds, per request, the window's KV in those layers, as a fixed
+number of extra blocks (`sliding_blocks`). Swapping a request moves all its layers' KV over the
+host link (`swap_bytes_per_token`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Per-GPU memory split of one replica, GB (1e9 bytes), and the KV blocks it leaves."""
+
+    weights_gb_per_gpu: float
+    activation_gb_per_gpu: float
+    kv_gb_per_gpu: float
+    kv_bytes_per_token_per_gpu: float
+    kv_blocks: int
+    block_tokens: int
+    sliding_blocks: int
+    swap_bytes_per_token: float
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.kv_blocks * self.block_tokens
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def memory_plan(model: ModelSpec, gpu: GpuSpec, *, tp: int, weights: str, kv_cache: str, block_tokens: int,
+                gpu_memory_fraction: float, activation_reserve_gb: float | None, max_num_seqs: int,
+                max_num_batched_tokens: int) -> MemoryPlan:
+    """The memory split of one replica (see the module docstring)."""
+    m = model
+    weights_gb = m.params_total * BYTES_PER_ELEMENT[weights] / tp / 1e9
+    if activation_reserve_gb is not None:
+        act_gb = activation_reserve_gb
+    else:
+        per_token = 2 * (4 * m.hidden + 2 * max(m.ffn_dim, m.moe.expert_ffn_dim if m.moe else 0) / tp)
+        logits = 4 * m.vocab / tp * max_num_seqs
+        act_gb = 1.0 + (per_token * max_num_batched_tokens + logits) / 1e9
+    kv_gb = gpu.hbm_gb * gpu_memory_fraction - weights_gb - act_gb
+    kv_bpt = m.kv_bytes_per_token(kv_cache, tp)
+    blocks = int(max(0.0, kv_gb) * 1e9 // (kv_bpt * block_tokens))
+    sliding = m.sliding_kv_bytes_per_request(kv_cache, tp)
+    return MemoryPlan(
+        weights_gb_per_gpu=weights_gb,
+        activation_gb_per_gpu=act_gb,
+        kv_gb_per_gpu=max(0.0, kv_gb),
+        kv_bytes_per_token_per_gpu=kv_bpt,
+        kv_blocks=blocks,
+        block_tokens=block_tokens,
+        sliding_blocks=math.ceil(sliding / (kv_bpt * block_tokens)) if sliding else 0,
+        swap_bytes_per_token=m.layers * m.kv_bytes_per_token_per_layer(kv_cache, tp),
+    )

@@ -1,0 +1,57 @@
+"""Traffic: the SimPy processes that create requests and hand them to the cluster's router.
+
+* Open loop: requests arrive at pre-drawn times (workload.py), one SimPy timeout per arrival,
+  whatever the system's state.
+* Closed loop: each client sends a request, waits for its last token (or its rejection), thinks,
+  and sends the next, until the scenario's duration ends, as benchmark tools do. A rejected client
+  waits at least 1 ms before retrying, so it does not spin at one instant on a full queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
+
+import numpy as np
+import simpy
+
+from sim.engine.request import Request
+from sim.metrics.records import Status
+from sim.scenario import ClosedLoop
+from sim.workload import ClosedLoopLengths, OpenLoopRequests, think_time_s
+
+Submit = Callable[[Request], bool]
+
+
+def open_loop_source(env: simpy.Environment, submit: Submit, reqs: OpenLoopRequests,
+                     out: list[Request]) -> Generator[simpy.Event, Any, None]:
+    """Submit each pre-drawn request at its arrival time."""
+    times = reqs.arrival_s.tolist()
+    inp = reqs.input_tokens.tolist()
+    outp = reqs.output_tokens.tolist()
+    hashes = reqs.hash_ids
+    for i, t in enumerate(times):
+        dt = t - env.now
+        if dt > 0:
+            yield env.timeout(dt)
+        r = Request(i, t, inp[i], outp[i], hash_ids=None if hashes is None else hashes[i])
+        out.append(r)
+        submit(r)
+
+
+def closed_loop_client(env: simpy.Environment, submit: Submit, spec: ClosedLoop, lengths: ClosedLoopLengths,
+                       think_rng: np.random.Generator, stop_s: float, out: list[Request],
+                       next_id: Callable[[], int]) -> Generator[simpy.Event, Any, None]:
+    """One client that keeps one request in flight until stop_s."""
+    while env.now < stop_s:
+        inp, outp, hashes = lengths.next()
+        done = env.event()
+        r = Request(next_id(), env.now, inp, outp, on_done=lambda _r, ev=done: ev.succeed(), hash_ids=hashes)
+        out.append(r)
+        submit(r)
+        yield done
+        pause = think_time_s(spec, think_rng)
+        if r.status == Status.REJECTED:
+            pause = max(pause, 1e-3)
+        if pause > 0:
+            yield env.timeout(pause)
