@@ -89,7 +89,7 @@ class Cluster:
     @classmethod
     def from_specs(cls, env: simpy.Environment, specs: Sequence[ReplicaSpec], router: str, *,
                    on_finish: Callable[[Request], None], records: list[IterRecord], levels: LevelLog,
-                   allow_jumps: bool = True) -> Cluster:
+                   marks: Sequence[float] = (), allow_jumps: bool = True) -> Cluster:
         """Build every pool's replicas, provisioned and ready at time 0 for the whole run."""
         replicas: list[Replica] = []
         lifecycle: list[LifecycleRecord] = []
@@ -97,10 +97,29 @@ class Cluster:
             for _ in range(spec.count):
                 i = len(replicas)
                 replicas.append(Replica(env, i, spec.step_model, spec.kv_cache(), spec.limits, on_finish=on_finish,
-                                        records=records, levels=levels, allow_jumps=allow_jumps))
+                                        records=records, levels=levels, marks=marks, allow_jumps=allow_jumps))
                 lifecycle.append(LifecycleRecord(i, spec.pool, spec.gpus_per_replica, 0.0, 0.0, float("inf"),
                                                  float("inf")))
         return cls(env, replicas, router, lifecycle)
+
+    def note_sampled(self, attr: str) -> None:
+        """Store every request in the system's output tokens sampled so far in `attr` (at a
+        boundary of the measurement window)."""
+        for rep in self.replicas:
+            sched = rep.scheduler
+            ds = sched.decode_set
+            for r in sched.running.values():
+                setattr(r, attr, ds.generated(r) if r.in_decode else r.generated)
+            for r in sched.waiting:
+                setattr(r, attr, r.generated)
+
+    def settle(self) -> None:
+        """At the end of a run: bring the lazily advanced counts of decoding requests up to date."""
+        for rep in self.replicas:
+            ds = rep.scheduler.decode_set
+            for r in rep.scheduler.running.values():
+                if r.in_decode:
+                    r.generated = ds.generated(r)
 
     def route(self) -> Replica:
         if self._pick is None:

@@ -3,12 +3,15 @@
 * $/GPU-h. Rental: ``hardware.price_usd_per_gpu_h`` or the GPU's catalog tier (``cost.price_tier``).
   TCO: capex / (amortization years x 8760 h) + hosting ($/kW-month x kW / 730 h, kW = the GPU's
   all-in share of node power, else TDP) + electricity at the realized power x PUE + other opex.
-* $/M tokens at realized utilization = GPUs x window hours x $/GPU-h / tokens x 1e6, so idle and
-  over-provisioned capacity costs what it costs (output tokens, and input + output tokens).
-* The figure published benchmarks use, $/GPU-h / (tok/s/GPU x 3600) x 1e6, equals the realized
-  figure over the same window; ``usd_per_m_total_tokens_busy`` charges only busy GPU-time, i.e. the
-  cost if the idle share were sold elsewhere: the full-load figure of this batch behaviour.
-* $ per million SLO-meeting output tokens: the same cost over goodput tokens.
+* $/M tokens at realized utilization = provisioned GPU-hours in the measurement window x $/GPU-h
+  / tokens sampled in it x 1e6, so idle and over-provisioned capacity costs what it costs (output
+  tokens, and input + output tokens). The window is the metrics' (metrics/window.py): the arrival
+  period, or the makespan of an offline burst.
+* The figure published benchmarks use, $/GPU-h / (tok/s/GPU x 3600) x 1e6, is the same quantity;
+  ``usd_per_m_total_tokens_if_idle_resold`` charges only busy GPU-time, i.e. the cost if the idle
+  share were sold elsewhere: the full-load figure of this batch behaviour.
+* $ per million SLO-meeting output tokens: the same cost over the output tokens that SLO-meeting
+  requests sampled in the window (a subset of all tokens sampled in it, so never cheaper).
 * Power, one convention for hosting, electricity, energy, J/token and tokens/MW: a GPU's all-in
   power is its chip (idle + (TDP - idle) x busy fraction) plus its share of the rest of the node
   (host CPUs, memory, NICs: ``all_in_kw`` - TDP, drawn whenever the node is provisioned). At full
@@ -19,6 +22,8 @@
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sim.catalog import GpuSpec
 from sim.scenario import Scenario
@@ -63,26 +68,26 @@ def _per_m(usd: float, tokens: float) -> float:
     return usd / tokens * 1e6 if tokens > 0 else float("inf")
 
 
-def cost_summary(sc: Scenario, s: dict[str, float]) -> dict[str, float]:
-    """Cost and energy figures from a summary made by metrics.summarize."""
+def cost_summary(sc: Scenario, s: dict[str, Any]) -> dict[str, float]:
+    """Cost and energy figures from a summary made by metrics.summarize: provisioned GPU-seconds
+    in the window, tokens sampled in it, and the busy fraction."""
     busy = s["gpu_busy_fraction"]
-    window_h = s["window_s"] / 3600.0
-    gpu_h = sc.gpus * window_h
+    gpu_s = s["gpu_seconds"]
+    gpu_h = gpu_s / 3600.0
     price = price_usd_per_gpu_h(sc, busy)
     usd = gpu_h * price
     out_tok, total_tok = s["output_tokens"], s["output_tokens"] + s["input_tokens"]
-    good_tok = s["goodput_output_tok_per_s"] * s["window_s"]
     power_w = power_w_per_gpu(sc, busy)
-    facility_j = power_w * sc.cost.pue * sc.gpus * s["window_s"]
-    facility_mw = power_w * sc.cost.pue * sc.gpus / 1e6
+    facility_j = power_w * sc.cost.pue * gpu_s
+    facility_mw = power_w * sc.cost.pue * s["gpus"] / 1e6
     return {
         "price_usd_per_gpu_h": price,
         "gpu_hours": gpu_h,
         "cost_usd": usd,
         "usd_per_m_output_tokens": _per_m(usd, out_tok),
         "usd_per_m_total_tokens": _per_m(usd, total_tok),
-        "usd_per_m_total_tokens_busy": _per_m(usd * busy, total_tok),
-        "usd_per_m_slo_output_tokens": _per_m(usd, good_tok),
+        "usd_per_m_total_tokens_if_idle_resold": _per_m(usd * busy, total_tok),
+        "usd_per_m_slo_output_tokens": _per_m(usd, s["goodput_output_tokens"]),
         "power_w_per_gpu": power_w,
         "chip_power_w_per_gpu": chip_power_w(sc.hardware.gpu, busy),
         "energy_kwh": facility_j / 3.6e6,

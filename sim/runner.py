@@ -26,6 +26,8 @@ from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits
 from sim.memory import MemoryPlan
 from sim.metrics import IterRecord, LevelLog
+from sim.metrics.invariants import violations
+from sim.metrics.window import measurement_window
 from sim.perf import RooflineStepModel, TableStepModel, make_step_model
 from sim.scenario import ClosedLoop, Offline, Scenario
 from sim.traffic import closed_loop_client, open_loop_source
@@ -84,12 +86,23 @@ class Simulation:
 class Result:
     scenario: Scenario
     seed: int
-    requests: pd.DataFrame
-    iterations: pd.DataFrame
+    requests: pd.DataFrame          # one row per request
+    iterations: pd.DataFrame        # one row per engine event (IterRecord)
+    levels: pd.DataFrame            # waiting / running counts per replica over time (LevelRecord)
+    replicas: pd.DataFrame          # replica lifecycle (LifecycleRecord)
     summary: dict[str, Any]
     memory: MemoryPlan
     sim_end_s: float
     wall_s: float
+
+
+def window_marks(sc: Scenario) -> dict[str, float]:
+    """Boundaries of the measurement window known before the run, by the Request attribute that
+    notes each request's tokens sampled before it."""
+    marks = {"sampled_before_start": sc.warmup_s}
+    if sc.window_kind == "arrivals":
+        marks["sampled_before_end"] = sc.duration_s
+    return {k: v for k, v in marks.items() if v > 0}
 
 
 def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Simulation:
@@ -105,8 +118,13 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
         if r.on_done is not None:
             r.on_done(r)
 
+    marks = window_marks(sc)
     cluster = Cluster.from_specs(env, specs, sc.serving.router, on_finish=on_finish, records=records,
-                                 levels=levels, allow_jumps=allow_jumps)
+                                 levels=levels, marks=tuple(marks.values()), allow_jumps=allow_jumps)
+    # Created before anything else is scheduled, each mark fires before any other event at its
+    # instant: it sees the tokens sampled strictly before the boundary.
+    for attr, t in marks.items():
+        env.timeout(t).callbacks.append(lambda _ev, a=attr: cluster.note_sampled(a))
     sim = Simulation(sc, seed, env, cluster, specs, [], records, levels)
     arrivals = sc.workload.arrivals
     if isinstance(arrivals, ClosedLoop):
@@ -120,10 +138,9 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
     return sim
 
 
-def execute(sim: Simulation, progress: Callable[[float], None] | None = None) -> Result:
-    """Run a built simulation to the end. `progress(sim_time_s)` is called about 100 times."""
+def _simulate(sim: Simulation, progress: Callable[[float], None] | None) -> float:
+    """Run the SimPy environment to the end; returns the simulation's end time."""
     sc = sim.scenario
-    t_wall = time.perf_counter()
     end_s = sc.duration_s + sc.drain_timeout_s
     if progress is None:
         sim.env.run(until=end_s)
@@ -135,11 +152,38 @@ def execute(sim: Simulation, progress: Callable[[float], None] | None = None) ->
             progress(t)
             t += step_s
         sim.env.run(until=max(end_s, sim.env.now + 1e-9))
-    sim_end = max((r[2] for r in sim.records), default=0.0)
-    req = metrics.requests_frame(sim.requests, sc)
+    sim.cluster.settle()
+    return end_s
+
+
+def _last_activity_s(req: pd.DataFrame, it: pd.DataFrame, end_s: float) -> float:
+    """The last token or rejection of any request, or end_s if a request is still in flight."""
+    if (req["status"] == "in_flight").any():
+        return end_s
+    last_finish = float(req["finish_s"].max()) if len(req) else 0.0
+    last_iter = float(it["t_end_s"].max()) if len(it) else 0.0
+    return max(last_finish, last_iter)
+
+
+def execute(sim: Simulation, progress: Callable[[float], None] | None = None) -> Result:
+    """Run a built simulation to the end. `progress(sim_time_s)` is called about 100 times."""
+    sc = sim.scenario
+    t_wall = time.perf_counter()
+    end_s = _simulate(sim, progress)
     it = metrics.iterations_frame(sim.records)
-    summary: dict[str, Any] = metrics.summarize(sc, req, it, sim.memory.kv_blocks)
+    sim_end = float(it["t_end_s"].max()) if len(it) else 0.0
+    probe = pd.DataFrame({"status": [metrics.STATUS_NAMES[r.status] for r in sim.requests],
+                          "finish_s": [r.finish_s if r.finish_s >= 0 else float("nan") for r in sim.requests]})
+    window = measurement_window(sc.window_kind, sc.warmup_s, sc.duration_s, _last_activity_s(probe, it, end_s))
+    req = metrics.requests_frame(sim.requests, sc, window)
+    lv = metrics.levels_frame(sim.levels.rows)
+    life = metrics.lifecycle_frame(sim.cluster.lifecycle)
+    summary: dict[str, Any] = metrics.summarize(sc, req, it, lv, life, window, sim.memory.kv_blocks)
     summary.update(cost_mod.cost_summary(sc, summary))
+    broken = violations(summary, sc.serving.batching.max_num_seqs, int(req["output_tokens_in_window"].sum()))
+    if broken:
+        raise RuntimeError(f"internal error: scenario {sc.name!r}, seed {sim.seed} breaks the simulator's "
+                           f"invariants ({'; '.join(broken)}); please report it with the scenario file")
     if isinstance(sim.step_model, TableStepModel):
         ext = sim.step_model.coverage.extrapolated()
         summary["step_table_extrapolated"] = bool(ext)
@@ -147,12 +191,12 @@ def execute(sim: Simulation, progress: Callable[[float], None] | None = None) ->
             f"{axis} asked {lo:,.0f}..{hi:,.0f}, table covers {sim.step_model.coverage.grid[axis][0]:,.0f}.."
             f"{sim.step_model.coverage.grid[axis][1]:,.0f}" for axis, (lo, hi) in ext.items())
     summary["kv_blocks_per_replica"] = sim.memory.kv_blocks
-    summary["kv_capacity_tokens_per_replica"] = sim.memory.kv_blocks * sc.serving.kv_cache.block_tokens
+    summary["kv_capacity_tokens_per_replica"] = sim.memory.kv_capacity_tokens
     wall = time.perf_counter() - t_wall
     summary["sim_end_s"] = sim_end
     summary["wall_s"] = wall
     summary["sim_requests_per_wall_s"] = len(sim.requests) / wall if wall > 0 else float("inf")
-    return Result(sc, sim.seed, req, it, summary, sim.memory, sim_end, wall)
+    return Result(sc, sim.seed, req, it, lv, life, summary, sim.memory, sim_end, wall)
 
 
 def run(sc: Scenario, seed: int | None = None) -> Result:

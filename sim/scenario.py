@@ -285,6 +285,10 @@ class Scenario(_Frozen):
     duration_s: float = Field(gt=0, description="arrivals stop here; in-flight requests finish")
     warmup_s: float = Field(default=0.0, ge=0)
     drain_timeout_s: float = Field(default=3600.0, ge=0, description="max simulated time after duration_s")
+    window: Literal["arrivals", "makespan"] | None = Field(
+        default=None, description="what the throughput, utilization and cost figures measure: [warmup_s, "
+        "duration_s) ('arrivals', the default for online traffic) or from warmup_s to the last token "
+        "('makespan', the default for offline bursts)")
     model: ModelSpec
     hardware: Hardware
     serving: Serving = Serving()
@@ -309,6 +313,9 @@ class Scenario(_Frozen):
         tp = s.parallelism.tp
         if self.warmup_s >= self.duration_s:
             raise ValueError(f"warmup_s ({self.warmup_s}) must be < duration_s ({self.duration_s})")
+        if isinstance(self.workload.arrivals, Offline) and self.warmup_s > 0:
+            raise ValueError(f"warmup_s ({self.warmup_s}) must be 0 with offline arrivals: every request arrives "
+                             "at t = 0, so a warm-up would exclude them all; the window is the makespan")
         if m.q_heads % tp:
             raise ValueError(f"serving.parallelism.tp={tp} does not divide the model's {m.q_heads} attention heads")
         if m.attention.kind == "gqa" and m.kv_heads % tp and tp % m.kv_heads:
@@ -340,6 +347,14 @@ class Scenario(_Frozen):
                 f"{s.kv_cache.gpu_memory_fraction} of {g.hbm_gb} GB leaves no room for KV cache (raise tp or lower precision)"
             )
         return self
+
+    @property
+    def window_kind(self) -> str:
+        """The measurement window: the scenario's `window`, else makespan for offline bursts and
+        the arrival period otherwise."""
+        if self.window is not None:
+            return self.window
+        return "makespan" if isinstance(self.workload.arrivals, Offline) else "arrivals"
 
     @property
     def gpus(self) -> int:

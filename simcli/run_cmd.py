@@ -43,6 +43,8 @@ def write_results(result, out_dir: Path, scenario_path: str) -> Path:
         write_json(tmp / "summary.json", {**result.summary, "seed": result.seed})
         result.requests.to_parquet(tmp / "requests.parquet", index=False)
         result.iterations.to_parquet(tmp / "iterations.parquet", index=False)
+        result.levels.to_parquet(tmp / "levels.parquet", index=False)
+        result.replicas.to_parquet(tmp / "replicas.parquet", index=False)
     return out_dir
 
 
@@ -65,7 +67,8 @@ def print_summary(result, out_dir: Path, console) -> None:
     s = result.summary
     sc = result.scenario
     t = Table(title=f"{sc.name}: {sc.serving.replicas} x {sc.serving.parallelism.tp} {sc.hardware.gpu.name} "
-                    f"serving {sc.model.name} (window {s['window_s']:.0f} s, seed {result.seed})",
+                    f"serving {sc.model.name} ({s['window']} window {s['window_start_s']:,.0f}-{s['window_end_s']:,.0f} s, "
+                    f"seed {result.seed})",
               show_header=True, header_style="bold")
     t.add_column("metric")
     t.add_column("value", justify="right")

@@ -56,3 +56,29 @@ def test_finish_order_and_removal():
     done = ds.pop_finished()
     assert [(r.id, kv) for r, kv in done] == [(0, 104)] and done[0][0].generated == 5
     assert ds.size == 1 and ds.kv_tokens(rs[2]) == 104
+
+
+@settings(max_examples=300, deadline=None)
+@given(bt=st.sampled_from([1, 2, 5, 16, 32]), kvs=st.lists(st.integers(1, 300), min_size=1, max_size=20),
+       start_g=st.integers(0, 100), n=st.integers(1, 150), used=st.integers(0, 50),
+       a=st.floats(1e-4, 1e-2), b=st.floats(0, 1e-7), cut=st.integers(0, 150))
+def test_block_seconds_match_the_per_step_sum(bt, kvs, start_g, n, used, a, b, cut):
+    """KV block-seconds of a run in closed form = sum over steps of (blocks held) x (step time)."""
+    from sim.perf import LinearPath, Segment
+
+    ds = DecodeSet(bt)
+    ds.advance(start_g)
+    for i, kv in enumerate(kvs):
+        r = Request(i, 0.0, kv, 10_000)
+        r.generated = 1
+        r.seq = i
+        ds.add(r, kv)
+    path = ds.path()
+    assert path == LinearPath(float(sum(kvs) + len(kvs)), float(len(kvs)))
+    k = min(cut, n)
+    # Two affine pieces with different coefficients, split at step k (as a roofline crossing).
+    segments = [s for s in (Segment(0, k, a, b), Segment(k, n, 2 * a, 3 * b)) if s.hi > s.lo]
+    dur = [(a + b * path.at(j)) if j < k else (2 * a + 3 * b * path.at(j)) for j in range(n)]
+    brute = sum(dur[j] * (used + sum(blocks(kv + j + 1, bt) - blocks(kv, bt) for kv in kvs)) for j in range(n))
+    got = ds.block_seconds(segments, path, used, sum(dur))
+    assert math.isclose(got, brute, rel_tol=1e-9, abs_tol=1e-12)

@@ -15,7 +15,7 @@ from sim.scenario import scenario_from_dict
 
 
 def lone(inp: int, out: int, **over) -> dict:
-    d = base_dict(duration_s=10.0, **over)
+    d = base_dict(**{"duration_s": 10.0, **over})
     d["workload"] = {"arrivals": {"kind": "piecewise", "repeat": False,
                                   "segments": [{"duration_s": 1.0, "rate_per_s": 0.0},
                                                {"duration_s": 1e-9, "rate_per_s": 0.0}]},

@@ -46,3 +46,27 @@ def test_least_kv_load_spreads_long_prompts():
     r = routed("least_kv_load", **d)
     counts = np.bincount(r, minlength=4)
     assert counts.min() > 0.15 * len(r)
+
+
+def three_requests(router: str) -> list[int]:
+    """A long request, then two short ones while it decodes, on two replicas."""
+    from test_engine_exact import lone
+
+    from sim.runner import build, execute
+    from sim.traffic import open_loop_source
+    from sim.workload import OpenLoopRequests
+
+    d = lone(1, 1, duration_s=20.0, serving={"replicas": 2, "router": router})  # no arrivals of its own
+    sim = build(scenario_from_dict(d))
+    reqs = OpenLoopRequests(np.array([0.0, 0.5, 0.6]), np.array([6000, 100, 100]), np.array([2000, 500, 500]))
+    sim.env.process(open_loop_source(sim.env, sim.cluster.submit, reqs, sim.requests))
+    res = execute(sim)
+    return res.requests.sort_values("arrival_s")["replica"].tolist()
+
+
+def test_the_two_load_routers_decide_differently_where_they_should():
+    # At 0.6 s replica 0 holds one request with about 6,000 KV tokens, replica 1 one with about 100:
+    # by count it is a tie (lowest index wins), by KV tokens replica 1 is far lighter.
+    assert three_requests("least_outstanding") == [0, 1, 0]
+    assert three_requests("least_kv_load") == [0, 1, 1]
+    assert three_requests("round_robin") == [0, 1, 0]

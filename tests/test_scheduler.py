@@ -3,6 +3,7 @@ LIFO preemption and swap transfer times against hand-computed values."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sim.engine.kv_cache import KvCache
@@ -96,3 +97,36 @@ def test_rejection_reasons():
     for i in range(500):
         unbounded.enqueue(req(i, 10, 5), 0.0)
     assert unbounded.reject_reason(req(999, 10, 5)) == ""
+
+
+def test_a_swap_lengthens_its_iteration_by_the_transfer():
+    """Two 48-token prompts fill a 6-block KV cache; at the first decode step the newer one is
+    swapped out, and that iteration lasts one decode step of the other plus the transfer."""
+    from conftest import step_model, step_s, tiny_kv_gpu
+    from test_engine_exact import lone
+
+    from sim.runner import build, execute
+    from sim.scenario import scenario_from_dict
+    from sim.traffic import open_loop_source
+    from sim.workload import OpenLoopRequests
+
+    d = lone(1, 1, duration_s=20.0, hardware={"gpu": tiny_kv_gpu(96)},
+                  serving={"batching": {"max_num_seqs": 8, "max_num_batched_tokens": 256, "preemption": "swap"},
+                           "kv_cache": {"activation_reserve_gb": 0.0, "gpu_memory_fraction": 1.0,
+                                        "block_tokens": 16, "watermark_fraction": 0.0}})
+    sc = scenario_from_dict(d)
+    sim = build(sc)
+    assert sim.memory.kv_blocks == 6
+    reqs = OpenLoopRequests(np.array([1.0, 1.0]), np.array([48, 48]), np.array([30, 30]))
+    sim.env.process(open_loop_source(sim.env, sim.cluster.submit, reqs, sim.requests))
+    res = execute(sim)
+    it = res.iterations
+    swaps = it[it["swap_s"] > 0]
+    transfer = 48 * 32 * 2 * 8 * 128 * 2 / 64e9        # 48 tokens x Llama-3.1-8B BF16 KV / 64 GB/s
+    assert swaps["swap_s"].iloc[0] == pytest.approx(transfer, rel=1e-12)
+    first = swaps.iloc[0]
+    step = step_model(sc)
+    assert first["t_end_s"] - first["t_start_s"] == pytest.approx(step_s(step, 1, 49) + transfer, rel=1e-12)
+    # Swapped back in later: out and in, two transfers of 48 tokens' KV (it had not decoded yet).
+    assert swaps["swap_s"].sum() == pytest.approx(2 * transfer, rel=1e-12)
+    assert (res.requests["status"] == "completed").all() and res.requests["preemptions"].sum() == 1

@@ -6,13 +6,17 @@ model gives for the iteration's batch shape.
 
 Speed: a run of decode-only iterations with no admission, completion or block shortage in between
 is a single event. Its duration is summed in closed form along the decode set's context path
-(`perf.shape.DecodeRun.run_s`). An arrival that could join the batch interrupts such a run; the
-run is cut at the end of the step in progress, exactly as a per-step simulation would admit it.
+(`perf.shape.DecodeRun.run_s`), and so are the KV block-seconds it holds. An arrival that could
+join the batch interrupts such a run; the run is cut at the end of the step in progress, exactly as
+a per-step simulation would admit it. A run also stops short of each `mark` (the measurement
+window's boundaries): the step that crosses a mark is an event of its own, as in a per-step
+simulation, so every metric over the window is the same whether decode steps ran one event each
+or many at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import simpy
@@ -27,13 +31,14 @@ from sim.perf.shape import Chunk, DecodeRun, LinearPath, StepModel, StepShape, s
 class Replica:
     def __init__(self, env: simpy.Environment, idx: int, step: StepModel, kv: KvCache, limits: BatchLimits, *,
                  on_finish: Callable[[Request], None], records: list[IterRecord], levels: LevelLog,
-                 allow_jumps: bool = True) -> None:
+                 marks: Sequence[float] = (), allow_jumps: bool = True) -> None:
         self.env, self.idx, self.step_model = env, idx, step
         self.kv = kv
         self.scheduler = BatchScheduler(kv, limits, levels, idx)
         self.on_finish = on_finish
         self.records = records
         self.allow_jumps = allow_jumps  # False: one event per step (reference mode for tests)
+        self.marks = sorted(marks)
         self._wakeup: simpy.Event | None = None
         self._interruptible = False
         self._jump_state: tuple[float, DecodeRun, LinearPath, int] | None = None
@@ -90,13 +95,31 @@ class Replica:
             if self.allow_jumps and sched.decode_run_stable():
                 n = sched.decode_run_length()
                 if n > 1:
-                    yield from self._decode_run(n)
-                    continue
+                    run = self.step_model.decode_run(sched.decode_set.size)
+                    path = sched.decode_set.path()
+                    n = self._steps_before_mark(run, path, n)
+                    if n > 1:
+                        yield from self._decode_run(run, path, n)
+                        continue
             plan = sched.schedule(env.now)
             if plan.idle:
                 yield from self._free_stuck_prefill(plan)
                 continue
             yield from self._iteration(plan)
+
+    def _steps_before_mark(self, run: DecodeRun, path: LinearPath, n: int) -> int:
+        """Steps of a decode run that end strictly before the next mark (all n if none)."""
+        t0 = self.env.now
+        marks = self.marks
+        while marks and marks[0] <= t0:
+            marks.pop(0)
+        if not marks or t0 + run.run_s(path, n) < marks[0]:
+            return n
+        m = marks[0]
+        k = steps_within(run, path, n, m - t0)
+        while k > 0 and t0 + run.run_s(path, k) >= m:
+            k -= 1
+        return k
 
     def _free_stuck_prefill(self, plan: IterationPlan) -> Generator[simpy.Event, Any, None]:
         """Partial prefills hold all the KV and none can grow: free the newest one."""
@@ -107,9 +130,10 @@ class Replica:
         sched.note_levels(env.now)
         if swap_s:
             t0 = env.now
+            held = self.kv.used_blocks
             yield env.timeout(swap_s)
-            self.records.append(IterRecord(self.idx, t0, env.now, 0, 0, 0, 0, 0, len(sched.running),
-                                 len(sched.waiting), self.kv.used_blocks))
+            self.records.append(IterRecord(self.idx, t0, env.now, 0, 0, 0, 0, 0, swap_s, held, held * swap_s,
+                                           len(sched.running), len(sched.waiting)))
 
     def _iteration(self, plan: IterationPlan) -> Generator[simpy.Event, Any, None]:
         env, sched = self.env, self.scheduler
@@ -121,17 +145,17 @@ class Replica:
                                 for r, new in plan.chunks))
         dt = self.step_model.iteration_s(shape) + plan.swap_s
         batch = decode_seqs + len(plan.chunks)
+        held = self.kv.used_blocks              # allocated for this iteration, freed at its end
         yield env.timeout(dt)
         out = sched.finish_iteration(plan, env.now)
         self.records.append(IterRecord(self.idx, t0, env.now, 1, batch, out.prompt_tokens, out.recompute_tokens,
-                             out.sampled_tokens, len(sched.running), len(sched.waiting), self.kv.used_blocks))
+                                       out.sampled_tokens, plan.swap_s, held, held * (env.now - t0),
+                                       len(sched.running), len(sched.waiting)))
         self._finished(out)
 
-    def _decode_run(self, n: int) -> Generator[simpy.Event, Any, None]:
+    def _decode_run(self, run: DecodeRun, path: LinearPath, n: int) -> Generator[simpy.Event, Any, None]:
         env, sched = self.env, self.scheduler
         ds = sched.decode_set
-        run = self.step_model.decode_run(ds.size)
-        path = ds.path()
         t0 = env.now
         total_s = run.run_s(path, n)
         self._jump_state = (t0, run, path, n)
@@ -156,7 +180,10 @@ class Replica:
         if n == 0:
             return
         batch = ds.size
+        held_before = self.kv.used_blocks
+        peak = held_before + ds.blocks_needed(n)
+        block_s = ds.block_seconds(run.segments(path, n), path, held_before, total_s)
         out = sched.finish_decode_run(n, env.now)
-        self.records.append(IterRecord(self.idx, t0, t0 + total_s, n, batch, 0, 0, out.sampled_tokens,
-                             len(sched.running), len(sched.waiting), self.kv.used_blocks))
+        self.records.append(IterRecord(self.idx, t0, t0 + total_s, n, batch, 0, 0, out.sampled_tokens, 0.0, peak,
+                                       block_s, len(sched.running), len(sched.waiting)))
         self._finished(out)

@@ -21,6 +21,7 @@ class Request:
         "id", "arrival_s", "input_tokens", "output_tokens", "replica", "status", "reject_reason",
         "generated", "prefill_target", "prefilled", "swapped_kv", "blocks", "admit_s", "first_token_s",
         "finish_s", "preemptions", "input_counted", "seq", "base", "finish_g", "in_decode", "on_done", "hash_ids",
+        "sampled_before_start", "sampled_before_end",
     )
 
     def __init__(self, rid: int, arrival_s: float, input_tokens: int, output_tokens: int,
@@ -49,3 +50,7 @@ class Request:
         self.in_decode = False
         self.on_done = on_done
         self.hash_ids = hash_ids    # prompt KV block hashes from a trace (Mooncake), for prefix reuse
+        # Output tokens sampled before the measurement window's start / end, noted at those
+        # instants if the request was in the system then (-1: it was not).
+        self.sampled_before_start = -1
+        self.sampled_before_end = -1

@@ -1,7 +1,16 @@
-"""Metrics: what a run records (records.py) and what it means (summary.py, docs/metrics.md)."""
+"""Metrics: what a run records (records.py), over which window (window.py), what it means
+(summary.py, docs/metrics.md), and what must always hold (invariants.py)."""
 
-from sim.metrics.records import IterRecord, LevelLog, LevelRecord, LifecycleRecord, Status
-from sim.metrics.summary import iterations_frame, requests_frame, summarize, window_overlap_s
+from sim.metrics.records import STATUS_NAMES, IterRecord, LevelLog, LevelRecord, LifecycleRecord, Status
+from sim.metrics.summary import (
+    iterations_frame,
+    levels_frame,
+    lifecycle_frame,
+    requests_frame,
+    summarize,
+)
+from sim.metrics.window import Window, measurement_window
 
-__all__ = ["IterRecord", "LevelLog", "LevelRecord", "LifecycleRecord", "Status", "iterations_frame",
-           "requests_frame", "summarize", "window_overlap_s"]
+__all__ = ["STATUS_NAMES", "IterRecord", "LevelLog", "LevelRecord", "LifecycleRecord", "Status", "Window",
+           "iterations_frame", "levels_frame", "lifecycle_frame", "measurement_window", "requests_frame",
+           "summarize"]

@@ -1,7 +1,10 @@
 """What a run records, as typed rows: the engine writes them, metrics reads them.
 
 * `IterRecord`: one engine event of one replica: a single iteration, or a run of `steps`
-  decode-only iterations with an unchanged batch (tokens and levels as in docs/metrics.md).
+  decode-only iterations with an unchanged batch (tokens and levels as in docs/metrics.md). A
+  token counts at the instant it is sampled, the event's end: decode runs never span a boundary
+  of the measurement window (the engine cuts them there), so every event's tokens lie on one side
+  of it, and only single iterations (constant levels) straddle one.
 * `LevelRecord`: the waiting-queue length and the running-set size of one replica from `t_s` on,
   written whenever either changes (a request is queued, admitted, preempted or finished: O(requests)
   records, so the cost of a run still grows with requests, not tokens). Levels are step functions
@@ -35,14 +38,16 @@ class IterRecord(NamedTuple):
     replica: int
     t_start_s: float
     t_end_s: float
-    steps: int
-    batch_seqs: int
-    prompt_tokens: int
-    recompute_tokens: int
-    output_tokens: int
-    running: int
-    waiting: int
-    kv_blocks_used: int
+    steps: int                # iterations in the event (0: a swap transfer alone)
+    batch_seqs: int           # sequences in each iteration (constant within an event)
+    prompt_tokens: int        # prompt tokens processed for the first time (at t_end_s)
+    recompute_tokens: int     # prefill redone after a preemption
+    output_tokens: int        # tokens sampled
+    swap_s: float             # seconds of KV transfer to or from host memory included in the span
+    kv_blocks_peak: int       # KV blocks held during the event's last iteration (its maximum)
+    kv_block_s: float         # KV blocks held, integrated over the span (block-seconds)
+    running: int              # running set after the event
+    waiting: int              # waiting queue after the event
 
 
 class LevelRecord(NamedTuple):

@@ -1,16 +1,17 @@
-"""Metrics: per-request and per-iteration records -> DataFrames and a summary (docs/metrics.md).
+"""Metrics: a run's records -> DataFrames and a summary (formulas in docs/metrics.md).
 
-Measurement window W = [warmup_s, duration_s). Latency statistics cover requests that ARRIVED in
-W (they are followed until they finish, also after duration_s). Throughput, utilization and the
-time-weighted levels cover what the GPUs did DURING W: each iteration record spans [t0, t1] and
-contributes the fraction of it that overlaps W (a multi-step decode run spreads its tokens evenly
-over its span). Idle time counts as zero batch, zero KV and zero queue.
+Everything is measured over one window W (window.py): latency statistics over the requests that
+arrived in it, throughput over the tokens sampled in it, and levels (busy, batch, KV, queue) as
+exact time integrals over it. The denominators are provisioned replica-seconds (lifecycle
+records), so a replica that exists costs what it costs whether it is busy or not.
 
 Per request: queue_s = admit - arrival; ttft_s = first token - arrival + front-end overhead;
 e2e_s = last token - arrival + front-end overhead (tokenize + schedule + detokenize/stream, see
-scenario.Frontend: these run outside the GPU iterations and, once per request, delay both); tpot_s = (last token - first token) /
-(output tokens - 1), undefined for one-token outputs. A request meets the SLO when it completed,
-ttft_s <= slo.ttft_s and (tpot_s <= slo.tpot_s or it has a single output token).
+scenario.Frontend: these run outside the GPU iterations and, once per request, delay both);
+tpot_s = (last token - first token) / (output tokens - 1), undefined for one-token outputs. A
+request meets the SLO when it completed, ttft_s <= slo.ttft_s and (tpot_s <= slo.tpot_s or it has
+a single output token). Its output tokens in W are those sampled in W; goodput counts them for
+SLO-meeting requests, so goodput and throughput have the same basis and goodput <= throughput.
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.metrics.records import STATUS_NAMES, IterRecord
+from sim.metrics.records import STATUS_NAMES, IterRecord, LevelRecord, LifecycleRecord
+from sim.metrics.window import Window
 from sim.scenario import Scenario
 
 ITER_COLUMNS = list(IterRecord._fields)
+LEVEL_COLUMNS = list(LevelRecord._fields)
+LIFECYCLE_COLUMNS = list(LifecycleRecord._fields)
+PERCENTILES = (50, 90, 99)
 
 
-def requests_frame(reqs: Sequence[Any], sc: Scenario) -> pd.DataFrame:
+# ---- frames ---------------------------------------------------------------------------------------
+
+def requests_frame(reqs: Sequence[Any], sc: Scenario, window: Window) -> pd.DataFrame:
     """One row per request, in arrival order."""
     def col(name: str) -> list:
         return [getattr(r, name) for r in reqs]
@@ -39,6 +46,7 @@ def requests_frame(reqs: Sequence[Any], sc: Scenario) -> pd.DataFrame:
     admit = np.asarray(col("admit_s"), dtype=float)
     out = np.asarray(col("output_tokens"), dtype=np.int64)
     inp = np.asarray(col("input_tokens"), dtype=np.int64)
+    sampled = np.asarray(col("generated"), dtype=np.int64)
     status = np.asarray([STATUS_NAMES[r.status] for r in reqs], dtype=object)
     done = status == "completed"
     fe = sc.serving.frontend.overhead_s(inp.astype(float))
@@ -47,8 +55,15 @@ def requests_frame(reqs: Sequence[Any], sc: Scenario) -> pd.DataFrame:
         e2e = np.where(done, finish - arrival + fe, nan)
         tpot = np.where(done & (out > 1), (finish - first) / (out - 1), nan)
     queue = np.where(admit >= 0, admit - arrival, nan)
-    in_window = (arrival >= sc.warmup_s) & (arrival < sc.duration_s)
+    if window.kind == "makespan":
+        in_window = arrival >= window.start_s
+    else:
+        in_window = (arrival >= window.start_s) & (arrival < window.end_s)
     met = done & (ttft <= sc.slo.ttft_s) & ((out <= 1) | (tpot <= sc.slo.tpot_s))
+    before_start = _sampled_before(np.asarray(col("sampled_before_start"), dtype=np.int64), sampled, finish,
+                                   window.start_s)
+    before_end = sampled if window.kind == "makespan" else _sampled_before(
+        np.asarray(col("sampled_before_end"), dtype=np.int64), sampled, finish, window.end_s)
     return pd.DataFrame({
         "request_id": np.asarray(col("id"), dtype=np.int64),
         "replica": np.asarray(col("replica"), dtype=np.int64),
@@ -63,96 +78,189 @@ def requests_frame(reqs: Sequence[Any], sc: Scenario) -> pd.DataFrame:
         "e2e_s": e2e,
         "finish_s": np.where(finish >= 0, finish, nan),
         "preemptions": np.asarray(col("preemptions"), dtype=np.int64),
+        "sampled_tokens": sampled,
+        "output_tokens_in_window": before_end - before_start,
         "in_window": in_window,
         "met_slo": met,
     })
 
 
-def iterations_frame(records: Sequence[IterRecord]) -> pd.DataFrame:
-    if not records:
-        return pd.DataFrame({c: pd.Series(dtype=float if c.startswith("t_") else np.int64) for c in ITER_COLUMNS})
-    return pd.DataFrame.from_records(records, columns=ITER_COLUMNS)
+def _sampled_before(noted: np.ndarray, sampled: np.ndarray, finish: np.ndarray, t_s: float) -> np.ndarray:
+    """Output tokens each request had sampled before instant t: noted then if it was in the system;
+    otherwise all of them if it had finished, none if it had not arrived."""
+    if t_s <= 0:
+        return np.zeros_like(sampled)
+    ended_before = (finish >= 0) & (finish < t_s)
+    return np.where(noted >= 0, noted, np.where(ended_before, sampled, 0))
 
+
+def iterations_frame(records: Sequence[IterRecord]) -> pd.DataFrame:
+    return _frame(records, ITER_COLUMNS)
+
+
+def levels_frame(records: Sequence[LevelRecord]) -> pd.DataFrame:
+    return _frame(records, LEVEL_COLUMNS)
+
+
+def lifecycle_frame(records: Sequence[LifecycleRecord]) -> pd.DataFrame:
+    return _frame(records, LIFECYCLE_COLUMNS)
+
+
+def _frame(records: Sequence[tuple], columns: list[str]) -> pd.DataFrame:
+    if not records:
+        return pd.DataFrame({c: pd.Series(dtype=float if c.endswith("_s") else object if c == "pool" else np.int64)
+                             for c in columns})
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+# ---- time integrals over the window -------------------------------------------------------------------
+
+def provisioned_s(life: pd.DataFrame, window: Window) -> tuple[float, float]:
+    """(replica-seconds, GPU-seconds) provisioned inside W."""
+    ov = window.overlap_s(life["t_provisioned_s"].to_numpy(), life["t_gone_s"].to_numpy())
+    return float(ov.sum()), float((ov * life["gpus"].to_numpy()).sum())
+
+
+def level_integral(levels: pd.DataFrame, name: str, window: Window) -> float:
+    """Integral over W of a logged level, summed over replicas (each level holds until the
+    replica's next record)."""
+    if levels.empty:
+        return 0.0
+    lv = levels.sort_values(["replica", "t_s"], kind="stable")
+    t = lv["t_s"].to_numpy()
+    rep = lv["replica"].to_numpy()
+    nxt = np.append(t[1:], np.inf)
+    nxt[np.append(rep[1:] != rep[:-1], True)] = np.inf   # a replica's last level lasts to the end
+    return float((lv[name].to_numpy() * window.overlap_s(t, nxt)).sum())
+
+
+def record_shares(it: pd.DataFrame, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per iteration record: seconds inside W, that share of its span, and whether its tokens
+    (sampled at its end) count in W."""
+    t0, t1 = it["t_start_s"].to_numpy(), it["t_end_s"].to_numpy()
+    ov = window.overlap_s(t0, t1)
+    span = t1 - t0
+    frac = np.divide(ov, span, out=np.zeros_like(ov), where=span > 0)
+    return ov, frac, window.holds(t1)
+
+
+# ---- the summary -------------------------------------------------------------------------------------
 
 def _pcts(x: np.ndarray, name: str) -> dict[str, float]:
     x = x[~np.isnan(x)]
+    keys = ["mean", *(f"p{p}" for p in PERCENTILES)]
     if len(x) == 0:
-        return {f"{name}_{k}": float("nan") for k in ("mean", "p50", "p90", "p99")}
-    p50, p90, p99 = np.percentile(x, [50, 90, 99])
-    return {f"{name}_mean": float(x.mean()), f"{name}_p50": float(p50), f"{name}_p90": float(p90),
-            f"{name}_p99": float(p99)}
+        return {f"{name}_{k}": float("nan") for k in keys}
+    vals = [float(x.mean()), *(float(v) for v in np.percentile(x, PERCENTILES))]
+    return {f"{name}_{k}": v for k, v in zip(keys, vals, strict=True)}
 
 
-def window_overlap_s(it: pd.DataFrame, w0: float, w1: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per record: seconds inside [w0, w1], and that as a fraction of the record's span."""
-    t0 = it["t_start_s"].to_numpy()
-    t1 = it["t_end_s"].to_numpy()
-    ov = np.clip(np.minimum(t1, w1) - np.maximum(t0, w0), 0.0, None)
-    span = t1 - t0
-    frac = np.divide(ov, span, out=np.zeros_like(ov), where=span > 0)
-    return ov, frac
+def _rate(x: float, seconds: float) -> float:
+    return x / seconds if seconds > 0 else float("nan")
 
 
-def summarize(sc: Scenario, req: pd.DataFrame, it: pd.DataFrame, total_blocks: int) -> dict[str, float]:
-    """The run's headline figures (before cost). Names carry units."""
-    w0, w1 = sc.warmup_s, sc.duration_s
-    window_s = w1 - w0
-    n_rep, gpus = sc.serving.replicas, sc.gpus
+def population(req: pd.DataFrame, window: Window) -> dict[str, Any]:
+    """Counts and latency statistics of the requests that arrived in W."""
     win = req[req["in_window"]]
     done = win[win["status"] == "completed"]
-    s: dict[str, float] = {
-        "window_s": window_s,
-        "replicas": n_rep,
-        "gpus": gpus,
+    s: dict[str, Any] = {
         "requests_arrived": int(len(win)),
         "requests_completed": int(len(done)),
         "requests_rejected": int((win["status"] == "rejected").sum()),
         "requests_in_flight": int((win["status"] == "in_flight").sum()),
         "preemptions": int(win["preemptions"].sum()),
-        "arrival_rate_per_s": len(win) / window_s,
+        "arrival_rate_per_s": _rate(len(win), window.length_s),
     }
     for name in ("ttft_s", "tpot_s", "e2e_s", "queue_s"):
         s.update(_pcts(done[name].to_numpy(dtype=float), name))
+    tpot = done["tpot_s"].to_numpy(dtype=float)
+    tpot = tpot[~np.isnan(tpot) & (tpot > 0)]
+    s["output_tok_per_s_per_user_p50"] = float(np.median(1.0 / tpot)) if len(tpot) else float("nan")
+    return s
 
-    ov, frac = window_overlap_s(it, w0, w1)
-    out_tok = float((it["output_tokens"].to_numpy() * frac).sum())
-    in_tok = float((it["prompt_tokens"].to_numpy() * frac).sum())
-    s["output_tokens"] = out_tok
-    s["input_tokens"] = in_tok
-    s["recompute_tokens"] = float((it["recompute_tokens"].to_numpy() * frac).sum())
-    s["output_tok_per_s"] = out_tok / window_s
-    s["input_tok_per_s"] = in_tok / window_s
-    s["total_tok_per_s"] = (out_tok + in_tok) / window_s
-    s["output_tok_per_s_per_gpu"] = s["output_tok_per_s"] / gpus
+
+def throughput(it: pd.DataFrame, req: pd.DataFrame, window: Window, gpus: float) -> dict[str, Any]:
+    """Tokens sampled or processed in W, and their rates."""
+    _, _, counts = record_shares(it, window)
+    out_tok = int(it["output_tokens"].to_numpy()[counts].sum())
+    in_tok = int(it["prompt_tokens"].to_numpy()[counts].sum())
+    w = window.length_s
+    s: dict[str, Any] = {
+        "output_tokens": out_tok,
+        "input_tokens": in_tok,
+        "recompute_tokens": int(it["recompute_tokens"].to_numpy()[counts].sum()),
+        "output_tok_per_s": _rate(out_tok, w),
+        "input_tok_per_s": _rate(in_tok, w),
+        "total_tok_per_s": _rate(out_tok + in_tok, w),
+    }
+    s["output_tok_per_s_per_gpu"] = s["output_tok_per_s"] / gpus if gpus else float("nan")
+    s["total_tok_per_s_per_gpu"] = s["total_tok_per_s"] / gpus if gpus else float("nan")
     # Offline-benchmark throughput: all completed output over first arrival -> last token.
     fin = req["finish_s"].to_numpy(dtype=float)
     s["makespan_s"] = float(np.nanmax(fin) - req["arrival_s"].min()) if np.isfinite(fin).any() else float("nan")
     all_done = req["status"] == "completed"
     s["output_tok_per_s_per_gpu_makespan"] = (float(req.loc[all_done, "output_tokens"].sum()) / s["makespan_s"] / gpus
-                                              if s["makespan_s"] > 0 else float("nan"))
-    s["total_tok_per_s_per_gpu"] = s["total_tok_per_s"] / gpus
-    tpot = done["tpot_s"].to_numpy(dtype=float)
-    tpot = tpot[~np.isnan(tpot) & (tpot > 0)]
-    s["output_tok_per_s_per_user_p50"] = float(np.median(1.0 / tpot)) if len(tpot) else float("nan")
+                                              if s["makespan_s"] > 0 and gpus else float("nan"))
+    return s
 
-    denom = window_s * n_rep
-    s["gpu_busy_fraction"] = float(ov.sum() / denom)
-    s["batch_size_mean"] = float((it["batch_seqs"].to_numpy() * ov).sum() / denom)
-    s["queue_len_mean"] = float((it["waiting"].to_numpy() * ov).sum() / denom)
-    s["kv_occupancy_mean"] = float((it["kv_blocks_used"].to_numpy() * ov).sum() / denom / total_blocks)
 
+def levels(it: pd.DataFrame, lv: pd.DataFrame, window: Window, replica_s: float, kv_blocks: int) -> dict[str, float]:
+    """Time averages over W per provisioned replica: busy fraction, batch, queue, KV occupancy."""
+    ov, frac, _ = record_shares(it, window)
+    if replica_s <= 0:
+        return dict.fromkeys(("gpu_busy_fraction", "batch_size_mean", "queue_len_mean", "running_mean",
+                              "kv_occupancy_mean"), float("nan"))
+    return {
+        "gpu_busy_fraction": float(ov.sum() / replica_s),
+        "batch_size_mean": float((it["batch_seqs"].to_numpy() * ov).sum() / replica_s),
+        "queue_len_mean": level_integral(lv, "waiting", window) / replica_s,
+        "running_mean": level_integral(lv, "running", window) / replica_s,
+        # Only single iterations (constant KV) straddle a boundary of W, so the share of an
+        # event's block-seconds inside W is its time share.
+        "kv_occupancy_mean": float((it["kv_block_s"].to_numpy() * frac).sum() / replica_s / kv_blocks),
+    }
+
+
+def slo(req: pd.DataFrame, sc: Scenario, window: Window) -> dict[str, Any]:
+    """SLO attainment of the latency population, the SLO verdict, and goodput."""
+    win = req[req["in_window"]]
+    done = win[win["status"] == "completed"]
     n = len(win)
-    s["slo_attainment"] = float(win["met_slo"].sum() / n) if n else float("nan")
     p = sc.slo.percentile
     unfinished = (n - len(done)) / n if n else 0.0
     ttft_p = float(np.percentile(done["ttft_s"], p)) if len(done) else float("inf")
     tpots = done["tpot_s"].dropna()
     tpot_p = float(np.percentile(tpots, p)) if len(tpots) else 0.0
-    s["ttft_s_at_slo_percentile"] = ttft_p
-    s["tpot_s_at_slo_percentile"] = tpot_p
-    s["slo_met"] = bool(n > 0 and ttft_p <= sc.slo.ttft_s and tpot_p <= sc.slo.tpot_s
-                        and unfinished <= 1.0 - p / 100.0)
-    good = win[win["met_slo"]]
-    s["goodput_req_per_s"] = len(good) / window_s
-    s["goodput_output_tok_per_s"] = float(good["output_tokens"].sum()) / window_s
+    good_tokens = int(req.loc[req["met_slo"], "output_tokens_in_window"].sum())
+    return {
+        "slo_attainment": float(win["met_slo"].sum() / n) if n else float("nan"),
+        "ttft_s_at_slo_percentile": ttft_p,
+        "tpot_s_at_slo_percentile": tpot_p,
+        "slo_met": bool(n > 0 and ttft_p <= sc.slo.ttft_s and tpot_p <= sc.slo.tpot_s
+                        and unfinished <= 1.0 - p / 100.0),
+        "goodput_req_per_s": _rate(int(win["met_slo"].sum()), window.length_s),
+        "goodput_output_tokens": good_tokens,
+        "goodput_output_tok_per_s": _rate(good_tokens, window.length_s),
+    }
+
+
+def summarize(sc: Scenario, req: pd.DataFrame, it: pd.DataFrame, lv: pd.DataFrame, life: pd.DataFrame,
+              window: Window, kv_blocks: int) -> dict[str, Any]:
+    """The run's headline figures (before cost). Names carry units."""
+    replica_s, gpu_s = provisioned_s(life, window)
+    w = window.length_s
+    s: dict[str, Any] = {
+        "window": window.kind,
+        "window_start_s": window.start_s,
+        "window_end_s": window.end_s,
+        "window_s": w,
+        "replicas": replica_s / w if w > 0 else float(len(life)),
+        "gpus": gpu_s / w if w > 0 else float(life["gpus"].sum()),
+        "replica_seconds": replica_s,
+        "gpu_seconds": gpu_s,
+    }
+    s.update(population(req, window))
+    s.update(throughput(it, req, window, s["gpus"]))
+    s.update(levels(it, lv, window, replica_s, kv_blocks))
+    s.update(slo(req, sc, window))
     return s
