@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from conftest import base_dict, step_model, step_s
 
-from sim.catalog import BYTES_PER_ELEMENT
 from sim.perf import Chunk, LinearPath, RooflineStepModel, StepShape
 from sim.scenario import scenario_from_dict
 
@@ -42,7 +41,6 @@ def test_precision_halves_weight_bytes():
     fp8 = model(serving={"precision": {"weights": "fp8", "kv_cache": "fp8"}})
     assert fp8.base_weight_bytes == pytest.approx(bf16.base_weight_bytes / 2)
     assert step_s(fp8, 1, 10) < step_s(bf16, 1, 10)
-    assert BYTES_PER_ELEMENT["fp4"] == pytest.approx(0.5625)
 
 
 def test_tensor_parallel_adds_allreduce_and_splits_work():

@@ -39,14 +39,6 @@ def test_least_outstanding_picks_the_lowest_index_minimum():
     assert counts.min() > 0.15 * len(req)
 
 
-def test_least_kv_load_spreads_long_prompts():
-    d = {"workload": {"arrivals": {"kind": "poisson", "rate_per_s": 30},
-                      "input_tokens": {"kind": "lognormal", "mean": 3000, "cv": 1.5},
-                      "output_tokens": {"kind": "fixed", "value": 200}}}
-    r = routed("least_kv_load", **d)
-    counts = np.bincount(r, minlength=4)
-    assert counts.min() > 0.15 * len(r)
-
 
 def three_requests(router: str) -> list[int]:
     """A long request, then two short ones while it decodes, on two replicas."""
