@@ -25,14 +25,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sim.errors import InputError
-from sim.scenario import ClosedLoop, Diurnal, GammaArrivals, Offline, Piecewise, Poisson, Scenario
+from sim.scenario import (
+    ClosedLoop,
+    Diurnal,
+    GammaArrivals,
+    Offline,
+    Piecewise,
+    Poisson,
+    Scenario,
+    format_validation_error,
+    read_scenario_file,
+    scenario_from_dict,
+)
+from sim.sweep import apply_params, execute, make_points
 
 Rows = list[dict[str, Any]]
 
@@ -164,6 +178,9 @@ def max_load(evaluate: Callable[[float], Rows], start: float, integer: bool, rel
         if lo is None:
             return s
 
+    if lo is None or hi is None:
+        return s
+
     def narrow(lo: float, hi: float) -> bool:
         return hi - lo <= 1 if integer else (hi - lo) <= rel_tol * hi
 
@@ -193,7 +210,7 @@ def summary_row(candidate: int, overrides: dict[str, Any], rows: Rows) -> dict[s
         "gpus": _mean(rows, "gpus"),
         "usd_per_m_output_tokens": _mean(rows, "usd_per_m_output_tokens"),
         "usd_per_m_total_tokens": _mean(rows, "usd_per_m_total_tokens"),
-        "usd_per_gpu_h": _mean(rows, "price_usd_per_gpu_h"),
+        "price_usd_per_gpu_h": _mean(rows, "price_usd_per_gpu_h"),
         "ttft_s_p99": _mean(rows, "ttft_s_p99"),
         "tpot_s_p99": _mean(rows, "tpot_s_p99"),
         "slo_attainment": _mean(rows, "slo_attainment"),
@@ -207,3 +224,123 @@ def cheapest(table: pd.DataFrame) -> pd.Series | None:
     if feasible.empty:
         return None
     return feasible.sort_values(["usd_per_m_output_tokens", "gpus"], kind="stable").iloc[0]
+
+
+STOPPING_RULES = (
+    "meets the SLO = every replication reports slo_met; min replicas: 1, 2, 4, ... then bisection; "
+    "max load: double/halve to bracket, then bisect until the bracket is within rate_tolerance "
+    "(integer knobs: 1 apart) or max_evaluations"
+)
+
+
+@dataclass(frozen=True)
+class PlanFile:
+    """A parsed plan file: the base scenario data, its validated scenario, the plan block, where it lives."""
+
+    base: dict[str, Any]
+    scenario: Scenario
+    spec: PlanSpec
+    base_dir: str
+    source: str
+
+
+def load_plan(path: str | Path, overrides: dict[str, Any] | None = None,
+              spec_updates: dict[str, Any] | None = None) -> PlanFile:
+    """Read a scenario file with an optional `plan:` block; `spec_updates` (command-line flags)
+    override the block. Every candidate is validated up front."""
+    p = Path(path)
+    base, blocks = read_scenario_file(p, overrides)
+    try:
+        spec = PlanSpec.model_validate(blocks.get("plan") or {})
+    except ValidationError as err:
+        raise InputError(format_validation_error(err, str(p), prefix="plan.")) from None
+    if spec_updates:
+        try:
+            spec = PlanSpec.model_validate({**spec.model_dump(), **spec_updates})
+        except ValidationError as err:
+            raise InputError(format_validation_error(err, "command line", prefix="--")) from None
+    base_dir = str(p.parent.resolve())
+    sc = scenario_from_dict(base, source=str(p), base_dir=base_dir)
+    for i, cand in enumerate(spec.candidates):
+        try:
+            scenario_from_dict(apply_params(base, cand), source=str(p), base_dir=base_dir)
+        except InputError as err:
+            raise InputError(f"{err}\n  (in plan.candidates[{i}])") from None
+    return PlanFile(base, sc, spec, base_dir, str(p))
+
+
+@dataclass
+class PlanResult:
+    """The answer of a capacity plan: one row per candidate, every simulation run, the cheapest."""
+
+    mode: str                       # "min_replicas" or "max_load"
+    knob: LoadKnob
+    load: float | None              # the load planned for (min_replicas mode)
+    replications: int
+    candidates: pd.DataFrame
+    evaluations: pd.DataFrame
+    cheapest: int | None
+    stopping_rules: str = STOPPING_RULES
+
+    def answer(self) -> dict[str, Any]:
+        """Plain data for plan.json."""
+        return {"mode": self.mode, "load_knob": self.knob.path, "load_unit": self.knob.unit, "load": self.load,
+                "replications": self.replications, "stopping_rules": self.stopping_rules,
+                "cheapest_candidate": self.cheapest, "candidates": self.candidates.to_dict(orient="records")}
+
+
+def plan(pf: PlanFile, executor: Executor, *, max_rate: bool = False,
+         on_evaluation: Callable[[int, str, float, bool], None] | None = None) -> PlanResult:
+    """Run the plan's searches on `executor`: per candidate the fewest replicas that meet the SLO
+    at the load (or, with max_rate, the highest load its replicas sustain), and the cheapest.
+    `on_evaluation(candidate, knob, value, met)` is called after each evaluation."""
+    sc, spec = pf.scenario, pf.spec
+    knob = load_knob(sc)
+    rate = spec.rate if spec.rate is not None else knob.value
+    candidates = spec.candidates or [{}]
+    evaluations: list[dict[str, Any]] = []
+    table: list[dict[str, Any]] = []
+
+    def evaluate(cand_i: int, params: dict[str, Any], label: str, value: float) -> Rows:
+        rows = list(execute(pf.base, pf.base_dir, make_points([params], spec.replications, sc.seed), executor))
+        met = meets(rows)
+        evaluations.extend({"candidate": cand_i, "search": label, "value": value, "met": met,
+                            **{k: v for k, v in r.items() if k != "traceback"}} for r in rows)
+        if on_evaluation is not None:
+            on_evaluation(cand_i, label, value, met)
+        return rows
+
+    for i, cand in enumerate(candidates):
+        def at_load(v: float, i: int = i, cand: dict[str, Any] = cand) -> Rows:
+            return evaluate(i, {**cand, knob.path: v}, knob.path, v)
+
+        def with_replicas(n: float, i: int = i, cand: dict[str, Any] = cand) -> Rows:
+            return evaluate(i, {**cand, knob.path: rate, "serving.replicas": n}, "serving.replicas", n)
+
+        if max_rate:
+            search = max_load(at_load, start=knob.value, integer=knob.integer, rel_tol=spec.rate_tolerance,
+                              max_evaluations=spec.max_evaluations)
+            row = _candidate_row(i, cand, search)
+            replicas = scenario_from_dict(apply_params(pf.base, cand), base_dir=pf.base_dir).serving.replicas
+            row.update({"max_load": search.answer, "replicas": replicas,
+                        "max_load_per_replica": None if search.answer is None else search.answer / replicas})
+        else:
+            search = min_replicas(with_replicas, spec.max_replicas)
+            row = _candidate_row(i, cand, search)
+            row["min_replicas"] = search.answer
+        table.append(row)
+    plan_df = pd.DataFrame(table)
+    best = cheapest(plan_df)
+    return PlanResult("max_load" if max_rate else "min_replicas", knob, None if max_rate else rate,
+                      spec.replications, plan_df, pd.DataFrame(evaluations),
+                      None if best is None else int(best["candidate"]))
+
+
+def _candidate_row(i: int, cand: dict[str, Any], search: Search) -> dict[str, Any]:
+    """The figures at a candidate's answer (or at its last evaluation, if infeasible)."""
+    rows = search.rows_at(search.answer) if search.answer is not None else (search.evaluations[-1][2]
+                                                                            if search.evaluations else [])
+    row = summary_row(i, cand, rows)
+    row["feasible"] = search.answer is not None
+    row["evaluations"] = len(search.evaluations)
+    return row

@@ -1,5 +1,8 @@
 """Figures from result tables (matplotlib; returned, never saved: the CLI writes files).
 
+Figures are built with matplotlib's object-oriented API (`Figure`, no pyplot), so importing this
+module sets no global backend and keeps no figure alive.
+
 Pareto chart as published inference benchmarks draw it: throughput per GPU (y) against the
 streaming speed one user sees, 1/TPOT (x). Every configuration x load point is a dot; the
 non-dominated points form the frontier, each labelled with its $ per million tokens.
@@ -7,19 +10,15 @@ non-dominated points form the frontier, each labelled with its $ per million tok
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display needed; must precede pyplot
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import pandas as pd
+from matplotlib.figure import Figure
 
 
 def pareto_figure(points: pd.DataFrame, frontier: pd.DataFrame, x: str, y: str, cost: str | None,
                   title: str, group: str | None = None) -> Figure:
     """Scatter of all points (coloured by `group` if given) with the frontier and cost labels."""
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig = Figure(figsize=(8, 5.5))
+    ax = fig.add_subplot()
     if group and group in points:
         for name, g in points.groupby(group, sort=False):
             g = g.sort_values(x)
@@ -37,7 +36,3 @@ def pareto_figure(points: pd.DataFrame, frontier: pd.DataFrame, x: str, y: str, 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
-
-
-def close(fig: Figure) -> None:
-    plt.close(fig)

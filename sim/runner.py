@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import count
 from typing import Any
 
@@ -105,6 +106,10 @@ def window_marks(sc: Scenario) -> dict[str, float]:
     return {k: v for k, v in marks.items() if v > 0}
 
 
+def _note(cluster: Cluster, attr: str, _event: simpy.Event) -> None:
+    cluster.note_sampled(attr)
+
+
 def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Simulation:
     """Wire a simulation. allow_jumps=False advances decode one step per event (reference mode)."""
     seed = sc.seed if seed is None else seed
@@ -124,7 +129,7 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
     # Created before anything else is scheduled, each mark fires before any other event at its
     # instant: it sees the tokens sampled strictly before the boundary.
     for attr, t in marks.items():
-        env.timeout(t).callbacks.append(lambda _ev, a=attr: cluster.note_sampled(a))
+        env.timeout(t).callbacks.append(partial(_note, cluster, attr))
     sim = Simulation(sc, seed, env, cluster, specs, [], records, levels)
     arrivals = sc.workload.arrivals
     if isinstance(arrivals, ClosedLoop):

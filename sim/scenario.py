@@ -417,18 +417,33 @@ def read_yaml(path: str | Path) -> Any:
         raise InputError(f"{p}: malformed YAML{where}: {problem}") from None
 
 
+#: Scenario keys that set the offered load (one per kind of workload; plan.load_knob picks one).
+LOAD_KNOB_PATHS = ("workload.arrivals.rate_per_s", "workload.arrivals.mean_rate_per_s", "workload.arrivals.clients",
+                   "workload.trace.rate_scale")
+
+#: Blocks a scenario file may carry for other commands (sweep and plan files are scenarios plus one).
+COMMAND_BLOCKS = ("sweep", "plan")
+
+
+def read_scenario_file(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a scenario, sweep or plan file: (scenario data with the dotted `overrides` applied,
+    {block name: block} of the command blocks it carried). Validation is the caller's."""
+    p = Path(path)
+    data = read_yaml(p)
+    if not isinstance(data, dict):
+        raise InputError(f"{p}: the file must hold a mapping of scenario keys, got {type(data).__name__}")
+    data = dict(data)
+    blocks = {name: data.pop(name) for name in COMMAND_BLOCKS if name in data}
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return data, blocks
+
+
 def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
     """Load and validate a scenario file. `overrides` maps dotted keys to values
     (e.g. {"duration_s": 60}) applied before validation."""
-    p = Path(path)
-    data = read_yaml(p)
-    if isinstance(data, dict):
-        data = dict(data)
-        data.pop("sweep", None)  # sweep and plan files are scenarios plus a block of their own
-        data.pop("plan", None)
-        for key, value in (overrides or {}).items():
-            set_dotted(data, key, value)
-    return scenario_from_dict(data, source=str(p), base_dir=p.parent)
+    data, _ = read_scenario_file(path, overrides)
+    return scenario_from_dict(data, source=str(path), base_dir=Path(path).parent)
 
 
 def set_dotted(data: dict, key: str, value: Any) -> None:

@@ -27,6 +27,7 @@ import math
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sim.errors import InputError
-from sim.scenario import format_validation_error, read_yaml, scenario_from_dict, set_dotted
+from sim.scenario import (
+    LOAD_KNOB_PATHS,
+    format_validation_error,
+    read_scenario_file,
+    scenario_from_dict,
+    set_dotted,
+)
 
 #: Columns every sweep row carries; an axis of the same name would be ignored or overwrite them.
 RESERVED_AXES = ("seed", "root_seed", "replication", "replications", "point_id", "error", "traceback")
@@ -119,20 +126,14 @@ class SweepFile:
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepFile:
     """Read a sweep file (a scenario plus a `sweep:` block) and validate every point up front."""
     p = Path(path)
-    data = read_yaml(p)
-    if not isinstance(data, dict):
-        raise InputError(f"{p}: the file must hold a mapping of scenario keys")
-    data = dict(data)
-    raw = data.pop("sweep", None)
-    data.pop("plan", None)
+    data, blocks = read_scenario_file(p, overrides)
+    raw = blocks.get("sweep")
     if raw is None:
         raise InputError(f"{p}: no 'sweep:' block (a sweep file is a scenario plus sweep: {{axes: ..., replications: N}})")
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:
         raise InputError(format_validation_error(err, str(p), prefix="sweep.")) from None
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
     sf = SweepFile(data, spec, str(p.parent.resolve()), str(p))
     validate_points(sf.base, expand(spec), sf.base_dir, sf.source)
     return sf
@@ -262,6 +263,35 @@ PARETO_X = "output_tok_per_s_per_user_p50"
 PARETO_Y = "total_tok_per_s_per_gpu"
 
 
+@dataclass
+class SweepResult:
+    """A sweep's tables: rows (point x replication), the per-point aggregate, and the Pareto
+    frontier of (tokens/s/user, tokens/s/GPU) means with each point's configuration label (the
+    values of the axes that are not load knobs, so each configuration is one curve)."""
+
+    rows: pd.DataFrame
+    aggregate: pd.DataFrame
+    pareto: pd.DataFrame
+    params: list[str]
+    config_params: list[str]
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        return self.rows[self.rows["error"] != ""] if "error" in self.rows else self.rows.iloc[0:0]
+
+
+def analyse(rows: pd.DataFrame, spec: SweepSpec) -> SweepResult:
+    """Aggregate a sweep's rows and find its Pareto frontier."""
+    params = list(spec.axes) + list(spec.zip)
+    agg = aggregate(rows, params)
+    config = [c for c in params if c not in LOAD_KNOB_PATHS and c in agg and agg[c].nunique() > 1]
+    if config and not agg.empty:
+        agg = agg.assign(configuration=agg[config].astype(str).agg(" / ".join, axis=1))
+    x, y = f"{PARETO_X}_mean", f"{PARETO_Y}_mean"
+    front = pareto_frontier(agg, x, y) if not agg.empty and x in agg and y in agg else agg.iloc[0:0]
+    return SweepResult(rows, agg, front, params, config)
+
+
 def pareto_frontier(df: pd.DataFrame, x: str = PARETO_X, y: str = PARETO_Y) -> pd.DataFrame:
     """Rows not dominated in (x, y), both to maximise, sorted by x ascending."""
     d = df.dropna(subset=[x, y]).sort_values([x, y], ascending=[False, False], kind="stable")
@@ -275,10 +305,10 @@ def pareto_frontier(df: pd.DataFrame, x: str = PARETO_X, y: str = PARETO_Y) -> p
 
 # ---- executors ------------------------------------------------------------------------------
 
-class inline_executor(Executor):  # noqa: N801
+class InlineExecutor(Executor):
     """Runs each task at submit time in this process (one worker, no pool, easy to debug)."""
 
-    def submit(self, fn, /, *args, **kwargs) -> Future:  # type: ignore[override]
+    def submit(self, fn, /, *args, **kwargs) -> Future:
         fut: Future = Future()
         try:
             fut.set_result(fn(*args, **kwargs))
@@ -286,47 +316,43 @@ class inline_executor(Executor):  # noqa: N801
             fut.set_exception(err)
         return fut
 
-    def __enter__(self) -> Executor:
-        return self
+
+@contextmanager
+def inline_executor() -> Iterator[Executor]:
+    """`with inline_executor() as ex:` runs every point in this process."""
+    yield InlineExecutor()
 
 
-class local_executor:  # noqa: N801 - used like a function in `with local_executor(2) as ex:`
-    """A process pool of `workers` processes (context manager yielding the executor)."""
+@contextmanager
+def local_executor(workers: int) -> Iterator[Executor]:
+    """`with local_executor(2) as ex:` runs points in a pool of `workers` processes."""
+    from concurrent.futures import ProcessPoolExecutor
 
-    def __init__(self, workers: int) -> None:
-        from concurrent.futures import ProcessPoolExecutor
-
-        self._pool = ProcessPoolExecutor(max_workers=workers)
-
-    def __enter__(self) -> Executor:
-        return self._pool
-
-    def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    pool = ProcessPoolExecutor(max_workers=workers)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-class dask_executor:  # noqa: N801
+@contextmanager
+def dask_executor(address: str | None, workers: int) -> Iterator[Executor]:
     """Dask distributed as a concurrent.futures executor: connect to a scheduler at `address`,
     or start a local cluster of `workers` single-threaded worker processes when address is None."""
+    from distributed import Client, LocalCluster
 
-    def __init__(self, address: str | None, workers: int) -> None:
-        from distributed import Client, LocalCluster
-
-        self._cluster = None
-        if address is None:
-            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None)
-            self._client = Client(self._cluster)
-        else:
-            try:
-                self._client = Client(address, timeout="15s")
-            except (OSError, TimeoutError, ValueError) as err:
-                raise InputError(f"--dask: cannot connect to a Dask scheduler at {address!r}: {err}") from None
-
-    def __enter__(self) -> Executor:
-        return self._client.get_executor(pure=False)
-
-    def __exit__(self, *exc: object) -> None:
-        self._client.close()
-        if self._cluster is not None:
-            self._cluster.close()
+    cluster = None
+    if address is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(address, timeout="15s")
+        except (OSError, TimeoutError, ValueError) as err:
+            raise InputError(f"--dask: cannot connect to a Dask scheduler at {address!r}: {err}") from None
+    try:
+        yield client.get_executor(pure=False)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

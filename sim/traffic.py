@@ -39,6 +39,13 @@ def open_loop_source(env: simpy.Environment, submit: Submit, reqs: OpenLoopReque
         submit(r)
 
 
+def _succeed(ev: simpy.Event) -> Callable[[Request], None]:
+    """A request's completion callback that triggers `ev`."""
+    def done(_r: Request) -> None:
+        ev.succeed()
+    return done
+
+
 def closed_loop_client(env: simpy.Environment, submit: Submit, spec: ClosedLoop, lengths: ClosedLoopLengths,
                        think_rng: np.random.Generator, stop_s: float, out: list[Request],
                        next_id: Callable[[], int]) -> Generator[simpy.Event, Any, None]:
@@ -46,7 +53,7 @@ def closed_loop_client(env: simpy.Environment, submit: Submit, spec: ClosedLoop,
     while env.now < stop_s:
         inp, outp, hashes = lengths.next()
         done = env.event()
-        r = Request(next_id(), env.now, inp, outp, on_done=lambda _r, ev=done: ev.succeed(), hash_ids=hashes)
+        r = Request(next_id(), env.now, inp, outp, on_done=_succeed(done), hash_ids=hashes)
         out.append(r)
         submit(r)
         yield done

@@ -17,8 +17,8 @@ import yaml
 
 from sim.calibrate import DEFAULT_PARAMS, fit, profile, read_measurements_csv, reference_points
 from sim.errors import InputError
+from simcli.common import RESULTS_DIR, unique
 from simcli.output import fmt, make_console, write_text
-from simcli.run_cmd import RESULTS_DIR, unique
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -84,7 +84,9 @@ INP, OUT = 200, 4
 
 def mdc_scenario(tmp_path, plan: dict, rate_factor: float, replicas: int = 1) -> tuple:
     """Replicas that serve one request at a time with a deterministic service time D: an M/D/c queue."""
-    d = base_dict(duration_s=600.0, warmup_s=60.0)
+    # A short drain: an unstable configuration fails by its unfinished requests without
+    # simulating an hour of backlog.
+    d = base_dict(duration_s=240.0, warmup_s=30.0, drain_timeout_s=120.0)
     d["serving"] = {**d["serving"], "replicas": replicas, "router": "least_outstanding",
                     "batching": {"max_num_seqs": 1, "max_num_batched_tokens": 4096}}
     d["workload"]["input_tokens"] = {"kind": "fixed", "value": INP}
@@ -158,3 +160,20 @@ def test_bad_plan_blocks(tmp_path, plan, needle):
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_plan_python_api_returns_the_answer(tmp_path):
+    from sim.plan import load_plan, plan
+    from sim.sweep import inline_executor
+
+    p, _ = mdc_scenario(tmp_path, {"replications": 1, "max_replicas": 8}, rate_factor=1.5)
+    pf = load_plan(p, overrides={"duration_s": 200.0, "warmup_s": 20.0}, spec_updates={"replications": 2})
+    assert pf.spec.replications == 2
+    seen = []
+    with inline_executor() as ex:
+        result = plan(pf, ex, on_evaluation=lambda c, k, v, met: seen.append((c, v, met)))
+    assert result.mode == "min_replicas" and result.cheapest == 0
+    assert result.candidates.loc[0, "min_replicas"] == 2       # 1.5 servers' worth of load
+    assert (0, 2, True) in seen and (0, 1, False) in seen
+    assert len(result.evaluations) == 2 * len(seen)
+    assert result.answer()["load_knob"] == "workload.arrivals.rate_per_s"

@@ -244,3 +244,23 @@ def test_dask_local_cluster_equals_process_pool(tmp_path):
     pd.testing.assert_frame_equal(a, b)
     manifest = json.loads((tmp_path / "dask" / "sweep.json").read_text())
     assert manifest["points"] == 8
+
+
+def test_sweep_analysis_groups_configurations_by_non_load_axes():
+    from sim.sweep import analyse
+
+    spec = SweepSpec(axes={"serving.replicas": [1, 2], "workload.arrivals.rate_per_s": [1, 2, 4]}, replications=2)
+    rows = []
+    for rep in (1, 2):
+        for rate in (1, 2, 4):
+            for r in (0, 1):
+                rows.append({"point_id": f"{rep}-{rate}", "replication": r, "seed": r, "root_seed": 0,
+                             "serving.replicas": rep, "workload.arrivals.rate_per_s": rate, "error": "",
+                             "output_tok_per_s_per_user_p50": 100.0 / rate, "total_tok_per_s_per_gpu": rate * 50.0 / rep})
+    res = analyse(pd.DataFrame(rows), spec)
+    assert res.config_params == ["serving.replicas"]          # the rate axis is a load knob, not a configuration
+    assert sorted(res.aggregate["configuration"].unique()) == ["1", "2"]
+    assert len(res.aggregate) == 6 and (res.aggregate["replications"] == 2).all()
+    # Pareto in (speed per user, throughput per GPU): the one-replica points dominate.
+    assert set(res.pareto["serving.replicas"]) == {1} and len(res.pareto) == 3
+    assert res.failed.empty

@@ -105,7 +105,8 @@ class Segment(NamedTuple):
 class DecodeRun(Protocol):
     """Step time of a fixed batch of decoding sequences as a function of their summed context."""
 
-    batch: int
+    @property
+    def batch(self) -> int: ...
 
     def step_s(self, ctx_sum: float) -> float: ...
 

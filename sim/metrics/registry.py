@@ -1,0 +1,140 @@
+"""One registry of the metrics people read: label, unit, display scale and digits, and which
+direction is better. Every table (run summary, sweep, plan) and the report take their headers,
+units and number formats from here, so a metric is described once.
+
+Formatting returns strings and never prints (the library stays silent).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str                 # key in summary.json (unit in the name)
+    label: str                # what a person reads
+    unit: str                 # unit of the displayed value (after `scale`)
+    digits: int = 3
+    scale: float = 1.0        # displayed value = stored value x scale (seconds -> ms: 1000)
+    better: str = ""          # "lower", "higher" or "" (neither)
+    column: str = ""          # compact column header with its unit (default: "label (unit)")
+
+    @property
+    def header(self) -> str:
+        if self.column:
+            return self.column
+        return f"{self.label} ({self.unit})" if self.unit else self.label
+
+    def display(self, value: Any) -> str:
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return format_value(value, self.digits)
+        return format_value(value * self.scale, self.digits)
+
+
+def format_value(v: Any, digits: int = 3) -> str:
+    """Thousands separators; `digits` decimals below 1,000; n/a for missing or NaN; inf as is."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, str):
+        return v
+    if v is None:
+        return "n/a"
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, int):
+        return f"{v:,}"
+    if not math.isfinite(v):
+        return "n/a" if math.isnan(v) else str(v)
+    return f"{v:,.{digits}f}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+_LATENCY = [(f"{base}_{p}", f"{label} {p}", unit, digits, scale)
+            for base, label, unit, digits, scale in (("ttft_s", "TTFT", "s", 3, 1.0), ("tpot_s", "TPOT", "ms", 1, 1000.0),
+                                                     ("e2e_s", "E2E latency", "s", 3, 1.0),
+                                                     ("queue_s", "queueing", "s", 3, 1.0))
+            for p in ("mean", "p50", "p90", "p99")]
+
+METRICS: dict[str, Metric] = {m.name: m for m in [
+    Metric("requests_arrived", "requests arrived", "requests", 0),
+    Metric("requests_completed", "requests completed", "requests", 0, better="higher"),
+    Metric("requests_rejected", "requests rejected", "requests", 0, better="lower"),
+    Metric("requests_in_flight", "requests unfinished", "requests", 0, better="lower"),
+    *(Metric(n, lbl, u, d, sc, "lower") for n, lbl, u, d, sc in _LATENCY),
+    Metric("output_tok_per_s", "output throughput", "tokens/s", better="higher"),
+    Metric("total_tok_per_s", "total throughput", "tokens/s", better="higher"),
+    Metric("output_tok_per_s_per_gpu", "output throughput per GPU", "tokens/s/GPU", better="higher"),
+    Metric("total_tok_per_s_per_gpu", "total throughput per GPU", "tokens/s/GPU", 0, better="higher",
+           column="tok/s/GPU"),
+    Metric("output_tok_per_s_per_user_p50", "speed per user (1/TPOT, p50)", "tokens/s", 1, better="higher"),
+    Metric("gpu_busy_fraction", "GPU busy", "fraction", column="GPU busy"),
+    Metric("batch_size_mean", "mean batch", "sequences", 1),
+    Metric("running_mean", "mean running", "requests", 1),
+    Metric("queue_len_mean", "mean queue", "requests", 2, better="lower"),
+    Metric("kv_occupancy_mean", "KV occupancy", "fraction"),
+    Metric("slo_attainment", "SLO attainment", "fraction", better="higher", column="SLO attain."),
+    Metric("slo_met", "SLO met", ""),
+    Metric("goodput_output_tok_per_s", "goodput", "tokens/s", better="higher"),
+    Metric("price_usd_per_gpu_h", "price", "$/GPU-hour", 2, better="lower", column="$/GPU-h"),
+    Metric("usd_per_m_output_tokens", "cost per million output tokens", "$/M tokens", better="lower",
+           column="$/M out tok"),
+    Metric("usd_per_m_total_tokens", "cost per million total tokens", "$/M tokens", better="lower",
+           column="$/M tok"),
+    Metric("usd_per_m_slo_output_tokens", "cost per million SLO-meeting output tokens", "$/M tokens",
+           better="lower", column="$/M SLO tok"),
+    Metric("joules_per_output_token", "energy per output token", "J/token", better="lower"),
+    Metric("gpus", "GPUs", "GPUs", 0, better="lower", column="GPUs"),
+    Metric("sim_requests_per_wall_s", "simulation speed", "requests/wall-s", 0),
+    # capacity plans
+    Metric("min_replicas", "min replicas", "replicas", 0, better="lower", column="min replicas"),
+    Metric("max_load_per_replica", "max load/replica", "", better="higher"),
+]}
+
+
+def metric(name: str) -> Metric:
+    """The registry entry of a summary key (KeyError names it if it is not registered)."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(f"metric {name!r} is not in sim.metrics.registry.METRICS") from None
+
+
+#: The run summary table: (row label, metrics shown in it). The unit column comes from the metrics.
+RUN_TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("requests arrived / completed / rejected / unfinished",
+     ("requests_arrived", "requests_completed", "requests_rejected", "requests_in_flight")),
+    ("TTFT p50 / p90 / p99", ("ttft_s_p50", "ttft_s_p90", "ttft_s_p99")),
+    ("TPOT p50 / p90 / p99", ("tpot_s_p50", "tpot_s_p90", "tpot_s_p99")),
+    ("E2E latency p50 / p99", ("e2e_s_p50", "e2e_s_p99")),
+    ("throughput output / total", ("output_tok_per_s", "total_tok_per_s")),
+    ("throughput per GPU output / total", ("output_tok_per_s_per_gpu", "total_tok_per_s_per_gpu")),
+    ("speed per user (1/TPOT, p50)", ("output_tok_per_s_per_user_p50",)),
+    ("GPU busy fraction", ("gpu_busy_fraction",)),
+    ("mean batch / queue / KV occupancy", ("batch_size_mean", "queue_len_mean", "kv_occupancy_mean")),
+    ("SLO attainment", ("slo_attainment",)),
+    ("SLO met", ("slo_met",)),
+    ("price", ("price_usd_per_gpu_h",)),
+    ("cost per million output tokens", ("usd_per_m_output_tokens",)),
+    ("cost per million total tokens", ("usd_per_m_total_tokens",)),
+    ("cost per million SLO-meeting output tokens", ("usd_per_m_slo_output_tokens",)),
+    ("energy per output token", ("joules_per_output_token",)),
+    ("simulation speed", ("sim_requests_per_wall_s",)),
+)
+
+#: Columns of the sweep table (mean ± 95% CI per point).
+SWEEP_TABLE: tuple[str, ...] = ("ttft_s_p99", "tpot_s_p50", "total_tok_per_s_per_gpu", "slo_attainment",
+                                "usd_per_m_output_tokens")
+
+#: Columns of the capacity-plan table after the answer column.
+PLAN_TABLE: tuple[str, ...] = ("gpus", "usd_per_m_output_tokens", "price_usd_per_gpu_h", "ttft_s_p99", "tpot_s_p99",
+                               "slo_attainment", "gpu_busy_fraction")
+
+
+def row_cells(summary: dict[str, Any], names: tuple[str, ...]) -> tuple[str, str]:
+    """(values joined by ' / ', their unit or units) of one table row."""
+    ms = [metric(n) for n in names]
+    values = " / ".join(m.display(summary.get(m.name)) for m in ms)
+    units = list(dict.fromkeys(m.unit for m in ms))
+    return values, " / ".join(u for u in units if u) if len(units) > 1 else units[0]
