@@ -21,15 +21,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import simpy
 
 from sim.catalog import GpuSpec
 from sim.engine.kv_cache import KvCache
+from sim.engine.kv_integral import block_seconds
 from sim.engine.replica import Replica
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits
 from sim.memory import MemoryPlan
-from sim.metrics.records import IterRecord, LevelLog, LifecycleRecord
+from sim.metrics.records import IterLog, LevelLog, LifecycleRecord
 from sim.perf.shape import StepModel
 
 
@@ -88,7 +90,7 @@ class Cluster:
 
     @classmethod
     def from_specs(cls, env: simpy.Environment, specs: Sequence[ReplicaSpec], router: str, *,
-                   on_finish: Callable[[Request], None], records: list[IterRecord], levels: LevelLog,
+                   on_finish: Callable[[Request], None], records: IterLog, levels: LevelLog,
                    marks: Sequence[float] = (), allow_jumps: bool = True) -> Cluster:
         """Build every pool's replicas, provisioned and ready at time 0 for the whole run."""
         replicas: list[Replica] = []
@@ -120,6 +122,13 @@ class Cluster:
             for r in rep.scheduler.running.values():
                 if r.in_decode:
                     r.generated = ds.generated(r)
+
+    def kv_block_seconds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(record indices, KV block-seconds) of every decode run, evaluated exactly."""
+        pairs = [block_seconds(rep.decode_runs, rep.step_model) for rep in self.replicas]
+        if not pairs:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
 
     def route(self) -> Replica:
         if self._pick is None:

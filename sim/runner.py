@@ -26,7 +26,7 @@ from sim.engine.replica import Replica
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits
 from sim.memory import MemoryPlan
-from sim.metrics import IterRecord, LevelLog
+from sim.metrics import IterLog, LevelLog
 from sim.metrics.invariants import violations
 from sim.metrics.window import measurement_window
 from sim.perf import RooflineStepModel, TableStepModel, make_step_model
@@ -67,7 +67,7 @@ class Simulation:
     cluster: Cluster
     specs: list[ReplicaSpec]
     requests: list[Request] = field(default_factory=list)
-    records: list[IterRecord] = field(default_factory=list)
+    records: IterLog = field(default_factory=IterLog)
     levels: LevelLog = field(default_factory=LevelLog)
 
     @property
@@ -116,7 +116,7 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
     streams = rng_streams(seed)
     env = simpy.Environment()
     specs = replica_specs(sc)
-    records: list[IterRecord] = []
+    records = IterLog()
     levels = LevelLog()
 
     def on_finish(r: Request) -> None:
@@ -176,12 +176,14 @@ def execute(sim: Simulation, progress: Callable[[float], None] | None = None) ->
     t_wall = time.perf_counter()
     end_s = _simulate(sim, progress)
     it = metrics.iterations_frame(sim.records)
+    rows, block_s = sim.cluster.kv_block_seconds()
+    it.loc[rows, "kv_block_s"] = block_s
     sim_end = float(it["t_end_s"].max()) if len(it) else 0.0
     probe = pd.DataFrame({"status": [metrics.STATUS_NAMES[r.status] for r in sim.requests],
                           "finish_s": [r.finish_s if r.finish_s >= 0 else float("nan") for r in sim.requests]})
     window = measurement_window(sc.window_kind, sc.warmup_s, sc.duration_s, _last_activity_s(probe, it, end_s))
     req = metrics.requests_frame(sim.requests, sc, window)
-    lv = metrics.levels_frame(sim.levels.rows)
+    lv = metrics.levels_frame(sim.levels)
     life = metrics.lifecycle_frame(sim.cluster.lifecycle)
     summary: dict[str, Any] = metrics.summarize(sc, req, it, lv, life, window, sim.memory.kv_blocks)
     summary.update(cost_mod.cost_summary(sc, summary))

@@ -8,17 +8,15 @@ global step counter G and stores, per sequence, `base` with kv_tokens = base + G
   histogram of base mod block (invariant while decoding) gives the blocks a run of steps needs
   without touching each sequence. In any `block` consecutive steps each sequence needs exactly
   one, so the blocks the next s steps need are  cum(s) = (s // block) B + R[s % block], where
-  R[r] (the "period profile") counts the allocations in the first r steps of a period;
+  R[r] counts the allocations in the first r steps of a period;
 * completions come off a heap keyed by the step at which the last token is sampled.
 
-KV held over a run, exactly: during step s of a run the replica holds U0 + cum(s) blocks, and the
-step lasts a + b S_{s-1} on each affine piece of the step-time model (perf.shape.Segment), so the
-block-seconds of the run are  U0 T_n + sum_s (alpha + beta s) cum(s), and sums of cum(s) and
-s cum(s) over any range have closed forms in the period profile (integer arithmetic, so no
-rounding): O(block) per run, the same as a per-step simulation's sum of level x step time.
+The KV a run holds over time follows from the same pattern (`allocation_pattern`); its exact
+block-seconds are evaluated after the simulation (kv_integral.py).
 
 The engine sees only the interface: membership (`add`, `remove`), the run ahead (`path`,
-`blocks_needed`, `safe_steps`, `steps_to_next_finish`, `tokens_sampled`, `block_seconds`) and
+`blocks_needed`, `safe_steps`, `steps_to_next_finish`, `tokens_sampled`, `allocations_ahead`,
+`allocation_pattern`) and
 progress (`advance`, `pop_finished`). It never assumes one token per sequence per step itself, so
 a speculative decode set (several tokens per step, drawn per request) can implement the same
 interface.
@@ -30,10 +28,10 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
-from collections.abc import Sequence
+from itertools import accumulate
 
 from sim.engine.request import Request
-from sim.perf.shape import LinearPath, Segment
+from sim.perf.shape import LinearPath
 
 
 class DecodeSet:
@@ -47,8 +45,10 @@ class DecodeSet:
         self.hist = [0] * block_tokens      # count of members by base mod block
         self._heap: list[tuple[int, int, Request]] = []
         self._version = 0                   # bumped on every membership change
-        self._profile_key: tuple[int, int] = (-1, -1)
-        self._profile: tuple[list[int], list[int], list[int]] = ([], [], [])
+        self._ahead_key: tuple[int, int] = (-1, -1)
+        self._ahead: tuple[int, ...] = ()
+        self._hist_version = -1
+        self._hist_tuple: tuple[int, ...] = ()
 
     # ---- membership -------------------------------------------------------------------------
     def add(self, r: Request, kv_tokens: int) -> None:
@@ -92,7 +92,8 @@ class DecodeSet:
 
     def path(self) -> LinearPath:
         """Summed context at steps j = 0, 1, ... of a run starting with the next step."""
-        return LinearPath(float(self.ctx_sum_at(self.g + 1)), float(self.size))
+        # tuple.__new__ skips the NamedTuple's Python-level __new__ (once per decode run).
+        return tuple.__new__(LinearPath, (float(self.base_sum + self.size * (self.g + 1)), float(self.size)))
 
     def tokens_sampled(self, n_steps: int) -> int:
         """Output tokens the next n steps sample (one per member per step)."""
@@ -104,33 +105,45 @@ class DecodeSet:
             heapq.heappop(h)
         return h[0][0] - self.g if h else 0
 
-    def _period(self) -> tuple[list[int], list[int], list[int]]:
-        """The period profile from the next step on: R[r] = blocks the first r steps allocate
-        (r = 0..block), and the prefix sums of R[r] and r R[r] (r = 0..block-1)."""
-        key = (self.g % self.bt, self._version)
-        if key != self._profile_key:
-            bt, hist, g = self.bt, self.hist, self.g
-            R = [0] * (bt + 1)
-            p0 = [0] * bt
-            p1 = [0] * bt
-            acc = s0 = s1 = 0
-            for t in range(1, bt + 1):
-                acc += hist[(1 - (g + t)) % bt]
-                R[t] = acc
-                if t < bt:
-                    s0 += acc
-                    s1 += t * acc
-                    p0[t] = s0
-                    p1[t] = s1
-            self._profile_key, self._profile = key, (R, p0, p1)
-        return self._profile
+    def allocations_ahead(self) -> tuple[int, ...]:
+        """Blocks allocated at each of the next `block` steps (steps g+1 .. g+block); the same
+        pattern repeats every `block` steps while the membership is unchanged."""
+        bt = self.bt
+        key = (self.g % bt, self._version)
+        if key != self._ahead_key:
+            hist = self.hist
+            # Step t allocates for members with base = 1 - g - t (mod bt): the histogram read
+            # backwards from index (-g) mod bt (slices keep this in C).
+            s0 = -key[0] % bt
+            self._ahead_key = key
+            self._ahead = tuple(hist[s0::-1] + hist[:s0:-1])
+        return self._ahead
+
+    def allocation_pattern(self) -> tuple[tuple[int, ...], int]:
+        """(histogram, s0): members by base mod block, as a tuple that stays the same object until
+        the membership changes, and the phase s0 = -g mod block. Step g+1+r allocates
+        histogram[(s0 - r) mod block] blocks, i.e. allocations_ahead()[r]."""
+        if self._hist_version != self._version:
+            self._hist_version = self._version
+            self._hist_tuple = tuple(self.hist)
+        return self._hist_tuple, -self.g % self.bt
 
     def blocks_needed(self, n_steps: int) -> int:
         """New KV blocks the next n steps allocate (steps g+1 .. g+n)."""
         if n_steps <= 0 or self.size == 0:
             return 0
-        full, rest = divmod(n_steps, self.bt)
-        return full * self.size + self._period()[0][rest]
+        bt = self.bt
+        s0 = -self.g % bt
+        if n_steps == 1:                            # every single iteration asks for one step
+            return self.hist[s0] if bt > 1 else self.size
+        full, rest = divmod(n_steps, bt)
+        if rest == 0:
+            return full * self.size
+        # Steps g+1 .. g+rest allocate for bases s0, s0-1, .., s0-rest+1 (mod bt): a window of the
+        # histogram, summed by slices in C.
+        hist, lo = self.hist, s0 - rest + 1
+        part = sum(hist[lo:s0 + 1]) if lo >= 0 else sum(hist[:s0 + 1]) + sum(hist[lo + bt:])
+        return full * self.size + part
 
     def safe_steps(self, free_blocks: int, cap: int) -> int:
         """Largest n <= cap such that the next n steps need at most free_blocks new blocks."""
@@ -140,36 +153,11 @@ class DecodeSet:
         if full * self.bt >= cap:
             return cap
         left = free_blocks - full * self.size
-        # R is non-decreasing and R[bt] = size > left: the last r in [0, bt) with R[r] <= left.
-        rest = bisect_right(self._period()[0], left, 0, self.bt) - 1
+        # Allocations within a period are non-decreasing in the step and reach size > left:
+        # the last r in [0, bt) whose first r steps need at most `left`.
+        cum = [0, *accumulate(self.allocations_ahead())]
+        rest = bisect_right(cum, left, 0, self.bt) - 1
         return min(cap, full * self.bt + rest)
-
-    def _growth_sums(self, n: int) -> tuple[int, int]:
-        """(sum of cum(s), sum of s cum(s)) over steps s = 0..n, cum(s) = blocks_needed(s)."""
-        if n <= 0:
-            return 0, 0
-        R, p0, p1 = self._period()
-        bt, b = self.bt, self.size
-        q, rem = divmod(n, bt)
-        per0, per1 = p0[bt - 1], p1[bt - 1]           # sums over one period (r = 0..bt-1)
-        s1, s2 = q * (q - 1) // 2, (q - 1) * q * (2 * q - 1) // 6
-        g0 = bt * b * s1 + q * per0 + (rem + 1) * q * b + p0[rem]
-        g1 = (bt * bt * b * s2 + (bt * per0 + b * (bt * (bt - 1) // 2)) * s1 + q * per1
-              + (rem + 1) * q * q * bt * b + q * bt * p0[rem] + q * b * (rem * (rem + 1) // 2) + p1[rem])
-        return g0, g1
-
-    def block_seconds(self, segments: Sequence[Segment], path: LinearPath, used_before: int, run_s: float) -> float:
-        """Block-seconds of KV held over a run of steps along `path` whose step times are the
-        affine `segments`, starting with `used_before` blocks allocated (see the module docstring)."""
-        total = used_before * run_s
-        for lo, hi, a, b in segments:
-            # Step s = j + 1 (j in [lo, hi)) lasts a + b (first + slope (s - 1)) = alpha + beta s.
-            beta = b * path.slope
-            alpha = a + b * path.first - beta
-            g0_hi, g1_hi = self._growth_sums(hi)
-            g0_lo, g1_lo = self._growth_sums(lo)
-            total += alpha * (g0_hi - g0_lo) + beta * (g1_hi - g1_lo)
-        return total
 
     # ---- progress ---------------------------------------------------------------------------
     def advance(self, n_steps: int) -> None:

@@ -21,7 +21,7 @@ class KvCache:
     """Block accounting of one replica (capacity from the memory plan)."""
 
     __slots__ = ("total_blocks", "block_tokens", "sliding_blocks", "watermark_blocks", "used_blocks",
-                 "swap_bytes_per_token", "host_link_bytes_per_s")
+                 "free_blocks", "swap_bytes_per_token", "host_link_bytes_per_s")
 
     def __init__(self, total_blocks: int, block_tokens: int, *, sliding_blocks: int = 0,
                  watermark_fraction: float = 0.0, swap_bytes_per_token: float = 0.0,
@@ -32,30 +32,30 @@ class KvCache:
         self.watermark_blocks = int(watermark_fraction * total_blocks)
         self.swap_bytes_per_token = swap_bytes_per_token
         self.host_link_bytes_per_s = host_link_bytes_per_s
-        #: Blocks allocated now. Read it freely; change it only through allocate() and release().
+        #: Blocks allocated now, and free now (kept as attributes: the scheduler reads them on every
+        #: event). Read them freely; change them only through allocate() and release().
         self.used_blocks = 0
+        self.free_blocks = total_blocks
 
     # ---- level ------------------------------------------------------------------------------
-    @property
-    def free_blocks(self) -> int:
-        return self.total_blocks - self.used_blocks
-
     def allocate(self, blocks: int) -> None:
         """Take `blocks` free blocks (the scheduler checked they are free)."""
-        if blocks > self.total_blocks - self.used_blocks or blocks < 0:
+        if blocks > self.free_blocks or blocks < 0:
             raise RuntimeError(f"KV allocator: {blocks} blocks asked, {self.free_blocks} free")
         self.used_blocks += blocks
+        self.free_blocks -= blocks
 
     def release(self, blocks: int) -> None:
         """Return `blocks` blocks (a finished or preempted request's)."""
         if blocks > self.used_blocks or blocks < 0:
             raise RuntimeError(f"KV allocator: {blocks} blocks released, {self.used_blocks} in use")
         self.used_blocks -= blocks
+        self.free_blocks += blocks
 
     # ---- geometry ---------------------------------------------------------------------------
     def blocks_for(self, kv_tokens: int) -> int:
         """Blocks a request holding kv_tokens tokens uses."""
-        return ceil_div(kv_tokens, self.block_tokens) + (self.sliding_blocks if kv_tokens > 0 else 0)
+        return -(-kv_tokens // self.block_tokens) + (self.sliding_blocks if kv_tokens > 0 else 0)
 
     def growth_blocks(self, kv_tokens: int, new_tokens: int) -> int:
         """Extra blocks to grow a request's KV from kv_tokens by new_tokens."""

@@ -22,23 +22,32 @@ from typing import Any
 import simpy
 
 from sim.engine.kv_cache import KvCache
+from sim.engine.kv_integral import DecodeRunLog
 from sim.engine.request import Request
-from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationOutcome, IterationPlan
-from sim.metrics.records import IterRecord, LevelLog, Status
-from sim.perf.shape import Chunk, DecodeRun, LinearPath, StepModel, StepShape, steps_within
+from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationPlan
+from sim.metrics.records import IterLog, LevelLog, Status
+from sim.perf.shape import Chunk, DecodeRun, LinearPath, StepModel, StepShape, steps_bracket, steps_within
 
+NAN = float("nan")
+
+
+# Builds a NamedTuple from a tuple without its Python-level __new__: these are created a few times
+# per request on the event loop's hottest path.
+_make = tuple.__new__
 
 class Replica:
     def __init__(self, env: simpy.Environment, idx: int, step: StepModel, kv: KvCache, limits: BatchLimits, *,
-                 on_finish: Callable[[Request], None], records: list[IterRecord], levels: LevelLog,
+                 on_finish: Callable[[Request], None], records: IterLog, levels: LevelLog,
                  marks: Sequence[float] = (), allow_jumps: bool = True) -> None:
         self.env, self.idx, self.step_model = env, idx, step
         self.kv = kv
         self.scheduler = BatchScheduler(kv, limits, levels, idx)
         self.on_finish = on_finish
         self.records = records
+        self._record, self._pack_record = records.extend, records.pack   # IterRecord rows
         self.allow_jumps = allow_jumps  # False: one event per step (reference mode for tests)
         self.marks = sorted(marks)
+        self.decode_runs = DecodeRunLog(kv.block_tokens)   # their kv_block_s is filled in after the run
         self._wakeup: simpy.Event | None = None
         self._interruptible = False
         self._jump_state: tuple[float, DecodeRun, LinearPath, int] | None = None
@@ -80,9 +89,12 @@ class Replica:
         return self.kv.used_blocks + self.scheduler.decode_set.blocks_needed(min(n, k + 1))
 
     # ---- the SimPy process ------------------------------------------------------------------------
-    def _finished(self, out: IterationOutcome) -> None:
-        for r in out.finished:
+    def _hand_back_finished(self) -> None:
+        """Report the requests the last event finished (closed-loop clients wait on them)."""
+        done = self.scheduler.finished
+        for r in done:
             self.on_finish(r)
+        done.clear()
 
     def _loop(self) -> Generator[simpy.Event, Any, None]:
         env, sched = self.env, self.scheduler
@@ -97,29 +109,34 @@ class Replica:
                 if n > 1:
                     run = self.step_model.decode_run(sched.decode_set.size)
                     path = sched.decode_set.path()
-                    n = self._steps_before_mark(run, path, n)
+                    n, total_s = self._steps_before_mark(run, path, n)
                     if n > 1:
-                        yield from self._decode_run(run, path, n)
+                        yield from self._decode_run(run, path, n, total_s)
                         continue
             plan = sched.schedule(env.now)
             if plan.idle:
                 yield from self._free_stuck_prefill(plan)
                 continue
-            yield from self._iteration(plan)
+            t0, held = env.now, self.kv.used_blocks   # blocks allocated for it, freed at its end
+            yield env.timeout(self._iteration_s(plan))
+            self._end_iteration(plan, t0, held)
 
-    def _steps_before_mark(self, run: DecodeRun, path: LinearPath, n: int) -> int:
-        """Steps of a decode run that end strictly before the next mark (all n if none)."""
+    def _steps_before_mark(self, run: DecodeRun, path: LinearPath, n: int) -> tuple[int, float]:
+        """Steps of a decode run that end strictly before the next mark (all n if none), and
+        their duration."""
         t0 = self.env.now
         marks = self.marks
         while marks and marks[0] <= t0:
             marks.pop(0)
-        if not marks or t0 + run.run_s(path, n) < marks[0]:
-            return n
+        total_s = run.run_s(path, n)
+        if not marks or t0 + total_s < marks[0]:
+            return n, total_s
         m = marks[0]
-        k = steps_within(run, path, n, m - t0)
-        while k > 0 and t0 + run.run_s(path, k) >= m:
+        k, t_k, _ = steps_bracket(run, path, n, m - t0)
+        while k > 0 and t0 + t_k >= m:
             k -= 1
-        return k
+            t_k = run.run_s(path, k)
+        return k, t_k
 
     def _free_stuck_prefill(self, plan: IterationPlan) -> Generator[simpy.Event, Any, None]:
         """Partial prefills hold all the KV and none can grow: free the newest one."""
@@ -132,32 +149,32 @@ class Replica:
             t0 = env.now
             held = self.kv.used_blocks
             yield env.timeout(swap_s)
-            self.records.append(IterRecord(self.idx, t0, env.now, 0, 0, 0, 0, 0, swap_s, held, held * swap_s,
+            self._record(self._pack_record(self.idx, t0, env.now, 0, 0, 0, 0, 0, swap_s, held, held * swap_s,
                                            len(sched.running), len(sched.waiting)))
 
-    def _iteration(self, plan: IterationPlan) -> Generator[simpy.Event, Any, None]:
-        env, sched = self.env, self.scheduler
-        ds = sched.decode_set
-        t0 = env.now
-        decode_seqs = ds.size if plan.decode else 0
-        shape = StepShape(decode_seqs, ds.next_ctx_sum() if plan.decode else 0, 1,
-                          tuple(Chunk(r.prefilled, new, r.prefilled + new >= r.prefill_target)
-                                for r, new in plan.chunks))
-        dt = self.step_model.iteration_s(shape) + plan.swap_s
-        batch = decode_seqs + len(plan.chunks)
-        held = self.kv.used_blocks              # allocated for this iteration, freed at its end
-        yield env.timeout(dt)
-        out = sched.finish_iteration(plan, env.now)
-        self.records.append(IterRecord(self.idx, t0, env.now, 1, batch, out.prompt_tokens, out.recompute_tokens,
-                                       out.sampled_tokens, plan.swap_s, held, held * (env.now - t0),
-                                       len(sched.running), len(sched.waiting)))
-        self._finished(out)
+    def _iteration_s(self, plan: IterationPlan) -> float:
+        """Seconds the planned iteration takes: its batch shape's step time plus KV transfers."""
+        ds = self.scheduler.decode_set
+        shape = _make(StepShape, (ds.size if plan.decode else 0, ds.next_ctx_sum() if plan.decode else 0, 1,
+                                  tuple([_make(Chunk, (r.prefilled, new, r.prefilled + new >= r.prefill_target))
+                                         for r, new in plan.chunks])))
+        return self.step_model.iteration_s(shape) + plan.swap_s
 
-    def _decode_run(self, run: DecodeRun, path: LinearPath, n: int) -> Generator[simpy.Event, Any, None]:
+    def _end_iteration(self, plan: IterationPlan, t0: float, held: int) -> None:
+        """Apply a finished iteration's effects and record it."""
+        sched = self.scheduler
+        batch = (sched.decode_set.size if plan.decode else 0) + len(plan.chunks)
+        now = self.env.now
+        prompt, recompute, sampled = sched.finish_iteration(plan, now)
+        self._record(self._pack_record(self.idx, t0, now, 1, batch, prompt, recompute, sampled, plan.swap_s,
+                                       held, held * (now - t0), len(sched.running), len(sched.waiting)))
+        if sched.finished:
+            self._hand_back_finished()
+
+    def _decode_run(self, run: DecodeRun, path: LinearPath, n: int, total_s: float) -> Generator[simpy.Event, Any, None]:
         env, sched = self.env, self.scheduler
         ds = sched.decode_set
         t0 = env.now
-        total_s = run.run_s(path, n)
         self._jump_state = (t0, run, path, n)
         if not sched.waiting and len(sched.running) < sched.limits.max_num_seqs:
             self._interruptible = True
@@ -167,11 +184,11 @@ class Replica:
             except simpy.Interrupt:
                 self._interruptible = False
                 elapsed = env.now - t0
-                k = steps_within(run, path, n, elapsed)
-                if k < n and not (k > 0 and run.run_s(path, k) == elapsed):
-                    k += 1  # the step in progress completes before the newcomer can join
-                n = k
-                total_s = run.run_s(path, n)
+                k, t_k, t_next = steps_bracket(run, path, n, elapsed)
+                if k < n and not (k > 0 and t_k == elapsed):
+                    n, total_s = k + 1, t_next  # the step in progress completes before the newcomer can join
+                else:
+                    n, total_s = k, t_k
                 if t0 + total_s > env.now:
                     yield env.timeout(t0 + total_s - env.now)
         else:
@@ -180,10 +197,11 @@ class Replica:
         if n == 0:
             return
         batch = ds.size
-        held_before = self.kv.used_blocks
-        peak = held_before + ds.blocks_needed(n)
-        block_s = ds.block_seconds(run.segments(path, n), path, held_before, total_s)
-        out = sched.finish_decode_run(n, env.now)
-        self.records.append(IterRecord(self.idx, t0, t0 + total_s, n, batch, 0, 0, out.sampled_tokens, 0.0, peak,
-                                       block_s, len(sched.running), len(sched.waiting)))
-        self._finished(out)
+        # The run's KV block-seconds are summed exactly after the simulation (kv_integral.py).
+        self.decode_runs.add(len(self.records), self.kv.used_blocks, n, total_s, batch, path[0], path[1],
+                             ds.allocation_pattern())
+        sampled, peak = sched.finish_decode_run(n, env.now)
+        self._record(self._pack_record(self.idx, t0, t0 + total_s, n, batch, 0, 0, sampled, 0.0, peak, NAN,
+                                       len(sched.running), len(sched.waiting)))
+        if sched.finished:
+            self._hand_back_finished()

@@ -17,8 +17,8 @@ The policy follows vLLM's scheduler (V1 with chunked prefill, V0 without):
 
 No SimPy here: `schedule(now)` decides an iteration from the state and allocates its blocks,
 `finish_iteration(plan, now)` applies its effects when it ends, and `finish_decode_run(n, now)` does
-the same for n decode-only steps at once. The replica process (replica.py) calls them and keeps
-time.
+the same for n decode-only steps at once; the requests they finish are left in `finished`. The
+replica process (replica.py) calls them and keeps time.
 """
 
 from __future__ import annotations
@@ -58,23 +58,16 @@ class BatchLimits:
     max_context_tokens: int
 
 
-@dataclass(slots=True)
-class IterationOutcome:
-    """Tokens an iteration processed, and the requests it finished."""
-
-    prompt_tokens: int = 0
-    recompute_tokens: int = 0
-    sampled_tokens: int = 0
-    finished: list[Request] = field(default_factory=list)
-
-
 class BatchScheduler:
     """The queues and running set of one replica, and the vLLM-style policy over them."""
 
     def __init__(self, kv: KvCache, limits: BatchLimits, levels: LevelLog | None = None, replica: int = 0) -> None:
         self.kv = kv
         self.levels = levels if levels is not None else LevelLog()
+        self._log_level, self._pack_level = self.levels.extend, self.levels.pack
         self.replica = replica
+        self._noted_waiting, self._noted_running = 0, 0   # levels last logged
+        self.finished: list[Request] = []        # finished by the last call; the replica drains it
         self.limits = limits
         self.swap = limits.preemption == "swap"
         self.decode_set = DecodeSet(kv.block_tokens)
@@ -83,6 +76,7 @@ class BatchScheduler:
         self.prefilling: list[Request] = []      # running requests still in prefill, admission order
         self.waiting_tokens = 0
         self.outstanding = 0                     # accepted and not finished: waiting + running
+        self.preempted = 0                       # preemptions so far
         self._seq = 0
 
     # ---- intake ---------------------------------------------------------------------------
@@ -103,8 +97,12 @@ class BatchScheduler:
         self.note_levels(now)
 
     def note_levels(self, now: float) -> None:
-        """Log the waiting and running counts from `now` on (called after every change)."""
-        self.levels.record(now, self.replica, len(self.waiting), len(self.running))
+        """Log the waiting and running counts from `now` on (called after the calls that changed
+        them; a row only when they differ from the last one logged)."""
+        waiting, running = len(self.waiting), len(self.running)
+        if waiting != self._noted_waiting or running != self._noted_running:
+            self._noted_waiting, self._noted_running = waiting, running
+            self._log_level(self._pack_level(now, self.replica, waiting, running))
 
     @property
     def busy(self) -> bool:
@@ -125,6 +123,7 @@ class BatchScheduler:
         """Preempt the most recently admitted running request; returns swap-out seconds."""
         victim = next(reversed(self.running.values()))
         del self.running[victim.id]
+        self.preempted += 1
         swap_s = 0.0
         if victim.in_decode:
             kv = self.decode_set.remove(victim)
@@ -156,6 +155,7 @@ class BatchScheduler:
         step cannot get blocks."""
         plan = IterationPlan()
         lim, ds, kv = self.limits, self.decode_set, self.kv
+        preempted = self.preempted
         if not lim.chunked_prefill:
             self._admit_waiting(plan, lim.max_num_batched_tokens, whole_prompts=True, now=now)
             if plan.admitted:
@@ -169,7 +169,8 @@ class BatchScheduler:
             plan.decode = ds.size > 0
             kv.allocate(need)
         if not lim.chunked_prefill:
-            self.note_levels(now)
+            if self.preempted != preempted:
+                self.note_levels(now)
             return plan
         budget = lim.max_num_batched_tokens - ds.size
         for r in self.prefilling:
@@ -181,7 +182,8 @@ class BatchScheduler:
             budget -= new
         if budget > 0:
             self._admit_waiting(plan, budget, whole_prompts=False, now=now)
-        self.note_levels(now)
+        if plan.admitted or self.preempted != preempted:
+            self.note_levels(now)
         return plan
 
     def _add_chunk(self, plan: IterationPlan, r: Request, budget: int, free: int) -> int:
@@ -236,51 +238,53 @@ class BatchScheduler:
             budget -= new
 
     # ---- effects of a finished iteration ----------------------------------------------------------
-    def _complete(self, r: Request, blocks: int, now: float, out: IterationOutcome) -> None:
+    def _complete(self, r: Request, blocks: int, now: float) -> None:
         r.status = Status.DONE
         r.finish_s = now
         del self.running[r.id]
         self.outstanding -= 1
         self.kv.release(blocks)
-        out.finished.append(r)
+        self.finished.append(r)
 
-    def _finish_decode_steps(self, now: float, out: IterationOutcome) -> None:
+    def _finish_decode_steps(self, now: float) -> None:
         for r, kv_tokens in self.decode_set.pop_finished():
-            self._complete(r, self.kv.blocks_for(kv_tokens), now, out)
+            self._complete(r, self.kv.blocks_for(kv_tokens), now)
 
-    def finish_iteration(self, plan: IterationPlan, now: float) -> IterationOutcome:
-        """Apply an iteration's effects when it ends at `now`."""
-        out = IterationOutcome()
+    def finish_iteration(self, plan: IterationPlan, now: float) -> tuple[int, int, int]:
+        """Apply an iteration's effects when it ends at `now`: (prompt tokens processed for the
+        first time, prompt tokens recomputed, tokens sampled). Finished requests go to `finished`."""
+        prompt = recompute = sampled = 0
         ds = self.decode_set
         if plan.decode:
-            out.sampled_tokens += ds.tokens_sampled(1)
+            sampled += ds.tokens_sampled(1)
             ds.advance(1)
-            self._finish_decode_steps(now, out)
+            self._finish_decode_steps(now)
         for r, new in plan.chunks:
             first = r.prefilled
             r.prefilled += new
             counted = min(r.prefilled, r.input_tokens)
             fresh = max(0, counted - max(first, r.input_counted))
             r.input_counted = max(r.input_counted, counted)
-            out.prompt_tokens += fresh
-            out.recompute_tokens += new - fresh
+            prompt += fresh
+            recompute += new - fresh
             if r.prefilled < r.prefill_target:
                 continue
             self.prefilling.remove(r)
             r.generated += 1
-            out.sampled_tokens += 1
+            sampled += 1
             if r.first_token_s < 0:
                 r.first_token_s = now
             if r.generated >= r.output_tokens:
-                self._complete(r, r.blocks, now, out)
+                self._complete(r, r.blocks, now)
             else:
                 r.blocks = 0
                 ds.add(r, r.prefilled)
         for r in plan.resumed:
             ds.add(r, r.swapped_kv)
             r.swapped_kv = 0
-        self.note_levels(now)
-        return out
+        if self.finished:
+            self.note_levels(now)
+        return prompt, recompute, sampled
 
     # ---- decode runs ------------------------------------------------------------------------------
     def decode_run_stable(self) -> bool:
@@ -305,12 +309,15 @@ class BatchScheduler:
         ds = self.decode_set
         return ds.safe_steps(self.kv.free_blocks, ds.steps_to_next_finish())
 
-    def finish_decode_run(self, n_steps: int, now: float) -> IterationOutcome:
-        """Apply n decode-only steps that end at `now`."""
+    def finish_decode_run(self, n_steps: int, now: float) -> tuple[int, int]:
+        """Apply n decode-only steps that end at `now`: (tokens sampled, KV blocks held during the
+        last step). Finished requests go to `finished`."""
         ds = self.decode_set
         self.kv.allocate(ds.blocks_needed(n_steps))
-        out = IterationOutcome(sampled_tokens=ds.tokens_sampled(n_steps))
+        peak = self.kv.used_blocks
+        sampled = ds.tokens_sampled(n_steps)
         ds.advance(n_steps)
-        self._finish_decode_steps(now, out)
-        self.note_levels(now)
-        return out
+        self._finish_decode_steps(now)
+        if self.finished:
+            self.note_levels(now)
+        return sampled, peak

@@ -21,13 +21,14 @@ from sim.perf.shape import (
     StepModel,
     StepShape,
     decode_shape,
+    steps_bracket,
     steps_within,
 )
 from sim.perf.table import TableStepModel, read_step_table
 
 __all__ = ["Chunk", "ContextPath", "DecodeCoeffs", "DecodeRun", "LinearPath", "PerfCfg", "RooflineStepModel",
            "Segment", "StepModel", "StepShape", "TableStepModel", "decode_shape", "make_step_model",
-           "read_step_table", "steps_within"]
+           "read_step_table", "steps_bracket", "steps_within"]
 
 
 def make_step_model(model: ModelSpec, gpu: GpuSpec, tp: int, weights: str, kv: str, compute: str,

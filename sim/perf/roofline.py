@@ -57,16 +57,21 @@ class DecodeCoeffs:
             return []
         if self.m1 == self.c1:
             hi_line = (self.m0, self.m1) if self.m0 >= self.c0 else (self.c0, self.c1)
-            return [Segment(0, n_steps, hi_line[0] + self.fixed_s, hi_line[1])]
+            return [(0, n_steps, hi_line[0] + self.fixed_s, hi_line[1])]
         # Left of the crossing the flatter line is the larger one, right of it the steeper one.
         flat, steep = ((self.m0, self.m1), (self.c0, self.c1)) if self.m1 < self.c1 else \
             ((self.c0, self.c1), (self.m0, self.m1))
-        k = path.first_step_at_least((steep[0] - flat[0]) / (flat[1] - steep[1]), n_steps)
-        out = []
+        cross = (steep[0] - flat[0]) / (flat[1] - steep[1])
+        if isinstance(path, LinearPath):      # the common case, without a method call
+            k = min(n_steps, max(0, math.ceil((cross - path.first) / path.slope))) if path.slope > 0 else \
+                (0 if path.first >= cross else n_steps)
+        else:
+            k = path.first_step_at_least(cross, n_steps)
+        out: list[Segment] = []
         if k > 0:
-            out.append(Segment(0, k, flat[0] + self.fixed_s, flat[1]))
+            out.append((0, k, flat[0] + self.fixed_s, flat[1]))
         if k < n_steps:
-            out.append(Segment(k, n_steps, steep[0] + self.fixed_s, steep[1]))
+            out.append((k, n_steps, steep[0] + self.fixed_s, steep[1]))
         return out
 
     def run_s(self, path: ContextPath, n_steps: int) -> float:
@@ -81,10 +86,12 @@ class DecodeCoeffs:
         total = self.fixed_s * n_steps
         if bm == bc:
             return total + lin_sum(max(am, ac), bm, 0, n_steps)
-        flat, steep = ((am, bm), (ac, bc)) if bm < bc else ((ac, bc), (am, bm))
-        cross = (steep[0] - flat[0]) / (flat[1] - steep[1])
-        k = min(n_steps, max(0, math.ceil(cross)))
-        return total + lin_sum(*flat, 0, k) + lin_sum(*steep, k, n_steps)
+        fa, fb, sa, sb = (am, bm, ac, bc) if bm < bc else (ac, bc, am, bm)
+        k = min(n_steps, max(0, math.ceil((sa - fa) / (fb - sb))))
+        # lin_sum(fa, fb, 0, k) + lin_sum(sa, sb, k, n), written out: this is the engine's hottest line.
+        m = n_steps - k
+        return (total + (k * fa + fb * (k - 1) * k / 2.0 if k > 0 else 0.0)
+                + (m * sa + sb * (k + n_steps - 1) * m / 2.0 if m > 0 else 0.0))
 
 
 class RooflineStepModel:
@@ -119,6 +126,7 @@ class RooflineStepModel:
             self.comm_s_per_token = 0.0
             self.comm_fixed_s = 0.0
         self._decode_cache: dict[tuple[int, int], DecodeCoeffs] = {}
+        self._decode1: dict[int, DecodeCoeffs] = {}   # one query token per sequence: the hot case
 
     # ---- pieces --------------------------------------------------------------------------
     def weight_bytes(self, tokens: int) -> float:
@@ -137,10 +145,18 @@ class RooflineStepModel:
     # ---- decode-only iterations (closed form) -----------------------------------------------
     def decode_run(self, batch: int, query_tokens_per_seq: int = 1) -> DecodeCoeffs:
         """Coefficients of a decode-only step of `batch` sequences computing q tokens each."""
+        if query_tokens_per_seq == 1:
+            c = self._decode1.get(batch)
+            if c is None:
+                c = self._decode1[batch] = self._decode_coeffs(batch, 1)
+            return c
         key = (batch, query_tokens_per_seq)
         c = self._decode_cache.get(key)
-        if c is not None:
-            return c
+        if c is None:
+            c = self._decode_cache[key] = self._decode_coeffs(batch, query_tokens_per_seq)
+        return c
+
+    def _decode_coeffs(self, batch: int, query_tokens_per_seq: int) -> DecodeCoeffs:
         w = self.window
         q = query_tokens_per_seq
         tokens = batch * q
@@ -152,13 +168,11 @@ class RooflineStepModel:
                 + self.attn_flops_per_pair * self.sliding_layers * tokens * w
                 - self.attn_flops_per_pair * self.full_layers * batch * (q * (q - 1) // 2))
         cmp1 = self.attn_flops_per_pair * self.full_layers * q
-        c = DecodeCoeffs(
+        return DecodeCoeffs(
             m0=mem0 / self.bytes_per_s, m1=mem1 / self.bytes_per_s,
             c0=cmp0 / self.flops_per_s, c1=cmp1 / self.flops_per_s,
             fixed_s=self._fixed_s(tokens, batch), batch=batch,
         )
-        self._decode_cache[key] = c
-        return c
 
     # ---- general iteration ------------------------------------------------------------------
     def iteration_s(self, shape: StepShape) -> float:

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
+class Chunk(NamedTuple):
     """A prefill chunk: `new` tokens computed on top of `prefix` tokens already in KV."""
 
     prefix: int
@@ -93,13 +91,9 @@ class LinearPath(NamedTuple):
         return min(n, max(0, math.ceil((ctx_sum - self.first) / self.slope)))
 
 
-class Segment(NamedTuple):
-    """Steps lo <= j < hi of a run each take a + b x path.at(j) seconds."""
-
-    lo: int
-    hi: int
-    a: float
-    b: float
+#: A piece of a decode run, (lo, hi, a, b): steps lo <= j < hi each take a + b x path.at(j)
+#: seconds. A plain tuple: the engine builds one or two per decode run.
+Segment = tuple[int, int, float, float]
 
 
 class DecodeRun(Protocol):
@@ -139,33 +133,43 @@ def lin_sum(a: float, b: float, lo: int, hi: int) -> float:
 
 def segments_run_s(segments: Sequence[Segment], path: ContextPath) -> float:
     """Seconds of a run given its affine pieces."""
-    return sum(s.a * (s.hi - s.lo) + s.b * path.total(s.lo, s.hi) for s in segments)
+    return sum(a * (hi - lo) + b * path.total(lo, hi) for lo, hi, a, b in segments)
 
 
 def steps_within(run: DecodeRun, path: ContextPath, n_max: int, elapsed_s: float) -> int:
-    """Largest n <= n_max with run.run_s(path, n) <= elapsed_s.
+    """Largest n <= n_max with run.run_s(path, n) <= elapsed_s."""
+    return steps_bracket(run, path, n_max, elapsed_s)[0]
+
+
+def steps_bracket(run: DecodeRun, path: ContextPath, n_max: int, elapsed_s: float) -> tuple[int, float, float]:
+    """(k, T(k), T(k + 1)): the largest k <= n_max whose cumulative time T(k) = run.run_s(path, k)
+    is <= elapsed_s, with the times at it and one step later (inf when k = n_max).
 
     On a linear path each piece's cumulative time is quadratic in n, so the answer is a root,
     corrected by a step or two against run_s itself (so the answer is exactly what bisection over
     run_s would give); other paths bisect."""
     if n_max <= 0:
-        return 0
+        return 0, 0.0, math.inf
     if isinstance(path, LinearPath):
-        k = _linear_estimate(run.segments(path, n_max), path, elapsed_s)
-        k = min(n_max, max(0, k))
-        while k < n_max and run.run_s(path, k + 1) <= elapsed_s:
-            k += 1
-        while k > 0 and run.run_s(path, k) > elapsed_s:
+        k = min(n_max, max(0, _linear_estimate(run.segments(path, n_max), path, elapsed_s)))
+        t_k = run.run_s(path, k)
+        while k > 0 and t_k > elapsed_s:
             k -= 1
-        return k
-    lo, hi = 0, n_max
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if run.run_s(path, mid) <= elapsed_s:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+            t_k = run.run_s(path, k)
+    else:
+        lo, hi = 0, n_max
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if run.run_s(path, mid) <= elapsed_s:
+                lo = mid
+            else:
+                hi = mid - 1
+        k, t_k = lo, run.run_s(path, lo)
+    t_next = run.run_s(path, k + 1) if k < n_max else math.inf
+    while t_next <= elapsed_s:
+        k, t_k = k + 1, t_next
+        t_next = run.run_s(path, k + 1) if k < n_max else math.inf
+    return k, t_k, t_next
 
 
 def _linear_estimate(segments: Sequence[Segment], path: LinearPath, elapsed_s: float) -> int:

@@ -111,7 +111,7 @@ class PiecewiseDecode:
             # Steps until S reaches the next breakpoint.
             end = n_steps if k >= len(self.bounds) else \
                 min(n_steps, max(j + 1, path.first_step_at_least(self.bounds[k], n_steps)))
-            out.append(Segment(j, end, self.a[k], self.b[k]))
+            out.append((j, end, self.a[k], self.b[k]))
             j = end
         return out
 
