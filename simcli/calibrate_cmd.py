@@ -48,10 +48,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(out)
         return 0
     t = Table(title=f"calibration: {len(ms)} measurements, rms log error {f.rms_log_error:.3f}", header_style="bold")
-    for c in ("measurement", "kind", "measured", "predicted", "error"):
-        t.add_column(c, justify="left" if c in ("measurement", "kind") else "right")
+    for c in ("measurement", "kind", "measured", "predicted", "unit", "error"):
+        t.add_column(c, justify="left" if c in ("measurement", "kind", "unit") else "right")
     for _, r in f.table.iterrows():
-        t.add_row(str(r["id"]), r["kind"], fmt(r["measured"], 4), fmt(r["predicted"], 4), f"{r['error']:+.1%}")
+        unit = "s per iteration" if r["kind"] == "step" else "output tokens/s/GPU"
+        t.add_row(str(r["id"]), r["kind"], fmt(r["measured"], 4), fmt(r["predicted"], 4), unit,
+                  f"{r['error']:+.1%}")
     console.print(t)
     for k, v in f.params.items():
         console.print(f"  {k} = {v:.6g}")
