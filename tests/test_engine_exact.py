@@ -100,14 +100,19 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_decode_jumps_equal_step_by_step(case):
-    d = base_dict(duration_s=120.0, **CASES[case])
+def mixed_case_scenario(case: str, **top):
+    """CASES[case] on 2 replicas under bursty traffic with varied lengths (top: duration_s, ...)."""
+    d = base_dict(**{"duration_s": 120.0, **top}, **CASES[case])
     d["serving"] = {**d["serving"], "replicas": 2, "router": "least_kv_load"}
     d["workload"] = {"arrivals": {"kind": "gamma", "rate_per_s": 6.0, "cv": 2.0},
                      "input_tokens": {"kind": "lognormal", "mean": 1500, "cv": 1.0},
                      "output_tokens": {"kind": "lognormal", "mean": 200, "cv": 1.0}}
-    sc = scenario_from_dict(d)
+    return scenario_from_dict(d)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_decode_jumps_equal_step_by_step(case):
+    sc = mixed_case_scenario(case)
     fast = execute(build(sc, 3))
     ref = execute(build(sc, 3, allow_jumps=False))
     assert len(fast.iterations) < len(ref.iterations)  # the jumps did something

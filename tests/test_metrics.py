@@ -147,14 +147,9 @@ def test_warmup_with_offline_arrivals_is_refused():
 
 @pytest.mark.parametrize("case", ["chunked", "tight_kv_swap", "sliding_fp8"])
 def test_every_summary_figure_is_the_same_with_and_without_decode_jumps(case):
-    from test_engine_exact import CASES
+    from test_engine_exact import mixed_case_scenario
 
-    d = base_dict(duration_s=90.0, warmup_s=15.0, **CASES[case])
-    d["serving"] = {**d["serving"], "replicas": 2, "router": "least_kv_load"}
-    d["workload"] = {"arrivals": {"kind": "gamma", "rate_per_s": 6.0, "cv": 2.0},
-                     "input_tokens": {"kind": "lognormal", "mean": 1500, "cv": 1.0},
-                     "output_tokens": {"kind": "lognormal", "mean": 200, "cv": 1.0}}
-    sc = scenario_from_dict(d)
+    sc = mixed_case_scenario(case, duration_s=90.0, warmup_s=15.0)
     fast = execute(build(sc, 3))
     ref = execute(build(sc, 3, allow_jumps=False))
     assert len(fast.iterations) < len(ref.iterations) / 3
