@@ -5,7 +5,8 @@
 Copies the project (without .git) to a temporary folder, applies each mutation there alone, runs
 pytest, and prints whether a test failed ("caught"). The mutations are the ones the first code
 review found the suite blind to: a queue length of zero, halved KV occupancy and busy fraction,
-least_kv_load routed as least_outstanding, free swap transfers, and goodput counting every request.
+least_kv_load routed as least_outstanding, free swap transfers, goodput counting every request, and
+decode runs' KV block-seconds forgetting the blocks held before the run.
 Exit status 1 if any mutation goes unnoticed.
 """
 
@@ -32,8 +33,10 @@ MUTATIONS = {
     "swap transfers free (allocator)": ("sim/engine/kv_cache.py",
                                         "return kv_tokens * self.swap_bytes_per_token / self.host_link_bytes_per_s",
                                         "return 0.0"),
-    "swap transfers free (replica)": ("sim/engine/replica.py", "dt = self.step_model.iteration_s(shape) + plan.swap_s",
-                                      "dt = self.step_model.iteration_s(shape)"),
+    "swap transfers free (replica)": ("sim/engine/replica.py", "return self.step_model.iteration_s(shape) + plan.swap_s",
+                                      "return self.step_model.iteration_s(shape)"),
+    "decode runs hold no blocks from before": ("sim/engine/kv_integral.py", "total = held * run_s",
+                                               "total = 0.0 * run_s"),
     "goodput counts every request": ("sim/metrics/summary.py",
                                      'good_tokens = int(req.loc[req["met_slo"], "output_tokens_in_window"].sum())',
                                      'good_tokens = int(req["output_tokens_in_window"].sum())'),

@@ -124,8 +124,12 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
             r.on_done(r)
 
     marks = window_marks(sc)
+    # Decode runs are cut at the window's boundaries and at the simulation's end, so that no run's
+    # tokens straddle one: a run still going when the simulation stops would otherwise go
+    # unrecorded, while a step-by-step simulation records its steps up to the end.
+    cuts = (*marks.values(), sc.duration_s + sc.drain_timeout_s)
     cluster = Cluster.from_specs(env, specs, sc.serving.router, on_finish=on_finish, records=records,
-                                 levels=levels, marks=tuple(marks.values()), allow_jumps=allow_jumps)
+                                 levels=levels, marks=cuts, allow_jumps=allow_jumps)
     # Created before anything else is scheduled, each mark fires before any other event at its
     # instant: it sees the tokens sampled strictly before the boundary.
     for attr, t in marks.items():

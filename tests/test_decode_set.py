@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -149,5 +150,8 @@ def test_block_seconds_of_roofline_runs_vectorized():
     assert pieces == {1, 2}, "both one- and two-piece runs"
     records, got = block_seconds(log, step)
     assert list(records) == list(range(len(brute)))
+    whole, = log.tables()
+    parts = list(log.tables(max_cells=2 * len(whole[0])))    # two runs per part: memory stays bounded
+    assert len(parts) == 4 and (np.vstack(parts) == whole).all()
     for g, want in zip(got, brute, strict=True):
         assert math.isclose(g, want, rel_tol=1e-9)

@@ -24,6 +24,7 @@ arithmetic inside the event loop.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from itertools import chain
 from typing import Any
 
@@ -70,25 +71,31 @@ class DecodeRunLog:
     def __len__(self) -> int:
         return len(self.data) // _ROW.size
 
-    def table(self) -> np.ndarray:
-        """One row per run: the FIELDS, then `block_tokens` allocation counts."""
-        if not self.data:
-            return np.zeros((0, len(FIELDS) + self.block_tokens))
+    def tables(self, max_cells: int = 1 << 22) -> Iterator[np.ndarray]:
+        """The runs in row blocks of at most `max_cells` numbers (so the evaluation's memory stays
+        bounded however long the run and however large the block): one row per run, the FIELDS,
+        then `block_tokens` allocation counts."""
         bt = self.block_tokens
         rows = np.frombuffer(bytes(self.data), dtype=float).reshape(-1, len(FIELDS))
         hist = np.fromiter(chain.from_iterable(self.patterns), dtype=np.int64,
                            count=len(self.patterns) * bt).reshape(-1, bt)
-        pattern, phase = rows[:, -2].astype(np.int64), rows[:, -1].astype(np.int64)
-        ahead = (phase[:, None] - np.arange(bt)) % bt          # allocations_ahead()[r] = hist[(s0 - r) % bt]
-        return np.hstack([rows, hist[pattern[:, None], ahead]])
+        step = max(1, max_cells // (len(FIELDS) + bt))
+        for lo in range(0, len(rows), step):
+            part = rows[lo:lo + step]
+            pattern, phase = part[:, -2].astype(np.int64), part[:, -1].astype(np.int64)
+            ahead = (phase[:, None] - np.arange(bt)) % bt      # allocations_ahead()[r] = hist[(s0 - r) % bt]
+            yield np.hstack([part, hist[pattern[:, None], ahead]])
 
 
 def block_seconds(log: DecodeRunLog, step_model: StepModel) -> tuple[np.ndarray, np.ndarray]:
     """(record indices, block-seconds) of every logged run, with step times from `step_model`."""
-    t = log.table()
-    if len(t) == 0:
+    parts = [_block_seconds(t, log.block_tokens, step_model) for t in log.tables()]
+    if not parts:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
-    bt = log.block_tokens
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _block_seconds(t: np.ndarray, bt: int, step_model: StepModel) -> tuple[np.ndarray, np.ndarray]:
     nf = len(FIELDS)
     record, held, steps = t[:, 0].astype(np.int64), t[:, 1], t[:, 2].astype(np.int64)
     run_s, batch_col, first, slope = t[:, 3], t[:, 4].astype(np.int64), t[:, 5], t[:, 6]

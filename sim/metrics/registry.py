@@ -67,7 +67,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("total_tok_per_s", "total throughput", "tokens/s", 1, better="higher"),
     Metric("output_tok_per_s_per_gpu", "output throughput per GPU", "tokens/s/GPU", 1, better="higher"),
     Metric("total_tok_per_s_per_gpu", "total throughput per GPU", "tokens/s/GPU", 0, better="higher",
-           column="tok/s/GPU"),
+           column="total tok/s/GPU"),
     Metric("output_tok_per_s_per_user_p50", "speed per user (1/TPOT, p50)", "tokens/s", 1, better="higher"),
     Metric("gpu_busy_fraction", "GPU busy", "fraction", column="GPU busy"),
     Metric("batch_size_mean", "mean batch", "sequences", 1),
