@@ -165,11 +165,11 @@ def _simulate(sim: Simulation, progress: Callable[[float], None] | None) -> floa
     return end_s
 
 
-def _last_activity_s(req: pd.DataFrame, it: pd.DataFrame, end_s: float) -> float:
+def _last_activity_s(reqs: list[Request], it: pd.DataFrame, end_s: float) -> float:
     """The last token or rejection of any request, or end_s if a request is still in flight."""
-    if (req["status"] == "in_flight").any():
+    if any(metrics.STATUS_NAMES[r.status] == "in_flight" for r in reqs):
         return end_s
-    last_finish = float(req["finish_s"].max()) if len(req) else 0.0
+    last_finish = max((r.finish_s for r in reqs), default=0.0)
     last_iter = float(it["t_end_s"].max()) if len(it) else 0.0
     return max(last_finish, last_iter)
 
@@ -183,9 +183,8 @@ def execute(sim: Simulation, progress: Callable[[float], None] | None = None) ->
     rows, block_s = sim.cluster.kv_block_seconds()
     it.loc[rows, "kv_block_s"] = block_s
     sim_end = float(it["t_end_s"].max()) if len(it) else 0.0
-    probe = pd.DataFrame({"status": [metrics.STATUS_NAMES[r.status] for r in sim.requests],
-                          "finish_s": [r.finish_s if r.finish_s >= 0 else float("nan") for r in sim.requests]})
-    window = measurement_window(sc.window_kind, sc.warmup_s, sc.duration_s, _last_activity_s(probe, it, end_s))
+    window = measurement_window(sc.window_kind, sc.warmup_s, sc.duration_s,
+                                _last_activity_s(sim.requests, it, end_s))
     req = metrics.requests_frame(sim.requests, sc, window)
     lv = metrics.levels_frame(sim.levels)
     life = metrics.lifecycle_frame(sim.cluster.lifecycle)

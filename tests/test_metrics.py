@@ -191,3 +191,18 @@ def test_invariant_checks_catch_each_broken_figure():
                   "requests_completed": "requests arrived"}.get(key, key)
         assert len(broken) == 1 and needle in broken[0], (key, broken)
     assert violations(s, 8, 99) == ["output tokens in the window: 100 by iteration, 99 by request"]
+
+
+def test_packed_logs_give_back_their_rows_and_typed_columns():
+    from sim.metrics import LevelLog, LevelRecord
+
+    log = LevelLog()
+    log.add(0.25, 1, 3, 7)
+    log.add(1.5, 0, 0, 2)
+    assert len(log) == 2
+    assert log.rows() == [LevelRecord(0.25, 1, 3, 7), LevelRecord(1.5, 0, 0, 2)]
+    cols = log.columns()
+    assert list(cols) == list(LevelRecord._fields)
+    assert cols["t_s"].dtype == np.float64 and cols["waiting"].dtype == np.int64
+    assert cols["running"].tolist() == [7, 2]
+    assert LevelLog().columns()["t_s"].shape == (0,)

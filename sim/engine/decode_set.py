@@ -45,8 +45,6 @@ class DecodeSet:
         self.hist = [0] * block_tokens      # count of members by base mod block
         self._heap: list[tuple[int, int, Request]] = []
         self._version = 0                   # bumped on every membership change
-        self._ahead_key: tuple[int, int] = (-1, -1)
-        self._ahead: tuple[int, ...] = ()
         self._hist_version = -1
         self._hist_tuple: tuple[int, ...] = ()
 
@@ -108,16 +106,10 @@ class DecodeSet:
     def allocations_ahead(self) -> tuple[int, ...]:
         """Blocks allocated at each of the next `block` steps (steps g+1 .. g+block); the same
         pattern repeats every `block` steps while the membership is unchanged."""
-        bt = self.bt
-        key = (self.g % bt, self._version)
-        if key != self._ahead_key:
-            hist = self.hist
-            # Step t allocates for members with base = 1 - g - t (mod bt): the histogram read
-            # backwards from index (-g) mod bt (slices keep this in C).
-            s0 = -key[0] % bt
-            self._ahead_key = key
-            self._ahead = tuple(hist[s0::-1] + hist[:s0:-1])
-        return self._ahead
+        hist, s0 = self.allocation_pattern()
+        # Step g+1+r allocates for members with base = s0 - r (mod bt): the histogram read
+        # backwards from index s0 (slices keep this in C).
+        return hist[s0::-1] + hist[:s0:-1]
 
     def allocation_pattern(self) -> tuple[tuple[int, ...], int]:
         """(histogram, s0): members by base mod block, as a tuple that stays the same object until

@@ -35,6 +35,7 @@ NAN = float("nan")
 # per request on the event loop's hottest path.
 _make = tuple.__new__
 
+
 class Replica:
     def __init__(self, env: simpy.Environment, idx: int, step: StepModel, kv: KvCache, limits: BatchLimits, *,
                  on_finish: Callable[[Request], None], records: IterLog, levels: LevelLog,

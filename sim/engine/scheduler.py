@@ -76,7 +76,6 @@ class BatchScheduler:
         self.prefilling: list[Request] = []      # running requests still in prefill, admission order
         self.waiting_tokens = 0
         self.outstanding = 0                     # accepted and not finished: waiting + running
-        self.preempted = 0                       # preemptions so far
         self._seq = 0
 
     # ---- intake ---------------------------------------------------------------------------
@@ -123,7 +122,6 @@ class BatchScheduler:
         """Preempt the most recently admitted running request; returns swap-out seconds."""
         victim = next(reversed(self.running.values()))
         del self.running[victim.id]
-        self.preempted += 1
         swap_s = 0.0
         if victim.in_decode:
             kv = self.decode_set.remove(victim)
@@ -155,7 +153,6 @@ class BatchScheduler:
         step cannot get blocks."""
         plan = IterationPlan()
         lim, ds, kv = self.limits, self.decode_set, self.kv
-        preempted = self.preempted
         if not lim.chunked_prefill:
             self._admit_waiting(plan, lim.max_num_batched_tokens, whole_prompts=True, now=now)
             if plan.admitted:
@@ -169,8 +166,7 @@ class BatchScheduler:
             plan.decode = ds.size > 0
             kv.allocate(need)
         if not lim.chunked_prefill:
-            if self.preempted != preempted:
-                self.note_levels(now)
+            self.note_levels(now)
             return plan
         budget = lim.max_num_batched_tokens - ds.size
         for r in self.prefilling:
@@ -182,8 +178,7 @@ class BatchScheduler:
             budget -= new
         if budget > 0:
             self._admit_waiting(plan, budget, whole_prompts=False, now=now)
-        if plan.admitted or self.preempted != preempted:
-            self.note_levels(now)
+        self.note_levels(now)
         return plan
 
     def _add_chunk(self, plan: IterationPlan, r: Request, budget: int, free: int) -> int:

@@ -23,12 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.metrics.records import STATUS_NAMES, IterLog, IterRecord, LevelLog, LevelRecord, LifecycleRecord
+from sim.metrics.records import STATUS_NAMES, IterLog, LevelLog, LifecycleRecord
 from sim.metrics.window import Window
 from sim.scenario import Scenario
 
-ITER_COLUMNS = list(IterRecord._fields)
-LEVEL_COLUMNS = list(LevelRecord._fields)
 LIFECYCLE_COLUMNS = list(LifecycleRecord._fields)
 PERCENTILES = (50, 90, 99)
 
@@ -37,10 +35,7 @@ PERCENTILES = (50, 90, 99)
 
 def requests_frame(reqs: Sequence[Any], sc: Scenario, window: Window) -> pd.DataFrame:
     """One row per request, in arrival order."""
-    cols = _attribute_columns(reqs, _REQUEST_ATTRIBUTES)
-
-    def col(name: str) -> list:
-        return cols[name]
+    col = _attribute_columns(reqs, _REQUEST_ATTRIBUTES).__getitem__
 
     nan = np.nan
     arrival = np.asarray(col("arrival_s"), dtype=float)
