@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import base_dict, step_model, step_s
 
-from sim.perf import Chunk, LinearPath, RooflineStepModel, StepShape
+from sim.perf import Chunk, DraftWork, LinearPath, RooflineStepModel, StepShape, steps_within
 from sim.scenario import scenario_from_dict
 
 NO_OVERHEAD = {"iteration_overhead_s": 0.0, "per_seq_overhead_s": 0.0, "activation_traffic_factor": 0.0}
@@ -115,3 +115,68 @@ def test_verifying_several_tokens_per_sequence():
     assert (one.c0 + one.c1 * c) * s.flops_per_s == pytest.approx(
         3 * (s.linear_flops_per_token + s.lm_flops_per_sample) + s.attn_flops_per_pair * s.full_layers * pairs,
         rel=1e-12)
+
+
+def test_draft_pass_is_a_share_of_the_layers_plus_the_lm_head():
+    """A draft pass of one sequence (memory-bound) reads its share of the layer weights and KV and
+    the whole LM head; p passes add p times that to the verification step."""
+    s = model()
+    m = s.model
+    ctx, share, passes = 1000, 1 / m.layers, 3
+    layer_weights = m.always_read_params * 2.0
+    kv = m.layers * 2 * m.kv_heads * m.head_dim * 2.0 * (ctx + 1)  # read ctx, write 1
+    pass_s = (share * (layer_weights + kv) + m.lm_head_params * 2.0) / (3.35e12 * s.cfg.hbm_bw_efficiency)
+    plain = s.iteration_s(StepShape(1, ctx))
+    drafted = s.iteration_s(StepShape(1, ctx, 1, (), DraftWork(passes, share)))
+    assert drafted - plain == pytest.approx(passes * pass_s, rel=1e-12)
+    # A pass over all the layers is a plain one-token decode step (no overheads here, tp = 1),
+    # in the memory-bound and in the compute-bound regime.
+    for batch, ctx_sum in ((1, 1000), (512, 512 * 3000)):
+        assert s.draft_pass(batch, 1.0).step_s(ctx_sum) == pytest.approx(
+            s.decode_run(batch).step_s(ctx_sum), rel=1e-12)
+    # No draft work, or zero passes, is the plain step.
+    assert s.iteration_s(StepShape(1, ctx, 1, (), DraftWork(0, share))) == plain
+
+
+def test_draft_work_in_proportion_to_the_drafter():
+    """A one-layer drafter (an MTP module) adds per pass about a layer's share of a memory-bound
+    step plus the LM head's (about 6.5 % of Llama-3.1-8B's weight bytes); a whole-model drafter of
+    k passes costs about k steps at any batch."""
+    s = model()
+    layer_share = 1 / s.model.layers
+    lm_share = s.lm_head_bytes / s.base_weight_bytes
+    plain = s.iteration_s(StepShape(1, 1000))
+    mtp = s.iteration_s(StepShape(1, 1000, 4, (), DraftWork(3, layer_share)))
+    assert mtp / plain == pytest.approx(1 + 3 * (layer_share * (1 - lm_share) + lm_share), rel=0.01)
+    for batch in (1, 256):
+        plain = s.iteration_s(StepShape(batch, batch * 1000))
+        whole = s.iteration_s(StepShape(batch, batch * 1000, 1, (), DraftWork(3, 1.0)))
+        assert whole / plain == pytest.approx(4.0, rel=0.05)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_drafted_decode_runs_stay_exact_and_closed_form(tp):
+    """With draft work a decode run is still piecewise affine in the context: its step times match
+    the general iteration, its closed-form duration matches step-by-step sums across the
+    memory/compute crossings, and the engine's step search agrees with brute force."""
+    s = model(serving={"parallelism": {"tp": tp}})
+    draft = DraftWork(2, 0.5)
+    for batch, q in ((512, 1), (512, 3), (3, 2)):
+        run = s.decode_run(batch, q, draft)
+        path = LinearPath(batch * 100.0, float(batch * q))
+        n = 900
+        steps = [run.step_s(path.at(j)) for j in range(n)]
+        for j in (0, 1, 450, 899):
+            assert steps[j] == pytest.approx(s.iteration_s(StepShape(batch, path.at(j), q, (), draft)), rel=1e-12)
+        segs = run.segments(path, n)
+        assert segs[0][0] == 0 and segs[-1][1] == n and len(segs) <= 3
+        assert all(a[1] == b[0] for a, b in zip(segs, segs[1:], strict=False))
+        for lo, hi, a, b in segs:
+            for j in (lo, hi - 1):
+                assert a + b * path.at(j) == pytest.approx(steps[j], rel=1e-12)
+        for k in (1, 37, 450, n):
+            assert run.run_s(path, k) == pytest.approx(sum(steps[:k]), rel=1e-10)
+        elapsed = sum(steps[:300]) + steps[300] / 2
+        assert steps_within(run, path, n, elapsed) == 300
+    # At batch 512 the run crosses from compute-bound to memory-bound: more than one piece.
+    assert len(s.decode_run(512, 1, draft).segments(LinearPath(512 * 100.0, 512.0), 900)) > 1

@@ -10,7 +10,7 @@ import pytest
 from conftest import base_dict, step_s
 
 from sim.errors import InputError
-from sim.perf import Chunk, LinearPath, StepShape, TableStepModel, read_step_table, steps_within
+from sim.perf import Chunk, DraftWork, LinearPath, StepShape, TableStepModel, read_step_table, steps_within
 from sim.runner import build, execute
 from sim.scenario import scenario_from_dict
 
@@ -114,3 +114,20 @@ def test_bad_tables(tmp_path, body, needle):
     p.write_text(body, encoding="utf-8")
     with pytest.raises(InputError, match=needle):
         read_step_table(p)
+
+
+def test_draft_work_is_a_share_of_a_decode_step(table_csv):
+    """The table has no drafter axis: p passes of a share f cost p f one-token decode steps of the
+    same batch, in a decode run and in a mixed iteration alike."""
+    m = model(table_csv)
+    draft = DraftWork(3, 0.25)
+    for batch, ctx in ((16, 16 * 1000), (64, 64 * 5000)):
+        one_step = m.decode_run(batch).step_s(ctx)
+        verify = m.decode_run(batch, 2).step_s(ctx)
+        assert m.iteration_s(StepShape(batch, ctx, 2, (), draft)) == pytest.approx(verify + 0.75 * one_step, rel=1e-12)
+        chunks = (Chunk(0, 512, True),)
+        assert m.iteration_s(StepShape(batch, ctx, 1, chunks, draft)) - m.iteration_s(StepShape(batch, ctx, 1, chunks)) \
+            == pytest.approx(0.75 * one_step, rel=1e-12)
+        run = m.decode_run(batch, 1, draft)
+        path = LinearPath(float(ctx), float(batch))
+        assert run.run_s(path, 500) == pytest.approx(sum(run.step_s(path.at(j)) for j in range(500)), rel=1e-10)

@@ -158,7 +158,7 @@ class Replica:
         ds = self.scheduler.decode_set
         shape = _make(StepShape, (ds.size if plan.decode else 0, ds.next_ctx_sum() if plan.decode else 0, 1,
                                   tuple([_make(Chunk, (r.prefilled, new, r.prefilled + new >= r.prefill_target))
-                                         for r, new in plan.chunks])))
+                                         for r, new in plan.chunks]), None))
         return self.step_model.iteration_s(shape) + plan.swap_s
 
     def _end_iteration(self, plan: IterationPlan, t0: float, held: int) -> None:

@@ -16,6 +16,8 @@ from sim.perf.shape import (
     Chunk,
     ContextPath,
     DecodeRun,
+    DraftedRun,
+    DraftWork,
     LinearPath,
     Segment,
     StepModel,
@@ -26,7 +28,7 @@ from sim.perf.shape import (
 )
 from sim.perf.table import TableStepModel, read_step_table
 
-__all__ = ["Chunk", "ContextPath", "DecodeCoeffs", "DecodeRun", "LinearPath", "PerfCfg", "RooflineStepModel",
+__all__ = ["Chunk", "ContextPath", "DecodeCoeffs", "DecodeRun", "DraftedRun", "DraftWork", "LinearPath", "PerfCfg", "RooflineStepModel",
            "Segment", "StepModel", "StepShape", "TableStepModel", "decode_shape", "make_step_model",
            "read_step_table", "steps_bracket", "steps_within"]
 

@@ -21,10 +21,20 @@ Weights and FLOPs divide by tp; KV divides by tp through the KV heads each GPU h
 sequence computing q query tokens (q = 1 plain decoding, k + 1 verifying k drafts) over a KV length
 c (its new tokens included) attends q c - q (q - 1) / 2 (query, key) pairs and samples q positions.
 
+Draft work (`shape.DraftWork`: p passes, each running a share f of the layers) adds, per pass over
+B decoding sequences, the same terms as a one-token decode step with every per-layer term (layer
+weights, KV read and written, activations, attention and matmul FLOPs, all-reduce) scaled by f, plus
+the whole LM head (each pass samples a proposed token per sequence). A pass attends over the
+sequence's context S as the verification step sees it: the at most k draft tokens a pass adds are
+ignored against contexts of hundreds of tokens. No per-iteration overhead is added per pass: the
+drafter runs inside the iteration whose scheduling overhead is already counted.
+
 A decode-only iteration of a fixed set of B sequences with q tokens each is
 max(m0 + m1 S, c0 + c1 S) + fixed, where S is the summed context: two lines that cross at most once,
 so a run along any non-decreasing context path is two affine pieces (`shape.Segment`) and has a
-closed-form duration, which lets the engine advance many decode steps in one event.
+closed-form duration, which lets the engine advance many decode steps in one event. With draft work
+the step is that plus p times a draft pass of the same form (`shape.DraftedRun`): at most three
+affine pieces, still closed-form.
 """
 
 from __future__ import annotations
@@ -35,7 +45,17 @@ from dataclasses import dataclass
 from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec
 from sim.errors import InputError
 from sim.perf.config import PerfCfg
-from sim.perf.shape import ContextPath, LinearPath, Segment, StepShape, lin_sum, segments_run_s
+from sim.perf.shape import (
+    ContextPath,
+    DecodeRun,
+    DraftedRun,
+    DraftWork,
+    LinearPath,
+    Segment,
+    StepShape,
+    lin_sum,
+    segments_run_s,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +128,7 @@ class RooflineStepModel:
         wb = BYTES_PER_ELEMENT[weights]
         m = model
         self.base_weight_bytes = (m.always_read_params + m.lm_head_params) * wb / tp
+        self.lm_head_bytes = m.lm_head_params * wb / tp
         self.expert_bytes_per_layer = m.expert_params * wb / tp
         self.kv_layer_bytes = m.kv_bytes_per_token_per_layer(kv, tp)
         self.full_layers = m.full_attention_layers
@@ -126,6 +147,7 @@ class RooflineStepModel:
             self.comm_s_per_token = 0.0
             self.comm_fixed_s = 0.0
         self._decode_cache: dict[tuple[int, int], DecodeCoeffs] = {}
+        self._drafted_cache: dict[tuple[int, int, DraftWork], DraftedRun] = {}
         self._decode1: dict[int, DecodeCoeffs] = {}   # one query token per sequence: the hot case
 
     # ---- pieces --------------------------------------------------------------------------
@@ -143,8 +165,20 @@ class RooflineStepModel:
         return self.cfg.iteration_overhead_s + self.cfg.per_seq_overhead_s * seqs + comm
 
     # ---- decode-only iterations (closed form) -----------------------------------------------
-    def decode_run(self, batch: int, query_tokens_per_seq: int = 1) -> DecodeCoeffs:
-        """Coefficients of a decode-only step of `batch` sequences computing q tokens each."""
+    def decode_run(self, batch: int, query_tokens_per_seq: int = 1,
+                   draft: DraftWork | None = None) -> DecodeRun:
+        """Coefficients of a decode-only step of `batch` sequences computing q tokens each, after
+        the iteration's draft work if any."""
+        if query_tokens_per_seq == 1 and draft is None:   # the engine's hot call, kept to one lookup
+            c = self._decode1.get(batch)
+            if c is None:
+                c = self._decode1[batch] = self._decode_coeffs(batch, 1)
+            return c
+        if draft is not None and draft.passes > 0:
+            return self._drafted_run(batch, query_tokens_per_seq, draft)
+        return self._plain_run(batch, query_tokens_per_seq)
+
+    def _plain_run(self, batch: int, query_tokens_per_seq: int) -> DecodeCoeffs:
         if query_tokens_per_seq == 1:
             c = self._decode1.get(batch)
             if c is None:
@@ -155,6 +189,30 @@ class RooflineStepModel:
         if c is None:
             c = self._decode_cache[key] = self._decode_coeffs(batch, query_tokens_per_seq)
         return c
+
+    def _drafted_run(self, batch: int, query_tokens_per_seq: int, draft: DraftWork) -> DraftedRun:
+        key = (batch, query_tokens_per_seq, draft)
+        run = self._drafted_cache.get(key)
+        if run is None:
+            run = self._drafted_cache[key] = DraftedRun(self._plain_run(batch, query_tokens_per_seq),
+                                                        self.draft_pass(batch, draft.layer_share), draft.passes)
+        return run
+
+    def draft_pass(self, batch: int, layer_share: float) -> DecodeCoeffs:
+        """One draft pass over `batch` decoding sequences running `layer_share` of the layers and
+        the LM head (see the module docstring)."""
+        f, w = layer_share, self.window
+        layer_weight_bytes = self.weight_bytes(batch) - self.lm_head_bytes
+        mem0 = (f * (layer_weight_bytes + batch * (self.model.layers * self.kv_layer_bytes + self.act_bytes_per_token)
+                     + self.sliding_layers * self.kv_layer_bytes * batch * w)
+                + self.lm_head_bytes)
+        mem1 = f * self.full_layers * self.kv_layer_bytes
+        cmp0 = (f * batch * (self.linear_flops_per_token + self.attn_flops_per_pair * self.sliding_layers * w)
+                + batch * self.lm_flops_per_sample)
+        cmp1 = f * self.attn_flops_per_pair * self.full_layers
+        comm_s = f * (self.comm_fixed_s + self.comm_s_per_token * batch)
+        return DecodeCoeffs(m0=mem0 / self.bytes_per_s, m1=mem1 / self.bytes_per_s,
+                            c0=cmp0 / self.flops_per_s, c1=cmp1 / self.flops_per_s, fixed_s=comm_s, batch=batch)
 
     def _decode_coeffs(self, batch: int, query_tokens_per_seq: int) -> DecodeCoeffs:
         w = self.window
@@ -177,9 +235,12 @@ class RooflineStepModel:
     # ---- general iteration ------------------------------------------------------------------
     def iteration_s(self, shape: StepShape) -> float:
         """Time of one iteration of the given shape (see the module docstring)."""
-        seqs, q, chunks = shape.decode_seqs, shape.query_tokens_per_seq, shape.chunks
+        seqs, q, chunks, draft = shape.decode_seqs, shape.query_tokens_per_seq, shape.chunks, shape.draft
         if not chunks:
-            return self.decode_run(seqs, q).step_s(shape.decode_ctx_sum) if seqs else 0.0
+            return self.decode_run(seqs, q, draft).step_s(shape.decode_ctx_sum) if seqs else 0.0
+        draft_s = 0.0
+        if draft is not None and draft.passes > 0 and seqs:
+            draft_s = draft.passes * self.draft_pass(seqs, draft.layer_share).step_s(shape.decode_ctx_sum)
         w = self.window
         tokens = seqs * q
         samples = seqs * q
@@ -201,4 +262,5 @@ class RooflineStepModel:
                + self.kv_layer_bytes * (self.full_layers * read_full + self.sliding_layers * read_sl))
         cmp = (tokens * self.linear_flops_per_token + samples * self.lm_flops_per_sample
                + self.attn_flops_per_pair * (self.full_layers * pairs_full + self.sliding_layers * pairs_sl))
-        return max(cmp / self.flops_per_s, mem / self.bytes_per_s) + self._fixed_s(tokens, seqs + len(chunks))
+        return (max(cmp / self.flops_per_s, mem / self.bytes_per_s) + self._fixed_s(tokens, seqs + len(chunks))
+                + draft_s)

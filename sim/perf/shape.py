@@ -3,7 +3,9 @@
 * A **batch shape** (`StepShape`) is one iteration: `decode_seqs` sequences each computing
   `query_tokens_per_seq` tokens (1 for plain decoding; k + 1 when a speculative step verifies k
   drafts) over a summed KV length `decode_ctx_sum` (this step's tokens included), plus prefill
-  chunks (`Chunk`: `new` tokens on top of `prefix` tokens already in KV).
+  chunks (`Chunk`: `new` tokens on top of `prefix` tokens already in KV), plus the iteration's
+  draft work (`DraftWork`: sequential draft passes over every decoding sequence, each proposing one
+  token per sequence, as speculative decoding's drafter does before verification).
 * A **context path** gives the summed KV length of a fixed set of decoding sequences at each step
   j = 0, 1, ... of a run. Plain decoding adds one token per sequence per step, so the path is
   linear, S_j = S_0 + B j (`LinearPath`); speculative decoding will add a random number of tokens
@@ -32,6 +34,19 @@ class Chunk(NamedTuple):
     samples: bool  # the chunk ends the prompt, so its last position is sampled
 
 
+class DraftWork(NamedTuple):
+    """Draft work of one iteration: `passes` sequential forward passes of a drafter over every
+    decoding sequence, each pass proposing one token per sequence over the sequence's context.
+
+    `layer_share` is the share of the priced model's transformer layers one pass runs: 1.0 when the
+    drafter is a whole model priced by its own step model (a separate draft model), about 1 / layers
+    when it is one extra layer of the target (an EAGLE head, a DeepSeek MTP module). Every pass also
+    runs the LM head, which turns the drafter's hidden state into the proposed token."""
+
+    passes: int
+    layer_share: float = 1.0
+
+
 class StepShape(NamedTuple):
     """The work of one iteration (see the module docstring). A NamedTuple: the engine builds one
     per iteration, and tuples are the cheapest immutable values to build."""
@@ -40,6 +55,7 @@ class StepShape(NamedTuple):
     decode_ctx_sum: float = 0.0
     query_tokens_per_seq: int = 1
     chunks: tuple[Chunk, ...] = ()
+    draft: DraftWork | None = None
 
     @property
     def decode_tokens(self) -> int:
@@ -118,9 +134,34 @@ class StepModel(Protocol):
 
     def iteration_s(self, shape: StepShape) -> float: ...
 
-    def decode_run(self, batch: int, query_tokens_per_seq: int = 1) -> DecodeRun:
-        """Coefficients of decode-only steps of `batch` sequences (cached per shape)."""
+    def decode_run(self, batch: int, query_tokens_per_seq: int = 1, draft: DraftWork | None = None) -> DecodeRun:
+        """Coefficients of decode-only steps of `batch` sequences, with the iteration's draft work
+        (cached per shape)."""
         ...
+
+
+class DraftedRun:
+    """Decode steps with draft work: each step takes target(S) + weight x draft(S), with S the summed
+    context of the batch. The sum of two piecewise-affine runs is piecewise affine on the union of
+    their pieces, and its duration is the weighted sum of theirs, so it stays closed-form."""
+
+    __slots__ = ("target", "draft", "weight")
+
+    def __init__(self, target: DecodeRun, draft: DecodeRun, weight: float) -> None:
+        self.target, self.draft, self.weight = target, draft, weight
+
+    @property
+    def batch(self) -> int:
+        return self.target.batch
+
+    def step_s(self, ctx_sum: float) -> float:
+        return self.target.step_s(ctx_sum) + self.weight * self.draft.step_s(ctx_sum)
+
+    def segments(self, path: ContextPath, n_steps: int) -> list[Segment]:
+        return add_segments(self.target.segments(path, n_steps), self.draft.segments(path, n_steps), self.weight)
+
+    def run_s(self, path: ContextPath, n_steps: int) -> float:
+        return self.target.run_s(path, n_steps) + self.weight * self.draft.run_s(path, n_steps)
 
 
 def lin_sum(a: float, b: float, lo: int, hi: int) -> float:
@@ -129,6 +170,24 @@ def lin_sum(a: float, b: float, lo: int, hi: int) -> float:
     if n <= 0:
         return 0.0
     return n * a + b * (lo + hi - 1) * n / 2.0
+
+
+def add_segments(first: Sequence[Segment], second: Sequence[Segment], weight: float = 1.0) -> list[Segment]:
+    """The pieces of t_j = first(j) + weight x second(j), for two runs split over the same steps:
+    the pieces start wherever either run's pieces start."""
+    out: list[Segment] = []
+    i = k = 0
+    while i < len(first) and k < len(second):
+        lo1, hi1, a1, b1 = first[i]
+        lo2, hi2, a2, b2 = second[k]
+        lo, hi = max(lo1, lo2), min(hi1, hi2)
+        if lo < hi:
+            out.append((lo, hi, a1 + weight * a2, b1 + weight * b2))
+        if hi1 <= hi2:
+            i += 1
+        if hi2 <= hi1:
+            k += 1
+    return out
 
 
 def segments_run_s(segments: Sequence[Segment], path: ContextPath) -> float:

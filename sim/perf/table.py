@@ -17,6 +17,10 @@ The table has no axis for several query tokens per decoding sequence (speculativ
 such an iteration is looked up as one decode token per sequence plus the extra tokens as prefill.
 Chunked prefills are looked up by their token count only: a chunk late in a long prompt costs the
 same as the first (the table has no prefix axis).
+
+Draft work (`shape.DraftWork`) has no axis either: a draft pass running a share f of the layers is
+priced as f times a one-token decode step of the same batch at the same context (the measured step
+includes the LM head and the overheads, so this over-prices a small drafter's pass a little).
 """
 
 from __future__ import annotations
@@ -30,7 +34,17 @@ import numpy as np
 import pandas as pd
 
 from sim.errors import InputError
-from sim.perf.shape import ContextPath, LinearPath, Segment, StepShape, lin_sum, segments_run_s
+from sim.perf.shape import (
+    ContextPath,
+    DecodeRun,
+    DraftedRun,
+    DraftWork,
+    LinearPath,
+    Segment,
+    StepShape,
+    lin_sum,
+    segments_run_s,
+)
 
 COLUMNS = ("decode_seqs", "context_tokens", "prefill_tokens", "step_time_s")
 AXES = COLUMNS[:3]
@@ -155,7 +169,11 @@ class TableStepModel:
     def iteration_s(self, shape: StepShape) -> float:
         decode_seqs, decode_ctx_sum, q = shape.decode_seqs, shape.decode_ctx_sum, shape.query_tokens_per_seq
         if not shape.chunks:
-            return self.decode_run(decode_seqs, q).step_s(decode_ctx_sum) if decode_seqs else 0.0
+            return self.decode_run(decode_seqs, q, shape.draft).step_s(decode_ctx_sum) if decode_seqs else 0.0
+        draft_s = 0.0
+        if shape.draft is not None and shape.draft.passes > 0 and decode_seqs:
+            draft_s = (shape.draft.passes * shape.draft.layer_share
+                       * self.decode_run(decode_seqs).step_s(decode_ctx_sum))
         prefill = float(shape.prefill_tokens + decode_seqs * (q - 1))
         mean_ctx = decode_ctx_sum / decode_seqs if decode_seqs else float(self.axes[1][0])
         cov = self.coverage
@@ -163,9 +181,15 @@ class TableStepModel:
         cov.note("prefill_tokens", prefill, prefill)
         if decode_seqs:
             cov.note("context_tokens", mean_ctx, mean_ctx)
-        return max(0.0, self._at(decode_seqs, mean_ctx, prefill))
+        return max(0.0, self._at(decode_seqs, mean_ctx, prefill)) + draft_s
 
-    def decode_run(self, batch: int, query_tokens_per_seq: int = 1) -> PiecewiseDecode:
+    def decode_run(self, batch: int, query_tokens_per_seq: int = 1, draft: DraftWork | None = None) -> DecodeRun:
+        if draft is not None and draft.passes > 0:
+            return DraftedRun(self._plain_run(batch, query_tokens_per_seq), self._plain_run(batch, 1),
+                              draft.passes * draft.layer_share)
+        return self._plain_run(batch, query_tokens_per_seq)
+
+    def _plain_run(self, batch: int, query_tokens_per_seq: int) -> PiecewiseDecode:
         key = (batch, query_tokens_per_seq)
         d = self._decode_cache.get(key)
         if d is not None:
