@@ -279,7 +279,8 @@ class Cost(_Frozen):
 
 
 class Scenario(_Frozen):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    # A file name of its own under results/: no "." or "..", no path separators, not too long.
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
     seed: int = Field(default=0, ge=0)
     duration_s: float = Field(gt=0, description="arrivals stop here; in-flight requests finish")

@@ -17,8 +17,8 @@ import yaml
 
 from sim.calibrate import DEFAULT_PARAMS, fit, profile, read_measurements_csv, reference_points
 from sim.errors import InputError
-from simcli.common import RESULTS_DIR, unique
-from simcli.output import fmt, make_console, write_text
+from simcli.common import RESULTS_DIR
+from simcli.output import check_out_file, fmt, make_console, write_new_text, write_text
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -33,17 +33,23 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         ms = read_measurements_csv(args.measurements)
         source = str(args.measurements)
+    if args.out is not None:
+        check_profile_out(args.out)
     console = make_console()
     if not args.quiet:
         console.print(f"fitting {', '.join(params)} to {len(ms)} measurements ...")
     f = fit(ms, params)
     prof = profile(f, source)
     prof["created_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = args.out if args.out is not None else unique(RESULTS_DIR / "calibration" / f"profile-{stamp}.yaml")
-    comment = ("# Perf profile written by 'run.py calibrate'. Use it in a scenario with\n"
-              f"#   perf: {{profile: {out.name}}}\n")
-    write_text(out, comment + yaml.safe_dump(prof, sort_keys=False))
+    body = yaml.safe_dump(prof, sort_keys=False)
+    if args.out is not None:
+        out = args.out
+        write_text(out, _header(out.name) + body)
+    else:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = RESULTS_DIR / "calibration" / f"profile-{stamp}.yaml"
+        # Never replaces another calibration's profile (two can finish within the same second).
+        out = write_new_text(out, _header(out.name) + body)
     if args.quiet:
         print(out)
         return 0
@@ -61,6 +67,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         console.print(f"[yellow]note:[/yellow] {note}")
     console.print(f"profile: {out}")
     return 0
+
+
+HEADER = "# Perf profile written by 'run.py calibrate'."
+
+
+def _header(file_name: str) -> str:
+    return f"{HEADER} Use it in a scenario with\n#   perf: {{profile: {file_name}}}\n"
+
+
+def check_profile_out(path: Path) -> None:
+    """An --out profile may replace only a profile this command wrote."""
+    check_out_file(path, "profile")
+    if path.exists():
+        try:
+            first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+        except (OSError, UnicodeDecodeError):
+            first = ""
+        if not first.startswith(HEADER):
+            raise InputError(f"--out {path}: exists and is not a profile written by 'run.py calibrate'; "
+                             "it is left untouched: name a new file, or remove it yourself")
 
 
 def add_parser(sub) -> None:

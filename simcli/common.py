@@ -1,4 +1,4 @@
-"""What every command shares: the results folder, --set parsing, unique names, the executor
+"""What every command shares: the results folder, --set parsing, the executor
 options of sweep and plan, and progress bars."""
 
 from __future__ import annotations
@@ -30,15 +30,6 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         except yaml.YAMLError:
             raise InputError(f"--set {key}: cannot parse value {raw!r}") from None
     return out
-
-
-def unique(path: Path) -> Path:
-    """`path`, or `stem-1.suffix`, `stem-2.suffix`, ... if it exists."""
-    cand, i = path, 1
-    while cand.exists():
-        cand = path.with_name(f"{path.stem}-{i}{path.suffix}")
-        i += 1
-    return cand
 
 
 def add_execution_options(p: argparse.ArgumentParser, what: str) -> None:

@@ -7,6 +7,7 @@ is assembled in a temporary folder and renamed into place the same way.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from sim.errors import InputError
 
 
 def jsonable(v: Any) -> Any:
@@ -71,24 +74,147 @@ def save_figure(fig, path: Path) -> None:
         fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=120, bbox_inches="tight")
 
 
+#: Every result folder this program writes holds this file, saying which command wrote it. A folder
+#: is replaced or resumed only when it holds the marker of the same command (or is empty).
+MARKER = ".token-factory-result"
+MAX_NAME_BYTES = 255
+
+
+def _marker_kind(folder: Path) -> str | None:
+    try:
+        return (folder / MARKER).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def check_out_dir(path: Path, kind: str, *, legacy_files: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, an output folder this command may not write: one that holds the
+    current folder, a file, a folder holding files that are not a `kind` result of this program
+    (`legacy_files` name files that mark one written before the marker existed), a name too long,
+    or a place that cannot be written."""
+    flag = f"--out {path}"
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as err:
+        raise InputError(f"{flag}: cannot resolve the path: {err}") from None
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise InputError(f"{flag}: is the current folder or one of its parents; name a new folder for the results")
+    for part in resolved.parts:
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise InputError(f"{flag}: a path component is longer than {MAX_NAME_BYTES} bytes")
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{flag}: exists and is not a folder; name a new folder for the results")
+        ours = _marker_kind(path) == kind or any((path / f).is_file() for f in legacy_files)
+        if not ours and any(path.iterdir()):
+            raise InputError(f"{flag}: exists and holds files that are not {kind} results of this program; "
+                             "it is left untouched: name a new folder, or remove it yourself")
+        _check_writable(path, flag)
+    else:
+        _check_writable(_nearest_existing(path.parent), flag)
+
+
+def check_out_file(path: Path, what: str) -> None:
+    """Refuse, before any work, an output file that is a folder or cannot be written."""
+    flag = f"--out {path}"
+    if path.is_dir():
+        raise InputError(f"{flag}: is a folder; name the {what} file to write")
+    if len(path.name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise InputError(f"{flag}: the file name is longer than {MAX_NAME_BYTES} bytes")
+    _check_writable(_nearest_existing(path.parent), flag)
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path if str(path) else Path(".")
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    if not folder.is_dir():
+        raise InputError(f"{flag}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{flag}: cannot write in {folder} (permission denied)")
+
+
+class ResultDir:
+    """Where a result folder is assembled (`tmp`) and where it ended up (`path`, set on success)."""
+
+    def __init__(self, tmp: Path, path: Path) -> None:
+        self.tmp, self.path = tmp, path
+
+
 @contextmanager
-def atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces `out_dir` whole."""
+def atomic_dir(out_dir: Path, kind: str, *, replace: bool) -> Iterator[ResultDir]:
+    """Assemble a result folder in a temporary folder beside `out_dir` and rename it into place.
+
+    Never deletes what this program did not write: with `replace` (an --out the user named) an
+    earlier `kind` result in `out_dir` is replaced; otherwise, or when `out_dir` holds anything else
+    by then, the results go to `out_dir-1`, `out_dir-2`, ... The rename is what claims the name (a
+    folder cannot be renamed onto a non-empty one), so runs finishing at the same moment never
+    share a folder. `ResultDir.path` says where the results went."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     tmp.chmod(0o755)
+    res = ResultDir(tmp, out_dir)
     try:
-        yield tmp
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
+        yield res
+        (tmp / MARKER).write_text(kind + "\n", encoding="utf-8")
+        if replace and out_dir.is_dir() and _marker_kind(out_dir) == kind:
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            out_dir.rename(old / "old")
             tmp.rename(out_dir)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+            return
+        res.path = _claim(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _claim(tmp: Path, out_dir: Path) -> Path:
+    """Rename `tmp` to `out_dir`, or to the first free `out_dir-N`."""
+    for i in range(10_000):
+        cand = out_dir if i == 0 else out_dir.with_name(f"{out_dir.name}-{i}")
+        try:
+            tmp.rename(cand)            # fails if cand is a file or a non-empty folder
+            return cand
+        except (FileExistsError, IsADirectoryError, NotADirectoryError):
+            continue
+        except OSError as err:
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                continue
+            raise
+    raise InputError(f"{out_dir}: no free name beside it")
+
+
+def write_new_text(path: Path, text: str) -> Path:
+    """Write `text` to a new file at `path`, or at the first free `stem-N.suffix` beside it;
+    returns the path written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        return claim_file(Path(tmp), path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def claim_file(tmp: Path, path: Path) -> Path:
+    """Give the finished file `tmp` also the name `path`, or the first free `stem-N.suffix`, without
+    ever replacing a file (a hard link fails on an existing name). The caller removes `tmp`."""
+    for i in range(10_000):
+        cand = path if i == 0 else path.with_name(f"{path.stem}-{i}{path.suffix}")
+        try:
+            os.link(tmp, cand)
+        except FileExistsError:
+            continue
+        return cand
+    raise InputError(f"{path}: no free name beside it")
 
 
 def make_console():

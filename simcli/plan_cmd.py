@@ -19,8 +19,16 @@ from typing import Any
 
 from sim.metrics.registry import PLAN_TABLE, metric
 from sim.plan import PlanResult, load_plan, plan
-from simcli.common import RESULTS_DIR, add_execution_options, make_executor, parse_set, unique
-from simcli.output import atomic_dir, jsonable, make_console, show_progress, write_json, write_table
+from simcli.common import RESULTS_DIR, add_execution_options, make_executor, parse_set
+from simcli.output import (
+    atomic_dir,
+    check_out_dir,
+    jsonable,
+    make_console,
+    show_progress,
+    write_json,
+    write_table,
+)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -34,14 +42,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if verbose:
             console.print(f"candidate {cand}: {knob}={value:g} -> {'meets' if met else 'misses'} the SLO")
 
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out if args.out is not None else RESULTS_DIR / pf.scenario.name / f"plan-{stamp}"
+    check_out_dir(out, "plan")   # before the search: a bad --out must not cost it
     with make_executor(args.workers, args.dask) as ex:
         result = plan(pf, ex, max_rate=args.max_rate, on_evaluation=note)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = args.out if args.out is not None else unique(RESULTS_DIR / pf.scenario.name / f"plan-{stamp}")
-    with atomic_dir(out) as tmp:
-        write_table(result.candidates, tmp / "plan")
-        write_table(result.evaluations, tmp / "evaluations")
-        write_json(tmp / "plan.json", jsonable(result.answer()))
+    with atomic_dir(out, "plan", replace=args.out is not None) as res:
+        write_table(result.candidates, res.tmp / "plan")
+        write_table(result.evaluations, res.tmp / "evaluations")
+        write_json(res.tmp / "plan.json", jsonable(result.answer()))
+    out = res.path
     if args.quiet:
         print(out)
     else:

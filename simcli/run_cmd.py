@@ -12,15 +12,18 @@ import yaml
 from sim.errors import InputError
 from sim.metrics.registry import RUN_TABLE, row_cells
 from sim.runner import Result
-from simcli.common import RESULTS_DIR, parse_set, progress_bar, unique
-from simcli.output import atomic_dir, make_console, show_progress, write_json
+from simcli.common import RESULTS_DIR, parse_set, progress_bar
+from simcli.output import atomic_dir, check_out_dir, make_console, show_progress, write_json
 
 
-def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int) -> Path:
-    """Write a run's files into out_dir atomically (temporary folder + rename)."""
+def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int, *, replace: bool = False) -> Path:
+    """Write a run's files into out_dir atomically (temporary folder + rename); returns the folder
+    they went to (see `output.atomic_dir`: a taken name gets a suffix unless `replace` allows
+    replacing an earlier run there)."""
     from sim import __version__
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "run", replace=replace) as res:
+        tmp = res.tmp
         sc = result.scenario
         # The scenario as run: catalog specs filled in, and the seed actually used.
         resolved = {**sc.model_dump(mode="json"), "seed": seed}
@@ -33,7 +36,7 @@ def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int) 
         result.iterations.to_parquet(tmp / "iterations.parquet", index=False)
         result.levels.to_parquet(tmp / "levels.parquet", index=False)
         result.replicas.to_parquet(tmp / "replicas.parquet", index=False)
-    return out_dir
+    return res.path
 
 
 def run_id(seed: int) -> str:
@@ -73,13 +76,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     seed = sc.seed if args.seed is None else args.seed
     if seed < 0:
         raise InputError(f"--seed: must be >= 0, got {seed}")
+    out_dir = args.out if args.out is not None else RESULTS_DIR / sc.name / run_id(seed)
+    check_out_dir(out_dir, "run")   # before simulating: a bad --out must not cost the run
     console = make_console()
     sim = build(sc, seed)
     with progress_bar(console, "simulating", "s of simulated arrivals", sc.duration_s,
                       show_progress(args.quiet)) as update:
         result = execute(sim, progress=update if show_progress(args.quiet) else None)
-    out_dir = args.out if args.out is not None else unique(RESULTS_DIR / sc.name / run_id(seed))
-    write_results(result, out_dir, args.scenario, seed)
+    out_dir = write_results(result, out_dir, args.scenario, seed, replace=args.out is not None)
     if args.quiet:
         print(out_dir)
     else:
@@ -91,7 +95,8 @@ def add_parser(sub) -> None:
     r = sub.add_parser("run", help="run one scenario and write its results")
     r.add_argument("scenario", help="scenario YAML file")
     r.add_argument("--seed", type=int, default=None, help="root seed (default: the scenario's)")
-    r.add_argument("--out", type=Path, default=None, help="output folder (default: results/<scenario>/<run-id>)")
+    r.add_argument("--out", type=Path, default=None, help="output folder (default: results/<scenario>/<run-id>); an existing one is replaced only if it "
+                   "holds an earlier run")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario key, e.g. --set duration_s=60 (repeatable)")
     r.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")

@@ -43,7 +43,17 @@ from sim.sweep import (
     tidy,
 )
 from simcli.common import RESULTS_DIR, add_execution_options, make_executor, parse_set, progress_bar
-from simcli.output import make_console, save_figure, show_progress, write_json, write_table
+from simcli.output import (
+    MARKER,
+    check_out_dir,
+    jsonable,
+    make_console,
+    save_figure,
+    show_progress,
+    write_json,
+    write_table,
+    write_text,
+)
 
 _SPECIAL = {"inf": float("inf"), "-inf": float("-inf")}
 
@@ -80,6 +90,7 @@ class PointStore:
         if fresh and self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        write_text(out / MARKER, "sweep\n")
         write_json(manifest, {"name": sweep.name, "source": sweep.source, "digest": digest,
                               "spec": sweep.spec.model_dump(), "points": len(points),
                               "created_utc": datetime.now(UTC).isoformat(timespec="seconds")})
@@ -87,18 +98,30 @@ class PointStore:
     def path(self, key: str) -> Path:
         return self.dir / f"{key}.json"
 
+    def load(self, p: Point) -> dict[str, Any] | None:
+        """The stored row of `p`, or None when there is none or it is not `p`'s row: unreadable,
+        not a JSON object, or naming another point, replication, seed or parameters."""
+        try:
+            data = json.loads(self.path(p.key).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        row = _decode(data)
+        # The identity as it reads back after storage (jsonable, then _decode), so None/inf compare.
+        ident = _decode(jsonable({"point_id": p.point_id, "replication": p.replication, "seed": p.seed,
+                                  "root_seed": p.root_seed, **p.params}))
+        if any(k not in row or not _same(row[k], v) for k, v in ident.items()) or not isinstance(row.get("error"), str):
+            return None
+        return row
+
     def finished(self, points: list[Point]) -> dict[str, dict[str, Any]]:
-        """Rows of points that finished without error (corrupt or failed files count as not done)."""
+        """Rows of points that finished without error and hold every metric the tables need; any
+        other stored file (corrupt, incomplete, failed, another point's) counts as not done."""
         done = {}
         for p in points:
-            f = self.path(p.key)
-            if not f.exists():
-                continue
-            try:
-                row = _decode(json.loads(f.read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError):
-                continue
-            if row.get("error") == "":
+            row = self.load(p)
+            if row is not None and row["error"] == "" and all(_is_number(row.get(m)) for m in REQUIRED_METRICS):
                 done[p.key] = row
         return done
 
@@ -106,12 +129,19 @@ class PointStore:
         write_json(self.path(point_key(row["point_id"], row["replication"])), row)
 
     def rows(self, points: list[Point]) -> list[dict[str, Any]]:
-        out = []
-        for p in points:
-            f = self.path(p.key)
-            if f.exists():
-                out.append(_decode(json.loads(f.read_text(encoding="utf-8"))))
-        return out
+        return [row for row in map(self.load, points) if row is not None]
+
+
+#: Metrics a finished point's stored row must hold (the sweep, aggregate and Pareto tables use them).
+REQUIRED_METRICS: tuple[str, ...] = (*SWEEP_TABLE, PARETO_X, PARETO_Y, "usd_per_m_total_tokens", "requests_arrived")
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _rows_frame(rows: list[dict[str, Any]], points: list[Point]) -> pd.DataFrame:
@@ -168,6 +198,7 @@ def cmd_sweep(args: argparse.Namespace, after_row: Callable[[dict[str, Any]], No
     sweep = load_sweep(args.sweep_file, parse_set(args.set))
     points = make_points(expand(sweep.spec), sweep.spec.replications, sweep.root_seed)
     out = args.out if args.out is not None else RESULTS_DIR / sweep.name / f"sweep-{sweep.digest()[:12]}"
+    check_out_dir(out, "sweep", legacy_files=("sweep.json",))
     PointStore.check(out, sweep, args.fresh)
     console = make_console()
 
@@ -200,7 +231,8 @@ def cmd_sweep(args: argparse.Namespace, after_row: Callable[[dict[str, Any]], No
 def add_parser(sub: Any) -> None:
     s = sub.add_parser("sweep", help="run a grid of scenario variants with replications (resumable)")
     s.add_argument("sweep_file", help="scenario YAML with a sweep: block")
-    s.add_argument("--out", type=Path, default=None, help="output folder (default: results/<name>/sweep-<digest>)")
+    s.add_argument("--out", type=Path, default=None, help="output folder (default: results/<name>/sweep-<digest>); an existing one must hold this "
+                   "sweep's earlier points")
     s.add_argument("--fresh", action="store_true", help="discard finished points in the output folder")
     add_execution_options(s, "base scenario")
     s.set_defaults(func=cmd_sweep)

@@ -36,7 +36,7 @@ def test_run_writes_results(tmp_path):
     assert len(runs) == 1
     out = runs[0]
     assert sorted(f.name for f in out.iterdir()) == [
-        "iterations.parquet", "levels.parquet", "replicas.parquet", "requests.parquet", "run.json",
+        ".token-factory-result", "iterations.parquet", "levels.parquet", "replicas.parquet", "requests.parquet", "run.json",
         "scenario.resolved.yaml", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seed"] == 4 and summary["requests_completed"] > 0

@@ -1,0 +1,203 @@
+"""Output folders and files: never delete or replace what this program did not write, never let
+two runs share a folder, refuse a bad --out before the work starts, and read back stored sweep
+points only when they really are the point (hostile-inputs report, D1-D4, C6, C7, W11)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, base_dict
+from test_sweep import args_for, sweep_file
+
+from simcli.main import main
+from simcli.output import MARKER, atomic_dir, write_new_text
+from simcli.sweep_cmd import cmd_sweep
+
+CAL_ROW = ("id,kind,model,gpu,tp,weights,kv_cache,compute,decode_seqs,context_tokens,prefill_tokens,step_time_s,"
+           "input_tokens,output_tokens,requests,output_tok_per_s_per_gpu\n"
+           "a,step,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,64,1000,0,0.012,,,,\n")
+
+
+@pytest.fixture
+def scenario(tmp_path, monkeypatch):
+    """A short scenario file; the current folder is tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(base_dict(duration_s=5.0)), encoding="utf-8")
+    return p
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_out_naming_a_folder_of_other_files_is_refused_and_left_untouched(scenario, tmp_path, capsys):
+    data = tmp_path / "mydata"
+    (data / "sub").mkdir(parents=True)
+    (data / "thesis.txt").write_text("precious")
+    (data / "sub" / "y").write_text("x")
+    before = listing(tmp_path)
+    assert main([str(scenario), "--quiet", "--out", "mydata"]) == 2
+    err = capsys.readouterr().err
+    assert "--out mydata" in err and "left untouched" in err and err.count("\n") == 1
+    assert listing(tmp_path) == before and (data / "thesis.txt").read_text() == "precious"
+
+
+def test_out_naming_a_file_is_refused(scenario, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("important notes")
+    before = listing(tmp_path)
+    for cmd in (["run", str(scenario)], ["plan", str(scenario), "--workers", "1"]):
+        assert main([*cmd, "--quiet", "--out", "notes.txt"]) == 2
+        assert "is not a folder" in capsys.readouterr().err
+    assert listing(tmp_path) == before and (tmp_path / "notes.txt").read_text() == "important notes"
+
+
+@pytest.mark.parametrize("out", [".", "..", "PARENT", "/"])
+def test_out_the_current_folder_or_a_parent_is_refused(scenario, tmp_path, capsys, out):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    os.chdir(work)
+    out = str(tmp_path / "a") if out == "PARENT" else out
+    assert main([str(scenario), "--quiet", "--out", out]) == 2
+    assert "current folder" in capsys.readouterr().err
+    assert work.is_dir() and listing(tmp_path / "a") == ["b"]
+
+
+def test_out_an_earlier_run_is_replaced_and_nothing_else_is(scenario, tmp_path, capsys):
+    assert main([str(scenario), "--quiet", "--out", "r"]) == 0
+    assert (tmp_path / "r" / MARKER).read_text().strip() == "run"
+    assert main([str(scenario), "--quiet", "--out", "r", "--seed", "9"]) == 0
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["seed"] == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r", "s.yaml"]        # no leftovers
+    # A plan's folder is not a run's: refused, kept.
+    assert main(["plan", str(scenario), "--quiet", "--workers", "1", "--out", "p"]) == 0
+    before = listing(tmp_path / "p")
+    capsys.readouterr()
+    assert main([str(scenario), "--quiet", "--out", "p"]) == 2
+    assert "not run results" in capsys.readouterr().err and listing(tmp_path / "p") == before
+
+
+def test_bad_output_places_are_refused_before_simulating(scenario, tmp_path, capsys):
+    long_name = "a" * 300
+    assert main([str(scenario), "--quiet", "--out", long_name]) == 2
+    assert "longer than 255 bytes" in capsys.readouterr().err
+    (tmp_path / "f").write_text("")
+    assert main([str(scenario), "--quiet", "--out", "f/x"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    for name in ("..", ".", "a" * 101, ".hidden"):
+        assert main([str(scenario), "--quiet", "--set", f"name={name}"]) == 2
+        assert "name" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
+def test_a_read_only_output_folder_is_refused_before_simulating(scenario, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main([str(scenario), "--quiet", "--out", "ro/x"]) == 2
+        assert "permission denied" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o755)
+
+
+def test_two_results_for_one_folder_name_both_survive(tmp_path):
+    """The collision of two runs finishing in the same second, made certain: the second rename
+    finds the name taken and takes the next one."""
+    target = tmp_path / "results" / "t" / "20261130T090218Z-seed1"
+    for text in ("first", "second"):
+        with atomic_dir(target, "run", replace=False) as res:
+            (res.tmp / "summary.json").write_text(text)
+    assert (target / "summary.json").read_text() == "first"
+    assert (target.with_name(target.name + "-1") / "summary.json").read_text() == "second"
+    # The same for calibration profiles.
+    prof = tmp_path / "results" / "calibration" / "profile-20261130T091141Z.yaml"
+    assert write_new_text(prof, "a") == prof
+    assert write_new_text(prof, "b") == prof.with_name("profile-20261130T091141Z-1.yaml")
+    assert prof.read_text() == "a" and sorted(p.name for p in prof.parent.iterdir()) == [
+        "profile-20261130T091141Z-1.yaml", "profile-20261130T091141Z.yaml"]
+
+
+def test_parallel_runs_of_one_scenario_keep_every_result(scenario, tmp_path):
+    """Four runs of the same scenario and seed at once, as a shell loop would start them: four
+    folders, each with its own SLO."""
+    env = {**os.environ, "CI": "1"}
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "run.py"), str(scenario), "--quiet",
+                               "--set", f"slo.ttft_s={ttft}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for ttft in (1, 2, 3, 4)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outs.append(out.strip())
+    assert len(set(outs)) == 4
+    ttfts = sorted(yaml.safe_load((tmp_path / o / "scenario.resolved.yaml").read_text())["slo"]["ttft_s"]
+                   for o in outs)
+    assert ttfts == [1, 2, 3, 4]
+
+
+def test_calibrate_out_replaces_only_its_own_profiles(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.csv").write_text(CAL_ROW)
+    (tmp_path / "notes.yaml").write_text("mine: 1\n")
+    (tmp_path / "outdir").mkdir()
+    assert main(["calibrate", "m.csv", "--quiet", "--out", "notes.yaml"]) == 2
+    assert "not a profile written by" in capsys.readouterr().err
+    assert (tmp_path / "notes.yaml").read_text() == "mine: 1\n"
+    assert main(["calibrate", "m.csv", "--quiet", "--out", "outdir"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["calibrate", "m.csv", "--quiet", "--out", "p.yaml"]) == 0
+    assert main(["calibrate", "m.csv", "--quiet", "--out", "p.yaml", "--params", "hbm_bw_efficiency"]) == 0
+    assert "hbm_bw_efficiency" in (tmp_path / "p.yaml").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "notes.yaml", "outdir", "p.yaml"]
+
+
+def test_sweep_out_must_be_this_sweeps_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    p = sweep_file(tmp_path, {"axes": {"serving.replicas": [1]}, "replications": 1}, duration_s=5.0)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("k")
+    assert main(["sweep", str(p), "--quiet", "--workers", "1", "--out", "afile"]) == 2
+    assert main(["sweep", str(p), "--quiet", "--workers", "1", "--out", "other"]) == 2
+    assert main(["sweep", str(p), "--quiet", "--workers", "1", "--out", "other", "--fresh"]) == 2
+    assert (tmp_path / "afile").read_text() == "x" and listing(tmp_path / "other") == ["keep.txt"]
+    assert main(["sweep", str(p), "--quiet", "--workers", "1", "--out", "sw"]) == 0
+    assert (tmp_path / "sw" / MARKER).read_text().strip() == "sweep"
+    assert main(["sweep", str(p), "--quiet", "--workers", "1", "--out", "sw"]) == 0   # resumes
+
+
+@pytest.mark.parametrize("content", [
+    b'{"error": ""}',                 # valid JSON, but not a full row (D4)
+    b"[]",                            # not an object (C7)
+    b"\xff\xfe\x00garbage",           # not UTF-8 (C7)
+    "OTHER",                          # a complete row of another point
+])
+def test_a_stored_point_that_is_not_the_point_is_run_again(tmp_path, content):
+    p = sweep_file(tmp_path, {"axes": {"workload.arrivals.rate_per_s": [2.0, 4.0]}, "replications": 2},
+                   duration_s=10.0)
+    out = tmp_path / "out"
+    assert cmd_sweep(args_for(p, out)) == 0
+    full = {f.name: json.loads(f.read_text()) for f in (out / "points").iterdir()}
+    victim, other = sorted(full)[0], sorted(full)[-1]
+    if content == "OTHER":
+        content = (out / "points" / other).read_bytes()
+    (out / "points" / victim).write_bytes(content)
+    ran = []
+    assert cmd_sweep(args_for(p, out), after_row=ran.append) == 0
+    assert len(ran) == 1 and f"{ran[0]['point_id']}-r{ran[0]['replication']}.json" == victim
+    again = json.loads((out / "points" / victim).read_text())
+    timing = ("wall_s", "sim_requests_per_wall_s")
+    assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in full[victim].items() if k not in timing}
+    import pandas as pd
+
+    rows = pd.read_csv(out / "sweep.csv")
+    assert len(rows) == 4 and rows["point_id"].notna().all()
+    assert (pd.read_csv(out / "aggregate.csv")["replications"] == 2).all()
