@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from sim.errors import InputError
 from sim.perf import Chunk, PerfCfg, decode_shape
 from sim.scenario import scenario_from_dict
+from sim.yamlio import load_yaml
 
 DEFAULT_PARAMS = ("hbm_bw_efficiency", "compute_efficiency", "iteration_overhead_s", "per_seq_overhead_s")
 #: (lower, upper, scale) per fittable parameter; the optimiser works on value / scale.
@@ -215,7 +215,7 @@ def _num(p: Path, line: int, col: str, raw: str) -> float:
 
 def reference_points() -> tuple[list[Measurement], list[dict[str, Any]], dict[str, Any]]:
     """The bundled measured points (sim/data/measured_points.yaml): usable, skipped, header."""
-    data = yaml.safe_load(resources.files("sim").joinpath("data", "measured_points.yaml").read_text(encoding="utf-8"))
+    data = load_yaml(resources.files("sim").joinpath("data", "measured_points.yaml").read_text(encoding="utf-8"))
     ms = [Measurement(pt["id"], "throughput", {c: pt[c] for c in CONFIG_COLS}, float(pt["measured"]),
                       input_tokens=data["input_tokens"], output_tokens=data["output_tokens"],
                       requests=data["requests"]) for pt in data["points"]]

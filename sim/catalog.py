@@ -19,8 +19,10 @@ from functools import cache
 from importlib import resources
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from sim.input_model import InputModel
+from sim.yamlio import load_yaml
 
 Precision = Literal["bf16", "fp16", "fp8", "fp4"]
 
@@ -31,8 +33,8 @@ BYTES_PER_ELEMENT: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp
 FLOPS_KEY: dict[str, str] = {"bf16": "bf16", "fp16": "bf16", "fp8": "fp8", "fp4": "fp4"}
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Frozen(InputModel):
+    pass
 
 
 class Tflops(_Frozen):
@@ -270,7 +272,7 @@ class ModelSpec(_Frozen):
 
 def _load_yaml(name: str) -> dict:
     text = resources.files("sim").joinpath("data", name).read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    return load_yaml(text)
 
 
 @cache

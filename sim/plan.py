@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from sim.errors import InputError
+from sim.input_model import InputModel
 from sim.scenario import (
     ClosedLoop,
     Diurnal,
@@ -51,10 +52,9 @@ from sim.sweep import apply_params, execute, make_points
 Rows = list[dict[str, Any]]
 
 
-class PlanSpec(BaseModel):
+class PlanSpec(InputModel):
     """The `plan:` block of a scenario file (all optional; CLI flags override)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     rate: float | None = Field(default=None, gt=0, description="load to plan for, in the load knob's units")
     candidates: list[dict[str, Any]] = Field(default_factory=list, description="configurations to compare (overrides)")

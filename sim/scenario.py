@@ -15,8 +15,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -26,32 +24,48 @@ from pydantic import (
 from sim.catalog import GpuSpec, ModelSpec, Precision, gpu_catalog, model_catalog
 from sim.datapath import DataPath
 from sim.errors import InputError
+from sim.input_model import InputModel
 from sim.memory import MemoryPlan, memory_plan
 from sim.perf.config import PerfCfg
+from sim.yamlio import load_yaml
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Frozen(InputModel):
+    pass
+
+
+# Upper bounds that keep a simulation finite and its numbers meaningful (each error names the
+# limit). Requests cost memory (about 2 kB each in the engine), so counts are bounded too.
+MAX_DURATION_S = 1e8                # about three years of simulated time
+MAX_RATE_PER_S = 1e5                # requests per second into one deployment
+MAX_TOKENS = 10_000_000             # tokens in one prompt or output (above every model's context)
+MAX_REQUESTS = 20_000_000           # requests one run may create (about 40 GB)
+MAX_CLIENTS = 1_000_000
+MAX_REPLICAS = 100_000
+MAX_CV = 100.0
+MAX_LATENCY_S = 1e6                 # SLO targets, front-end times
+MAX_SEGMENT_PASSES = 1_000_000      # piecewise segments a repeating cycle may be cut into
 
 
 # ---- workload ---------------------------------------------------------------------------------
 
 class Poisson(_Frozen):
     kind: Literal["poisson"]
-    rate_per_s: float = Field(gt=0)
+    rate_per_s: float = Field(gt=0, le=MAX_RATE_PER_S)
 
 
 class GammaArrivals(_Frozen):
     """Renewal process with Gamma inter-arrival times: cv > 1 is burstier than Poisson."""
 
     kind: Literal["gamma"]
-    rate_per_s: float = Field(gt=0)
-    cv: float = Field(gt=0, description="coefficient of variation of inter-arrival times")
+    rate_per_s: float = Field(gt=0, le=MAX_RATE_PER_S)
+    cv: float = Field(gt=0, le=MAX_CV, description="coefficient of variation of inter-arrival times")
 
 
 class RateSegment(_Frozen):
-    duration_s: float = Field(gt=0)
-    rate_per_s: float = Field(ge=0)
+    # At least 1 ms, so that simulated time really advances segment by segment.
+    duration_s: float = Field(ge=1e-3, le=MAX_DURATION_S)
+    rate_per_s: float = Field(ge=0, le=MAX_RATE_PER_S)
 
 
 class Piecewise(_Frozen):
@@ -66,25 +80,25 @@ class Diurnal(_Frozen):
     """Poisson with rate(t) = mean x (1 + amplitude x sin(2 pi (t + phase) / period))."""
 
     kind: Literal["diurnal"]
-    mean_rate_per_s: float = Field(gt=0)
+    mean_rate_per_s: float = Field(gt=0, le=MAX_RATE_PER_S)
     amplitude: float = Field(ge=0, le=1)
-    period_s: float = Field(default=86400.0, gt=0)
-    phase_s: float = 0.0
+    period_s: float = Field(default=86400.0, ge=1e-3, le=MAX_DURATION_S)
+    phase_s: float = Field(default=0.0, ge=-MAX_DURATION_S, le=MAX_DURATION_S)
 
 
 class Offline(_Frozen):
     """All `requests` arrive at t = 0, as offline max-throughput benchmarks submit them."""
 
     kind: Literal["offline"]
-    requests: int = Field(ge=1)
+    requests: int = Field(ge=1, le=MAX_REQUESTS)
 
 
 class ClosedLoop(_Frozen):
     """N clients, each sends a request, waits for its last token, thinks, and repeats."""
 
     kind: Literal["closed_loop"]
-    clients: int = Field(ge=1)
-    think_time_s: float = Field(default=0.0, ge=0)
+    clients: int = Field(ge=1, le=MAX_CLIENTS)
+    think_time_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S)
     think_time_dist: Literal["fixed", "exponential"] = "fixed"
 
 
@@ -93,15 +107,15 @@ Arrivals = Annotated[Poisson | GammaArrivals | Piecewise | Diurnal | Offline | C
 
 class FixedLen(_Frozen):
     kind: Literal["fixed"]
-    value: int = Field(ge=1)
+    value: int = Field(ge=1, le=MAX_TOKENS)
 
 
 class UniformLen(_Frozen):
     """Integers uniform on [low, high] inclusive."""
 
     kind: Literal["uniform"]
-    low: int = Field(ge=1)
-    high: int = Field(ge=1)
+    low: int = Field(ge=1, le=MAX_TOKENS)
+    high: int = Field(ge=1, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _order(self) -> UniformLen:
@@ -114,8 +128,8 @@ class LognormalLen(_Frozen):
     """Lognormal with the given mean and coefficient of variation, rounded to integers >= 1."""
 
     kind: Literal["lognormal"]
-    mean: float = Field(gt=0)
-    cv: float = Field(gt=0)
+    mean: float = Field(gt=0, le=MAX_TOKENS)
+    cv: float = Field(gt=0, le=MAX_CV)
 
 
 class EmpiricalLen(_Frozen):
@@ -134,8 +148,8 @@ class Trace(_Frozen):
 
     format: Literal["azure", "mooncake"]
     path: DataPath
-    rate_scale: float = Field(default=1.0, gt=0, description="2.0 replays twice as fast")
-    start_s: float = Field(default=0.0, ge=0, description="skip this much of the trace's start")
+    rate_scale: float = Field(default=1.0, ge=1e-6, le=1e6, description="2.0 replays twice as fast")
+    start_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S, description="skip this much of the trace's start")
 
 
 class Workload(_Frozen):
@@ -162,7 +176,7 @@ class Workload(_Frozen):
 
 class Hardware(_Frozen):
     gpu: GpuSpec
-    price_usd_per_gpu_h: float | None = Field(default=None, gt=0)
+    price_usd_per_gpu_h: float | None = Field(default=None, gt=0, le=10_000)
 
     @model_validator(mode="before")
     @classmethod
@@ -198,14 +212,14 @@ class PrecisionCfg(_Frozen):
 
 
 class Parallelism(_Frozen):
-    tp: int = Field(default=1, ge=1)
+    tp: int = Field(default=1, ge=1, le=1024)
 
 
 class Batching(_Frozen):
-    max_num_seqs: int = Field(default=256, ge=1)
-    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1, le=1_000_000)
+    max_num_batched_tokens: int = Field(default=8192, ge=1, le=100_000_000)
     chunked_prefill: bool = True
-    max_waiting: int = Field(default=4096, ge=1, description="bounded waiting queue per replica (online traffic; offline bursts are queued whole)")
+    max_waiting: int = Field(default=4096, ge=1, le=MAX_REQUESTS, description="bounded waiting queue per replica (online traffic; offline bursts are queued whole)")
     preemption: Literal["recompute", "swap"] = "recompute"
 
     @model_validator(mode="after")
@@ -219,7 +233,7 @@ class Batching(_Frozen):
 
 
 class KvCacheCfg(_Frozen):
-    block_tokens: int = Field(default=16, ge=1)
+    block_tokens: int = Field(default=16, ge=1, le=4096)
     gpu_memory_fraction: float = Field(default=0.90, gt=0, le=1)
     activation_reserve_gb: float | None = Field(
         default=None, ge=0, description="per-GPU memory kept for activations; default derived from the batch"
@@ -230,10 +244,10 @@ class KvCacheCfg(_Frozen):
 class Frontend(_Frozen):
     """Per-request work outside the GPU iterations (API server): it adds to TTFT and E2E."""
 
-    tokenize_s: float = Field(default=0.0, ge=0, description="fixed part of tokenizing the prompt")
-    tokenize_s_per_1k_tokens: float = Field(default=0.0, ge=0, description="per 1,000 prompt tokens")
-    schedule_s: float = Field(default=0.0, ge=0, description="request admission, routing, queue hand-off")
-    detokenize_s: float = Field(default=0.0, ge=0, description="detokenize and stream a token to the client")
+    tokenize_s: float = Field(default=0.0, ge=0, le=MAX_LATENCY_S, description="fixed part of tokenizing the prompt")
+    tokenize_s_per_1k_tokens: float = Field(default=0.0, ge=0, le=MAX_LATENCY_S, description="per 1,000 prompt tokens")
+    schedule_s: float = Field(default=0.0, ge=0, le=MAX_LATENCY_S, description="request admission, routing, queue hand-off")
+    detokenize_s: float = Field(default=0.0, ge=0, le=MAX_LATENCY_S, description="detokenize and stream a token to the client")
 
     def overhead_s(self, input_tokens):  # works on ints and numpy arrays
         """Latency a request's first (and last) token carries on top of the engine's."""
@@ -244,7 +258,7 @@ class Frontend(_Frozen):
 class Serving(_Frozen):
     precision: PrecisionCfg = PrecisionCfg()
     parallelism: Parallelism = Parallelism()
-    replicas: int = Field(default=1, ge=1)
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
     batching: Batching = Batching()
     kv_cache: KvCacheCfg = KvCacheCfg()
     router: Literal["round_robin", "least_outstanding", "least_kv_load"] = "least_outstanding"
@@ -252,23 +266,23 @@ class Serving(_Frozen):
 
 
 class Slo(_Frozen):
-    ttft_s: float = Field(default=2.0, gt=0)
-    tpot_s: float = Field(default=0.1, gt=0)
+    ttft_s: float = Field(default=2.0, gt=0, le=MAX_LATENCY_S)
+    tpot_s: float = Field(default=0.1, gt=0, le=MAX_LATENCY_S)
     percentile: float = Field(default=99.0, gt=0, le=100)
 
 
 class Tco(_Frozen):
-    capex_usd_per_gpu: float = Field(gt=0, description="purchase price per GPU incl. its share of the server")
-    amortization_years: float = Field(default=5.0, gt=0)
-    hosting_usd_per_kw_month: float = Field(default=200.0, ge=0)
-    other_opex_usd_per_gpu_h: float = Field(default=0.0, ge=0)
+    capex_usd_per_gpu: float = Field(gt=0, le=10_000_000, description="purchase price per GPU incl. its share of the server")
+    amortization_years: float = Field(default=5.0, ge=0.1, le=50)
+    hosting_usd_per_kw_month: float = Field(default=200.0, ge=0, le=100_000)
+    other_opex_usd_per_gpu_h: float = Field(default=0.0, ge=0, le=10_000)
 
 
 class Cost(_Frozen):
     mode: Literal["rental", "tco"] = "rental"
     price_tier: Literal["hyperscaler", "neocloud", "rental"] = "rental"
-    electricity_usd_per_kwh: float = Field(default=0.08, ge=0)
-    pue: float = Field(default=1.2, ge=1)
+    electricity_usd_per_kwh: float = Field(default=0.08, ge=0, le=100)
+    pue: float = Field(default=1.2, ge=1, le=10)
     tco: Tco | None = None
 
     @model_validator(mode="after")
@@ -278,14 +292,29 @@ class Cost(_Frozen):
         return self
 
 
+def expected_requests(arrivals: Any, duration_s: float) -> float:
+    """Mean number of open-loop arrivals in [0, duration_s) (0 for closed loop and traces)."""
+    if isinstance(arrivals, Poisson | GammaArrivals):
+        return arrivals.rate_per_s * duration_s
+    if isinstance(arrivals, Diurnal):
+        return arrivals.mean_rate_per_s * duration_s
+    if isinstance(arrivals, Piecewise):
+        cycle_s = sum(seg.duration_s for seg in arrivals.segments)
+        mean = sum(seg.duration_s * seg.rate_per_s for seg in arrivals.segments) / cycle_s
+        return mean * (duration_s if arrivals.repeat else min(duration_s, cycle_s))
+    if isinstance(arrivals, Offline):
+        return float(arrivals.requests)
+    return 0.0
+
+
 class Scenario(_Frozen):
     # A file name of its own under results/: no "." or "..", no path separators, not too long.
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
     seed: int = Field(default=0, ge=0)
-    duration_s: float = Field(gt=0, description="arrivals stop here; in-flight requests finish")
-    warmup_s: float = Field(default=0.0, ge=0)
-    drain_timeout_s: float = Field(default=3600.0, ge=0, description="max simulated time after duration_s")
+    duration_s: float = Field(gt=0, le=MAX_DURATION_S, description="arrivals stop here; in-flight requests finish")
+    warmup_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S)
+    drain_timeout_s: float = Field(default=3600.0, ge=0, le=MAX_DURATION_S, description="max simulated time after duration_s")
     window: Literal["arrivals", "makespan"] | None = Field(
         default=None, description="what the throughput, utilization and cost figures measure: [warmup_s, "
         "duration_s) ('arrivals', the default for online traffic) or from warmup_s to the last token "
@@ -314,6 +343,18 @@ class Scenario(_Frozen):
         tp = s.parallelism.tp
         if self.warmup_s >= self.duration_s:
             raise ValueError(f"warmup_s ({self.warmup_s}) must be < duration_s ({self.duration_s})")
+        arr = self.workload.arrivals
+        if isinstance(arr, Piecewise) and arr.repeat:
+            cycle_s = sum(seg.duration_s for seg in arr.segments)
+            passes = self.duration_s / cycle_s * len(arr.segments)
+            if passes > MAX_SEGMENT_PASSES:
+                raise ValueError(f"workload.arrivals.segments: a cycle of {cycle_s:g} s repeats over duration_s="
+                                 f"{self.duration_s:g} s as {passes:,.0f} segments; at most {MAX_SEGMENT_PASSES:,} "
+                                 "(lengthen the segments)")
+        expected = expected_requests(self.workload.arrivals, self.duration_s)
+        if expected > MAX_REQUESTS:
+            raise ValueError(f"workload.arrivals: about {expected:,.0f} requests arrive in duration_s={self.duration_s:g} s; "
+                             f"one run simulates at most {MAX_REQUESTS:,} (shorten duration_s or lower the rate)")
         if isinstance(self.workload.arrivals, Offline) and self.warmup_s > 0:
             raise ValueError(f"warmup_s ({self.warmup_s}) must be 0 with offline arrivals: every request arrives "
                              "at t = 0, so a warm-up would exclude them all; the window is the makespan")
@@ -410,7 +451,7 @@ def read_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{p}: cannot read: {err}") from None
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

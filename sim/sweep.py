@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from sim.errors import InputError
+from sim.input_model import InputModel
 from sim.scenario import (
     LOAD_KNOB_PATHS,
     format_validation_error,
@@ -49,10 +50,9 @@ from sim.scenario import (
 RESERVED_AXES = ("seed", "root_seed", "replication", "replications", "point_id", "error", "traceback")
 
 
-class SweepSpec(BaseModel):
+class SweepSpec(InputModel):
     """The `sweep:` block of a sweep file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     axes: dict[str, list[Any]] = Field(default_factory=dict, description="full grid over these")
     zip: dict[str, list[Any]] = Field(default_factory=dict, description="axes that vary together")

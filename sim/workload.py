@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import pandas as pd
 
 from sim.errors import InputError
 from sim.scenario import (
+    MAX_TOKENS,
     ClosedLoop,
     Diurnal,
     EmpiricalLen,
@@ -155,7 +157,8 @@ class LengthSampler:
             case LognormalLen():
                 sigma2 = np.log1p(s.cv * s.cv)
                 mu = np.log(s.mean) - sigma2 / 2.0
-                return np.maximum(1, np.rint(r.lognormal(mu, np.sqrt(sigma2), n))).astype(np.int64)
+                # Clipped where float -> int64 stays exact; lengths above the context are rejected anyway.
+                return np.clip(np.rint(r.lognormal(mu, np.sqrt(sigma2), n)), 1, 2.0 ** 53).astype(np.int64)
             case EmpiricalLen():
                 assert self._values is not None
                 return r.choice(self._values, n)
@@ -170,13 +173,20 @@ def read_length_column(path: str, column: str, field: str) -> np.ndarray:
     if column not in df.columns:
         raise InputError(f"{field}.column: {column!r} is not a column of {path} (columns: {list(df.columns)})")
     vals = pd.to_numeric(df[column], errors="coerce")
-    bad = vals.isna() | (vals < 1) | (vals != np.floor(vals))
+    bad = _bad_count(vals, 1)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise InputError(f"{path}: line {i + 2}: column {column!r} must be a positive integer, got {df[column].iloc[i]!r}")
+        raise InputError(f"{path}: line {i + 2}: column {column!r} must be an integer from 1 to {MAX_TOKENS:,}, "
+                         f"got {df[column].iloc[i]!r}")
     if len(vals) == 0:
         raise InputError(f"{path}: column {column!r} is empty")
     return vals.to_numpy(dtype=np.int64)
+
+
+def _bad_count(vals: pd.Series, low: int) -> pd.Series:
+    """Token counts that are missing, not finite, not integers, or outside [low, MAX_TOKENS]."""
+    finite = np.isfinite(vals.to_numpy(dtype=float, na_value=np.nan))
+    return pd.Series(~finite, index=vals.index) | (vals < low) | (vals > MAX_TOKENS) | (vals % 1 != 0)
 
 
 # ---- traces -------------------------------------------------------------------------------
@@ -191,14 +201,21 @@ def read_azure_trace(path: str | Path) -> pd.DataFrame:
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise InputError(f"{path}: Azure trace lacks column(s) {missing}; has {list(df.columns)}")
-    ts = pd.to_datetime(df["TIMESTAMP"], errors="coerce", format="mixed")
-    _check_col(path, df["TIMESTAMP"], ts.isna(), "TIMESTAMP", "a timestamp")
+    # One format for the whole column, ISO 8601 as the Azure releases write it (2023: naive,
+    # 2024: "+00:00"); naive times are read as UTC. Day/month orders that could be read two ways
+    # are refused rather than guessed.
+    ts = pd.to_datetime(df["TIMESTAMP"], errors="coerce", format="ISO8601", utc=True)
+    _check_col(path, df["TIMESTAMP"], ts.isna(), "TIMESTAMP", "an ISO 8601 timestamp (2023-11-16 18:15:46.68)")
     inp = pd.to_numeric(df["ContextTokens"], errors="coerce")
-    _check_col(path, df["ContextTokens"], inp.isna() | (inp < 1) | (inp % 1 != 0), "ContextTokens", "an integer >= 1")
+    _check_col(path, df["ContextTokens"], _bad_count(inp, 1), "ContextTokens", f"an integer from 1 to {MAX_TOKENS:,}")
     out = pd.to_numeric(df["GeneratedTokens"], errors="coerce")
-    _check_col(path, df["GeneratedTokens"], out.isna() | (out < 0) | (out % 1 != 0), "GeneratedTokens", "an integer >= 0")
+    _check_col(path, df["GeneratedTokens"], _bad_count(out, 0), "GeneratedTokens", f"an integer from 0 to {MAX_TOKENS:,}")
     t = (ts - ts.min()).dt.total_seconds().to_numpy()
     return _trace_frame(t, inp.to_numpy(), out.to_numpy())
+
+
+#: Mooncake timestamps are milliseconds from the trace's start; 1e12 ms is about 30 years.
+MAX_TRACE_MS = 10 ** 12
 
 
 def read_mooncake_trace(path: str | Path) -> pd.DataFrame:
@@ -218,10 +235,12 @@ def read_mooncake_trace(path: str | Path) -> pd.DataFrame:
             raise InputError(f"{path}: line {lineno}: malformed JSON: {err.msg}") from None
         if not isinstance(row, dict):
             raise InputError(f"{path}: line {lineno}: expected a JSON object, got {line.strip()[:60]!r}")
-        for key, lo in (("timestamp", 0), ("input_length", 1), ("output_length", 0)):
+        for key, lo, hi in (("timestamp", 0, MAX_TRACE_MS), ("input_length", 1, MAX_TOKENS),
+                            ("output_length", 0, MAX_TOKENS)):
             v = row.get(key)
-            if isinstance(v, bool) or not isinstance(v, int | float) or v < lo or v != int(v):
-                raise InputError(f"{path}: line {lineno}: field {key!r} must be an integer >= {lo}, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi \
+                    or v != int(v):
+                raise InputError(f"{path}: line {lineno}: field {key!r} must be an integer from {lo} to {hi:,}, got {v!r}")
         t.append(row["timestamp"] / 1000.0)
         inp.append(int(row["input_length"]))
         out.append(int(row["output_length"]))

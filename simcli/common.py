@@ -14,6 +14,7 @@ import yaml
 
 from sim.errors import InputError
 from sim.sweep import dask_executor, inline_executor, local_executor
+from sim.yamlio import load_yaml
 
 RESULTS_DIR = Path("results")
 
@@ -26,7 +27,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise InputError(f"--set: expected key=value, got {item!r}")
         try:
-            out[key] = yaml.safe_load(raw)
+            out[key] = load_yaml(raw)
         except yaml.YAMLError:
             raise InputError(f"--set {key}: cannot parse value {raw!r}") from None
     return out

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from sim.datapath import DataPath, resolve_data_path
+from sim.input_model import InputModel
+from sim.yamlio import load_yaml
 
 #: Fallbacks where calibration.yaml lacks a value (the pre-calibration defaults).
 FALLBACK: dict[str, float] = {
@@ -30,15 +32,14 @@ FALLBACK: dict[str, float] = {
 def calibrated_defaults() -> dict[str, float]:
     """The fitted step-time parameters bundled with the package (read once, on first use)."""
     text = resources.files("sim").joinpath("data", "calibration.yaml").read_text(encoding="utf-8")
-    fitted = (yaml.safe_load(text) or {}).get("perf", {})
+    fitted = (load_yaml(text) or {}).get("perf", {})
     return {k: float(fitted.get(k, v)) for k, v in FALLBACK.items()}
 
 
 
-class PerfCfg(BaseModel):
+class PerfCfg(InputModel):
     """Step-time model parameters (docs/model-assumptions.md)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     hbm_bw_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["hbm_bw_efficiency"], gt=0, le=1)
     compute_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["compute_efficiency"], gt=0, le=1)
@@ -59,7 +60,7 @@ class PerfCfg(BaseModel):
             return data
         path = resolve_data_path(str(data["profile"]), info)
         try:
-            prof = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            prof = load_yaml(Path(path).read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
             raise ValueError(f"profile {data['profile']!r} is not valid YAML: {err}") from None
         if not isinstance(prof, dict) or prof.get("kind") != "perf-profile" or not isinstance(prof.get("perf"), dict):

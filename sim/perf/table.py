@@ -3,9 +3,13 @@
 CSV columns: ``decode_seqs`` (sequences decoding one token each), ``context_tokens`` (their mean
 KV length), ``prefill_tokens`` (prompt tokens computed in the same iteration), ``step_time_s``.
 The rows must form a full grid: every combination of the distinct values of the three inputs,
-at least two values each. Interpolation is multilinear (``scipy.interpolate.RegularGridInterpolator``),
-exact at table points; outside the grid it extrapolates linearly from the edge cells and records
-it, so results can say how far they left the measured range.
+at least two values each, with finite times > 0 that never fall as any input grows (a step with
+more work never takes less time; average noisy measurements first). Interpolation is multilinear
+(``scipy.interpolate.RegularGridInterpolator``), exact at table points. Above the grid it
+extrapolates linearly from the edge cells; below it, it holds the edge value (linear extrapolation
+downwards could reach zero or negative times). Either is recorded, so results can say how far
+they left the measured range. With non-decreasing rows, every step time is at least the table's
+smallest, so simulated time always advances.
 
 For a fixed number of decoding sequences B and no prefill, step time is piecewise linear in the
 mean context, with breakpoints at the table's context values, hence piecewise linear in the
@@ -19,8 +23,10 @@ Chunked prefills are looked up by their token count only: a chunk late in a long
 same as the first (the table has no prefix axis).
 
 Draft work (`shape.DraftWork`) has no axis either: a draft pass running a share f of the layers is
-priced as f times a one-token decode step of the same batch at the same context (the measured step
-includes the LM head and the overheads, so this over-prices a small drafter's pass a little).
+priced as f times a one-token decode step of the same batch at the same context. The measured step
+holds the whole LM head, of which this counts only the share f, so it under-prices a one-layer
+drafter's pass next to the roofline (which counts the whole head per pass: a pass of Llama-3.1-8B's
+one-layer drafter is 0.03 of a step here, 0.05-0.10 in the roofline).
 """
 
 from __future__ import annotations
@@ -88,6 +94,10 @@ def read_step_table(path: str | Path) -> pd.DataFrame:
             raise InputError(f"{p}: line {i + 2}: column {c!r} must be a number "
                              f"{'> 0' if c == 'step_time_s' else '>= 0'}, got {df[c].iloc[i]!r}")
         df[c] = vals.astype(float)
+    inf = ~np.isfinite(df["step_time_s"].to_numpy())
+    if inf.any():
+        i = int(np.flatnonzero(inf)[0])
+        raise InputError(f"{p}: line {i + 2}: column 'step_time_s' must be a finite number > 0, got {df['step_time_s'].iloc[i]!r}")
     if df.duplicated(list(AXES)).any():
         i = int(np.flatnonzero(df.duplicated(list(AXES)).to_numpy())[0])
         raise InputError(f"{p}: line {i + 2}: duplicate row for {dict(df.loc[i, list(AXES)])}")
@@ -98,7 +108,24 @@ def read_step_table(path: str | Path) -> pd.DataFrame:
     if len(df) != math.prod(sizes.values()):
         raise InputError(f"{p}: step table is not a full grid: {len(df)} rows for "
                          f"{' x '.join(str(n) for n in sizes.values())} combinations of {list(AXES)}")
+    _check_non_decreasing(df, p)
     return df
+
+
+def _check_non_decreasing(df: pd.DataFrame, p: Path) -> None:
+    """Refuse a table whose step time falls as one input grows with the others fixed."""
+    for axis in AXES:
+        others = [a for a in AXES if a != axis]
+        rows = df.reset_index().sort_values([*others, axis], kind="stable")
+        prev = rows.groupby(others, sort=False)["step_time_s"].shift()
+        falls = (rows["step_time_s"] < prev).to_numpy()
+        if falls.any():
+            j = int(np.flatnonzero(falls)[0])
+            r = rows.iloc[j]
+            at = ", ".join(f"{a}={r[a]:g}" for a in others)
+            raise InputError(f"{p}: line {int(r['index']) + 2}: step_time_s falls to {r['step_time_s']:g} s as {axis} "
+                             f"grows to {r[axis]:g} (at {at}), from {prev.iloc[j]:g} s; a step with more work must "
+                             "not take less time: average noisy measurements first")
 
 
 class PiecewiseDecode:
@@ -137,6 +164,9 @@ class PiecewiseDecode:
         if not isinstance(path, LinearPath):
             return segments_run_s(self.segments(path, n_steps), path)
         first, slope = path.first, path.slope
+        if slope <= 0:                      # every step at the same context
+            k = self._segment(first)
+            return n_steps * (self.a[k] + self.b[k] * first)
         total, j = 0.0, 0
         while j < n_steps:
             k = self._segment(first + j * slope)
@@ -162,9 +192,11 @@ class TableStepModel:
         self._interp = RegularGridInterpolator(self.axes, values, method="linear", bounds_error=False, fill_value=None)
         self.coverage = Coverage({a: (float(ax[0]), float(ax[-1])) for a, ax in zip(AXES, self.axes, strict=True)})
         self._decode_cache: dict[tuple[int, int], PiecewiseDecode] = {}
+        self._lo = tuple(float(ax[0]) for ax in self.axes)
 
     def _at(self, b: float, c: float, p: float) -> float:
-        return float(self._interp([[b, c, p]])[0])
+        lo = self._lo    # below the grid, hold the edge value (see the module docstring)
+        return float(self._interp([[max(b, lo[0]), max(c, lo[1]), max(p, lo[2])]])[0])
 
     def iteration_s(self, shape: StepShape) -> float:
         decode_seqs, decode_ctx_sum, q = shape.decode_seqs, shape.decode_ctx_sum, shape.query_tokens_per_seq
@@ -202,7 +234,7 @@ class TableStepModel:
         v = np.array([self._at(batch, c, extra) for c in cs])
         slopes_c = np.diff(v) / np.diff(cs)
         # Segments in S = batch x mean context: below the first point, between points, above the last.
-        seg_slope_c = np.concatenate([[slopes_c[0]], slopes_c, [slopes_c[-1]]])
+        seg_slope_c = np.concatenate([[0.0], slopes_c, [slopes_c[-1]]])   # flat below the first point
         seg_origin = np.concatenate([[0], np.arange(len(cs) - 1), [len(cs) - 2]])
         a, b = [], []
         for sc, o in zip(seg_slope_c, seg_origin, strict=True):
