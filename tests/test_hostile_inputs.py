@@ -1,0 +1,208 @@
+"""Hostile inputs from the adversarial report (../shared/reviews/hostile-inputs-1.md): each gives
+exit status 2 with one line naming the field, the value or the limit, no traceback, and nothing
+written; or, where the input is legitimate, a run that finishes with the right numbers.
+Finding ids (C2, H3, W5, ...) are the report's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import base_dict
+
+from sim.runner import run
+from sim.scenario import scenario_from_dict
+from sim.workload import read_azure_trace
+from simcli.main import main
+
+TRACE_WORKLOAD = {"arrivals": None, "input_tokens": None, "output_tokens": None}
+
+
+def refused(tmp_path: Path, capsys, data: dict | str, *args: str, command: str = "run") -> str:
+    """Run the CLI on `data`; assert a clean refusal and return its message."""
+    p = tmp_path / "s.yaml"
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if v is not None}
+        if isinstance(data.get("workload"), dict):
+            data["workload"] = {k: v for k, v in data["workload"].items() if v is not None}
+        data = yaml.safe_dump(data)
+    p.write_text(data, encoding="utf-8")
+    before = sorted(tmp_path.rglob("*"))
+    argv = [command, str(p), "--quiet", *args] + (["--workers", "1"] if command in ("sweep", "plan") else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert sorted(tmp_path.rglob("*")) == before
+    return err
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+# ---- numbers: C2, C3, H5, W3, W13 --------------------------------------------------------------
+
+@pytest.mark.parametrize("key,value,needles", [
+    ("duration_s", ".inf", ["duration_s", "finite"]),
+    ("duration_s", "1e300", ["duration_s", "100000000"]),
+    ("duration_s", "true", ["duration_s", "expected a number, got true"]),
+    ("workload.arrivals.rate_per_s", ".inf", ["rate_per_s", "finite"]),
+    ("workload.arrivals.rate_per_s", "1e300", ["rate_per_s", "100000"]),
+    ("workload.input_tokens", "{kind: lognormal, mean: 1e300, cv: 1}", ["input_tokens", "mean", "10000000"]),
+    ("workload.input_tokens", "{kind: lognormal, mean: 500, cv: .inf}", ["input_tokens", "cv", "finite"]),
+    ("workload.output_tokens", "{kind: fixed, value: 1e19}", ["output_tokens", "value"]),
+    ("serving.replicas", "100000000000000000000000000000", ["serving.replicas", "100000"]),
+    ("serving.replicas", "true", ["replicas", "expected a number, got true"]),
+    ("serving.batching.chunked_prefill", "0", None),          # an int is not a boolean... but 0/1 are (pydantic)
+    ("hardware.price_usd_per_gpu_h", ".inf", ["price_usd_per_gpu_h", "finite"]),
+    ("cost.pue", ".inf", ["cost.pue", "finite"]),
+    ("serving.frontend.schedule_s", ".inf", ["schedule_s", "finite"]),
+    ("hardware.overrides.tdp_w", ".inf", ["tdp_w", "finite"]),
+    ("workload.arrivals", "{kind: closed_loop, clients: 100000000}", ["clients", "1000000"]),
+    ("workload.arrivals", "{kind: offline, requests: 100000000}", ["requests", "20000000"]),
+    ("workload.arrivals", "{kind: poisson, rate_per_s: 100000}", ["about 6,000,000,000 requests", "20,000,000"]),
+    ("workload.arrivals", "{kind: piecewise, segments: [{duration_s: 1.0e-300, rate_per_s: 5}]}",
+     ["segments.0.duration_s", "0.001"]),
+    ("workload.arrivals", "{kind: piecewise, segments: [{duration_s: 0.001, rate_per_s: 5}]}",
+     ["segments", "60,000", "1,000,000"]),
+])
+def test_numbers_out_of_range_are_refused(tmp_path, capsys, key, value, needles):
+    d = base_dict(duration_s=60.0)
+    if needles is None:     # YAML 0/1 for a boolean: accepted as pydantic does, and it runs
+        assert main(["run", _write(tmp_path, d), "--quiet", "--set", f"{key}={value}", "--set", "duration_s=2"]) == 0
+        return
+    if key == "workload.arrivals":
+        d["duration_s"] = 60_000.0
+    err = refused(tmp_path, capsys, d, "--set", f"{key}={value}")
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def _write(tmp_path: Path, d: dict) -> str:
+    p = tmp_path / "ok.yaml"
+    p.write_text(yaml.safe_dump(d), encoding="utf-8")
+    return str(p)
+
+
+# ---- traces and length files: C2, C5, W3, W9 ---------------------------------------------------
+
+def azure(tmp_path: Path, rows: str) -> dict:
+    p = tmp_path / "a.csv"
+    p.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + rows, encoding="utf-8")
+    return base_dict(workload={"trace": {"format": "azure", "path": str(p)}, **TRACE_WORKLOAD})
+
+
+def mooncake(tmp_path: Path, rows: str) -> dict:
+    p = tmp_path / "m.jsonl"
+    p.write_text(rows, encoding="utf-8")
+    return base_dict(workload={"trace": {"format": "mooncake", "path": str(p)}, **TRACE_WORKLOAD})
+
+
+@pytest.mark.parametrize("rows,needles", [
+    ("2023-11-16 18:15:46.68,1e300,44\n", ["line 2", "ContextTokens", "10,000,000", "1e300"]),
+    ("2023-11-16 18:15:46.68,100,1e19\n", ["line 2", "GeneratedTokens", "1e19"]),
+    ("2023-11-16 18:15:46.68,100,inf\n", ["line 2", "GeneratedTokens", "inf"]),
+    ("12/11/2023 18:15:46,100,10\n13/11/2023 18:15:47,100,10\n", ["line 2", "TIMESTAMP", "ISO 8601", "12/11/2023"]),
+])
+def test_bad_azure_rows(tmp_path, capsys, rows, needles):
+    err = refused(tmp_path, capsys, azure(tmp_path, rows))
+    for n in needles:
+        assert n in err, (n, err)
+
+
+@pytest.mark.parametrize("row,needles", [
+    ('{"timestamp": NaN, "input_length": 10, "output_length": 5}', ["line 1", "timestamp", "nan"]),
+    ('{"timestamp": 0, "input_length": Infinity, "output_length": 5}', ["line 1", "input_length", "inf"]),
+    ('{"timestamp": 0, "input_length": 1e300, "output_length": 5}', ["line 1", "input_length", "1e+300"]),
+    ('{"timestamp": 0, "input_length": 100000000000000000000, "output_length": 5}', ["line 1", "input_length"]),
+])
+def test_bad_mooncake_rows(tmp_path, capsys, row, needles):
+    err = refused(tmp_path, capsys, mooncake(tmp_path, row + "\n"))
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def test_empirical_lengths_beyond_the_limit_are_refused(tmp_path, capsys):
+    (tmp_path / "len.csv").write_text("len\n100\n1e19\n", encoding="utf-8")
+    d = base_dict(workload={"output_tokens": {"kind": "empirical", "path": str(tmp_path / "len.csv"), "column": "len"}})
+    err = refused(tmp_path, capsys, d)
+    assert "line 3" in err and "'len'" in err and "10,000,000" in err
+
+
+def test_azure_time_zones_mixed_or_not_read_as_utc(tmp_path):
+    p = tmp_path / "tz.csv"
+    p.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.009930+00:00,100,10\n"
+                 "2024-05-10 00:00:01.5,200,20\n2024-05-10 02:00:03+02:00,300,30\n", encoding="utf-8")
+    df = read_azure_trace(p)
+    assert np.allclose(df["arrival_s"], [0.0, 1.49007, 2.99007])
+    assert df["input_tokens"].tolist() == [100, 200, 300]
+
+
+# ---- step tables: C4, W4 -----------------------------------------------------------------------
+
+STEP_ROWS = [(1, 100, 0, 0.010), (1, 100, 512, 0.030), (1, 1000, 0, 0.012), (1, 1000, 512, 0.032),
+             (2, 100, 0, 0.011), (2, 100, 512, 0.031), (2, 1000, 0, 0.013), (2, 1000, 512, 0.033)]
+
+
+def step_table(tmp_path: Path, rows) -> dict:
+    p = tmp_path / "st.csv"
+    p.write_text("decode_seqs,context_tokens,prefill_tokens,step_time_s\n"
+                 + "".join(f"{b},{c},{q},{t}\n" for b, c, q, t in rows), encoding="utf-8")
+    return base_dict(duration_s=20.0, perf={"step_table": str(p)})
+
+
+def test_a_step_table_that_falls_with_size_is_refused(tmp_path, capsys):
+    rows = [(b, c, q, t if b == 1 else t - 0.002) for b, c, q, t in STEP_ROWS]
+    err = refused(tmp_path, capsys, step_table(tmp_path, rows))
+    assert "step_time_s falls" in err and "decode_seqs" in err and "line" in err
+
+
+def test_a_step_table_holding_inf_is_refused(tmp_path, capsys):
+    rows = [*STEP_ROWS[:-1], (2, 1000, 512, "inf")]
+    err = refused(tmp_path, capsys, step_table(tmp_path, rows))
+    assert "line 9" in err and "finite" in err
+
+
+def test_a_good_step_table_never_gives_a_step_shorter_than_its_shortest(tmp_path):
+    """Below the grid (context under 100, one sequence) the edge value holds, so time advances."""
+    sc = scenario_from_dict(step_table(tmp_path, STEP_ROWS), base_dir=str(tmp_path))
+    res = run(sc, seed=1)
+    it = res.iterations
+    assert res.summary["requests_completed"] > 0
+    assert ((it["t_end_s"] - it["t_start_s"]) / it["steps"] >= 0.010 - 1e-12).all()
+
+
+# ---- YAML: W5, H4 --------------------------------------------------------------------------
+
+def test_duplicate_keys_are_refused(tmp_path, capsys):
+    text = yaml.safe_dump(base_dict(serving={"replicas": 8})) + "serving:\n  router: round_robin\n"
+    err = refused(tmp_path, capsys, text)
+    assert "duplicate key 'serving'" in err and "line" in err
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_billion_laughs_is_refused_at_once(tmp_path, capsys, command):
+    lines = ['x0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 9):
+        lines.append(f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    text = yaml.safe_dump(base_dict()) + "\n".join(lines) + "\nsweep: {axes: {serving.replicas: [1]}, replications: 1}\n"
+    err = refused(tmp_path, capsys, text, command=command)
+    assert "aliases" in err and "line" in err
+
+
+# ---- closed-loop retries: H2 ---------------------------------------------------------------------
+
+def test_rejected_closed_loop_clients_back_off():
+    """1,000 clients on a queue of 10 (the report's 2 million requests in 2 s): each rejected
+    client waits 10 ms, doubling to 1 s, so 2 s see at most 8 tries per client."""
+    sc = scenario_from_dict(base_dict(
+        duration_s=2.0, serving={"batching": {"max_num_seqs": 8, "max_num_batched_tokens": 8192, "max_waiting": 10}},
+        workload={"arrivals": {"kind": "closed_loop", "clients": 1000},
+                  "input_tokens": {"kind": "fixed", "value": 1000}, "output_tokens": {"kind": "fixed", "value": 100}}))
+    res = run(sc, seed=1)
+    s = res.summary
+    assert s["requests_rejected"] > 1000            # the queue really is full
+    assert len(res.requests) < 1000 * 9
