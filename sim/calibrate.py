@@ -24,6 +24,7 @@ with a 2% step, since simulated throughput is piecewise constant at finer scales
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,7 +35,7 @@ import pandas as pd
 
 from sim.errors import InputError
 from sim.perf import Chunk, PerfCfg, decode_shape
-from sim.scenario import scenario_from_dict
+from sim.scenario import MAX_TOKENS, scenario_from_dict
 from sim.yamlio import load_yaml
 
 DEFAULT_PARAMS = ("hbm_bw_efficiency", "compute_efficiency", "iteration_overhead_s", "per_seq_overhead_s")
@@ -70,7 +71,7 @@ class Measurement:
 def scenario_data(m: Measurement, perf: dict[str, Any]) -> dict[str, Any]:
     c = m.config
     return {
-        "name": f"calibrate-{m.id}"[:60].replace(" ", "_"),
+        "name": re.sub(r"[^A-Za-z0-9._-]", "_", f"calibrate-{m.id}")[:60],   # ids are free text
         "duration_s": 1.0,
         "drain_timeout_s": 1e7,
         "model": c["model"],
@@ -145,8 +146,16 @@ def fit(ms: list[Measurement], params: tuple[str, ...] = DEFAULT_PARAMS,
     perf = {**base, **fitted}
     table = error_table(ms, perf)
     rms = float(np.sqrt(np.mean(np.log1p(table["error"].to_numpy()) ** 2)))
+    if not math.isfinite(rms):
+        raise InputError("calibrate: the model cannot reproduce these measurements (infinite error after the fit); "
+                         "no profile written")
     notes = [] if len(ms) > len(params) else [
         f"{len(ms)} measurements for {len(params)} parameters: the fit is not over-determined"]
+    for name, value in fitted.items():
+        low, high, _ = BOUNDS[name]
+        if math.isclose(value, low, rel_tol=1e-3, abs_tol=1e-12) or math.isclose(value, high, rel_tol=1e-3):
+            notes.append(f"{name} = {value:.6g} sits at its bound [{low:g}, {high:g}]: the measurements ask for a "
+                         "value the model considers implausible; check them (units, tp, precision)")
     return Fit(fitted, perf, table, rms, count, notes)
 
 
@@ -178,11 +187,13 @@ def read_measurements_csv(path: str | Path) -> list[Measurement]:
         absent = [c for c in need if c not in df.columns or row[c].strip() == ""]
         if absent:
             raise InputError(f"{p}: line {line}: a {kind} row needs {list(absent)}")
-        nums = {c: _num(p, line, c, row[c]) for c in need}
-        extra = {c: int(_num(p, line, c, row[c])) for c in ("max_num_seqs", "max_num_batched_tokens")
+        nums = {c: _num(p, line, c, row[c], *RANGES[c]) for c in need}
+        extra = {c: int(_num(p, line, c, row[c], *RANGES[c])) for c in ("max_num_seqs", "max_num_batched_tokens")
                  if c in df.columns and row[c].strip()}
         config = {c: row[c].strip() for c in CONFIG_COLS}
-        config["tp"] = int(_num(p, line, "tp", row["tp"]))
+        config["tp"] = int(_num(p, line, "tp", row["tp"], *RANGES["tp"]))
+        if kind == "step" and nums["decode_seqs"] == 0 and nums["prefill_tokens"] == 0:
+            raise InputError(f"{p}: line {line}: a step row needs work: decode_seqs or prefill_tokens > 0")
         mid = row["id"].strip() if "id" in df.columns and row["id"].strip() else f"line{line}"
         if kind == "step":
             m = Measurement(mid, kind, config, nums["step_time_s"], decode_seqs=int(nums["decode_seqs"]),
@@ -191,8 +202,6 @@ def read_measurements_csv(path: str | Path) -> list[Measurement]:
         else:
             m = Measurement(mid, kind, config, nums["output_tok_per_s_per_gpu"], input_tokens=int(nums["input_tokens"]),
                             output_tokens=int(nums["output_tokens"]), requests=int(nums["requests"]), **extra)
-        if m.measured <= 0:
-            raise InputError(f"{p}: line {line}: the measured value must be > 0, got {m.measured}")
         try:
             scenario_from_dict(scenario_data(m, {}), source=f"{p}: line {line}")
         except InputError as err:
@@ -203,13 +212,25 @@ def read_measurements_csv(path: str | Path) -> list[Measurement]:
     return out
 
 
-def _num(p: Path, line: int, col: str, raw: str) -> float:
+#: (lowest, highest, integer) of each numeric column: what the model can represent. Step times
+#: from 100 ns to 1,000 s, throughputs up to 10^7 tokens/s/GPU; counts as in scenarios.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "decode_seqs": (0, 1_000_000, True), "context_tokens": (0, MAX_TOKENS, True),
+    "prefill_tokens": (0, MAX_TOKENS, True), "step_time_s": (1e-7, 1e3, False),
+    "input_tokens": (1, MAX_TOKENS, True), "output_tokens": (1, MAX_TOKENS, True),
+    "requests": (1, 1_000_000, True), "output_tok_per_s_per_gpu": (1e-3, 1e7, False),
+    "tp": (1, 1024, True), "max_num_seqs": (1, 1_000_000, True), "max_num_batched_tokens": (1, 100_000_000, True),
+}
+
+
+def _num(p: Path, line: int, col: str, raw: str, lo: float, hi: float, integer: bool) -> float:
     try:
         v = float(raw)
     except ValueError:
         raise InputError(f"{p}: line {line}: column {col!r} must be a number, got {raw!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise InputError(f"{p}: line {line}: column {col!r} must be a finite number >= 0, got {raw!r}")
+    what = "an integer" if integer else "a number"
+    if not math.isfinite(v) or not lo <= v <= hi or (integer and v != int(v)):
+        raise InputError(f"{p}: line {line}: column {col!r} must be {what} from {lo:g} to {hi:g}, got {raw!r}")
     return v
 
 

@@ -147,6 +147,9 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
     return sim
 
 
+PROGRESS_EVENTS = 20_000   # events between progress reports (a few tens of milliseconds of wall time)
+
+
 def _simulate(sim: Simulation, progress: Callable[[float], None] | None) -> float:
     """Run the SimPy environment to the end; returns the simulation's end time."""
     sc = sim.scenario
@@ -154,13 +157,16 @@ def _simulate(sim: Simulation, progress: Callable[[float], None] | None) -> floa
     if progress is None:
         sim.env.run(until=end_s)
     else:
-        step_s = sc.duration_s / 100.0
-        t = step_s
-        while t < end_s and sim.env.peek() != float("inf"):
-            sim.env.run(until=t)
-            progress(t)
-            t += step_s
-        sim.env.run(until=max(end_s, sim.env.now + 1e-9))
+        # Report every PROGRESS_EVENTS events: progress follows the work done, never adds any
+        # (stepping by a fixed simulated time would loop through an idle drain in tiny steps).
+        env = sim.env
+        while env.peek() < end_s:
+            for _ in range(PROGRESS_EVENTS):
+                if env.peek() >= end_s:    # as run(until=end_s): events at end_s itself do not run
+                    break
+                env.step()
+            progress(env.now)
+        env.run(until=max(end_s, env.now + 1e-9))
     sim.cluster.settle()
     return end_s
 
@@ -175,7 +181,7 @@ def _last_activity_s(reqs: list[Request], it: pd.DataFrame, end_s: float) -> flo
 
 
 def execute(sim: Simulation, progress: Callable[[float], None] | None = None) -> Result:
-    """Run a built simulation to the end. `progress(sim_time_s)` is called about 100 times."""
+    """Run a built simulation to the end. `progress(sim_time_s)` is called every 20,000 events."""
     sc = sim.scenario
     t_wall = time.perf_counter()
     end_s = _simulate(sim, progress)

@@ -22,6 +22,7 @@ from simcli.output import check_out_file, fmt, make_console, write_new_text, wri
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     if args.reference == (args.measurements is not None):
@@ -58,14 +59,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         t.add_column(c, justify="left" if c in ("measurement", "kind", "unit") else "right")
     for _, r in f.table.iterrows():
         unit = "s per iteration" if r["kind"] == "step" else "output tokens/s/GPU"
-        t.add_row(str(r["id"]), r["kind"], fmt(r["measured"], 4), fmt(r["predicted"], 4), unit,
+        t.add_row(escape(str(r["id"])), escape(str(r["kind"])), fmt(r["measured"], 4), fmt(r["predicted"], 4), unit,
                   f"{r['error']:+.1%}")
     console.print(t)
     for k, v in f.params.items():
         console.print(f"  {k} = {v:.6g}")
     for note in f.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
-    console.print(f"profile: {out}")
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
+    console.print(f"profile: {escape(str(out))}")
     return 0
 
 

@@ -206,3 +206,69 @@ def test_rejected_closed_loop_clients_back_off():
     s = res.summary
     assert s["requests_rejected"] > 1000            # the queue really is full
     assert len(res.requests) < 1000 * 9
+
+
+# ---- progress on a terminal: H1 ------------------------------------------------------------------
+
+def test_progress_follows_events_and_changes_nothing():
+    """A 1 ms arrival window with a long drain: reporting progress must not walk the drain in
+    steps of duration_s / 100 (the report's minutes-long hang), nor change a figure."""
+    from sim.runner import build, execute
+
+    sc = scenario_from_dict(base_dict(
+        duration_s=0.001, workload={"arrivals": {"kind": "offline", "requests": 1},
+                                    "input_tokens": {"kind": "fixed", "value": 1000},
+                                    "output_tokens": {"kind": "fixed", "value": 20000}}))
+    calls: list[float] = []
+    res = execute(build(sc, 1), progress=calls.append)
+    ref = execute(build(sc, 1))
+    assert 1 <= len(calls) <= 3 and calls == sorted(calls)
+    timing = {"wall_s", "sim_requests_per_wall_s"}
+    assert {k: v for k, v in res.summary.items() if k not in timing} == \
+        {k: v for k, v in ref.summary.items() if k not in timing}
+
+
+# ---- calibrate: C8, W10 ---------------------------------------------------------------------------
+
+CAL_HEAD = ("id,kind,model,gpu,tp,weights,kv_cache,compute,decode_seqs,context_tokens,prefill_tokens,step_time_s,"
+            "input_tokens,output_tokens,requests,output_tok_per_s_per_gpu\n")
+
+
+@pytest.mark.parametrize("row,needles", [
+    ("a,step,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,1e300,1e300,0,0.012,,,,", ["decode_seqs", "1e300"]),
+    ("a,step,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,0,0,0,0.012,,,,", ["needs work"]),
+    ("a,throughput,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,,,,,1000,1000,0,5000", ["requests", "from 1"]),
+    ("a,step,llama-3.1-8b,h100-sxm,1.5,bf16,bf16,bf16,64,1000,0,0.012,,,,", ["'tp'", "an integer", "1.5"]),
+    ("a,step,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,64,1000,0,1e30,,,,", ["step_time_s", "1e30"]),
+    ("a,step,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,64,1000,0,1e-30,,,,", ["step_time_s", "1e-30"]),
+])
+def test_calibrate_refuses_measurements_it_cannot_model(tmp_path, capsys, row, needles):
+    (tmp_path / "m.csv").write_text(CAL_HEAD + row + "\n", encoding="utf-8")
+    assert main(["calibrate", "m.csv", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    for n in needles:
+        assert n in err, (n, err)
+    assert not (tmp_path / "results").exists()
+
+
+def test_calibrate_says_when_a_fit_hits_a_bound(tmp_path, capsys):
+    """A step 100x slower than the hardware allows: the efficiency lands on its floor, and the
+    printed notes say so."""
+    (tmp_path / "m.csv").write_text(
+        CAL_HEAD + "a,step,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,1,1000,0,0.5,,,,\n", encoding="utf-8")
+    assert main(["calibrate", "m.csv", "--params", "hbm_bw_efficiency", "--out", "p.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "sits at its bound" in out and "hbm_bw_efficiency" in out
+
+
+# ---- rich markup in user strings: C9 ----------------------------------------------------------------
+
+def test_markup_in_names_is_printed_as_written(tmp_path, capsys):
+    d = base_dict(duration_s=2.0)
+    assert main(["run", _write(tmp_path, d), "--set", 'hardware.overrides.name="my-gpu [/] [int4-awq]"']) == 0
+    assert "my-gpu [/] [int4-awq]" in capsys.readouterr().out
+    (tmp_path / "m.csv").write_text(
+        CAL_HEAD + "[/]x,step,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,64,1000,0,0.012,,,,\n", encoding="utf-8")
+    assert main(["calibrate", "m.csv", "--out", "p.yaml"]) == 0
+    assert "[/]x" in capsys.readouterr().out
