@@ -1,9 +1,15 @@
-"""The one exception type for bad user input (scenario files, traces, CLI arguments).
+"""The exceptions a person sees: bad user input, and a simulation that failed.
 
-Its message is meant to be shown to a person as is: it names the field (or file and line) and the
-offending value. The CLI turns it into exit status 2 without a traceback.
+Their messages are meant to be shown as is: an InputError names the field (or file and line) and
+the offending value, and the CLI turns it into exit status 2 without a traceback; a
+SimulationFailed says which simulation failed and why, and the CLI exits with status 1.
 """
 
 
 class InputError(ValueError):
     """Invalid user input; ``str(err)`` is a complete, human-readable message."""
+
+
+class SimulationFailed(RuntimeError):
+    """A simulation that a command depends on (a plan's evaluation) raised: its answer would be
+    wrong, so the command stops; ``str(err)`` says which simulation and the error."""

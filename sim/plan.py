@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 from pydantic import Field, ValidationError
 
-from sim.errors import InputError
+from sim.errors import InputError, SimulationFailed
 from sim.input_model import InputModel
 from sim.scenario import (
     ClosedLoop,
@@ -261,11 +261,15 @@ def load_plan(path: str | Path, overrides: dict[str, Any] | None = None,
             raise InputError(format_validation_error(err, "command line", prefix="--")) from None
     base_dir = str(p.parent.resolve())
     sc = scenario_from_dict(base, source=str(p), base_dir=base_dir)
-    for i, cand in enumerate(spec.candidates):
+    knob = load_knob(sc)
+    load = {} if spec.rate is None else {knob.path: spec.rate}
+    for i, cand in enumerate(spec.candidates or [{}]):
         try:
-            scenario_from_dict(apply_params(base, cand), source=str(p), base_dir=base_dir)
+            scenario_from_dict(apply_params(base, {**cand, **load}), source=str(p), base_dir=base_dir)
         except InputError as err:
-            raise InputError(f"{err}\n  (in plan.candidates[{i}])") from None
+            where = f"plan.candidates[{i}]" if spec.candidates else "the scenario"
+            at = f" at --rate {spec.rate:g} ({knob.path})" if load else ""
+            raise InputError(f"{err} (in {where}{at})") from None
     return PlanFile(base, sc, spec, base_dir, str(p))
 
 
@@ -303,6 +307,11 @@ def plan(pf: PlanFile, executor: Executor, *, max_rate: bool = False,
 
     def evaluate(cand_i: int, params: dict[str, Any], label: str, value: float) -> Rows:
         rows = list(execute(pf.base, pf.base_dir, make_points([params], spec.replications, sc.seed), executor))
+        failed = [r for r in rows if r.get("error")]
+        if failed:    # an error is not an SLO miss: the search's answer would be wrong
+            where = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+            raise SimulationFailed(f"plan: candidate {cand_i} ({where}) replication {failed[0]['replication']} "
+                                   f"failed: {failed[0]['error']}")
         met = meets(rows)
         evaluations.extend({"candidate": cand_i, "search": label, "value": value, "met": met,
                             **{k: v for k, v in r.items() if k != "traceback"}} for r in rows)

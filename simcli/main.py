@@ -5,7 +5,8 @@
     run.py plan SCENARIO.yaml [...]      smallest/cheapest deployment, or highest load, within the SLO
     run.py calibrate MEASUREMENTS.csv    fit step-time parameters; write a perf profile
 
-Bad input (files, flags) prints one message per problem and exits with status 2.
+Bad input (files, flags) prints one message per problem and exits with status 2; a simulation that
+a command depends on failing (a plan's evaluation) prints which and why, and exits with status 1.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sim.errors import InputError
+from sim.errors import InputError, SimulationFailed
 from simcli import calibrate_cmd, plan_cmd, run_cmd, sweep_cmd
 
 COMMANDS = ("run", "sweep", "plan", "calibrate")
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SimulationFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished work is kept, nothing is half-written", file=sys.stderr)
         return 130

@@ -272,3 +272,27 @@ def test_markup_in_names_is_printed_as_written(tmp_path, capsys):
         CAL_HEAD + "[/]x,step,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,64,1000,0,0.012,,,,\n", encoding="utf-8")
     assert main(["calibrate", "m.csv", "--out", "p.yaml"]) == 0
     assert "[/]x" in capsys.readouterr().out
+
+
+# ---- plan: W6 ----------------------------------------------------------------------------------------
+
+def test_plan_refuses_a_load_its_knob_cannot_take(tmp_path, capsys):
+    d = base_dict(workload={"arrivals": {"kind": "closed_loop", "clients": 8}})
+    err = refused(tmp_path, capsys, d, "--rate", "2.5", command="plan")
+    assert "clients" in err and "2.5" in err and "--rate" in err
+
+
+def test_plan_stops_with_exit_1_when_a_simulation_fails(tmp_path, capsys, monkeypatch):
+    """A crashing evaluation is not an SLO miss: the plan says which one failed and why."""
+    import sim.runner
+
+    def crash(*_a, **_k):
+        raise RuntimeError("replica 0: boom")
+
+    monkeypatch.setattr(sim.runner, "run", crash)
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(base_dict(duration_s=5.0)), encoding="utf-8")
+    assert main(["plan", str(p), "--quiet", "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: plan: candidate 0") and "serving.replicas=1" in err and "RuntimeError: replica 0: boom" in err
+    assert not (tmp_path / "results").exists()
