@@ -239,24 +239,38 @@ def tidy(rows: list[dict[str, Any]], points: list[Point]) -> pd.DataFrame:
 
 
 def aggregate(df: pd.DataFrame, param_cols: list[str]) -> pd.DataFrame:
-    """Per point: `<metric>_mean` and `<metric>_ci95` (half-width) for every numeric metric."""
+    """Per point: `<metric>_mean` and `<metric>_ci95` (half-width) for every numeric metric.
+
+    No replication is dropped silently. An infinite value makes the mean infinite (a replication
+    where no request met the SLO has an infinite $ per SLO-meeting token, and so does the point's
+    mean), and the half-width is then NaN. A NaN value (a metric undefined in that replication,
+    such as TTFT when nothing completed) is left out of the mean, and `<metric>_n` (present when
+    this happens anywhere in the sweep) says over how many replications the mean was taken."""
     from scipy import stats  # slow to import; only sweeps need it
     ok = df[df["error"] == ""] if "error" in df else df
     skip = set(param_cols) | {"replication", "seed", "root_seed"}
     metrics = [c for c in ok.columns if c not in skip and c != "point_id"
                and (pd.api.types.is_numeric_dtype(ok[c]) or pd.api.types.is_bool_dtype(ok[c]))]
+    def t_ppf(n: int) -> float:
+        return float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.nan
+
     out = []
     for pid, g in ok.groupby("point_id", sort=False):
         rec: dict[str, Any] = {"point_id": pid, **{c: g[c].iloc[0] for c in param_cols}, "replications": len(g)}
-        n = len(g)
-        t = float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.nan
         for c in metrics:
             x = g[c].astype(float).to_numpy()
-            finite = x[np.isfinite(x)]
-            rec[f"{c}_mean"] = float(finite.mean()) if len(finite) else float(x.mean()) if len(x) else math.nan
-            rec[f"{c}_ci95"] = float(t * finite.std(ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else math.nan
+            defined = x[~np.isnan(x)]
+            rec[f"{c}_mean"] = float(defined.mean()) if len(defined) else math.nan
+            rec[f"{c}_ci95"] = float(t_ppf(len(defined)) * defined.std(ddof=1) / math.sqrt(len(defined))) \
+                if len(defined) > 1 and np.isfinite(defined).all() else math.nan
+            rec[f"{c}_n"] = len(defined)
         out.append(rec)
-    return pd.DataFrame(out)
+    agg = pd.DataFrame(out)
+    if agg.empty:
+        return agg
+    counts = [c for c in agg.columns if c.endswith("_n") and c[:-2] + "_mean" in agg]
+    partial = [c for c in counts if (agg[c] < agg["replications"]).any()]
+    return agg.drop(columns=[c for c in counts if c not in partial])
 
 
 PARETO_X = "output_tok_per_s_per_user_p50"

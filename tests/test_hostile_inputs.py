@@ -296,3 +296,23 @@ def test_plan_stops_with_exit_1_when_a_simulation_fails(tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert err.startswith("error: plan: candidate 0") and "serving.replicas=1" in err and "RuntimeError: replica 0: boom" in err
     assert not (tmp_path / "results").exists()
+
+
+# ---- sweep aggregates: W7 -------------------------------------------------------------------------
+
+def test_sweep_aggregates_keep_non_finite_replications():
+    """The report's rate-44 point: two of four replications had no SLO-meeting token ($inf).
+    Its mean is inf, not the mean of the two others; an undefined (NaN) value is left out and
+    counted."""
+    import pandas as pd
+
+    from sim.sweep import aggregate
+
+    rows = pd.DataFrame({"point_id": ["p"] * 4, "rate": [44.0] * 4, "replication": [0, 1, 2, 3], "error": [""] * 4,
+                         "usd_per_m_slo_output_tokens": [np.inf, np.inf, 7606.8, 2996.6],
+                         "ttft_s_p99": [1.0, np.nan, 3.0, 2.0], "gpus": [2.0] * 4})
+    agg = aggregate(rows, ["rate"]).iloc[0]
+    assert agg["replications"] == 4
+    assert agg["usd_per_m_slo_output_tokens_mean"] == np.inf and np.isnan(agg["usd_per_m_slo_output_tokens_ci95"])
+    assert agg["ttft_s_p99_mean"] == pytest.approx(2.0) and agg["ttft_s_p99_n"] == 3
+    assert agg["gpus_mean"] == 2.0 and "gpus_n" not in agg
