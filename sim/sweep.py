@@ -24,6 +24,9 @@ import hashlib
 import itertools
 import json
 import math
+import os
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, as_completed
@@ -337,12 +340,24 @@ def inline_executor() -> Iterator[Executor]:
     yield InlineExecutor()
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """In a pool worker: exit when the sweep's process is gone (killed with SIGKILL, it cannot
+    stop its pool, and the workers would run on as orphans). A daemon thread checks twice a second
+    whether the worker's parent is still `parent_pid`."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 @contextmanager
 def local_executor(workers: int) -> Iterator[Executor]:
     """`with local_executor(2) as ex:` runs points in a pool of `workers` processes."""
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(max_workers=workers)
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),))
     try:
         yield pool
     finally:

@@ -182,6 +182,41 @@ def test_killed_sweep_process_resumes(tmp_path):
     assert len(df) == 24 and df["point_id"].is_unique and (df["error"] == "").all()
 
 
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc and pgrep")
+def test_workers_exit_when_the_sweep_process_is_killed(tmp_path):
+    """SIGKILL of the sweep's process cannot stop its pool: the workers notice and exit."""
+    p = sweep_file(tmp_path, {"axes": {"workload.arrivals.rate_per_s": [1, 2, 3, 4]}}, duration_s=3000.0)
+    cmd = [*RUN, "sweep", str(p), "--out", str(tmp_path / "out"), "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "CI": "1"})
+    deadline = time.time() + 60
+    workers: list[int] = []
+    while time.time() < deadline and len(workers) < 2:
+        time.sleep(0.2)
+        workers = [c for c in _children(proc.pid) if "python" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")]
+    assert len(workers) >= 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+
+
 def test_failing_point_is_recorded_and_others_finish(tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\n"
