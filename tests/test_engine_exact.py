@@ -18,7 +18,7 @@ def lone(inp: int, out: int, **over) -> dict:
     d = base_dict(**{"duration_s": 10.0, **over})
     d["workload"] = {"arrivals": {"kind": "piecewise", "repeat": False,
                                   "segments": [{"duration_s": 1.0, "rate_per_s": 0.0},
-                                               {"duration_s": 1e-9, "rate_per_s": 0.0}]},
+                                               {"duration_s": 1e-3, "rate_per_s": 0.0}]},
                      "input_tokens": {"kind": "fixed", "value": inp},
                      "output_tokens": {"kind": "fixed", "value": out}}
     return d

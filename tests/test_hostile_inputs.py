@@ -316,3 +316,23 @@ def test_sweep_aggregates_keep_non_finite_replications():
     assert agg["usd_per_m_slo_output_tokens_mean"] == np.inf and np.isnan(agg["usd_per_m_slo_output_tokens_ci95"])
     assert agg["ttft_s_p99_mean"] == pytest.approx(2.0) and agg["ttft_s_p99_n"] == 3
     assert agg["gpus_mean"] == 2.0 and "gpus_n" not in agg
+
+
+# ---- latency percentiles under overload: W14 --------------------------------------------------------
+
+def test_requests_left_out_of_the_percentiles_are_reported_beside_them(tmp_path, capsys):
+    """Overload with a short queue: most requests are rejected. The share left out of the
+    percentiles is in the summary and printed right after them, with SLO attainment."""
+    d = base_dict(duration_s=20.0, serving={"batching": {"max_num_seqs": 4, "max_num_batched_tokens": 4096,
+                                                         "max_waiting": 2}},
+                  workload={"arrivals": {"kind": "poisson", "rate_per_s": 40.0},
+                            "input_tokens": {"kind": "fixed", "value": 500},
+                            "output_tokens": {"kind": "fixed", "value": 200}})
+    s = run(scenario_from_dict(d), seed=1).summary
+    left_out = (s["requests_rejected"] + s["requests_in_flight"]) / s["requests_arrived"]
+    assert s["not_served_fraction"] == pytest.approx(left_out) and left_out > 0.5
+    assert main(["run", _write(tmp_path, d)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    i = next(k for k, line in enumerate(lines) if "E2E latency" in line)
+    assert "rejected or unfinished" in lines[i + 1] and f"{left_out:.3f}" in lines[i + 1]
+    assert "SLO attainment" in lines[i + 2]

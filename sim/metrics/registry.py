@@ -62,6 +62,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("requests_completed", "requests completed", "requests", 0, better="higher"),
     Metric("requests_rejected", "requests rejected", "requests", 0, better="lower"),
     Metric("requests_in_flight", "requests unfinished", "requests", 0, better="lower"),
+    Metric("not_served_fraction", "rejected or unfinished (not in the latency percentiles)", "fraction",
+           better="lower", column="not served"),
     *(Metric(n, lbl, u, d, sc, "lower") for n, lbl, u, d, sc in _LATENCY),
     Metric("output_tok_per_s", "output throughput", "tokens/s", 1, better="higher"),
     Metric("total_tok_per_s", "total throughput", "tokens/s", 1, better="higher"),
@@ -105,16 +107,17 @@ def metric(name: str) -> Metric:
 RUN_TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("requests arrived / completed / rejected / unfinished",
      ("requests_arrived", "requests_completed", "requests_rejected", "requests_in_flight")),
-    ("TTFT p50 / p90 / p99", ("ttft_s_p50", "ttft_s_p90", "ttft_s_p99")),
-    ("TPOT p50 / p90 / p99", ("tpot_s_p50", "tpot_s_p90", "tpot_s_p99")),
-    ("E2E latency p50 / p99", ("e2e_s_p50", "e2e_s_p99")),
+    ("TTFT p50 / p90 / p99 (completed requests)", ("ttft_s_p50", "ttft_s_p90", "ttft_s_p99")),
+    ("TPOT p50 / p90 / p99 (completed requests)", ("tpot_s_p50", "tpot_s_p90", "tpot_s_p99")),
+    ("E2E latency p50 / p99 (completed requests)", ("e2e_s_p50", "e2e_s_p99")),
+    ("rejected or unfinished, not in the percentiles", ("not_served_fraction",)),
+    ("SLO attainment", ("slo_attainment",)),
+    ("SLO met", ("slo_met",)),
     ("throughput output / total", ("output_tok_per_s", "total_tok_per_s")),
     ("throughput per GPU output / total", ("output_tok_per_s_per_gpu", "total_tok_per_s_per_gpu")),
     ("speed per user (1/TPOT, p50)", ("output_tok_per_s_per_user_p50",)),
     ("GPU busy fraction", ("gpu_busy_fraction",)),
     ("mean batch / queue / KV occupancy", ("batch_size_mean", "queue_len_mean", "kv_occupancy_mean")),
-    ("SLO attainment", ("slo_attainment",)),
-    ("SLO met", ("slo_met",)),
     ("price", ("price_usd_per_gpu_h",)),
     ("cost per million output tokens", ("usd_per_m_output_tokens",)),
     ("cost per million total tokens", ("usd_per_m_total_tokens",)),
@@ -124,8 +127,8 @@ RUN_TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 #: Columns of the sweep table (mean ± 95% CI per point).
-SWEEP_TABLE: tuple[str, ...] = ("ttft_s_p99", "tpot_s_p50", "total_tok_per_s_per_gpu", "slo_attainment",
-                                "usd_per_m_output_tokens")
+SWEEP_TABLE: tuple[str, ...] = ("ttft_s_p99", "tpot_s_p50", "not_served_fraction", "slo_attainment",
+                                "total_tok_per_s_per_gpu", "usd_per_m_output_tokens")
 
 #: Columns of the capacity-plan table after the answer column.
 PLAN_TABLE: tuple[str, ...] = ("gpus", "usd_per_m_output_tokens", "price_usd_per_gpu_h", "ttft_s_p99", "tpot_s_p99",

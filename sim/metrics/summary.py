@@ -181,6 +181,8 @@ def population(req: pd.DataFrame, window: Window) -> dict[str, Any]:
         "requests_completed": int(len(done)),
         "requests_rejected": int((win["status"] == "rejected").sum()),
         "requests_in_flight": int((win["status"] == "in_flight").sum()),
+        # Latency percentiles describe completed requests only; this says how many they leave out.
+        "not_served_fraction": float((len(win) - len(done)) / len(win)) if len(win) else float("nan"),
         "preemptions": int(win["preemptions"].sum()),
         "arrival_rate_per_s": _rate(len(win), window.length_s),
     }
