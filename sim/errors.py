@@ -13,3 +13,8 @@ class InputError(ValueError):
 class SimulationFailed(RuntimeError):
     """A simulation that a command depends on (a plan's evaluation) raised: its answer would be
     wrong, so the command stops; ``str(err)`` says which simulation and the error."""
+
+
+def one_line(err: BaseException) -> str:
+    """A library's error message on one line (pandas' parser errors end in blank lines)."""
+    return " ".join(str(err).split())

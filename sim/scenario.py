@@ -23,7 +23,7 @@ from pydantic import (
 
 from sim.catalog import GpuSpec, ModelSpec, Precision, gpu_catalog, model_catalog
 from sim.datapath import DataPath
-from sim.errors import InputError
+from sim.errors import InputError, one_line
 from sim.input_model import InputModel
 from sim.memory import MemoryPlan, memory_plan
 from sim.perf.config import PerfCfg
@@ -197,8 +197,17 @@ class Hardware(_Frozen):
             return data
         if not isinstance(overrides, dict):
             raise ValueError(f"overrides must be a mapping, got {overrides!r}")
-        data["gpu"] = {**base, **overrides}
+        data["gpu"] = _merge(base, overrides)
         return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over` applied key by key, recursing into mappings (so `tflops: {fp8: 3000}`
+    changes one precision and keeps the others)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 class PrecisionCfg(_Frozen):
@@ -449,7 +458,7 @@ def read_yaml(path: str | Path) -> Any:
     except FileNotFoundError:
         raise InputError(f"{p}: file not found") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{p}: cannot read: {err}") from None
+        raise InputError(f"{p}: cannot read: {one_line(err)}") from None
     try:
         return load_yaml(text)
     except yaml.YAMLError as err:

@@ -26,6 +26,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise InputError(f"--set: expected key=value, got {item!r}")
+        if any(not part.strip() for part in key.split(".")):
+            raise InputError(f"--set {key}: a dotted key needs a name between every two dots")
         try:
             out[key] = load_yaml(raw)
         except yaml.YAMLError:

@@ -44,6 +44,7 @@ def test_run_writes_results(tmp_path):
     assert len(req) >= summary["requests_arrived"]
     resolved = yaml.safe_load((out / "scenario.resolved.yaml").read_text())
     assert resolved["hardware"]["gpu"]["hbm_bw_tb_s"] == 3.35  # catalog resolved into the file
+    assert resolved["seed"] == 4                               # the seed used, not the file's (W12)
     assert "TTFT" in r.stdout and "$/M tokens" in r.stdout
 
 

@@ -336,3 +336,21 @@ def test_requests_left_out_of_the_percentiles_are_reported_beside_them(tmp_path,
     i = next(k for k, line in enumerate(lines) if "E2E latency" in line)
     assert "rejected or unfinished" in lines[i + 1] and f"{left_out:.3f}" in lines[i + 1]
     assert "SLO attainment" in lines[i + 2]
+
+
+# ---- small things: W13 -------------------------------------------------------------------------------
+
+def test_an_azure_row_with_an_extra_field_names_the_line(tmp_path, capsys):
+    err = refused(tmp_path, capsys, azure(tmp_path, "2023-11-16 18:15:46,100,10\n2023-11-16 18:15:47,100,10,extra\n"))
+    assert "line 3" in err and "saw 4" in err
+
+
+def test_hardware_overrides_merge_into_nested_specs(tmp_path):
+    d = base_dict(duration_s=2.0, hardware={"gpu": "h100-sxm", "overrides": {"tflops": {"fp8": 3000}}})
+    sc = scenario_from_dict(d)
+    assert sc.hardware.gpu.tflops.fp8 == 3000 and sc.hardware.gpu.tflops.bf16 == 989
+
+
+def test_set_with_an_empty_key_part_names_the_flag(tmp_path, capsys):
+    err = refused(tmp_path, capsys, base_dict(), "--set", "a..b=1")
+    assert err.startswith("error: --set a..b")

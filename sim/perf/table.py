@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.errors import InputError
+from sim.errors import InputError, one_line
 from sim.perf.shape import (
     ContextPath,
     DecodeRun,
@@ -80,9 +80,9 @@ class Coverage:
 def read_step_table(path: str | Path) -> pd.DataFrame:
     p = Path(path)
     try:
-        df = pd.read_csv(p)
+        df = pd.read_csv(p, index_col=False)
     except Exception as err:
-        raise InputError(f"{p}: cannot read step table CSV: {err}") from None
+        raise InputError(f"{p}: cannot read step table CSV: {one_line(err)}") from None
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise InputError(f"{p}: step table lacks column(s) {missing}; needs {list(COLUMNS)}")
