@@ -62,7 +62,15 @@ def progress_bar(console: Any, label: str, unit: str, total: float, show: bool) 
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(TextColumn(label), BarColumn(), TextColumn(f"{{task.completed:,.0f}}/{{task.total:,.0f}} {unit}"),
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn(f"{{task.completed:,.0f}}/{{task.total:,.0f}} {unit}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as prog:
         task = prog.add_task(label, total=total)
-        yield lambda done: prog.update(task, completed=min(done, total))
+
+        def update(done: float) -> None:
+            # Past the total (a simulation draining its last requests) the bar says so instead
+            # of sitting at 100 %.
+            desc = label if done <= total else f"{label} (draining, +{done - total:,.0f})"
+            prog.update(task, completed=min(done, total), description=desc)
+
+        yield update
