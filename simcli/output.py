@@ -80,6 +80,29 @@ MARKER = ".token-factory-result"
 MAX_NAME_BYTES = 255
 
 
+#: The files each command writes into a result folder: a folder holding exactly these (and no
+#: marker) was written by a version from before the marker, and counts as that command's result.
+RESULT_FILES: dict[str, frozenset[str]] = {
+    "run": frozenset({"scenario.resolved.yaml", "run.json", "summary.json", "requests.parquet", "iterations.parquet",
+                      "levels.parquet", "replicas.parquet"}),
+    "plan": frozenset({"plan.csv", "plan.parquet", "evaluations.csv", "evaluations.parquet", "plan.json"}),
+}
+
+
+def is_result_dir(folder: Path, kind: str) -> bool:
+    """Whether `folder` is an earlier `kind` result of this program (see MARKER, RESULT_FILES)."""
+    if _marker_kind(folder) == kind:
+        return True
+    known = RESULT_FILES.get(kind)
+    if known is None:
+        return False
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError:
+        return False
+    return bool(names) and names <= known
+
+
 def _marker_kind(folder: Path) -> str | None:
     try:
         return (folder / MARKER).read_text(encoding="utf-8").strip() or None
@@ -106,7 +129,7 @@ def check_out_dir(path: Path, kind: str, *, legacy_files: tuple[str, ...] = ()) 
     if path.exists():
         if not path.is_dir():
             raise InputError(f"{flag}: exists and is not a folder; name a new folder for the results")
-        ours = _marker_kind(path) == kind or any((path / f).is_file() for f in legacy_files)
+        ours = is_result_dir(path, kind) or any((path / f).is_file() for f in legacy_files)
         if not ours and any(path.iterdir()):
             raise InputError(f"{flag}: exists and holds files that are not {kind} results of this program; "
                              "it is left untouched: name a new folder, or remove it yourself")
@@ -162,7 +185,7 @@ def atomic_dir(out_dir: Path, kind: str, *, replace: bool) -> Iterator[ResultDir
     try:
         yield res
         (tmp / MARKER).write_text(kind + "\n", encoding="utf-8")
-        if replace and out_dir.is_dir() and _marker_kind(out_dir) == kind:
+        if replace and out_dir.is_dir() and is_result_dir(out_dir, kind):
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             out_dir.rename(old / "old")
             tmp.rename(out_dir)

@@ -201,3 +201,17 @@ def test_a_stored_point_that_is_not_the_point_is_run_again(tmp_path, content):
     rows = pd.read_csv(out / "sweep.csv")
     assert len(rows) == 4 and rows["point_id"].notna().all()
     assert (pd.read_csv(out / "aggregate.csv")["replications"] == 2).all()
+
+
+def test_a_run_folder_from_before_the_marker_is_still_replaceable(scenario, tmp_path, capsys):
+    """Results written by a release without the marker hold exactly the run's files: --out may
+    replace them; one foreign file among them makes the folder foreign."""
+    assert main([str(scenario), "--quiet", "--out", "old"]) == 0
+    (tmp_path / "old" / MARKER).unlink()
+    assert main([str(scenario), "--quiet", "--out", "old"]) == 0
+    assert (tmp_path / "old" / MARKER).exists()
+    (tmp_path / "old" / MARKER).unlink()
+    (tmp_path / "old" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main([str(scenario), "--quiet", "--out", "old"]) == 2
+    assert (tmp_path / "old" / "notes.txt").read_text() == "mine"
