@@ -153,7 +153,8 @@ def fit(ms: list[Measurement], params: tuple[str, ...] = DEFAULT_PARAMS,
         f"{len(ms)} measurements for {len(params)} parameters: the fit is not over-determined"]
     for name, value in fitted.items():
         low, high, _ = BOUNDS[name]
-        if math.isclose(value, low, rel_tol=1e-3, abs_tol=1e-12) or math.isclose(value, high, rel_tol=1e-3):
+        # A bound of 0 (no overhead) is a plausible answer; an efficiency on its floor or ceiling is not.
+        if (low > 0 and math.isclose(value, low, rel_tol=1e-3)) or math.isclose(value, high, rel_tol=1e-3):
             notes.append(f"{name} = {value:.6g} sits at its bound [{low:g}, {high:g}]: the measurements ask for a "
                          "value the model considers implausible; check them (units, tp, precision)")
     return Fit(fitted, perf, table, rms, count, notes)
