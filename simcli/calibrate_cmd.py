@@ -18,7 +18,15 @@ import yaml
 from sim.calibrate import DEFAULT_PARAMS, fit, profile, read_measurements_csv, reference_points
 from sim.errors import InputError
 from simcli.common import RESULTS_DIR
-from simcli.output import check_out_file, fmt, make_console, write_new_text, write_text
+from simcli.output import (
+    check_out_file,
+    check_writable,
+    fmt,
+    make_console,
+    nearest_existing,
+    write_new_text,
+    write_text,
+)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -36,9 +44,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         source = str(args.measurements)
     if args.out is not None:
         check_profile_out(args.out)
+    else:
+        check_writable(nearest_existing(RESULTS_DIR / "calibration"), f"results folder {RESULTS_DIR / 'calibration'}")
     console = make_console()
     if not args.quiet:
-        console.print(f"fitting {', '.join(params)} to {len(ms)} measurements ...")
+        console.print(f"fitting {escape(', '.join(params))} to {len(ms)} measurements ...")
     f = fit(ms, params)
     prof = profile(f, source)
     prof["created_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -80,7 +90,7 @@ def _header(file_name: str) -> str:
 def check_profile_out(path: Path) -> None:
     """An --out profile may replace only a profile this command wrote."""
     check_out_file(path, "profile")
-    if path.exists():
+    if path.is_file():
         try:
             first = path.read_text(encoding="utf-8").split("\n", 1)[0]
         except (OSError, UnicodeDecodeError):

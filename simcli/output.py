@@ -74,33 +74,45 @@ def save_figure(fig, path: Path) -> None:
         fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=120, bbox_inches="tight")
 
 
-#: Every result folder this program writes holds this file, saying which command wrote it. A folder
-#: is replaced or resumed only when it holds the marker of the same command (or is empty).
+#: Every result folder this program writes holds this file, saying which command wrote it.
 MARKER = ".token-factory-result"
 MAX_NAME_BYTES = 255
 
-
-#: The files each command writes into a result folder: a folder holding exactly these (and no
-#: marker) was written by a version from before the marker, and counts as that command's result.
+#: What each command writes into its result folder. A folder is that command's earlier result
+#: only if it holds nothing else (so a file a user added keeps the folder from being replaced),
+#: and its marker, or none of it when written by a release from before the marker.
 RESULT_FILES: dict[str, frozenset[str]] = {
     "run": frozenset({"scenario.resolved.yaml", "run.json", "summary.json", "requests.parquet", "iterations.parquet",
                       "levels.parquet", "replicas.parquet"}),
     "plan": frozenset({"plan.csv", "plan.parquet", "evaluations.csv", "evaluations.parquet", "plan.json"}),
+    "sweep": frozenset({"sweep.json", "points", "sweep.parquet", "sweep.csv", "aggregate.parquet", "aggregate.csv",
+                        "pareto.parquet", "pareto.csv", "pareto.png"}),
 }
+
+#: A folder's identity (device, inode): what `--out` found before the work, so that at the end
+#: only that folder is replaced, not one a concurrent run put there meanwhile.
+FolderId = tuple[int, int]
 
 
 def is_result_dir(folder: Path, kind: str) -> bool:
-    """Whether `folder` is an earlier `kind` result of this program (see MARKER, RESULT_FILES)."""
-    if _marker_kind(folder) == kind:
-        return True
-    known = RESULT_FILES.get(kind)
-    if known is None:
-        return False
+    """Whether `folder` is an earlier `kind` result of this program, holding nothing else."""
     try:
         names = {p.name for p in folder.iterdir()}
     except OSError:
         return False
-    return bool(names) and names <= known
+    if not names or not names <= RESULT_FILES[kind] | {MARKER}:
+        return False
+    if MARKER in names:
+        return _marker_kind(folder) == kind
+    return kind != "sweep" or _is_sweep_manifest(folder / "sweep.json")
+
+
+def _is_sweep_manifest(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("digest"), str) and "spec" in data
 
 
 def _marker_kind(folder: Path) -> str | None:
@@ -110,12 +122,22 @@ def _marker_kind(folder: Path) -> str | None:
         return None
 
 
-def check_out_dir(path: Path, kind: str, *, legacy_files: tuple[str, ...] = ()) -> None:
+def _folder_id(path: Path) -> FolderId | None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def check_out_dir(path: Path, kind: str, *, given: bool = True) -> FolderId | None:
     """Refuse, before any work, an output folder this command may not write: one that holds the
-    current folder, a file, a folder holding files that are not a `kind` result of this program
-    (`legacy_files` name files that mark one written before the marker existed), a name too long,
-    or a place that cannot be written."""
-    flag = f"--out {path}"
+    current folder, a symbolic link, a file, a folder holding anything but an earlier `kind`
+    result of this program, a name too long, or a place that cannot be written. Returns the
+    identity of the earlier result that may be replaced (None when there is none). `given`: the
+    user named the path (--out); otherwise it is a default results folder, which is never
+    replaced (a concurrent run may have just written it)."""
+    flag = f"--out {path}" if given else f"results folder {path}"
     try:
         resolved = path.resolve()
     except (OSError, RuntimeError) as err:
@@ -126,16 +148,18 @@ def check_out_dir(path: Path, kind: str, *, legacy_files: tuple[str, ...] = ()) 
     for part in resolved.parts:
         if len(part.encode("utf-8")) > MAX_NAME_BYTES:
             raise InputError(f"{flag}: a path component is longer than {MAX_NAME_BYTES} bytes")
-    if path.exists():
-        if not path.is_dir():
-            raise InputError(f"{flag}: exists and is not a folder; name a new folder for the results")
-        ours = is_result_dir(path, kind) or any((path / f).is_file() for f in legacy_files)
-        if not ours and any(path.iterdir()):
-            raise InputError(f"{flag}: exists and holds files that are not {kind} results of this program; "
-                             "it is left untouched: name a new folder, or remove it yourself")
-        _check_writable(path, flag)
-    else:
-        _check_writable(_nearest_existing(path.parent), flag)
+    if path.is_symlink():
+        raise InputError(f"{flag}: is a symbolic link; name the folder itself")
+    if not path.exists():
+        check_writable(nearest_existing(path.parent), flag)
+        return None
+    if not path.is_dir():
+        raise InputError(f"{flag}: exists and is not a folder; name a new folder for the results")
+    if any(path.iterdir()) and not is_result_dir(path, kind):
+        raise InputError(f"{flag}: exists and holds files that are not {kind} results of this program; "
+                         "it is left untouched: name a new folder, or remove it yourself")
+    check_writable(path, flag)
+    return _folder_id(path) if given else None     # a default folder is never replaced, only a named one
 
 
 def check_out_file(path: Path, what: str) -> None:
@@ -143,19 +167,21 @@ def check_out_file(path: Path, what: str) -> None:
     flag = f"--out {path}"
     if path.is_dir():
         raise InputError(f"{flag}: is a folder; name the {what} file to write")
+    if path.exists() and not path.is_file():
+        raise InputError(f"{flag}: exists and is not a regular file")
     if len(path.name.encode("utf-8")) > MAX_NAME_BYTES:
         raise InputError(f"{flag}: the file name is longer than {MAX_NAME_BYTES} bytes")
-    _check_writable(_nearest_existing(path.parent), flag)
+    check_writable(nearest_existing(path.parent), flag)
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
     p = path if str(path) else Path(".")
     while not p.exists() and p != p.parent:
         p = p.parent
     return p
 
 
-def _check_writable(folder: Path, flag: str) -> None:
+def check_writable(folder: Path, flag: str) -> None:
     if not folder.is_dir():
         raise InputError(f"{flag}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -170,14 +196,15 @@ class ResultDir:
 
 
 @contextmanager
-def atomic_dir(out_dir: Path, kind: str, *, replace: bool) -> Iterator[ResultDir]:
+def atomic_dir(out_dir: Path, kind: str, *, replace: FolderId | None = None) -> Iterator[ResultDir]:
     """Assemble a result folder in a temporary folder beside `out_dir` and rename it into place.
 
-    Never deletes what this program did not write: with `replace` (an --out the user named) an
-    earlier `kind` result in `out_dir` is replaced; otherwise, or when `out_dir` holds anything else
-    by then, the results go to `out_dir-1`, `out_dir-2`, ... The rename is what claims the name (a
-    folder cannot be renamed onto a non-empty one), so runs finishing at the same moment never
-    share a folder. `ResultDir.path` says where the results went."""
+    Never deletes what this program did not write. `replace` is the identity `check_out_dir`
+    returned for an earlier `kind` result in `out_dir`: that folder, if it is still there and still
+    only that, is replaced. Otherwise the results go to `out_dir`, or if it is taken by then (a
+    concurrent run, a user's files) to `out_dir-1`, `out_dir-2`, ... The rename is what claims the
+    name (a folder cannot be renamed onto a non-empty one), so runs finishing at the same moment
+    never share a folder. `ResultDir.path` says where the results went."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     tmp.chmod(0o755)
@@ -185,16 +212,30 @@ def atomic_dir(out_dir: Path, kind: str, *, replace: bool) -> Iterator[ResultDir
     try:
         yield res
         (tmp / MARKER).write_text(kind + "\n", encoding="utf-8")
-        if replace and out_dir.is_dir() and is_result_dir(out_dir, kind):
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            out_dir.rename(old / "old")
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
+        if replace is not None and _folder_id(out_dir) == replace and is_result_dir(out_dir, kind) \
+                and _replace(tmp, out_dir):
             return
         res.path = _claim(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _replace(tmp: Path, out_dir: Path) -> bool:
+    """Swap the earlier result in `out_dir` for `tmp`; False if a concurrent run moved it first."""
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    try:
+        try:
+            out_dir.rename(old / "old")
+        except FileNotFoundError:
+            return False
+        try:
+            tmp.rename(out_dir)
+        except OSError:
+            return False            # a concurrent run claimed the name in between: _claim finds the next
+        return True
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _claim(tmp: Path, out_dir: Path) -> Path:

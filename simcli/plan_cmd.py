@@ -44,10 +44,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out if args.out is not None else RESULTS_DIR / pf.scenario.name / f"plan-{stamp}"
-    check_out_dir(out, "plan")   # before the search: a bad --out must not cost it
+    prior = check_out_dir(out, "plan", given=args.out is not None)   # before the search: a bad --out must not cost it
     with make_executor(args.workers, args.dask) as ex:
         result = plan(pf, ex, max_rate=args.max_rate, on_evaluation=note)
-    with atomic_dir(out, "plan", replace=args.out is not None) as res:
+    with atomic_dir(out, "plan", replace=prior) as res:
         write_table(result.candidates, res.tmp / "plan")
         write_table(result.evaluations, res.tmp / "evaluations")
         write_json(res.tmp / "plan.json", jsonable(result.answer()))

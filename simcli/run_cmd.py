@@ -13,13 +13,14 @@ from sim.errors import InputError
 from sim.metrics.registry import RUN_TABLE, row_cells
 from sim.runner import Result
 from simcli.common import RESULTS_DIR, parse_set, progress_bar
-from simcli.output import atomic_dir, check_out_dir, make_console, show_progress, write_json
+from simcli.output import FolderId, atomic_dir, check_out_dir, make_console, show_progress, write_json
 
 
-def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int, *, replace: bool = False) -> Path:
+def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int, *,
+                  replace: FolderId | None = None) -> Path:
     """Write a run's files into out_dir atomically (temporary folder + rename); returns the folder
-    they went to (see `output.atomic_dir`: a taken name gets a suffix unless `replace` allows
-    replacing an earlier run there)."""
+    they went to (see `output.atomic_dir`: a taken name gets a suffix, unless `replace` identifies
+    the earlier run there that may be replaced)."""
     from sim import __version__
 
     with atomic_dir(out_dir, "run", replace=replace) as res:
@@ -77,13 +78,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if seed < 0:
         raise InputError(f"--seed: must be >= 0, got {seed}")
     out_dir = args.out if args.out is not None else RESULTS_DIR / sc.name / run_id(seed)
-    check_out_dir(out_dir, "run")   # before simulating: a bad --out must not cost the run
+    prior = check_out_dir(out_dir, "run", given=args.out is not None)   # before simulating: a bad --out must not cost the run
     console = make_console()
     sim = build(sc, seed)
     with progress_bar(console, "simulating", "s of simulated arrivals", sc.duration_s,
                       show_progress(args.quiet)) as update:
         result = execute(sim, progress=update if show_progress(args.quiet) else None)
-    out_dir = write_results(result, out_dir, args.scenario, seed, replace=args.out is not None)
+    out_dir = write_results(result, out_dir, args.scenario, seed, replace=prior)
     if args.quiet:
         print(out_dir)
     else:

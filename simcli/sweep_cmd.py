@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +65,10 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
 
 
 
+#: The name of a stored point: `<point id>-r<replication>.json` (sim.sweep.point_key).
+POINT_FILE = re.compile(r"^.+-r\d+\.json$")
+
+
 class PointStore:
     """Finished points as one JSON file each under <out>/points/ (atomic writes)."""
 
@@ -87,8 +91,12 @@ class PointStore:
         self.dir = out / "points"
         manifest = out / "sweep.json"
         digest = sweep.digest()
+        if self.dir.is_symlink() or (self.dir.exists() and not self.dir.is_dir()):
+            raise InputError(f"--out {out}: points is not a folder of this program's point files")
         if fresh and self.dir.exists():
-            shutil.rmtree(self.dir)
+            for f in self.dir.iterdir():      # only point files: nothing else in there is ours
+                if POINT_FILE.match(f.name) and f.is_file():
+                    f.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
         write_text(out / MARKER, "sweep\n")
         write_json(manifest, {"name": sweep.name, "source": sweep.source, "digest": digest,
@@ -198,7 +206,7 @@ def cmd_sweep(args: argparse.Namespace, after_row: Callable[[dict[str, Any]], No
     sweep = load_sweep(args.sweep_file, parse_set(args.set))
     points = make_points(expand(sweep.spec), sweep.spec.replications, sweep.root_seed)
     out = args.out if args.out is not None else RESULTS_DIR / sweep.name / f"sweep-{sweep.digest()[:12]}"
-    check_out_dir(out, "sweep", legacy_files=("sweep.json",))
+    check_out_dir(out, "sweep", given=args.out is not None)
     PointStore.check(out, sweep, args.fresh)
     console = make_console()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +216,61 @@ def test_a_run_folder_from_before_the_marker_is_still_replaceable(scenario, tmp_
     capsys.readouterr()
     assert main([str(scenario), "--quiet", "--out", "old"]) == 2
     assert (tmp_path / "old" / "notes.txt").read_text() == "mine"
+
+
+def test_files_added_to_an_earlier_run_keep_it_from_being_replaced(scenario, tmp_path, capsys):
+    assert main([str(scenario), "--quiet", "--out", "r1"]) == 0
+    (tmp_path / "r1" / "analysis.ipynb").write_text("x")
+    (tmp_path / "r1" / "plots").mkdir()
+    capsys.readouterr()
+    assert main([str(scenario), "--quiet", "--out", "r1"]) == 2
+    assert "left untouched" in capsys.readouterr().err
+    assert (tmp_path / "r1" / "analysis.ipynb").read_text() == "x" and (tmp_path / "r1" / "plots").is_dir()
+
+
+def test_a_symbolic_link_as_out_is_refused(scenario, tmp_path, capsys):
+    assert main([str(scenario), "--quiet", "--out", "real"]) == 0
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    capsys.readouterr()
+    assert main([str(scenario), "--quiet", "--out", "link"]) == 2
+    assert "symbolic link" in capsys.readouterr().err and (tmp_path / "link").is_symlink()
+
+
+def test_concurrent_runs_into_one_out_keep_both_results(tmp_path, monkeypatch):
+    """The races of two runs naming the same --out, made certain by interleaving them by hand:
+    (1) the folder is new to both: the first to finish takes it, the other a sibling; (2) both
+    found an earlier run there: the first replaces it, and the second, finding a folder that is no
+    longer the one it checked, takes a sibling instead of destroying the first's result."""
+    from simcli.output import check_out_dir
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r3"
+
+    def finish(prior, text):
+        with atomic_dir(out, "run", replace=prior) as res:
+            (res.tmp / "summary.json").write_text(text)
+        return res.path
+
+    a, b = check_out_dir(out, "run"), check_out_dir(out, "run")
+    assert (finish(a, "A"), finish(b, "B")) == (out, out.with_name("r3-1"))
+    shutil.rmtree(out.with_name("r3-1"))
+    a, b = check_out_dir(out, "run"), check_out_dir(out, "run")      # both see A's result
+    assert a is not None and a == b
+    assert finish(a, "C") == out and (out / "summary.json").read_text() == "C"
+    assert finish(b, "D") == out.with_name("r3-1") and (out / "summary.json").read_text() == "C"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r3", "r3-1"]      # nothing left behind
+
+
+def test_sweep_fresh_deletes_only_point_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    p = sweep_file(tmp_path, {"axes": {"serving.replicas": [1]}, "replications": 1}, duration_s=5.0)
+    (tmp_path / "u3" / "points").mkdir(parents=True)
+    (tmp_path / "u3" / "sweep.json").write_text("{}")
+    (tmp_path / "u3" / "points" / "mine.csv").write_text("data")
+    assert main(["sweep", str(p), "--quiet", "--workers", "1", "--out", "u3", "--fresh"]) == 2
+    assert (tmp_path / "u3" / "sweep.json").read_text() == "{}"
+    assert (tmp_path / "u3" / "points" / "mine.csv").read_text() == "data"
+    assert main(["sweep", str(p), "--quiet", "--workers", "1", "--out", "sw"]) == 0
+    (tmp_path / "sw" / "points" / "notes.txt").write_text("n")   # a user's file among the points
+    assert main(["sweep", str(p), "--quiet", "--workers", "1", "--out", "sw", "--fresh"]) == 0
+    assert (tmp_path / "sw" / "points" / "notes.txt").read_text() == "n"
