@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.errors import InputError, one_line
+from sim.csvio import read_csv
+from sim.errors import InputError
 from sim.perf import Chunk, PerfCfg, decode_shape
 from sim.scenario import MAX_TOKENS, scenario_from_dict
 from sim.yamlio import load_yaml
@@ -169,12 +170,7 @@ THROUGHPUT_COLS = ("input_tokens", "output_tokens", "requests", "output_tok_per_
 def read_measurements_csv(path: str | Path) -> list[Measurement]:
     """Parse a measurements CSV (format: docs/model-assumptions.md, 'Calibrating to your data')."""
     p = Path(path)
-    try:
-        df = pd.read_csv(p, dtype=str, keep_default_na=False, index_col=False)
-    except FileNotFoundError:
-        raise InputError(f"{p}: file not found") from None
-    except Exception as err:
-        raise InputError(f"{p}: cannot read CSV: {one_line(err)}") from None
+    df = read_csv(p, "measurements CSV")
     missing = [c for c in ("kind", *CONFIG_COLS) if c not in df.columns]
     if missing:
         raise InputError(f"{p}: missing column(s) {missing}; has {list(df.columns)}")

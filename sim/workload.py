@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sim.csvio import read_csv
 from sim.errors import InputError, one_line
 from sim.scenario import (
     MAX_TOKENS,
@@ -166,10 +167,7 @@ class LengthSampler:
 
 
 def read_length_column(path: str, column: str, field: str) -> np.ndarray:
-    try:
-        df = pd.read_csv(path, index_col=False)   # a row with an extra field is an error, not an index
-    except Exception as err:  # pandas raises many parser error types
-        raise InputError(f"{path}: cannot read CSV for {field}: {one_line(err)}") from None
+    df = read_csv(path, f"CSV for {field}")
     if column not in df.columns:
         raise InputError(f"{field}.column: {column!r} is not a column of {path} (columns: {list(df.columns)})")
     vals = pd.to_numeric(df[column], errors="coerce")
@@ -193,10 +191,7 @@ def _bad_count(vals: pd.Series, low: int) -> pd.Series:
 
 def read_azure_trace(path: str | Path) -> pd.DataFrame:
     """Azure LLM inference CSV -> DataFrame(arrival_s, input_tokens, output_tokens), t0 = 0."""
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
-    except Exception as err:
-        raise InputError(f"{path}: cannot read Azure trace CSV: {one_line(err)}") from None
+    df = read_csv(path, "Azure trace CSV")
     need = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
     missing = [c for c in need if c not in df.columns]
     if missing:

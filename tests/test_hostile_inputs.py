@@ -354,3 +354,19 @@ def test_hardware_overrides_merge_into_nested_specs(tmp_path):
 def test_set_with_an_empty_key_part_names_the_flag(tmp_path, capsys):
     err = refused(tmp_path, capsys, base_dict(), "--set", "a..b=1")
     assert err.startswith("error: --set a..b")
+
+
+def test_a_step_table_with_inf_on_an_axis_is_refused(tmp_path, capsys):
+    rows = [(b, "inf" if c == 1000 else c, q, t) for b, c, q, t in STEP_ROWS]
+    err = refused(tmp_path, capsys, step_table(tmp_path, rows))
+    assert "context_tokens" in err and "finite" in err
+
+
+@pytest.mark.parametrize("rows", ["2023-11-16 18:15:46,100,10,extra\n2023-11-16 18:15:47,100,10\n",
+                                  "2023-11-16 18:15:46,100,10\n2023-11-16 18:15:47,100,10,extra\n"])
+def test_a_csv_row_longer_than_the_header_is_refused_wherever_it_is(tmp_path, capsys, rows):
+    err = refused(tmp_path, capsys, azure(tmp_path, rows))
+    assert "saw 4" in err
+    (tmp_path / "m.csv").write_text(CAL_HEAD + "a,step,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,64,1000,0,0.012,,,,,extra\n")
+    assert main(["calibrate", "m.csv", "--quiet"]) == 2
+    assert "saw 17" in capsys.readouterr().err

@@ -106,7 +106,7 @@ def test_scenario_with_table_jumps_equal_steps_and_flag_extrapolation(table_csv)
     ("decode_seqs,context_tokens,prefill_tokens,step_time_s\n1,1,0,0.1\n2,1,0,0.1\n1,2,0,0.1\n2,2,0,0.1\n"
      "1,1,5,0.1\n2,1,5,0.1\n1,2,5,0.1\n", "not a full grid"),
     ("decode_seqs,context_tokens,prefill_tokens,step_time_s\n1,1,0,0.1\n1,1,0,0.2\n", "duplicate"),
-    ("decode_seqs,context_tokens,prefill_tokens,step_time_s\n1,1,0,fast\n", "'step_time_s' must be a number"),
+    ("decode_seqs,context_tokens,prefill_tokens,step_time_s\n1,1,0,fast\n", "'step_time_s' must be a finite number"),
     ("decode_seqs,context_tokens,prefill_tokens,step_time_s\n1,1,0,0.1\n2,1,0,0.1\n", "at least two"),
 ])
 def test_bad_tables(tmp_path, body, needle):

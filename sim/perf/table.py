@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.errors import InputError, one_line
+from sim.csvio import read_csv
+from sim.errors import InputError
 from sim.perf.shape import (
     ContextPath,
     DecodeRun,
@@ -79,25 +80,19 @@ class Coverage:
 
 def read_step_table(path: str | Path) -> pd.DataFrame:
     p = Path(path)
-    try:
-        df = pd.read_csv(p, index_col=False)
-    except Exception as err:
-        raise InputError(f"{p}: cannot read step table CSV: {one_line(err)}") from None
+    df = read_csv(p, "step table CSV")
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise InputError(f"{p}: step table lacks column(s) {missing}; needs {list(COLUMNS)}")
     for c in COLUMNS:
         vals = pd.to_numeric(df[c], errors="coerce")
-        bad = vals.isna() | (vals < 0) | ((vals <= 0) if c == "step_time_s" else False)
+        finite = np.isfinite(vals.to_numpy(dtype=float, na_value=np.nan))
+        bad = ~finite | (vals < 0) | ((vals <= 0) if c == "step_time_s" else False)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(f"{p}: line {i + 2}: column {c!r} must be a number "
+            raise InputError(f"{p}: line {i + 2}: column {c!r} must be a finite number "
                              f"{'> 0' if c == 'step_time_s' else '>= 0'}, got {df[c].iloc[i]!r}")
         df[c] = vals.astype(float)
-    inf = ~np.isfinite(df["step_time_s"].to_numpy())
-    if inf.any():
-        i = int(np.flatnonzero(inf)[0])
-        raise InputError(f"{p}: line {i + 2}: column 'step_time_s' must be a finite number > 0, got {df['step_time_s'].iloc[i]!r}")
     if df.duplicated(list(AXES)).any():
         i = int(np.flatnonzero(df.duplicated(list(AXES)).to_numpy())[0])
         raise InputError(f"{p}: line {i + 2}: duplicate row for {dict(df.loc[i, list(AXES)])}")
