@@ -36,6 +36,11 @@ from pydantic import Field, ValidationError
 from sim.errors import InputError, SimulationFailed
 from sim.input_model import InputModel
 from sim.scenario import (
+    MAX_CLIENTS,
+    MAX_RATE_PER_S,
+    MAX_RATE_SCALE,
+    MAX_REPLICAS,
+    MAX_REQUESTS,
     ClosedLoop,
     Diurnal,
     GammaArrivals,
@@ -58,7 +63,7 @@ class PlanSpec(InputModel):
 
     rate: float | None = Field(default=None, gt=0, description="load to plan for, in the load knob's units")
     candidates: list[dict[str, Any]] = Field(default_factory=list, description="configurations to compare (overrides)")
-    max_replicas: int = Field(default=64, ge=1)
+    max_replicas: int = Field(default=64, ge=1, le=MAX_REPLICAS)
     replications: int = Field(default=3, ge=1)
     rate_tolerance: float = Field(default=0.05, gt=0, lt=1)
     max_evaluations: int = Field(default=40, ge=2)
@@ -70,6 +75,7 @@ class LoadKnob:
     integer: bool
     unit: str
     value: float
+    maximum: float          # the scenario schema's bound: the search never asks for more
 
 
 def load_knob(sc: Scenario) -> LoadKnob:
@@ -77,13 +83,15 @@ def load_knob(sc: Scenario) -> LoadKnob:
     w = sc.workload
     a = w.arrivals
     if isinstance(a, ClosedLoop):
-        return LoadKnob("workload.arrivals.clients", True, "clients", a.clients)
+        return LoadKnob("workload.arrivals.clients", True, "clients", a.clients, MAX_CLIENTS)
     if w.trace is not None:
-        return LoadKnob("workload.trace.rate_scale", False, "x trace speed", w.trace.rate_scale)
+        return LoadKnob("workload.trace.rate_scale", False, "x trace speed", w.trace.rate_scale, MAX_RATE_SCALE)
+    # A rate's ceiling: the schema's, and the one that keeps the run's requests within bounds.
+    max_rate = min(MAX_RATE_PER_S, MAX_REQUESTS / sc.duration_s)
     if isinstance(a, Poisson | GammaArrivals):
-        return LoadKnob("workload.arrivals.rate_per_s", False, "requests/s", a.rate_per_s)
+        return LoadKnob("workload.arrivals.rate_per_s", False, "requests/s", a.rate_per_s, max_rate)
     if isinstance(a, Diurnal):
-        return LoadKnob("workload.arrivals.mean_rate_per_s", False, "requests/s (mean)", a.mean_rate_per_s)
+        return LoadKnob("workload.arrivals.mean_rate_per_s", False, "requests/s (mean)", a.mean_rate_per_s, max_rate)
     kinds = "poisson, gamma, diurnal, closed_loop or a trace"
     if isinstance(a, Piecewise):
         raise InputError(f"plan: workload.arrivals.kind 'piecewise' has no single load knob; plan with {kinds}")
@@ -139,12 +147,13 @@ def min_replicas(evaluate: Callable[[int], Rows], max_replicas: int) -> Search:
 
 
 def max_load(evaluate: Callable[[float], Rows], start: float, integer: bool, rel_tol: float,
-             max_evaluations: int) -> Search:
-    """Highest load that meets the SLO (bracketing by doubling/halving, then bisection)."""
+             max_evaluations: int, maximum: float = math.inf) -> Search:
+    """Highest load that meets the SLO (bracketing by doubling/halving, then bisection), at most
+    `maximum` (the answer is `maximum` when even that meets the SLO)."""
     s = Search(None)
 
     def norm(v: float) -> float:
-        return float(max(1, round(v))) if integer else v
+        return min(maximum, float(max(1, round(v))) if integer else v)
 
     def ok(v: float) -> bool:
         rows = evaluate(v)
@@ -157,6 +166,8 @@ def max_load(evaluate: Callable[[float], Rows], start: float, integer: bool, rel
         lo, hi = v, None
         while hi is None and len(s.evaluations) < max_evaluations:
             nxt = norm(lo * 2)
+            if nxt <= lo:           # at the schema's bound and still within the SLO
+                break
             if ok(nxt):
                 lo = nxt
             else:
@@ -328,7 +339,7 @@ def plan(pf: PlanFile, executor: Executor, *, max_rate: bool = False,
 
         if max_rate:
             search = max_load(at_load, start=knob.value, integer=knob.integer, rel_tol=spec.rate_tolerance,
-                              max_evaluations=spec.max_evaluations)
+                              max_evaluations=spec.max_evaluations, maximum=knob.maximum)
             row = _candidate_row(i, cand, search)
             replicas = scenario_from_dict(apply_params(pf.base, cand), base_dir=pf.base_dir).serving.replicas
             row.update({"max_load": search.answer, "replicas": replicas,

@@ -38,10 +38,11 @@ class _Frozen(InputModel):
 # limit). Requests cost memory (about 2 kB each in the engine), so counts are bounded too.
 MAX_DURATION_S = 1e8                # about three years of simulated time
 MAX_RATE_PER_S = 1e5                # requests per second into one deployment
+MAX_RATE_SCALE = 1e6                # trace speed-up
 MAX_TOKENS = 10_000_000             # tokens in one prompt or output (above every model's context)
-MAX_REQUESTS = 20_000_000           # requests one run may create (about 40 GB)
-MAX_CLIENTS = 1_000_000
-MAX_REPLICAS = 100_000
+MAX_REQUESTS = 10_000_000           # requests one run may create (about 2 GB and 2 minutes per million)
+MAX_CLIENTS = 100_000               # each client is a process of its own (100,000: about 1 GB)
+MAX_REPLICAS = 20_000               # the least-load routers scan every replica per request
 MAX_CV = 100.0
 MAX_LATENCY_S = 1e6                 # SLO targets, front-end times
 MAX_SEGMENT_PASSES = 1_000_000      # piecewise segments a repeating cycle may be cut into
@@ -148,7 +149,7 @@ class Trace(_Frozen):
 
     format: Literal["azure", "mooncake"]
     path: DataPath
-    rate_scale: float = Field(default=1.0, ge=1e-6, le=1e6, description="2.0 replays twice as fast")
+    rate_scale: float = Field(default=1.0, ge=1e-6, le=MAX_RATE_SCALE, description="2.0 replays twice as fast")
     start_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S, description="skip this much of the trace's start")
 
 

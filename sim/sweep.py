@@ -53,13 +53,17 @@ from sim.scenario import (
 RESERVED_AXES = ("seed", "root_seed", "replication", "replications", "point_id", "error", "traceback")
 
 
+#: Simulations one sweep may ask for (points x replications): the grid is expanded in memory,
+#: and a 4-billion-point grid would exhaust it before the first simulation.
+MAX_SWEEP_RUNS = 100_000
+
+
 class SweepSpec(InputModel):
     """The `sweep:` block of a sweep file."""
 
-
     axes: dict[str, list[Any]] = Field(default_factory=dict, description="full grid over these")
     zip: dict[str, list[Any]] = Field(default_factory=dict, description="axes that vary together")
-    replications: int = Field(default=1, ge=1)
+    replications: int = Field(default=1, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _check(self) -> SweepSpec:
@@ -80,6 +84,10 @@ class SweepSpec(InputModel):
         overlap = set(self.axes) & set(self.zip)
         if overlap:
             raise ValueError(f"sweep: {sorted(overlap)} appear in both axes and zip")
+        points = math.prod(len(v) for v in self.axes.values()) * (next(iter(lengths.values())) if lengths else 1)
+        if points * self.replications > MAX_SWEEP_RUNS:
+            raise ValueError(f"sweep: {points:,} points x {self.replications:,} replications = "
+                             f"{points * self.replications:,} simulations; at most {MAX_SWEEP_RUNS:,} per sweep")
         return self
 
 

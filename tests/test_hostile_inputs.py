@@ -54,16 +54,16 @@ def _in_tmp(tmp_path, monkeypatch):
     ("workload.input_tokens", "{kind: lognormal, mean: 1e300, cv: 1}", ["input_tokens", "mean", "10000000"]),
     ("workload.input_tokens", "{kind: lognormal, mean: 500, cv: .inf}", ["input_tokens", "cv", "finite"]),
     ("workload.output_tokens", "{kind: fixed, value: 1e19}", ["output_tokens", "value"]),
-    ("serving.replicas", "100000000000000000000000000000", ["serving.replicas", "100000"]),
+    ("serving.replicas", "100000000000000000000000000000", ["serving.replicas", "20000"]),
     ("serving.replicas", "true", ["replicas", "expected a number, got true"]),
     ("serving.batching.chunked_prefill", "0", None),          # an int is not a boolean... but 0/1 are (pydantic)
     ("hardware.price_usd_per_gpu_h", ".inf", ["price_usd_per_gpu_h", "finite"]),
     ("cost.pue", ".inf", ["cost.pue", "finite"]),
     ("serving.frontend.schedule_s", ".inf", ["schedule_s", "finite"]),
     ("hardware.overrides.tdp_w", ".inf", ["tdp_w", "finite"]),
-    ("workload.arrivals", "{kind: closed_loop, clients: 100000000}", ["clients", "1000000"]),
-    ("workload.arrivals", "{kind: offline, requests: 100000000}", ["requests", "20000000"]),
-    ("workload.arrivals", "{kind: poisson, rate_per_s: 100000}", ["about 6,000,000,000 requests", "20,000,000"]),
+    ("workload.arrivals", "{kind: closed_loop, clients: 100000000}", ["clients", "100000"]),
+    ("workload.arrivals", "{kind: offline, requests: 100000000}", ["requests", "10000000"]),
+    ("workload.arrivals", "{kind: poisson, rate_per_s: 100000}", ["about 6,000,000,000 requests", "10,000,000"]),
     ("workload.arrivals", "{kind: piecewise, segments: [{duration_s: 1.0e-300, rate_per_s: 5}]}",
      ["segments.0.duration_s", "0.001"]),
     ("workload.arrivals", "{kind: piecewise, segments: [{duration_s: 0.001, rate_per_s: 5}]}",
@@ -370,3 +370,39 @@ def test_a_csv_row_longer_than_the_header_is_refused_wherever_it_is(tmp_path, ca
     (tmp_path / "m.csv").write_text(CAL_HEAD + "a,step,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,64,1000,0,0.012,,,,,extra\n")
     assert main(["calibrate", "m.csv", "--quiet"]) == 2
     assert "saw 17" in capsys.readouterr().err
+
+
+# ---- plan and sweep sizes: N5, N6 ----------------------------------------------------------------
+
+def test_the_load_search_stops_at_the_schema_bound():
+    """A deployment that meets the SLO at any load: the highest load is the bound, reached in a
+    few doublings, and no evaluation asks for more."""
+    from sim.plan import load_knob, max_load
+
+    asked: list[float] = []
+
+    def always(v: float):
+        asked.append(v)
+        return [{"error": "", "slo_met": True}]
+
+    knob = load_knob(scenario_from_dict(base_dict(duration_s=1000.0)))
+    assert knob.maximum == 10_000.0                     # 10 million requests over 1,000 s
+    s = max_load(always, start=1000.0, integer=False, rel_tol=0.05, max_evaluations=40, maximum=knob.maximum)
+    assert s.answer == knob.maximum and max(asked) == knob.maximum and len(asked) <= 6
+
+
+def test_plan_max_replicas_is_bounded(tmp_path, capsys):
+    err = refused(tmp_path, capsys, base_dict(), "--max-replicas", "1000000", command="plan")
+    assert "max_replicas" in err and "20000" in err
+
+
+@pytest.mark.parametrize("sweep,needle", [
+    ({"axes": {f"serving.frontend.{k}": [0.0] * 40 for k in ("tokenize_s", "schedule_s", "detokenize_s")}
+      | {"workload.arrivals.rate_per_s": [1.0] * 40}}, "2,560,000 simulations"),
+    ({"axes": {"serving.replicas": [1]}, "replications": 1_000_000_000}, "replications"),
+])
+def test_sweeps_too_large_to_expand_are_refused(tmp_path, capsys, sweep, needle):
+    d = base_dict()
+    d["sweep"] = sweep
+    err = refused(tmp_path, capsys, d, command="sweep")
+    assert needle in err
