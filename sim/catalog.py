@@ -37,20 +37,25 @@ class _Frozen(InputModel):
     pass
 
 
+# Bounds far above any real part, so that a typo (1e300) is refused instead of overflowing.
+MAX_TFLOPS = 1e7
+MAX_DIM = 10_000_000
+
+
 class Tflops(_Frozen):
     """Dense tensor-core throughput per precision, TFLOP/s; None where the GPU lacks the unit."""
 
-    bf16: float = Field(gt=0)
-    fp8: float | None = Field(default=None, gt=0)
-    fp4: float | None = Field(default=None, gt=0)
+    bf16: float = Field(gt=0, le=MAX_TFLOPS)
+    fp8: float | None = Field(default=None, gt=0, le=MAX_TFLOPS)
+    fp4: float | None = Field(default=None, gt=0, le=MAX_TFLOPS)
 
 
 class Prices(_Frozen):
     """$/GPU-hour tiers (see gpus.yaml header for their meaning)."""
 
-    hyperscaler: float | None = Field(default=None, gt=0)
-    neocloud: float | None = Field(default=None, gt=0)
-    rental: float | None = Field(default=None, gt=0)
+    hyperscaler: float | None = Field(default=None, gt=0, le=10_000)
+    neocloud: float | None = Field(default=None, gt=0, le=10_000)
+    rental: float | None = Field(default=None, gt=0, le=10_000)
 
 
 class GpuSpec(_Frozen):
@@ -58,15 +63,15 @@ class GpuSpec(_Frozen):
 
     name: str = "custom-gpu"
     vendor: str = "unknown"
-    hbm_gb: float = Field(gt=0, description="usable HBM per GPU, GB (1e9 bytes)")
-    hbm_bw_tb_s: float = Field(gt=0, description="peak HBM bandwidth, TB/s")
+    hbm_gb: float = Field(gt=0, le=100_000, description="usable HBM per GPU, GB (1e9 bytes)")
+    hbm_bw_tb_s: float = Field(gt=0, le=1_000, description="peak HBM bandwidth, TB/s")
     tflops: Tflops
-    scale_up_gb_s: float = Field(gt=0, description="scale-up link bandwidth per GPU, one direction, GB/s")
-    scale_up_domain: int = Field(default=8, ge=1, description="GPUs reachable over the scale-up link")
-    host_link_gb_s: float = Field(gt=0, description="GPU<->host bandwidth, one direction, GB/s")
-    tdp_w: float = Field(gt=0)
-    idle_w: float = Field(ge=0)
-    all_in_kw: float | None = Field(default=None, gt=0, description="per-GPU share of node power, kW")
+    scale_up_gb_s: float = Field(gt=0, le=1_000_000, description="scale-up link bandwidth per GPU, one direction, GB/s")
+    scale_up_domain: int = Field(default=8, ge=1, le=1_000_000, description="GPUs reachable over the scale-up link")
+    host_link_gb_s: float = Field(gt=0, le=1_000_000, description="GPU<->host bandwidth, one direction, GB/s")
+    tdp_w: float = Field(gt=0, le=100_000)
+    idle_w: float = Field(ge=0, le=100_000)
+    all_in_kw: float | None = Field(default=None, gt=0, le=1_000, description="per-GPU share of node power, kW")
     prices_usd_per_gpu_h: Prices = Prices()
     sources: dict[str, str] = Field(default_factory=dict)
 
@@ -114,11 +119,11 @@ class Attention(_Frozen):
 class Moe(_Frozen):
     """Mixture-of-experts layout. The first `dense_layers` layers use the dense ffn_dim MLP."""
 
-    experts: int = Field(ge=1)
-    experts_per_token: int = Field(ge=1)
-    shared_experts: int = Field(default=0, ge=0)
-    expert_ffn_dim: int = Field(ge=1)
-    dense_layers: int = Field(default=0, ge=0)
+    experts: int = Field(ge=1, le=1_000_000)
+    experts_per_token: int = Field(ge=1, le=1_000_000)
+    shared_experts: int = Field(default=0, ge=0, le=1_000)
+    expert_ffn_dim: int = Field(ge=1, le=MAX_DIM)
+    dense_layers: int = Field(default=0, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _check(self) -> Moe:
@@ -136,15 +141,15 @@ class ModelSpec(_Frozen):
     """A transformer's shape, enough for weight bytes, FLOPs and KV bytes."""
 
     name: str = "custom-model"
-    layers: int = Field(ge=1)
-    hidden: int = Field(ge=1)
-    q_heads: int = Field(ge=1)
-    kv_heads: int = Field(ge=1)
-    head_dim: int = Field(ge=1)
-    ffn_dim: int = Field(ge=1, description="dense MLP intermediate size")
-    vocab: int = Field(ge=1)
+    layers: int = Field(ge=1, le=10_000)
+    hidden: int = Field(ge=1, le=MAX_DIM)
+    q_heads: int = Field(ge=1, le=100_000)
+    kv_heads: int = Field(ge=1, le=100_000)
+    head_dim: int = Field(ge=1, le=MAX_DIM)
+    ffn_dim: int = Field(ge=1, le=MAX_DIM, description="dense MLP intermediate size")
+    vocab: int = Field(ge=1, le=100_000_000)
     tied_embeddings: bool = False
-    max_context_tokens: int = Field(default=131072, ge=1)
+    max_context_tokens: int = Field(default=131072, ge=1, le=100_000_000)
     attention: Attention = Attention()
     moe: Moe | None = None
     reported: Reported = Reported()

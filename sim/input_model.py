@@ -4,7 +4,8 @@ What pydantic's lax mode would let through and a scenario file must not:
 * unknown keys (``extra="forbid"``), so a typo never passes silently;
 * ``.inf`` and ``.nan`` in any number (``allow_inf_nan=False``): no quantity in a scenario is
   infinite, and an infinite duration, rate or price only crashes later or prints ``inf``;
-* booleans where a number is expected (YAML ``true`` would otherwise read as 1).
+* booleans where a number is expected (YAML ``true`` would otherwise read as 1), and numbers or
+  strings where a boolean is expected (``chunked_prefill: 0``, ``repeat: "no"``).
 Upper bounds that keep a simulation finite are set field by field, with the limit in the message.
 """
 
@@ -41,4 +42,6 @@ class InputModel(BaseModel):
                 v = data.get(name)
                 if isinstance(v, bool) and _is_numeric(field.annotation):
                     raise ValueError(f"{name}: expected a number, got {str(v).lower()}")
+                if field.annotation is bool and v is not None and not isinstance(v, bool):
+                    raise ValueError(f"{name}: expected true or false, got {v!r}")
         return data

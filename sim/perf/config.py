@@ -44,12 +44,12 @@ class PerfCfg(InputModel):
     hbm_bw_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["hbm_bw_efficiency"], gt=0, le=1)
     compute_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["compute_efficiency"], gt=0, le=1)
     comm_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["comm_efficiency"], gt=0, le=1)
-    collective_latency_s: float = Field(default_factory=lambda: calibrated_defaults()["collective_latency_s"], ge=0)
-    iteration_overhead_s: float = Field(default_factory=lambda: calibrated_defaults()["iteration_overhead_s"], ge=0)
-    per_seq_overhead_s: float = Field(default_factory=lambda: calibrated_defaults()["per_seq_overhead_s"], ge=0,
+    collective_latency_s: float = Field(default_factory=lambda: calibrated_defaults()["collective_latency_s"], ge=0, le=1)
+    iteration_overhead_s: float = Field(default_factory=lambda: calibrated_defaults()["iteration_overhead_s"], ge=0, le=10)
+    per_seq_overhead_s: float = Field(default_factory=lambda: calibrated_defaults()["per_seq_overhead_s"], ge=0, le=1,
                                       description="per sequence in an iteration (sampling, scheduling)")
     activation_traffic_factor: float = Field(
-        default_factory=lambda: calibrated_defaults()["activation_traffic_factor"], ge=0)
+        default_factory=lambda: calibrated_defaults()["activation_traffic_factor"], ge=0, le=1_000)
     profile: str | None = Field(default=None, description="calibration profile file the values came from")
     step_table: DataPath | None = Field(default=None, description="CSV of measured iteration times")
 
