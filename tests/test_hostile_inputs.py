@@ -405,3 +405,9 @@ def test_sweeps_too_large_to_expand_are_refused(tmp_path, capsys, sweep, needle)
     d["sweep"] = sweep
     err = refused(tmp_path, capsys, d, command="sweep")
     assert needle in err
+
+
+def test_markup_in_calibrate_params_is_not_interpreted(tmp_path, capsys):
+    (tmp_path / "m.csv").write_text(CAL_HEAD + "a,step,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,64,1000,0,0.012,,,,\n")
+    assert main(["calibrate", "m.csv", "--params", "[/],hbm_bw_efficiency", "--out", "p.yaml"]) == 2
+    assert "[/]" in capsys.readouterr().err
