@@ -55,7 +55,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     body = yaml.safe_dump(prof, sort_keys=False)
     if args.out is not None:
         out = args.out
-        write_text(out, _header(out.name) + body)
+        if _is_ours_or_absent(out):
+            write_text(out, _header(out.name) + body)
+        else:       # a file appeared there during the fit: never replace it
+            out = write_new_text(out, _header(out.name) + body)
     else:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         out = RESULTS_DIR / "calibration" / f"profile-{stamp}.yaml"
@@ -87,17 +90,25 @@ def _header(file_name: str) -> str:
     return f"{HEADER} Use it in a scenario with\n#   perf: {{profile: {file_name}}}\n"
 
 
+def _is_ours_or_absent(path: Path) -> bool:
+    """No file at `path`, or a profile this command wrote (the only kind --out may replace)."""
+    if not path.exists():
+        return True
+    if not path.is_file():
+        return False
+    try:
+        with path.open(encoding="utf-8") as f:
+            return f.readline().startswith(HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def check_profile_out(path: Path) -> None:
     """An --out profile may replace only a profile this command wrote."""
     check_out_file(path, "profile")
-    if path.is_file():
-        try:
-            first = path.read_text(encoding="utf-8").split("\n", 1)[0]
-        except (OSError, UnicodeDecodeError):
-            first = ""
-        if not first.startswith(HEADER):
-            raise InputError(f"--out {path}: exists and is not a profile written by 'run.py calibrate'; "
-                             "it is left untouched: name a new file, or remove it yourself")
+    if not _is_ours_or_absent(path):
+        raise InputError(f"--out {path}: exists and is not a profile written by 'run.py calibrate'; "
+                         "it is left untouched: name a new file, or remove it yourself")
 
 
 def add_parser(sub) -> None:

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,13 +75,16 @@ def save_figure(fig, path: Path) -> None:
         fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=120, bbox_inches="tight")
 
 
-#: Every result folder this program writes holds this file, saying which command wrote it.
+#: Every result folder this program writes holds this file: the command that wrote it, and a
+#: token unique to that result (so a folder is recognised as the very one found earlier).
 MARKER = ".token-factory-result"
-MAX_NAME_BYTES = 255
+#: A name's limit: 255 bytes less room for the temporary and suffixed names built from it.
+MAX_NAME_BYTES = 200
 
 #: What each command writes into its result folder. A folder is that command's earlier result
 #: only if it holds nothing else (so a file a user added keeps the folder from being replaced),
-#: and its marker, or none of it when written by a release from before the marker.
+#: and its marker; written by a release from before the marker, it must hold every one of these
+#: files, as regular files, and nothing else.
 RESULT_FILES: dict[str, frozenset[str]] = {
     "run": frozenset({"scenario.resolved.yaml", "run.json", "summary.json", "requests.parquet", "iterations.parquet",
                       "levels.parquet", "replicas.parquet"}),
@@ -89,9 +93,10 @@ RESULT_FILES: dict[str, frozenset[str]] = {
                         "pareto.parquet", "pareto.csv", "pareto.png"}),
 }
 
-#: A folder's identity (device, inode): what `--out` found before the work, so that at the end
-#: only that folder is replaced, not one a concurrent run put there meanwhile.
-FolderId = tuple[int, int]
+#: A result folder's identity: its marker's token (or, for a folder from before the marker, its
+#: device and inode), what `--out` found before the work, so that at the end only that folder is
+#: replaced, not one a concurrent run put there meanwhile.
+FolderId = tuple[str, int, int]
 
 
 def is_result_dir(folder: Path, kind: str) -> bool:
@@ -103,8 +108,10 @@ def is_result_dir(folder: Path, kind: str) -> bool:
     if not names or not names <= RESULT_FILES[kind] | {MARKER}:
         return False
     if MARKER in names:
-        return _marker_kind(folder) == kind
-    return kind != "sweep" or _is_sweep_manifest(folder / "sweep.json")
+        return _marker(folder)[0] == kind
+    if kind == "sweep":
+        return _is_sweep_manifest(folder / "sweep.json")
+    return names == RESULT_FILES[kind] and all((folder / n).is_file() and not (folder / n).is_symlink() for n in names)
 
 
 def _is_sweep_manifest(path: Path) -> bool:
@@ -115,11 +122,13 @@ def _is_sweep_manifest(path: Path) -> bool:
     return isinstance(data, dict) and isinstance(data.get("digest"), str) and "spec" in data
 
 
-def _marker_kind(folder: Path) -> str | None:
+def _marker(folder: Path) -> tuple[str | None, str]:
+    """(command, token) of a folder's marker; (None, "") without one."""
     try:
-        return (folder / MARKER).read_text(encoding="utf-8").strip() or None
+        lines = (folder / MARKER).read_text(encoding="utf-8").split()
     except (OSError, UnicodeDecodeError):
-        return None
+        return None, ""
+    return (lines[0] if lines else None), (lines[1] if len(lines) > 1 else "")
 
 
 def _folder_id(path: Path) -> FolderId | None:
@@ -127,7 +136,7 @@ def _folder_id(path: Path) -> FolderId | None:
         st = path.lstat()
     except OSError:
         return None
-    return (st.st_dev, st.st_ino)
+    return (_marker(path)[1], st.st_dev, st.st_ino)
 
 
 def check_out_dir(path: Path, kind: str, *, given: bool = True) -> FolderId | None:
@@ -211,9 +220,9 @@ def atomic_dir(out_dir: Path, kind: str, *, replace: FolderId | None = None) -> 
     res = ResultDir(tmp, out_dir)
     try:
         yield res
-        (tmp / MARKER).write_text(kind + "\n", encoding="utf-8")
+        (tmp / MARKER).write_text(f"{kind}\n{uuid.uuid4().hex}\n", encoding="utf-8")
         if replace is not None and _folder_id(out_dir) == replace and is_result_dir(out_dir, kind) \
-                and _replace(tmp, out_dir):
+                and _replace(tmp, out_dir, replace):
             return
         res.path = _claim(tmp, out_dir)
     except BaseException:
@@ -221,21 +230,38 @@ def atomic_dir(out_dir: Path, kind: str, *, replace: FolderId | None = None) -> 
         raise
 
 
-def _replace(tmp: Path, out_dir: Path) -> bool:
-    """Swap the earlier result in `out_dir` for `tmp`; False if a concurrent run moved it first."""
+def _replace(tmp: Path, out_dir: Path, expected: FolderId) -> bool:
+    """Swap the earlier result in `out_dir` (identified by `expected`) for `tmp`. False, with
+    `out_dir` as it was, when what was there is not that result by the time it is moved (a
+    concurrent run replaced it first) or the new result cannot take its place; the old result is
+    deleted only once the new one is in place."""
     old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    moved = old / "old"
     try:
-        try:
-            out_dir.rename(old / "old")
-        except FileNotFoundError:
-            return False
-        try:
-            tmp.rename(out_dir)
-        except OSError:
-            return False            # a concurrent run claimed the name in between: _claim finds the next
-        return True
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(moved)
+    except OSError:
+        old.rmdir()
+        return False
+    if _folder_id(moved) != expected:       # not the result found before the work (a rename keeps the inode)
+        _put_back(moved, out_dir, old)
+        return False
+    try:
+        tmp.rename(out_dir)
+    except BaseException:
+        _put_back(moved, out_dir, old)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+def _put_back(moved: Path, out_dir: Path, old: Path) -> None:
+    """Return a folder moved aside to its place; if the place was taken meanwhile, leave it where
+    it is (a hidden `.NAME.old-*` folder beside it) rather than delete it."""
+    try:
+        moved.rename(out_dir)
+        old.rmdir()
+    except OSError:
+        pass
 
 
 def _claim(tmp: Path, out_dir: Path) -> Path:

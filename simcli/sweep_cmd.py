@@ -65,8 +65,9 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
 
 
 
-#: The name of a stored point: `<point id>-r<replication>.json` (sim.sweep.point_key).
-POINT_FILE = re.compile(r"^.+-r\d+\.json$")
+#: The name of a stored point: `<point id>-r<replication>.json` (sim.sweep.point_key, point_id:
+#: 12 hex digits).
+POINT_FILE = re.compile(r"^[0-9a-f]{12}-r\d+\.json$")
 
 
 class PointStore:

@@ -72,7 +72,7 @@ def test_out_the_current_folder_or_a_parent_is_refused(scenario, tmp_path, capsy
 
 def test_out_an_earlier_run_is_replaced_and_nothing_else_is(scenario, tmp_path, capsys):
     assert main([str(scenario), "--quiet", "--out", "r"]) == 0
-    assert (tmp_path / "r" / MARKER).read_text().strip() == "run"
+    assert (tmp_path / "r" / MARKER).read_text().split()[0] == "run"
     assert main([str(scenario), "--quiet", "--out", "r", "--seed", "9"]) == 0
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["seed"] == 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r", "s.yaml"]        # no leftovers
@@ -87,7 +87,7 @@ def test_out_an_earlier_run_is_replaced_and_nothing_else_is(scenario, tmp_path, 
 def test_bad_output_places_are_refused_before_simulating(scenario, tmp_path, capsys):
     long_name = "a" * 300
     assert main([str(scenario), "--quiet", "--out", long_name]) == 2
-    assert "longer than 255 bytes" in capsys.readouterr().err
+    assert "longer than 200 bytes" in capsys.readouterr().err
     (tmp_path / "f").write_text("")
     assert main([str(scenario), "--quiet", "--out", "f/x"]) == 2
     assert "is not a folder" in capsys.readouterr().err
@@ -114,7 +114,7 @@ def test_two_results_for_one_folder_name_both_survive(tmp_path):
     finds the name taken and takes the next one."""
     target = tmp_path / "results" / "t" / "20261130T090218Z-seed1"
     for text in ("first", "second"):
-        with atomic_dir(target, "run", replace=False) as res:
+        with atomic_dir(target, "run", replace=None) as res:
             (res.tmp / "summary.json").write_text(text)
     assert (target / "summary.json").read_text() == "first"
     assert (target.with_name(target.name + "-1") / "summary.json").read_text() == "second"
@@ -274,3 +274,55 @@ def test_sweep_fresh_deletes_only_point_files(tmp_path, monkeypatch, capsys):
     (tmp_path / "sw" / "points" / "notes.txt").write_text("n")   # a user's file among the points
     assert main(["sweep", str(p), "--quiet", "--workers", "1", "--out", "sw", "--fresh"]) == 0
     assert (tmp_path / "sw" / "points" / "notes.txt").read_text() == "n"
+
+
+def test_a_user_folder_named_like_results_is_not_taken_for_one(scenario, tmp_path, capsys):
+    """Before the marker, a run folder held all seven of a run's files: one file of the same name
+    (a user's own summary.json or plan.csv) does not make a folder a result."""
+    for name in ("summary.json", "plan.csv"):
+        (tmp_path / "mydata").mkdir(exist_ok=True)
+        (tmp_path / "mydata" / name).write_text("mine")
+        for cmd in (["run"], ["plan", "--workers", "1"]):
+            assert main([cmd[0], str(scenario), *cmd[1:], "--quiet", "--out", "mydata"]) == 2
+        assert (tmp_path / "mydata" / name).read_text() == "mine"
+    capsys.readouterr()
+
+
+def test_replacing_never_destroys_a_folder_it_did_not_check(tmp_path):
+    """The window between the last check and the rename: if the folder there by then is not the
+    one found before the work (another run replaced it), it is put back untouched."""
+    from simcli.output import _folder_id, _replace
+
+    out = tmp_path / "r"
+    with atomic_dir(out, "run") as res:
+        (res.tmp / "summary.json").write_text("A")
+    found = _folder_id(out)
+    shutil.rmtree(out)
+    with atomic_dir(out, "run") as res:                 # another run's result, in its place
+        (res.tmp / "summary.json").write_text("B")
+    new = tmp_path / "new"
+    new.mkdir()
+    assert found is not None and _replace(new, out, found) is False
+    assert (out / "summary.json").read_text() == "B" and new.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "r"]
+
+
+def test_a_failure_while_replacing_puts_the_old_result_back(tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    with atomic_dir(out, "run") as res:
+        (res.tmp / "summary.json").write_text("old")
+    from simcli.output import _folder_id
+
+    prior = _folder_id(out)
+    real_rename = Path.rename
+
+    def failing(self, target):
+        if Path(target) == out and self.name.startswith(".r.tmp-"):
+            raise KeyboardInterrupt
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(KeyboardInterrupt), atomic_dir(out, "run", replace=prior) as res:
+        (res.tmp / "summary.json").write_text("new")
+    assert (out / "summary.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
