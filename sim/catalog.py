@@ -31,6 +31,14 @@ BYTES_PER_ELEMENT: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp
 
 #: Which TFLOPS entry a compute precision uses (fp16 runs on the bf16 tensor-core rate).
 FLOPS_KEY: dict[str, str] = {"bf16": "bf16", "fp16": "bf16", "fp8": "fp8", "fp4": "fp4"}
+#: Precisions attention kernels run in (FlashAttention/FMHA: FP8 or 16-bit; no FP4 attention).
+AttentionPrecision = Literal["bf16", "fp16", "fp8"]
+
+
+def default_attention_precision(gpu: GpuSpec, kv_cache: str) -> str:
+    """FP8 attention where the KV cache is FP8 (or FP4, read into FP8 kernels) and the GPU has FP8
+    tensor cores, as TensorRT-LLM's and vLLM's FP8 FMHA kernels run; BF16 otherwise."""
+    return "fp8" if kv_cache in ("fp8", "fp4") and gpu.tflops.fp8 is not None else "bf16"
 
 
 class _Frozen(InputModel):

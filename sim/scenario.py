@@ -21,7 +21,15 @@ from pydantic import (
     model_validator,
 )
 
-from sim.catalog import GpuSpec, ModelSpec, Precision, gpu_catalog, model_catalog
+from sim.catalog import (
+    AttentionPrecision,
+    GpuSpec,
+    ModelSpec,
+    Precision,
+    default_attention_precision,
+    gpu_catalog,
+    model_catalog,
+)
 from sim.datapath import DataPath
 from sim.errors import InputError, one_line
 from sim.input_model import InputModel
@@ -215,10 +223,16 @@ class PrecisionCfg(_Frozen):
     weights: Precision = "bf16"
     kv_cache: Precision = "bf16"
     compute: Precision | None = Field(default=None, description="defaults to the weights precision")
+    attention: AttentionPrecision | None = Field(
+        default=None, description="precision of the attention kernels; default FP8 where the KV cache is FP8 "
+        "and the GPU has FP8, else BF16")
 
     @property
     def compute_precision(self) -> str:
         return self.compute or self.weights
+
+    def attention_precision(self, gpu: GpuSpec) -> str:
+        return self.attention or default_attention_precision(gpu, self.kv_cache)
 
 
 class Parallelism(_Frozen):
@@ -379,6 +393,9 @@ class Scenario(_Frozen):
             raise ValueError(
                 f"serving.precision.compute={p.compute_precision!r}: GPU {g.name!r} has no {p.compute_precision} tensor cores"
             )
+        if p.attention is not None and g.peak_flops(p.attention) is None:
+            raise ValueError(f"serving.precision.attention={p.attention!r}: GPU {g.name!r} has no {p.attention} "
+                             "tensor cores")
         # FP4 weights alone run on any GPU (weight-only quantization, dequantized to the compute
         # precision); FP4 compute and an FP4 KV cache need FP4 tensor-core support.
         for field in ("kv_cache", "compute"):

@@ -411,3 +411,11 @@ def test_markup_in_calibrate_params_is_not_interpreted(tmp_path, capsys):
     (tmp_path / "m.csv").write_text(CAL_HEAD + "a,step,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,64,1000,0,0.012,,,,\n")
     assert main(["calibrate", "m.csv", "--params", "[/],hbm_bw_efficiency", "--out", "p.yaml"]) == 2
     assert "[/]" in capsys.readouterr().err
+
+
+def test_attention_precision_the_gpu_lacks_is_refused(tmp_path, capsys):
+    err = refused(tmp_path, capsys, base_dict(hardware={"gpu": "a100-80g"},
+                                              serving={"precision": {"attention": "fp8"}}))
+    assert "serving.precision.attention='fp8'" in err and "a100-80g" in err
+    err = refused(tmp_path, capsys, base_dict(serving={"precision": {"attention": "fp4"}}))
+    assert "attention" in err

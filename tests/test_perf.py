@@ -180,3 +180,31 @@ def test_drafted_decode_runs_stay_exact_and_closed_form(tp):
         assert steps_within(run, path, n, elapsed) == 300
     # At batch 512 the run crosses from compute-bound to memory-bound: more than one piece.
     assert len(s.decode_run(512, 1, draft).segments(LinearPath(512 * 100.0, 512.0), 900)) > 1
+
+
+def test_attention_precision_changes_only_attention_time():
+    """A compute-bound 8k-token prefill on H100 with FP8 GEMMs: attention at BF16 instead of FP8
+    adds exactly its FLOPs x (1/BF16 peak - 1/FP8 peak); a memory-bound decode step is unchanged."""
+    fp8 = {"serving": {"precision": {"weights": "fp8", "kv_cache": "fp8", "attention": "fp8"}}}
+    bf16 = {"serving": {"precision": {"weights": "fp8", "kv_cache": "fp8", "attention": "bf16"}}}
+    a, b = model(**fp8), model(**bf16)
+    m = a.model
+    n = 8192
+    attn_flops = m.attn_flops_per_ctx_token() * m.layers * n * (n + 1) / 2
+    eff = a.cfg.compute_efficiency
+    prefill = [s.iteration_s(StepShape(0, 0.0, 1, (Chunk(0, n, True),))) for s in (a, b)]
+    assert prefill[1] - prefill[0] == pytest.approx(attn_flops * (1 / (989e12 * eff) - 1 / (1979e12 * eff)), rel=1e-9)
+    assert step_s(a, 1, 1000) == step_s(b, 1, 1000)
+
+
+def test_default_attention_precision_follows_the_kv_cache():
+    """FP8 attention where the KV cache is FP8 and the GPU has FP8; BF16 otherwise, whatever the
+    GEMMs use (FP4 GEMMs on B200 do not make attention FP4)."""
+    def attention(**precision) -> str:
+        return model(hardware={"gpu": precision.pop("gpu", "h100-sxm")},
+                     serving={"precision": precision}).attention
+
+    assert attention(weights="fp8", kv_cache="fp8") == "fp8"
+    assert attention(weights="fp8", kv_cache="bf16") == "bf16"
+    assert attention(gpu="b200", weights="fp4", kv_cache="fp8", compute="fp4") == "fp8"
+    assert attention(gpu="a100-80g", weights="bf16", kv_cache="bf16") == "bf16"

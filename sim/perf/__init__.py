@@ -34,8 +34,8 @@ __all__ = ["Chunk", "ContextPath", "DecodeCoeffs", "DecodeRun", "DraftedRun", "D
 
 
 def make_step_model(model: ModelSpec, gpu: GpuSpec, tp: int, weights: str, kv: str, compute: str,
-                    cfg: PerfCfg) -> RooflineStepModel | TableStepModel:
+                    cfg: PerfCfg, attention: str | None = None) -> RooflineStepModel | TableStepModel:
     """The roofline, or the measured step-time table that `cfg.step_table` names."""
     if cfg.step_table is not None:
         return TableStepModel(read_step_table(cfg.step_table), cfg.step_table)
-    return RooflineStepModel(model, gpu, tp, weights, kv, compute, cfg)
+    return RooflineStepModel(model, gpu, tp, weights, kv, compute, cfg, attention)

@@ -11,7 +11,8 @@ replica with tensor-parallel degree tp, per GPU:
            + activation traffic       (tokens x layers x (8 hidden + 3 ffn/tp) x 2 bytes x factor)
     FLOPs  = 2 x matmul params x tokens + 2 x LM-head params x sampled positions
            + attention FLOPs          (4 x heads x head_dim per (query, key) pair per layer)
-    t      = max(FLOPs / (peak[compute precision] x compute_eff), bytes / (hbm_bw x bw_eff))
+    t      = max(GEMM FLOPs / (peak[compute precision] x compute_eff)
+                 + attention FLOPs / (peak[attention precision] x compute_eff), bytes / (hbm_bw x bw_eff))
            + tp all-reduce            (2 per layer: 2 (tp-1)/tp x tokens x hidden x 2 B / (link x comm_eff)
                                        + collective latency)
            + per-iteration overhead   (scheduler, kernel launch) + per-sequence overhead x sequences
@@ -42,7 +43,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec
+from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec, default_attention_precision
 from sim.errors import InputError
 from sim.perf.config import PerfCfg
 from sim.perf.shape import (
@@ -118,7 +119,7 @@ class RooflineStepModel:
     """Precomputed per-replica constants; pure functions of batch shape afterwards."""
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, tp: int, weights: str, kv: str, compute: str,
-                 cfg: PerfCfg) -> None:
+                 cfg: PerfCfg, attention: str | None = None) -> None:
         self.model, self.gpu, self.tp, self.cfg = model, gpu, tp, cfg
         peak = gpu.peak_flops(compute)
         if peak is None:
@@ -139,6 +140,13 @@ class RooflineStepModel:
         self.linear_flops_per_token = 2.0 * m.linear_params_per_token / tp
         self.lm_flops_per_sample = 2.0 * m.lm_head_params / tp
         self.attn_flops_per_pair = m.attn_flops_per_ctx_token() / tp
+        # Attention runs at its own precision's peak (FP8 or BF16 kernels, whatever the GEMMs use):
+        # its FLOPs, expressed as FLOPs at the compute precision's rate, are added to the GEMMs'.
+        self.attention = attention or default_attention_precision(gpu, kv)
+        attn_peak = gpu.peak_flops(self.attention)
+        if attn_peak is None:
+            raise InputError(f"GPU {gpu.name} has no {self.attention} tensor cores for attention")
+        self.attn_flops_eq_per_pair = self.attn_flops_per_pair * (peak / attn_peak)
         if tp > 1:
             link = gpu.scale_up_gb_s * 1e9 * cfg.comm_efficiency
             self.comm_s_per_token = 2 * m.layers * (2 * (tp - 1) / tp) * m.hidden * 2.0 / link
@@ -207,9 +215,9 @@ class RooflineStepModel:
                      + self.sliding_layers * self.kv_layer_bytes * batch * w)
                 + self.lm_head_bytes)
         mem1 = f * self.full_layers * self.kv_layer_bytes
-        cmp0 = (f * batch * (self.linear_flops_per_token + self.attn_flops_per_pair * self.sliding_layers * w)
+        cmp0 = (f * batch * (self.linear_flops_per_token + self.attn_flops_eq_per_pair * self.sliding_layers * w)
                 + batch * self.lm_flops_per_sample)
-        cmp1 = f * self.attn_flops_per_pair * self.full_layers
+        cmp1 = f * self.attn_flops_eq_per_pair * self.full_layers
         comm_s = f * (self.comm_fixed_s + self.comm_s_per_token * batch)
         return DecodeCoeffs(m0=mem0 / self.bytes_per_s, m1=mem1 / self.bytes_per_s,
                             c0=cmp0 / self.flops_per_s, c1=cmp1 / self.flops_per_s, fixed_s=comm_s, batch=batch)
@@ -223,9 +231,9 @@ class RooflineStepModel:
                 + self.sliding_layers * self.kv_layer_bytes * batch * w)
         mem1 = self.full_layers * self.kv_layer_bytes
         cmp0 = (tokens * (self.linear_flops_per_token + self.lm_flops_per_sample)
-                + self.attn_flops_per_pair * self.sliding_layers * tokens * w
-                - self.attn_flops_per_pair * self.full_layers * batch * (q * (q - 1) // 2))
-        cmp1 = self.attn_flops_per_pair * self.full_layers * q
+                + self.attn_flops_eq_per_pair * self.sliding_layers * tokens * w
+                - self.attn_flops_eq_per_pair * self.full_layers * batch * (q * (q - 1) // 2))
+        cmp1 = self.attn_flops_eq_per_pair * self.full_layers * q
         return DecodeCoeffs(
             m0=mem0 / self.bytes_per_s, m1=mem1 / self.bytes_per_s,
             c0=cmp0 / self.flops_per_s, c1=cmp1 / self.flops_per_s,
@@ -261,6 +269,6 @@ class RooflineStepModel:
                + tokens * (self.model.layers * self.kv_layer_bytes + self.act_bytes_per_token)
                + self.kv_layer_bytes * (self.full_layers * read_full + self.sliding_layers * read_sl))
         cmp = (tokens * self.linear_flops_per_token + samples * self.lm_flops_per_sample
-               + self.attn_flops_per_pair * (self.full_layers * pairs_full + self.sliding_layers * pairs_sl))
+               + self.attn_flops_eq_per_pair * (self.full_layers * pairs_full + self.sliding_layers * pairs_sl))
         return (max(cmp / self.flops_per_s, mem / self.bytes_per_s) + self._fixed_s(tokens, seqs + len(chunks))
                 + draft_s)
