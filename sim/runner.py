@@ -50,7 +50,8 @@ def replica_specs(sc: Scenario) -> list[ReplicaSpec]:
     max_waiting = None if isinstance(sc.workload.arrivals, Offline) else s.batching.max_waiting
     limits = BatchLimits(max_num_seqs=s.batching.max_num_seqs, max_num_batched_tokens=s.batching.max_num_batched_tokens,
                          chunked_prefill=s.batching.chunked_prefill, max_waiting=max_waiting,
-                         preemption=s.batching.preemption, max_context_tokens=sc.model.max_context_tokens)
+                         preemption=s.batching.preemption, max_context_tokens=sc.model.max_context_tokens,
+                         admission=s.batching.admission)
     return [ReplicaSpec(pool="default", role="mixed", count=s.replicas, gpus_per_replica=s.parallelism.tp,
                         gpu=sc.hardware.gpu, step_model=step_model_for(sc), memory=sc.memory_plan(), limits=limits,
                         watermark_fraction=s.kv_cache.watermark_fraction,

@@ -245,6 +245,9 @@ class Batching(_Frozen):
     chunked_prefill: bool = True
     max_waiting: int = Field(default=4096, ge=1, le=MAX_REQUESTS, description="bounded waiting queue per replica (online traffic; offline bursts are queued whole)")
     preemption: Literal["recompute", "swap"] = "recompute"
+    admission: Literal["optimistic", "no_evict"] = Field(
+        default="optimistic", description="optimistic: admit while the next chunk fits, preempt when KV runs out "
+        "(vLLM); no_evict: admit only when every running request's whole output fits (TensorRT-LLM's default)")
 
     @model_validator(mode="after")
     def _check(self) -> Batching:

@@ -7,7 +7,9 @@ The policy follows vLLM's scheduler (V1 with chunked prefill, V0 without):
   the iteration holds at most `max_num_batched_tokens` tokens and `max_num_seqs` sequences;
 * chunked prefill off: an iteration is either prefill-only (whole prompts, FCFS, within the token
   budget; a lone prompt above the budget runs by itself) or decode-only, prefills first;
-* a request is admitted only if its first chunk fits while keeping the watermark of KV blocks free;
+* a request is admitted only if its first chunk fits while keeping the watermark of KV blocks free,
+  and its admission policy allows it (admission.py: optimistic as vLLM, or guaranteed-no-evict as
+  TensorRT-LLM's default, which reserves the blocks of every running request's whole output);
 * when a decode step needs a block and none is free, the most recently admitted running request
   is preempted (LIFO): `recompute` frees its blocks and prefills prompt + generated tokens again
   later; `swap` copies its KV to host memory and back when it is resumed;
@@ -26,6 +28,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from sim.engine.admission import admission_policy
 from sim.engine.decode_set import DecodeSet
 from sim.engine.kv_cache import KvCache
 from sim.engine.request import Request
@@ -56,6 +59,7 @@ class BatchLimits:
     max_waiting: int | None          # None: unbounded (offline bursts)
     preemption: str                  # "recompute" or "swap"
     max_context_tokens: int
+    admission: str = "optimistic"    # admission.py: "optimistic" or "no_evict"
 
 
 class BatchScheduler:
@@ -70,6 +74,7 @@ class BatchScheduler:
         self.finished: list[Request] = []        # finished by the last call; the replica drains it
         self.limits = limits
         self.swap = limits.preemption == "swap"
+        self.admission = admission_policy(limits.admission, kv)
         self.decode_set = DecodeSet(kv.block_tokens)
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}   # insertion order = admission order
@@ -109,6 +114,7 @@ class BatchScheduler:
 
     # ---- admission and preemption ------------------------------------------------------------
     def _admit(self, r: Request, now: float) -> None:
+        self.admission.admitted(r)
         self.waiting.popleft()
         self.waiting_tokens -= r.input_tokens
         self._seq += 1
@@ -122,6 +128,7 @@ class BatchScheduler:
         """Preempt the most recently admitted running request; returns swap-out seconds."""
         victim = next(reversed(self.running.values()))
         del self.running[victim.id]
+        self.admission.left(victim)
         swap_s = 0.0
         if victim.in_decode:
             kv = self.decode_set.remove(victim)
@@ -196,6 +203,8 @@ class BatchScheduler:
         kv = self.kv
         while self.waiting and budget > 0 and len(self.running) < self.limits.max_num_seqs:
             r = self.waiting[0]
+            if not self.admission.allows(r):
+                break
             margin = kv.watermark_blocks if self.running else 0
             if r.swapped_kv:
                 blocks = kv.blocks_for(r.swapped_kv)
@@ -237,6 +246,7 @@ class BatchScheduler:
         r.status = Status.DONE
         r.finish_s = now
         del self.running[r.id]
+        self.admission.left(r)
         self.outstanding -= 1
         self.kv.release(blocks)
         self.finished.append(r)
@@ -292,6 +302,8 @@ class BatchScheduler:
         if len(self.running) >= self.limits.max_num_seqs:
             return True
         r = self.waiting[0]
+        if not self.admission.allows(r):      # reservations change only when a request finishes
+            return True
         kv = self.kv
         if r.swapped_kv:
             need = kv.blocks_for(r.swapped_kv)

@@ -1,0 +1,65 @@
+"""Admission policies (sim/engine/admission.py): guaranteed-no-evict never preempts, optimistic
+admission does under the same overload, both stay exact in jump and step mode, and the
+reservations balance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import base_dict
+
+from sim.engine.admission import GuaranteedNoEvict
+from sim.engine.kv_cache import KvCache
+from sim.engine.request import Request
+from sim.runner import build, execute
+from sim.scenario import scenario_from_dict
+
+
+def overload(admission: str, chunked: bool = True, preemption: str = "recompute") -> dict:
+    """400 requests of 2,000-token prompts and 500-3,000-token outputs at once on half an H100's
+    memory: far more KV than fits."""
+    return base_dict(duration_s=1.0, serving={
+        "precision": {"weights": "bf16", "kv_cache": "bf16"}, "replicas": 1,
+        "batching": {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "admission": admission,
+                     "chunked_prefill": chunked, "preemption": preemption},
+        "kv_cache": {"gpu_memory_fraction": 0.5}},
+        workload={"arrivals": {"kind": "offline", "requests": 400}, "input_tokens": {"kind": "fixed", "value": 2000},
+                  "output_tokens": {"kind": "uniform", "low": 500, "high": 3000}})
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_guaranteed_no_evict_never_preempts_and_optimistic_does(chunked):
+    fast = {}
+    for admission in ("optimistic", "no_evict"):
+        sc = scenario_from_dict(overload(admission, chunked))
+        res, ref = execute(build(sc, 1)), execute(build(sc, 1, allow_jumps=False))
+        s = res.summary
+        assert s["requests_completed"] == 400
+        assert np.allclose(res.requests["e2e_s"].to_numpy(float), ref.requests["e2e_s"].to_numpy(float),
+                           rtol=1e-9, atol=1e-9)
+        if admission == "no_evict":
+            assert (res.iterations["recompute_tokens"] == 0).all()
+        fast[admission] = s
+    assert fast["no_evict"]["preemptions"] == 0
+    assert fast["optimistic"]["preemptions"] > 100
+    # Reserving whole outputs keeps fewer requests in the cache at once.
+    assert fast["no_evict"]["kv_occupancy_mean"] < fast["optimistic"]["kv_occupancy_mean"]
+
+
+def test_no_evict_reservations_balance():
+    kv = KvCache(100, 16)
+    pol = GuaranteedNoEvict(kv)
+    a, b = Request(0, 0.0, 1000, 600), Request(1, 0.0, 500, 100)   # 100 and 38 blocks at their ends
+    assert pol.final_blocks(a) == 100 and pol.allows(a)
+    pol.admitted(a)
+    assert not pol.allows(b)                      # 100 + 38 > 100: waits for a to finish
+    pol.left(a)
+    assert pol.allows(b) and pol.committed_blocks == 0
+
+
+def test_admission_defaults_to_optimistic_and_unknown_policies_are_refused():
+    sc = scenario_from_dict(base_dict())
+    assert sc.serving.batching.admission == "optimistic"
+    from sim.errors import InputError
+    with pytest.raises(InputError, match="admission"):
+        scenario_from_dict(base_dict(serving={"batching": {"admission": "fifo"}}))
