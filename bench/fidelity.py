@@ -6,6 +6,11 @@ TensorRT-LLM max-throughput results, facts.md section 3a) and print simulated vs
 Each point runs as the benchmark did: an offline burst of 3,000 fixed 1k-in / 1k-out requests on
 the same model, GPU, precision and tensor parallelism; output tokens/s per GPU over the makespan.
 Points the simulator cannot express yet are listed as skipped, with the reason.
+
+To make a wrong point understandable, each row also shows the mean batch the simulation reached
+and the step-time breakdown of a decode step at that batch and the benchmark's mean context
+(prompt + half the output): compute and memory time (the step takes the larger), all-reduce
+communication and fixed overheads, in milliseconds, and which side binds.
 """
 
 from __future__ import annotations
@@ -19,7 +24,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from sim.calibrate import error_table, reference_points  # noqa: E402
+from sim.calibrate import Measurement, error_table, reference_points, scenario_data  # noqa: E402
+from sim.perf import RooflineStepModel, StepShape  # noqa: E402
+from sim.runner import run, step_model_for  # noqa: E402
+from sim.scenario import scenario_from_dict  # noqa: E402
+
+
+def batch_and_breakdown(m: Measurement, perf: dict) -> str:
+    """Mean batch reached, and the breakdown of a decode step there (ms)."""
+    sc = scenario_from_dict(scenario_data(m, perf), source=f"measurement {m.id}")
+    batch = run(sc).summary["batch_size_mean"]
+    model = step_model_for(sc)
+    if not isinstance(model, RooflineStepModel):
+        return f"{batch:6.0f}"
+    b = int(round(batch))
+    ctx = m.input_tokens + m.output_tokens / 2
+    br = model.breakdown(StepShape(b, b * ctx))
+    binds = "compute" if br.compute_s >= br.memory_s else "memory"
+    return (f"{batch:6.0f} {br.compute_s * 1e3:8.2f} {br.memory_s * 1e3:8.2f} {br.comm_s * 1e3:6.2f} "
+            f"{br.overhead_s * 1e3:6.2f}  {binds}")
 
 #: The step-time parameters before calibration (the roofline's first-guess defaults).
 UNCALIBRATED = {"hbm_bw_efficiency": 0.80, "compute_efficiency": 0.55, "iteration_overhead_s": 1.5e-3,
@@ -43,10 +66,13 @@ def main() -> None:
     print(f"source: {header['source']}")
     print(f"unit: {header['unit']}; {header['requests']} requests of {header['input_tokens']}/{header['output_tokens']} "
           f"tokens, offline; parameters: {label}\n")
-    print(f"{'point':28s} {'GPU':9s} {'TP':>2s} {'weights/compute':>15s} {'measured':>9s} {'simulated':>9s} {'error':>7s}")
+    print(f"{'point':28s} {'GPU':9s} {'TP':>2s} {'weights/compute':>15s} {'measured':>9s} {'simulated':>9s} "
+          f"{'error':>7s} {'batch':>6s} {'cmp ms':>8s} {'mem ms':>8s} {'comm':>6s} {'ovhd':>6s}  binds")
+    by_id = {m.id: m for m in ms}
     for _, r in table.iterrows():
         print(f"{r['id']:28s} {r['gpu']:9s} {r['tp']:>2d} {r['weights'] + '/' + r['compute']:>15s} "
-              f"{r['measured']:9,.0f} {r['predicted']:9,.0f} {r['error']:+7.1%}")
+              f"{r['measured']:9,.0f} {r['predicted']:9,.0f} {r['error']:+7.1%} "
+              f"{batch_and_breakdown(by_id[r['id']], perf)}")
     abs_err = [abs(e) for e in table["error"]]
     print(f"\nmedian absolute error {statistics.median(abs_err):.1%}; max absolute error {max(abs_err):.1%} "
           f"({len(table)} points)")

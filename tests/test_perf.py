@@ -208,3 +208,15 @@ def test_default_attention_precision_follows_the_kv_cache():
     assert attention(weights="fp8", kv_cache="bf16") == "bf16"
     assert attention(gpu="b200", weights="fp4", kv_cache="fp8", compute="fp4") == "fp8"
     assert attention(gpu="a100-80g", weights="bf16", kv_cache="bf16") == "bf16"
+
+
+def test_breakdown_adds_up_to_the_step_time():
+    """max(compute, memory) + communication + overheads + draft passes is the iteration's time, for
+    a mixed iteration and for a decode step (whose closed form must agree)."""
+    s = step_model(scenario_from_dict(base_dict(serving={"parallelism": {"tp": 2}})))
+    for shape in (StepShape(64, 64 * 1500.0, 1, (Chunk(0, 2000, True), Chunk(500, 300, False))),
+                  StepShape(64, 64 * 1500.0), StepShape(8, 8000.0, 3, (), DraftWork(3, 0.1))):
+        b = s.breakdown(shape)
+        assert max(b.compute_s, b.memory_s) + b.comm_s + b.overhead_s + b.draft_s == \
+            pytest.approx(s.iteration_s(shape), rel=1e-12)
+        assert b.comm_s > 0 and b.overhead_s > 0

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec, default_attention_precision
 from sim.errors import InputError
@@ -113,6 +114,17 @@ class DecodeCoeffs:
         m = n_steps - k
         return (total + (k * fa + fb * (k - 1) * k / 2.0 if k > 0 else 0.0)
                 + (m * sa + sb * (k + n_steps - 1) * m / 2.0 if m > 0 else 0.0))
+
+
+class StepBreakdown(NamedTuple):
+    """One iteration's time in parts: it takes max(compute_s, memory_s) + comm_s + overhead_s +
+    draft_s (the side of the max that is smaller is hidden under the other)."""
+
+    compute_s: float
+    memory_s: float
+    comm_s: float
+    overhead_s: float
+    draft_s: float
 
 
 class RooflineStepModel:
@@ -243,9 +255,15 @@ class RooflineStepModel:
     # ---- general iteration ------------------------------------------------------------------
     def iteration_s(self, shape: StepShape) -> float:
         """Time of one iteration of the given shape (see the module docstring)."""
-        seqs, q, chunks, draft = shape.decode_seqs, shape.query_tokens_per_seq, shape.chunks, shape.draft
+        seqs, q, chunks = shape.decode_seqs, shape.query_tokens_per_seq, shape.chunks
         if not chunks:
-            return self.decode_run(seqs, q, draft).step_s(shape.decode_ctx_sum) if seqs else 0.0
+            return self.decode_run(seqs, q, shape.draft).step_s(shape.decode_ctx_sum) if seqs else 0.0
+        b = self.breakdown(shape)
+        return max(b.compute_s, b.memory_s) + b.comm_s + b.overhead_s + b.draft_s
+
+    def breakdown(self, shape: StepShape) -> StepBreakdown:
+        """The terms of one iteration's time: the step takes max(compute, memory) + the rest."""
+        seqs, q, chunks, draft = shape.decode_seqs, shape.query_tokens_per_seq, shape.chunks, shape.draft
         draft_s = 0.0
         if draft is not None and draft.passes > 0 and seqs:
             draft_s = draft.passes * self.draft_pass(seqs, draft.layer_share).step_s(shape.decode_ctx_sum)
@@ -270,5 +288,8 @@ class RooflineStepModel:
                + self.kv_layer_bytes * (self.full_layers * read_full + self.sliding_layers * read_sl))
         cmp = (tokens * self.linear_flops_per_token + samples * self.lm_flops_per_sample
                + self.attn_flops_eq_per_pair * (self.full_layers * pairs_full + self.sliding_layers * pairs_sl))
-        return (max(cmp / self.flops_per_s, mem / self.bytes_per_s) + self._fixed_s(tokens, seqs + len(chunks))
-                + draft_s)
+        sequences = seqs + len(chunks)
+        comm_s = self.comm_fixed_s + self.comm_s_per_token * tokens if tokens else 0.0
+        return StepBreakdown(compute_s=cmp / self.flops_per_s, memory_s=mem / self.bytes_per_s, comm_s=comm_s,
+                             overhead_s=self.cfg.iteration_overhead_s + self.cfg.per_seq_overhead_s * sequences,
+                             draft_s=draft_s)
