@@ -51,6 +51,7 @@ BOUNDS: dict[str, tuple[float, float, float]] = {
     "activation_traffic_factor": (0.0, 10.0, 1.0),
 }
 CONFIG_COLS = ("model", "gpu", "tp", "weights", "kv_cache", "compute")
+ADMISSIONS = ("optimistic", "no_evict")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Measurement:
     requests: int = 0
     max_num_seqs: int = 2048
     max_num_batched_tokens: int = 8192
+    admission: str = "optimistic"  # the engine's admission policy (sim/engine/admission.py)
 
 
 def scenario_data(m: Measurement, perf: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +81,8 @@ def scenario_data(m: Measurement, perf: dict[str, Any]) -> dict[str, Any]:
         "hardware": {"gpu": c["gpu"], "price_usd_per_gpu_h": 1.0},
         "serving": {"precision": {"weights": c["weights"], "kv_cache": c["kv_cache"], "compute": c["compute"]},
                     "parallelism": {"tp": int(c["tp"])},
-                    "batching": {"max_num_seqs": m.max_num_seqs, "max_num_batched_tokens": m.max_num_batched_tokens},
+                    "batching": {"max_num_seqs": m.max_num_seqs, "max_num_batched_tokens": m.max_num_batched_tokens,
+                                 "admission": m.admission},
                     "kv_cache": {"gpu_memory_fraction": 0.9}},
         "workload": {"arrivals": {"kind": "offline", "requests": max(1, m.requests)},
                      "input_tokens": {"kind": "fixed", "value": max(1, m.input_tokens)},
@@ -185,8 +188,13 @@ def read_measurements_csv(path: str | Path) -> list[Measurement]:
         if absent:
             raise InputError(f"{p}: line {line}: a {kind} row needs {list(absent)}")
         nums = {c: _num(p, line, c, row[c], *RANGES[c]) for c in need}
-        extra = {c: int(_num(p, line, c, row[c], *RANGES[c])) for c in ("max_num_seqs", "max_num_batched_tokens")
-                 if c in df.columns and row[c].strip()}
+        extra: dict[str, Any] = {c: int(_num(p, line, c, row[c], *RANGES[c]))
+                                 for c in ("max_num_seqs", "max_num_batched_tokens") if c in df.columns and row[c].strip()}
+        if "admission" in df.columns and row["admission"].strip():
+            adm = row["admission"].strip()
+            if adm not in ADMISSIONS:
+                raise InputError(f"{p}: line {line}: column 'admission' must be one of {list(ADMISSIONS)}, got {adm!r}")
+            extra["admission"] = adm
         config = {c: row[c].strip() for c in CONFIG_COLS}
         config["tp"] = int(_num(p, line, "tp", row["tp"], *RANGES["tp"]))
         if kind == "step" and nums["decode_seqs"] == 0 and nums["prefill_tokens"] == 0:
@@ -236,7 +244,8 @@ def reference_points() -> tuple[list[Measurement], list[dict[str, Any]], dict[st
     data = load_yaml(resources.files("sim").joinpath("data", "measured_points.yaml").read_text(encoding="utf-8"))
     ms = [Measurement(pt["id"], "throughput", {c: pt[c] for c in CONFIG_COLS}, float(pt["measured"]),
                       input_tokens=data["input_tokens"], output_tokens=data["output_tokens"],
-                      requests=data["requests"]) for pt in data["points"]]
+                      requests=data["requests"], admission=data.get("admission", "optimistic"))
+          for pt in data["points"]]
     header = {k: v for k, v in data.items() if k not in ("points", "skipped")}
     return ms, data.get("skipped", []), header
 

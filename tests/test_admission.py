@@ -63,3 +63,21 @@ def test_admission_defaults_to_optimistic_and_unknown_policies_are_refused():
     from sim.errors import InputError
     with pytest.raises(InputError, match="admission"):
         scenario_from_dict(base_dict(serving={"batching": {"admission": "fifo"}}))
+
+
+def test_calibration_measurements_carry_their_admission(tmp_path):
+    """The bundled TensorRT-LLM points run with no_evict (trtllm-bench's default); a user's CSV may
+    say so per row, and a wrong value names the line."""
+    from sim.calibrate import read_measurements_csv, reference_points
+
+    ms, _, _ = reference_points()
+    assert {m.admission for m in ms} == {"no_evict"}
+    head = ("id,kind,model,gpu,tp,weights,kv_cache,compute,decode_seqs,context_tokens,prefill_tokens,step_time_s,"
+            "input_tokens,output_tokens,requests,output_tok_per_s_per_gpu,admission\n")
+    row = "a,throughput,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,,,,,1000,1000,100,5000,"
+    (tmp_path / "m.csv").write_text(head + row + "no_evict\n" + row.replace("a,", "b,", 1) + "\n")
+    assert [m.admission for m in read_measurements_csv(tmp_path / "m.csv")] == ["no_evict", "optimistic"]
+    (tmp_path / "bad.csv").write_text(head + row + "fifo\n")
+    from sim.errors import InputError
+    with pytest.raises(InputError, match="line 2: column 'admission'"):
+        read_measurements_csv(tmp_path / "bad.csv")

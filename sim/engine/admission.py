@@ -8,8 +8,12 @@ budget, the sequence limit and the free blocks its first chunk needs (which ever
   is admitted only when the blocks it will hold at its last token, added to those every running
   request will hold at its own last token, fit in the KV cache. No running request can then run
   out of blocks, so none is ever preempted; the price is fewer concurrent requests while outputs
-  are still short. Source: TensorRT-LLM docs, "Scheduler" / `CapacitySchedulerPolicy`
-  (`kGUARANTEED_NO_EVICT`: "only schedule requests whose KV cache can be guaranteed").
+  are still short. Source: TensorRT-LLM docs, "Useful Runtime Options", Capacity Scheduler Policy
+  (https://nvidia.github.io/TensorRT-LLM/performance/performance-tuning-guide/useful-runtime-flags.html):
+  GUARANTEED_NO_EVICT is the default and guarantees "that a started request is never paused".
+  TensorRT-LLM reserves up to the request's max_tokens; here that is its output length, which is
+  what benchmarks set (fixed output, max_tokens = output length). Traffic whose max_tokens exceeds
+  the real outputs would reserve more, and admit fewer, than modelled.
 
 A policy is a small object with three hooks, so the scheduler's loop stays one and the same.
 """
