@@ -52,6 +52,7 @@ BOUNDS: dict[str, tuple[float, float, float]] = {
 }
 CONFIG_COLS = ("model", "gpu", "tp", "weights", "kv_cache", "compute")
 ADMISSIONS = ("optimistic", "no_evict")
+ENGINES = ("vllm", "trtllm")
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ class Measurement:
     requests: int = 0
     max_num_seqs: int = 2048
     max_num_batched_tokens: int = 8192
-    admission: str = "optimistic"  # the engine's admission policy (sim/engine/admission.py)
+    engine: str | None = None       # the serving engine's scheduling defaults (serving.engine)
+    admission: str | None = None    # its admission policy, if set apart from the engine's
 
 
 def scenario_data(m: Measurement, perf: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +84,8 @@ def scenario_data(m: Measurement, perf: dict[str, Any]) -> dict[str, Any]:
         "serving": {"precision": {"weights": c["weights"], "kv_cache": c["kv_cache"], "compute": c["compute"]},
                     "parallelism": {"tp": int(c["tp"])},
                     "batching": {"max_num_seqs": m.max_num_seqs, "max_num_batched_tokens": m.max_num_batched_tokens,
-                                 "admission": m.admission},
+                                 **({"admission": m.admission} if m.admission else {})},
+                    **({"engine": m.engine} if m.engine else {}),
                     "kv_cache": {"gpu_memory_fraction": 0.9}},
         "workload": {"arrivals": {"kind": "offline", "requests": max(1, m.requests)},
                      "input_tokens": {"kind": "fixed", "value": max(1, m.input_tokens)},
@@ -190,11 +193,12 @@ def read_measurements_csv(path: str | Path) -> list[Measurement]:
         nums = {c: _num(p, line, c, row[c], *RANGES[c]) for c in need}
         extra: dict[str, Any] = {c: int(_num(p, line, c, row[c], *RANGES[c]))
                                  for c in ("max_num_seqs", "max_num_batched_tokens") if c in df.columns and row[c].strip()}
-        if "admission" in df.columns and row["admission"].strip():
-            adm = row["admission"].strip()
-            if adm not in ADMISSIONS:
-                raise InputError(f"{p}: line {line}: column 'admission' must be one of {list(ADMISSIONS)}, got {adm!r}")
-            extra["admission"] = adm
+        for col, allowed in (("engine", ENGINES), ("admission", ADMISSIONS)):
+            if col in df.columns and row[col].strip():
+                value = row[col].strip()
+                if value not in allowed:
+                    raise InputError(f"{p}: line {line}: column {col!r} must be one of {list(allowed)}, got {value!r}")
+                extra[col] = value
         config = {c: row[c].strip() for c in CONFIG_COLS}
         config["tp"] = int(_num(p, line, "tp", row["tp"], *RANGES["tp"]))
         if kind == "step" and nums["decode_seqs"] == 0 and nums["prefill_tokens"] == 0:
@@ -244,7 +248,7 @@ def reference_points() -> tuple[list[Measurement], list[dict[str, Any]], dict[st
     data = load_yaml(resources.files("sim").joinpath("data", "measured_points.yaml").read_text(encoding="utf-8"))
     ms = [Measurement(pt["id"], "throughput", {c: pt[c] for c in CONFIG_COLS}, float(pt["measured"]),
                       input_tokens=data["input_tokens"], output_tokens=data["output_tokens"],
-                      requests=data["requests"], admission=data.get("admission", "optimistic"))
+                      requests=data["requests"], engine=data.get("engine"))
           for pt in data["points"]]
     header = {k: v for k, v in data.items() if k not in ("points", "skipped")}
     return ms, data.get("skipped", []), header

@@ -51,7 +51,8 @@ def replica_specs(sc: Scenario) -> list[ReplicaSpec]:
     limits = BatchLimits(max_num_seqs=s.batching.max_num_seqs, max_num_batched_tokens=s.batching.max_num_batched_tokens,
                          chunked_prefill=s.batching.chunked_prefill, max_waiting=max_waiting,
                          preemption=s.batching.preemption, max_context_tokens=sc.model.max_context_tokens,
-                         admission=s.batching.admission)
+                         admission=s.batching.admission,
+                         mixed_prefill=not s.batching.chunked_prefill and s.batching.whole_prompts == "mixed")
     return [ReplicaSpec(pool="default", role="mixed", count=s.replicas, gpus_per_replica=s.parallelism.tp,
                         gpu=sc.hardware.gpu, step_model=step_model_for(sc), memory=sc.memory_plan(), limits=limits,
                         watermark_fraction=s.kv_cache.watermark_fraction,

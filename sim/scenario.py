@@ -243,6 +243,9 @@ class Batching(_Frozen):
     max_num_seqs: int = Field(default=256, ge=1, le=1_000_000)
     max_num_batched_tokens: int = Field(default=8192, ge=1, le=100_000_000)
     chunked_prefill: bool = True
+    whole_prompts: Literal["separate", "mixed"] = Field(
+        default="separate", description="without chunked prefill: 'separate' runs prefill-only iterations "
+        "(vLLM V0), 'mixed' adds whole prompts to the decodes' iteration (TensorRT-LLM in-flight batching)")
     max_waiting: int = Field(default=4096, ge=1, le=MAX_REQUESTS, description="bounded waiting queue per replica (online traffic; offline bursts are queued whole)")
     preemption: Literal["recompute", "swap"] = "recompute"
     admission: Literal["optimistic", "no_evict"] = Field(
@@ -282,7 +285,17 @@ class Frontend(_Frozen):
             + self.detokenize_s
 
 
+#: What `serving.engine` sets, under anything the scenario sets itself (docs/model-assumptions.md,
+#: "Engines", has each default's source).
+ENGINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "vllm": {"batching": {"chunked_prefill": True, "admission": "optimistic"}},
+    "trtllm": {"batching": {"chunked_prefill": False, "whole_prompts": "mixed", "admission": "no_evict"}},
+}
+
+
 class Serving(_Frozen):
+    engine: Literal["vllm", "trtllm"] | None = Field(
+        default=None, description="serving engine whose scheduling defaults apply (any can still be set)")
     precision: PrecisionCfg = PrecisionCfg()
     parallelism: Parallelism = Parallelism()
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
@@ -290,6 +303,17 @@ class Serving(_Frozen):
     kv_cache: KvCacheCfg = KvCacheCfg()
     router: Literal["round_robin", "least_outstanding", "least_kv_load"] = "least_outstanding"
     frontend: Frontend = Frontend()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("engine") not in ENGINE_PRESETS:
+            return data
+        preset = ENGINE_PRESETS[data["engine"]]
+        batching = data.get("batching") or {}
+        if not isinstance(batching, dict):
+            return data       # the field's own validation names the problem
+        return {**data, "batching": {**preset["batching"], **batching}}
 
 
 class Slo(_Frozen):

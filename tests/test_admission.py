@@ -66,18 +66,76 @@ def test_admission_defaults_to_optimistic_and_unknown_policies_are_refused():
 
 
 def test_calibration_measurements_carry_their_admission(tmp_path):
-    """The bundled TensorRT-LLM points run with no_evict (trtllm-bench's default); a user's CSV may
-    say so per row, and a wrong value names the line."""
+    """The bundled TensorRT-LLM points run with the trtllm engine defaults (as trtllm-bench does); a
+    user's CSV may give an engine or an admission policy per row, and a wrong value names the line."""
     from sim.calibrate import read_measurements_csv, reference_points
 
     ms, _, _ = reference_points()
-    assert {m.admission for m in ms} == {"no_evict"}
+    assert {m.engine for m in ms} == {"trtllm"}
     head = ("id,kind,model,gpu,tp,weights,kv_cache,compute,decode_seqs,context_tokens,prefill_tokens,step_time_s,"
             "input_tokens,output_tokens,requests,output_tok_per_s_per_gpu,admission\n")
     row = "a,throughput,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,,,,,1000,1000,100,5000,"
     (tmp_path / "m.csv").write_text(head + row + "no_evict\n" + row.replace("a,", "b,", 1) + "\n")
-    assert [m.admission for m in read_measurements_csv(tmp_path / "m.csv")] == ["no_evict", "optimistic"]
+    assert [m.admission for m in read_measurements_csv(tmp_path / "m.csv")] == ["no_evict", None]
     (tmp_path / "bad.csv").write_text(head + row + "fifo\n")
     from sim.errors import InputError
     with pytest.raises(InputError, match="line 2: column 'admission'"):
         read_measurements_csv(tmp_path / "bad.csv")
+
+
+# ---- whole prompts mixed with decodes (TensorRT-LLM without chunked context) ------------------------
+
+def test_mixed_iterations_add_whole_prompts_beside_the_decodes():
+    from sim.engine.scheduler import BatchLimits, BatchScheduler
+
+    lim = BatchLimits(max_num_seqs=8, max_num_batched_tokens=64, chunked_prefill=False, max_waiting=100,
+                      preemption="recompute", max_context_tokens=10_000, mixed_prefill=True)
+    s = BatchScheduler(KvCache(1000, 16), lim)
+    a = Request(0, 0.0, 30, 5)
+    s.enqueue(a, 0.0)
+    plan = s.schedule(0.0)
+    assert plan.chunks == [(a, 30)] and not plan.decode
+    s.finish_iteration(plan, 1.0)                  # a is decoding now
+    b, c = Request(1, 0.0, 60, 5), Request(2, 0.0, 20, 5)
+    for r in (b, c):
+        s.enqueue(r, 1.0)
+    plan = s.schedule(1.0)
+    # 63 tokens left beside a's decode: b's 60-token prompt fits whole; c waits (FCFS, budget spent).
+    assert plan.decode and plan.chunks == [(b, 60)]
+    assert s.reject_reason(Request(3, 0.0, 65, 5)) == "prompt_exceeds_token_budget"
+
+
+def test_engine_presets_set_defaults_that_stay_overridable():
+    from sim.errors import InputError
+
+    def batching(**serving):
+        return scenario_from_dict(base_dict(serving=serving)).serving.batching
+
+    t = batching(engine="trtllm")
+    assert (t.chunked_prefill, t.whole_prompts, t.admission) == (False, "mixed", "no_evict")
+    v = batching(engine="vllm")
+    assert (v.chunked_prefill, v.admission) == (True, "optimistic")
+    over = batching(engine="trtllm", batching={"admission": "optimistic", "chunked_prefill": True})
+    assert (over.chunked_prefill, over.admission) == (True, "optimistic")
+    with pytest.raises(InputError, match="serving.engine"):
+        scenario_from_dict(base_dict(serving={"engine": "tgi"}))
+
+
+@pytest.mark.parametrize("admission", ["optimistic", "no_evict"])
+def test_mixed_whole_prompts_stay_exact(admission):
+    """Poisson traffic with long-tailed prompts, some above the budget (rejected), under KV
+    pressure: jump mode equals step mode request by request."""
+    d = base_dict(duration_s=40.0, serving={
+        "engine": "trtllm", "precision": {"weights": "bf16", "kv_cache": "bf16"},
+        "batching": {"max_num_seqs": 64, "max_num_batched_tokens": 4096, "admission": admission},
+        "kv_cache": {"gpu_memory_fraction": 0.3}},
+        workload={"arrivals": {"kind": "poisson", "rate_per_s": 10.0},
+                  "input_tokens": {"kind": "lognormal", "mean": 1500, "cv": 1.0},
+                  "output_tokens": {"kind": "lognormal", "mean": 400, "cv": 1.0}})
+    sc = scenario_from_dict(d)
+    res, ref = execute(build(sc, 1)), execute(build(sc, 1, allow_jumps=False))
+    req, rref = res.requests, ref.requests
+    assert (req["reject_reason"] == "prompt_exceeds_token_budget").sum() > 0
+    assert np.allclose(req["e2e_s"].to_numpy(float), rref["e2e_s"].to_numpy(float), rtol=1e-9, atol=1e-9,
+                       equal_nan=True)
+    assert res.summary["requests_completed"] == ref.summary["requests_completed"] > 100

@@ -5,8 +5,13 @@ The policy follows vLLM's scheduler (V1 with chunked prefill, V0 without):
 * chunked prefill on: each iteration runs every decoding sequence (one token each), then
   continues partial prefills, then admits waiting requests FCFS, cutting prompts into chunks so
   the iteration holds at most `max_num_batched_tokens` tokens and `max_num_seqs` sequences;
-* chunked prefill off: an iteration is either prefill-only (whole prompts, FCFS, within the token
-  budget; a lone prompt above the budget runs by itself) or decode-only, prefills first;
+* chunked prefill off, `separate` (vLLM V0): an iteration is either prefill-only (whole prompts,
+  FCFS, within the token budget; a lone prompt above the budget runs by itself) or decode-only,
+  prefills first;
+* chunked prefill off, `mixed` (TensorRT-LLM's in-flight batching without chunked context): each
+  iteration runs every decoding sequence and adds whole prompts FCFS while they fit in the rest of
+  the token budget; a prompt longer than the whole budget is rejected, as TensorRT-LLM's LLM API
+  rejects it (a prompt regrown past the budget by a recompute runs alone);
 * a request is admitted only if its first chunk fits while keeping the watermark of KV blocks free,
   and its admission policy allows it (admission.py: optimistic as vLLM, or guaranteed-no-evict as
   TensorRT-LLM's default, which reserves the blocks of every running request's whole output);
@@ -15,7 +20,8 @@ The policy follows vLLM's scheduler (V1 with chunked prefill, V0 without):
   later; `swap` copies its KV to host memory and back when it is resumed;
 * the waiting queue is bounded (`max_waiting`, online traffic only: an offline burst is queued
   whole); a request is rejected, with its reason, when the queue is full, when prompt + output
-  exceed the model's context, or when it could not fit in the KV cache even alone.
+  exceed the model's context, when it could not fit in the KV cache even alone, or (mixed whole
+  prompts) when its prompt exceeds the token budget.
 
 No SimPy here: `schedule(now)` decides an iteration from the state and allocates its blocks,
 `finish_iteration(plan, now)` applies its effects when it ends, and `finish_decode_run(n, now)` does
@@ -60,6 +66,7 @@ class BatchLimits:
     preemption: str                  # "recompute" or "swap"
     max_context_tokens: int
     admission: str = "optimistic"    # admission.py: "optimistic" or "no_evict"
+    mixed_prefill: bool = False      # without chunking: whole prompts join the decodes' iteration
 
 
 class BatchScheduler:
@@ -90,6 +97,9 @@ class BatchScheduler:
             return "context_too_long"
         if self.kv.blocks_for(r.input_tokens + r.output_tokens - 1) > self.kv.total_blocks:
             return "exceeds_kv_capacity"
+        if lim.mixed_prefill and r.input_tokens > lim.max_num_batched_tokens:
+            # TensorRT-LLM without chunked context refuses such a prompt ("should not exceed max_num_tokens").
+            return "prompt_exceeds_token_budget"
         if lim.max_waiting is not None and len(self.waiting) >= lim.max_waiting:
             return "queue_full"
         return ""
@@ -160,7 +170,7 @@ class BatchScheduler:
         step cannot get blocks."""
         plan = IterationPlan()
         lim, ds, kv = self.limits, self.decode_set, self.kv
-        if not lim.chunked_prefill:
+        if not lim.chunked_prefill and not lim.mixed_prefill:
             self._admit_waiting(plan, lim.max_num_batched_tokens, whole_prompts=True, now=now)
             if plan.admitted:
                 self.note_levels(now)
@@ -173,6 +183,9 @@ class BatchScheduler:
             plan.decode = ds.size > 0
             kv.allocate(need)
         if not lim.chunked_prefill:
+            if lim.mixed_prefill:
+                self._admit_waiting(plan, lim.max_num_batched_tokens - ds.size, whole_prompts=True, now=now,
+                                    alone_ok=not plan.decode)
             self.note_levels(now)
             return plan
         budget = lim.max_num_batched_tokens - ds.size
@@ -198,8 +211,11 @@ class BatchScheduler:
             plan.chunks.append((r, new))
         return new
 
-    def _admit_waiting(self, plan: IterationPlan, budget: int, whole_prompts: bool, now: float) -> None:
-        """Admit waiting requests FCFS into `plan` while budget, sequence slots and blocks allow."""
+    def _admit_waiting(self, plan: IterationPlan, budget: int, whole_prompts: bool, now: float,
+                       alone_ok: bool = True) -> None:
+        """Admit waiting requests FCFS into `plan` while budget, sequence slots and blocks allow.
+        With whole prompts, a prompt above the budget runs only alone (`alone_ok`: nothing else in
+        the iteration)."""
         kv = self.kv
         while self.waiting and budget > 0 and len(self.running) < self.limits.max_num_seqs:
             r = self.waiting[0]
@@ -224,7 +240,7 @@ class BatchScheduler:
                 continue
             new = r.prefill_target - r.prefilled
             if whole_prompts:
-                if new > budget and plan.admitted:
+                if new > budget and (plan.admitted or not alone_ok):
                     break
             else:
                 new = min(new, budget, kv.fit_tokens(r.prefilled, kv.free_blocks - margin))
@@ -304,6 +320,9 @@ class BatchScheduler:
         r = self.waiting[0]
         if not self.admission.allows(r):      # reservations change only when a request finishes
             return True
+        if self.limits.mixed_prefill and not r.swapped_kv \
+                and r.prefill_target - r.prefilled > self.limits.max_num_batched_tokens - self.decode_set.size:
+            return True                         # its whole prompt fits beside the decodes only after a finish
         kv = self.kv
         if r.swapped_kv:
             need = kv.blocks_for(r.swapped_kv)
