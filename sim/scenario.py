@@ -248,9 +248,10 @@ class Batching(_Frozen):
         "(vLLM V0), 'mixed' adds whole prompts to the decodes' iteration (TensorRT-LLM in-flight batching)")
     max_waiting: int = Field(default=4096, ge=1, le=MAX_REQUESTS, description="bounded waiting queue per replica (online traffic; offline bursts are queued whole)")
     preemption: Literal["recompute", "swap"] = "recompute"
-    admission: Literal["optimistic", "no_evict"] = Field(
+    admission: Literal["optimistic", "no_evict", "conservative"] = Field(
         default="optimistic", description="optimistic: admit while the next chunk fits, preempt when KV runs out "
-        "(vLLM); no_evict: admit only when every running request's whole output fits (TensorRT-LLM's default)")
+        "(vLLM); no_evict: admit only when every running request's whole output fits (TensorRT-LLM's default); "
+        "conservative: reserve a decaying share of the running requests' outputs (SGLang)")
 
     @model_validator(mode="after")
     def _check(self) -> Batching:
@@ -290,11 +291,12 @@ class Frontend(_Frozen):
 ENGINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "vllm": {"batching": {"chunked_prefill": True, "admission": "optimistic"}},
     "trtllm": {"batching": {"chunked_prefill": False, "whole_prompts": "mixed", "admission": "no_evict"}},
+    "sglang": {"batching": {"chunked_prefill": True, "admission": "conservative"}},
 }
 
 
 class Serving(_Frozen):
-    engine: Literal["vllm", "trtllm"] | None = Field(
+    engine: Literal["vllm", "trtllm", "sglang"] | None = Field(
         default=None, description="serving engine whose scheduling defaults apply (any can still be set)")
     precision: PrecisionCfg = PrecisionCfg()
     parallelism: Parallelism = Parallelism()

@@ -115,6 +115,8 @@ def test_engine_presets_set_defaults_that_stay_overridable():
     assert (t.chunked_prefill, t.whole_prompts, t.admission) == (False, "mixed", "no_evict")
     v = batching(engine="vllm")
     assert (v.chunked_prefill, v.admission) == (True, "optimistic")
+    g = batching(engine="sglang")
+    assert (g.chunked_prefill, g.admission) == (True, "conservative")
     over = batching(engine="trtllm", batching={"admission": "optimistic", "chunked_prefill": True})
     assert (over.chunked_prefill, over.admission) == (True, "optimistic")
     with pytest.raises(InputError, match="serving.engine"):
@@ -139,3 +141,50 @@ def test_mixed_whole_prompts_stay_exact(admission):
     assert np.allclose(req["e2e_s"].to_numpy(float), rref["e2e_s"].to_numpy(float), rtol=1e-9, atol=1e-9,
                        equal_nan=True)
     assert res.summary["requests_completed"] == ref.summary["requests_completed"] > 100
+
+
+# ---- SGLang's conservative admission -------------------------------------------------------------
+
+def test_conservative_ratio_decays_resets_and_follows_retractions():
+    from sim.engine.admission import Conservative
+
+    outs = [(300, 100, 400), (50, 150, 200)]        # (to generate, generated, output) per running request
+    pol = Conservative(KvCache(1000, 16), lambda: outs)
+    assert pol.ratio == 0.7
+    pol.decoded(100)
+    assert pol.ratio == pytest.approx(0.7 - 100 * (0.7 - 0.098) / 600)
+    pol.decoded(10_000)
+    assert pol.ratio == pytest.approx(0.098)                       # the floor: 0.7 x 0.14
+    pol.preempted()                                                 # (250 decoded + 20 x 2) / 600
+    assert pol.ratio == pytest.approx((100 + 150 + 40) / 600)
+    pol.idle()
+    assert pol.ratio == 0.7
+    # Admission: prompt + min(output, 4,096) < free tokens - ratio x the running requests' remaining.
+    pol.begin_round()
+    free = 1000 * 16
+    reserved = 0.7 * (300 + 50)
+    fits = Request(0, 0.0, int(free - reserved) - 401, 400)
+    assert pol.allows(fits)
+    assert not pol.allows(Request(1, 0.0, int(free - reserved) - 399, 400))
+    pol.admitted(fits)                    # its expected output counts from now on, its prompt as it is allocated
+    pol.kv.allocate(pol.kv.blocks_for(fits.input_tokens))
+    assert not pol.allows(Request(2, 0.0, 1, 400))
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang", "trtllm"])
+def test_engines_stay_exact_under_kv_pressure(engine):
+    d = base_dict(duration_s=30.0, serving={
+        "engine": engine, "precision": {"weights": "bf16", "kv_cache": "bf16"},
+        "batching": {"max_num_seqs": 128, "max_num_batched_tokens": 8192}, "kv_cache": {"gpu_memory_fraction": 0.3}},
+        workload={"arrivals": {"kind": "poisson", "rate_per_s": 12.0},
+                  "input_tokens": {"kind": "lognormal", "mean": 1500, "cv": 1.0},
+                  "output_tokens": {"kind": "lognormal", "mean": 400, "cv": 1.0}})
+    sc = scenario_from_dict(d)
+    res, ref = execute(build(sc, 1)), execute(build(sc, 1, allow_jumps=False))
+    assert np.allclose(res.requests["e2e_s"].to_numpy(float), ref.requests["e2e_s"].to_numpy(float),
+                       rtol=1e-9, atol=1e-9, equal_nan=True)
+    s = res.summary
+    if engine == "vllm":
+        assert s["preemptions"] > 100
+    else:                       # reserving (all of, or a share of) the outputs avoids almost every preemption
+        assert s["preemptions"] <= 5

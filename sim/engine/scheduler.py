@@ -81,7 +81,7 @@ class BatchScheduler:
         self.finished: list[Request] = []        # finished by the last call; the replica drains it
         self.limits = limits
         self.swap = limits.preemption == "swap"
-        self.admission = admission_policy(limits.admission, kv)
+        self.admission = admission_policy(limits.admission, kv, self._running_outputs)
         self.decode_set = DecodeSet(kv.block_tokens)
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}   # insertion order = admission order
@@ -103,6 +103,15 @@ class BatchScheduler:
         if lim.max_waiting is not None and len(self.waiting) >= lim.max_waiting:
             return "queue_full"
         return ""
+
+    def _running_outputs(self) -> list[tuple[int, int, int]]:
+        """(tokens still to generate, generated, output length) of every running request."""
+        ds = self.decode_set
+        out = []
+        for r in self.running.values():
+            gen = ds.generated(r) if r.in_decode else r.generated
+            out.append((r.output_tokens - gen, gen, r.output_tokens))
+        return out
 
     def enqueue(self, r: Request, now: float) -> None:
         self.waiting.append(r)
@@ -162,6 +171,7 @@ class BatchScheduler:
         victim.preemptions += 1
         self.waiting.appendleft(victim)
         self.waiting_tokens += victim.input_tokens
+        self.admission.preempted()
         return swap_s
 
     # ---- one iteration --------------------------------------------------------------------------
@@ -170,6 +180,7 @@ class BatchScheduler:
         step cannot get blocks."""
         plan = IterationPlan()
         lim, ds, kv = self.limits, self.decode_set, self.kv
+        self.admission.begin_round()
         if not lim.chunked_prefill and not lim.mixed_prefill:
             self._admit_waiting(plan, lim.max_num_batched_tokens, whole_prompts=True, now=now)
             if plan.admitted:
@@ -263,6 +274,8 @@ class BatchScheduler:
         r.finish_s = now
         del self.running[r.id]
         self.admission.left(r)
+        if not self.running and not self.waiting:
+            self.admission.idle()
         self.outstanding -= 1
         self.kv.release(blocks)
         self.finished.append(r)
@@ -279,6 +292,7 @@ class BatchScheduler:
         if plan.decode:
             sampled += ds.tokens_sampled(1)
             ds.advance(1)
+            self.admission.decoded(1)
             self._finish_decode_steps(now)
         for r, new in plan.chunks:
             first = r.prefilled
@@ -317,6 +331,8 @@ class BatchScheduler:
             return True
         if len(self.running) >= self.limits.max_num_seqs:
             return True
+        if not self.admission.stable_while_waiting:
+            return False                        # its admission test changes every step
         r = self.waiting[0]
         if not self.admission.allows(r):      # reservations change only when a request finishes
             return True
@@ -343,6 +359,7 @@ class BatchScheduler:
         peak = self.kv.used_blocks
         sampled = ds.tokens_sampled(n_steps)
         ds.advance(n_steps)
+        self.admission.decoded(n_steps)
         self._finish_decode_steps(now)
         if self.finished:
             self.note_levels(now)
