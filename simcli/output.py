@@ -264,10 +264,17 @@ def _put_back(moved: Path, out_dir: Path, old: Path) -> None:
         pass
 
 
+def _free_names(path: Path, *, file: bool) -> Iterator[Path]:
+    """`path`, then `NAME-1`, `NAME-2`, ... beside it (files keep their suffix: `stem-1.yaml`)."""
+    yield path
+    for i in range(1, 10_000):
+        yield path.with_name(f"{path.stem}-{i}{path.suffix}" if file else f"{path.name}-{i}")
+    raise InputError(f"{path}: no free name beside it")
+
+
 def _claim(tmp: Path, out_dir: Path) -> Path:
     """Rename `tmp` to `out_dir`, or to the first free `out_dir-N`."""
-    for i in range(10_000):
-        cand = out_dir if i == 0 else out_dir.with_name(f"{out_dir.name}-{i}")
+    for cand in _free_names(out_dir, file=False):
         try:
             tmp.rename(cand)            # fails if cand is a file or a non-empty folder
             return cand
@@ -277,7 +284,7 @@ def _claim(tmp: Path, out_dir: Path) -> Path:
             if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 continue
             raise
-    raise InputError(f"{out_dir}: no free name beside it")
+    raise AssertionError("unreachable: _free_names raises when it runs out")
 
 
 def write_new_text(path: Path, text: str) -> Path:
@@ -289,22 +296,15 @@ def write_new_text(path: Path, text: str) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, 0o644)
-        return claim_file(Path(tmp), path)
+        for cand in _free_names(path, file=True):
+            try:
+                os.link(tmp, cand)      # a hard link never replaces an existing name
+            except FileExistsError:
+                continue
+            return cand
+        raise AssertionError("unreachable: _free_names raises when it runs out")
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def claim_file(tmp: Path, path: Path) -> Path:
-    """Give the finished file `tmp` also the name `path`, or the first free `stem-N.suffix`, without
-    ever replacing a file (a hard link fails on an existing name). The caller removes `tmp`."""
-    for i in range(10_000):
-        cand = path if i == 0 else path.with_name(f"{path.stem}-{i}{path.suffix}")
-        try:
-            os.link(tmp, cand)
-        except FileExistsError:
-            continue
-        return cand
-    raise InputError(f"{path}: no free name beside it")
 
 
 def make_console():

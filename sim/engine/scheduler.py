@@ -65,7 +65,7 @@ class BatchLimits:
     max_waiting: int | None          # None: unbounded (offline bursts)
     preemption: str                  # "recompute" or "swap"
     max_context_tokens: int
-    admission: str = "optimistic"    # admission.py: "optimistic" or "no_evict"
+    admission: str = "optimistic"    # admission.py: "optimistic", "no_evict" or "conservative"
     mixed_prefill: bool = False      # without chunking: whole prompts join the decodes' iteration
 
 

@@ -28,8 +28,8 @@ from sim.perf.shape import (
 )
 from sim.perf.table import TableStepModel, read_step_table
 
-__all__ = ["Chunk", "ContextPath", "DecodeCoeffs", "DecodeRun", "DraftedRun", "DraftWork", "LinearPath", "PerfCfg", "RooflineStepModel",
-           "Segment", "StepModel", "StepShape", "TableStepModel", "decode_shape", "make_step_model",
+__all__ = ["Chunk", "ContextPath", "DecodeCoeffs", "DecodeRun", "DraftedRun", "DraftWork", "LinearPath", "PerfCfg",
+           "RooflineStepModel", "Segment", "StepModel", "StepShape", "TableStepModel", "decode_shape", "make_step_model",
            "read_step_table", "steps_bracket", "steps_within"]
 
 

@@ -40,7 +40,6 @@ def calibrated_defaults() -> dict[str, float]:
 class PerfCfg(InputModel):
     """Step-time model parameters (docs/model-assumptions.md)."""
 
-
     hbm_bw_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["hbm_bw_efficiency"], gt=0, le=1)
     compute_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["compute_efficiency"], gt=0, le=1)
     comm_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["comm_efficiency"], gt=0, le=1)

@@ -180,9 +180,15 @@ class RooflineStepModel:
         touched = e * (1.0 - (1.0 - k / e) ** tokens)
         return self.base_weight_bytes + self.model.moe_layers * touched * self.expert_bytes_per_layer
 
+    def _comm_s(self, tokens: int) -> float:
+        """Tensor-parallel all-reduce time of an iteration over `tokens` tokens."""
+        return self.comm_fixed_s + self.comm_s_per_token * tokens if tokens else 0.0
+
+    def _overhead_s(self, seqs: int) -> float:
+        return self.cfg.iteration_overhead_s + self.cfg.per_seq_overhead_s * seqs
+
     def _fixed_s(self, tokens: int, seqs: int) -> float:
-        comm = self.comm_fixed_s + self.comm_s_per_token * tokens if tokens else 0.0
-        return self.cfg.iteration_overhead_s + self.cfg.per_seq_overhead_s * seqs + comm
+        return self._overhead_s(seqs) + self._comm_s(tokens)
 
     # ---- decode-only iterations (closed form) -----------------------------------------------
     def decode_run(self, batch: int, query_tokens_per_seq: int = 1,
@@ -195,61 +201,46 @@ class RooflineStepModel:
                 c = self._decode1[batch] = self._decode_coeffs(batch, 1)
             return c
         if draft is not None and draft.passes > 0:
-            return self._drafted_run(batch, query_tokens_per_seq, draft)
-        return self._plain_run(batch, query_tokens_per_seq)
-
-    def _plain_run(self, batch: int, query_tokens_per_seq: int) -> DecodeCoeffs:
-        if query_tokens_per_seq == 1:
-            c = self._decode1.get(batch)
-            if c is None:
-                c = self._decode1[batch] = self._decode_coeffs(batch, 1)
-            return c
-        key = (batch, query_tokens_per_seq)
-        c = self._decode_cache.get(key)
+            key = (batch, query_tokens_per_seq, draft)
+            run = self._drafted_cache.get(key)
+            if run is None:
+                run = self._drafted_cache[key] = DraftedRun(self.decode_run(batch, query_tokens_per_seq),
+                                                            self.draft_pass(batch, draft.layer_share), draft.passes)
+            return run
+        key2 = (batch, query_tokens_per_seq)
+        c = self._decode_cache.get(key2)
         if c is None:
-            c = self._decode_cache[key] = self._decode_coeffs(batch, query_tokens_per_seq)
+            c = self._decode_cache[key2] = self._decode_coeffs(batch, query_tokens_per_seq)
         return c
-
-    def _drafted_run(self, batch: int, query_tokens_per_seq: int, draft: DraftWork) -> DraftedRun:
-        key = (batch, query_tokens_per_seq, draft)
-        run = self._drafted_cache.get(key)
-        if run is None:
-            run = self._drafted_cache[key] = DraftedRun(self._plain_run(batch, query_tokens_per_seq),
-                                                        self.draft_pass(batch, draft.layer_share), draft.passes)
-        return run
 
     def draft_pass(self, batch: int, layer_share: float) -> DecodeCoeffs:
         """One draft pass over `batch` decoding sequences running `layer_share` of the layers and
         the LM head (see the module docstring)."""
+        return self._decode_coeffs(batch, 1, layer_share, draft=True)
+
+    def _decode_coeffs(self, batch: int, query_tokens_per_seq: int, layer_share: float = 1.0,
+                       draft: bool = False) -> DecodeCoeffs:
+        """A decode step of `batch` sequences computing q tokens each; with `draft`, a draft pass:
+        every per-layer term scaled by `layer_share`, the whole LM head, and only the all-reduce of
+        those layers as fixed time (no iteration or per-sequence overhead)."""
         f, w = layer_share, self.window
-        layer_weight_bytes = self.weight_bytes(batch) - self.lm_head_bytes
-        mem0 = (f * (layer_weight_bytes + batch * (self.model.layers * self.kv_layer_bytes + self.act_bytes_per_token)
+        q = query_tokens_per_seq
+        tokens = batch * q
+        layer_weight_bytes = self.weight_bytes(tokens) - self.lm_head_bytes
+        mem0 = (f * (layer_weight_bytes + tokens * (self.model.layers * self.kv_layer_bytes + self.act_bytes_per_token)
                      + self.sliding_layers * self.kv_layer_bytes * batch * w)
                 + self.lm_head_bytes)
         mem1 = f * self.full_layers * self.kv_layer_bytes
-        cmp0 = (f * batch * (self.linear_flops_per_token + self.attn_flops_eq_per_pair * self.sliding_layers * w)
-                + batch * self.lm_flops_per_sample)
-        cmp1 = f * self.attn_flops_eq_per_pair * self.full_layers
-        comm_s = f * (self.comm_fixed_s + self.comm_s_per_token * batch)
-        return DecodeCoeffs(m0=mem0 / self.bytes_per_s, m1=mem1 / self.bytes_per_s,
-                            c0=cmp0 / self.flops_per_s, c1=cmp1 / self.flops_per_s, fixed_s=comm_s, batch=batch)
-
-    def _decode_coeffs(self, batch: int, query_tokens_per_seq: int) -> DecodeCoeffs:
-        w = self.window
-        q = query_tokens_per_seq
-        tokens = batch * q
-        mem0 = (self.weight_bytes(tokens)
-                + tokens * (self.model.layers * self.kv_layer_bytes + self.act_bytes_per_token)
-                + self.sliding_layers * self.kv_layer_bytes * batch * w)
-        mem1 = self.full_layers * self.kv_layer_bytes
-        cmp0 = (tokens * (self.linear_flops_per_token + self.lm_flops_per_sample)
-                + self.attn_flops_eq_per_pair * self.sliding_layers * tokens * w
-                - self.attn_flops_eq_per_pair * self.full_layers * batch * (q * (q - 1) // 2))
-        cmp1 = self.attn_flops_eq_per_pair * self.full_layers * q
+        cmp0 = (f * (tokens * self.linear_flops_per_token
+                     + self.attn_flops_eq_per_pair * self.sliding_layers * tokens * w
+                     - self.attn_flops_eq_per_pair * self.full_layers * batch * (q * (q - 1) // 2))
+                + tokens * self.lm_flops_per_sample)
+        cmp1 = f * self.attn_flops_eq_per_pair * self.full_layers * q
+        fixed_s = f * self._comm_s(tokens) if draft else self._fixed_s(tokens, batch)
         return DecodeCoeffs(
             m0=mem0 / self.bytes_per_s, m1=mem1 / self.bytes_per_s,
             c0=cmp0 / self.flops_per_s, c1=cmp1 / self.flops_per_s,
-            fixed_s=self._fixed_s(tokens, batch), batch=batch,
+            fixed_s=fixed_s, batch=batch,
         )
 
     # ---- general iteration ------------------------------------------------------------------
@@ -288,8 +279,6 @@ class RooflineStepModel:
                + self.kv_layer_bytes * (self.full_layers * read_full + self.sliding_layers * read_sl))
         cmp = (tokens * self.linear_flops_per_token + samples * self.lm_flops_per_sample
                + self.attn_flops_eq_per_pair * (self.full_layers * pairs_full + self.sliding_layers * pairs_sl))
-        sequences = seqs + len(chunks)
-        comm_s = self.comm_fixed_s + self.comm_s_per_token * tokens if tokens else 0.0
-        return StepBreakdown(compute_s=cmp / self.flops_per_s, memory_s=mem / self.bytes_per_s, comm_s=comm_s,
-                             overhead_s=self.cfg.iteration_overhead_s + self.cfg.per_seq_overhead_s * sequences,
+        return StepBreakdown(compute_s=cmp / self.flops_per_s, memory_s=mem / self.bytes_per_s,
+                             comm_s=self._comm_s(tokens), overhead_s=self._overhead_s(seqs + len(chunks)),
                              draft_s=draft_s)
