@@ -6,7 +6,8 @@ Copies the project (without .git) to a temporary folder, applies each mutation t
 pytest, and prints whether a test failed ("caught"). The mutations are the ones the first code
 review found the suite blind to: a queue length of zero, halved KV occupancy and busy fraction,
 least_kv_load routed as least_outstanding, free swap transfers, goodput counting every request, and
-decode runs' KV block-seconds forgetting the blocks held before the run.
+decode runs' KV block-seconds forgetting the blocks held before the run; and, since the fidelity
+issue, chip power ignoring the utilization model and small GEMMs running at full rate.
 Exit status 1 if any mutation goes unnoticed.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_metrics.py", "tests/test_cost.py", "tests/test_router.py", "tests/test_scheduler.py",
-         "tests/test_queueing.py"]
+         "tests/test_queueing.py", "tests/test_power.py", "tests/test_efficiency.py"]
 #: name -> (file, original text, mutated text)
 MUTATIONS = {
     "queue length = 0": ("sim/metrics/summary.py", '"queue_len_mean": level_integral(lv, "waiting", window) / replica_s,',
@@ -33,8 +34,13 @@ MUTATIONS = {
     "swap transfers free (allocator)": ("sim/engine/kv_cache.py",
                                         "return kv_tokens * self.swap_bytes_per_token / self.host_link_bytes_per_s",
                                         "return 0.0"),
-    "swap transfers free (replica)": ("sim/engine/replica.py", "return self.step_model.iteration_s(shape) + plan.swap_s",
-                                      "return self.step_model.iteration_s(shape)"),
+    "swap transfers free (replica)": ("sim/engine/replica.py", "return step_s + plan.swap_s",
+                                      "return step_s"),
+    "power by busy fraction whatever the model says": ("sim/cost.py",
+                                                       'return s["gpu_busy_fraction"] if sc.cost.power_model == "busy" else s["gpu_utilization"]',
+                                                       'return s["gpu_busy_fraction"]'),
+    "small GEMMs at full rate": ("sim/perf/efficiency.py", "    return tokens / (tokens + half_tokens)",
+                                 "    return 1.0"),
     "decode runs hold no blocks from before": ("sim/engine/kv_integral.py", "total = held * run_s",
                                                "total = 0.0 * run_s"),
     "goodput counts every request": ("sim/metrics/summary.py",

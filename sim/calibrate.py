@@ -2,8 +2,12 @@
 
 Parameters fitted (defaults; any subset of PerfCfg's numeric fields can be chosen):
 achievable fraction of HBM bandwidth (``hbm_bw_efficiency``) and of dense peak FLOPS
-(``compute_efficiency``), fixed time per iteration (``iteration_overhead_s``) and time per
-sequence in an iteration (``per_seq_overhead_s``). The same few numbers serve every GPU and model:
+(``compute_efficiency``) by large kernels, fixed time per iteration (``iteration_overhead_s``) and
+time per sequence in an iteration (``per_seq_overhead_s``), and the shape efficiencies of
+perf/efficiency.py: GEMM tokens at half rate (``gemm_half_tokens``), per-kernel start-up as bytes
+per layer (``hbm_half_bytes_per_layer``), fixed time per layer and per MoE layer
+(``layer_overhead_s``, ``moe_layer_overhead_s``), and the attention kernels' share of their peak
+(``attention_efficiency``). The same few numbers serve every GPU and model:
 no per-point special cases.
 
 Measurements are of two kinds:
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -39,20 +45,27 @@ from sim.perf import Chunk, PerfCfg, decode_shape
 from sim.scenario import MAX_TOKENS, scenario_from_dict
 from sim.yamlio import load_yaml
 
-DEFAULT_PARAMS = ("hbm_bw_efficiency", "compute_efficiency", "iteration_overhead_s", "per_seq_overhead_s")
+DEFAULT_PARAMS = ("hbm_bw_efficiency", "compute_efficiency", "iteration_overhead_s", "per_seq_overhead_s",
+                  "gemm_half_tokens", "hbm_half_bytes_per_layer", "layer_overhead_s", "moe_layer_overhead_s",
+                  "attention_efficiency")
 #: (lower, upper, scale) per fittable parameter; the optimiser works on value / scale.
 BOUNDS: dict[str, tuple[float, float, float]] = {
-    "hbm_bw_efficiency": (0.2, 1.0, 1.0),
+    "hbm_bw_efficiency": (0.2, 0.95, 1.0),   # sustained HBM streaming stays below ~95% of the spec
     "compute_efficiency": (0.05, 1.0, 1.0),
     "comm_efficiency": (0.1, 1.0, 1.0),
     "iteration_overhead_s": (0.0, 0.05, 1e-3),
     "per_seq_overhead_s": (0.0, 5e-4, 1e-5),
     "collective_latency_s": (0.0, 1e-4, 1e-5),
     "activation_traffic_factor": (0.0, 10.0, 1.0),
+    "gemm_half_tokens": (0.0, 4096.0, 100.0),
+    "attention_efficiency": (0.05, 1.0, 1.0),
+    "hbm_half_bytes_per_layer": (0.0, 1e9, 1e7),
+    "layer_overhead_s": (0.0, 1e-3, 1e-5),
+    "moe_layer_overhead_s": (0.0, 1e-3, 1e-5),
 }
 CONFIG_COLS = ("model", "gpu", "tp", "weights", "kv_cache", "compute")
-ADMISSIONS = ("optimistic", "no_evict")
-ENGINES = ("vllm", "trtllm")
+ADMISSIONS = ("optimistic", "no_evict", "conservative")
+ENGINES = ("vllm", "trtllm", "sglang")
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,7 @@ class Measurement:
     max_num_batched_tokens: int = 8192
     engine: str | None = None       # the serving engine's scheduling defaults (serving.engine)
     admission: str | None = None    # its admission policy, if set apart from the engine's
+    chunked_prefill: bool | None = None   # chunked prefill, if set apart from the engine's
 
 
 def scenario_data(m: Measurement, perf: dict[str, Any]) -> dict[str, Any]:
@@ -81,10 +95,12 @@ def scenario_data(m: Measurement, perf: dict[str, Any]) -> dict[str, Any]:
         "drain_timeout_s": 1e7,
         "model": c["model"],
         "hardware": {"gpu": c["gpu"], "price_usd_per_gpu_h": 1.0},
-        "serving": {"precision": {"weights": c["weights"], "kv_cache": c["kv_cache"], "compute": c["compute"]},
+        "serving": {"precision": {"weights": c["weights"], "kv_cache": c["kv_cache"], "compute": c["compute"],
+                                  **({"attention": c["attention"]} if c.get("attention") else {})},
                     "parallelism": {"tp": int(c["tp"])},
                     "batching": {"max_num_seqs": m.max_num_seqs, "max_num_batched_tokens": m.max_num_batched_tokens,
-                                 **({"admission": m.admission} if m.admission else {})},
+                                 **({"admission": m.admission} if m.admission else {}),
+                                 **({"chunked_prefill": m.chunked_prefill} if m.chunked_prefill is not None else {})},
                     **({"engine": m.engine} if m.engine else {}),
                     "kv_cache": {"gpu_memory_fraction": 0.9}},
         "workload": {"arrivals": {"kind": "offline", "requests": max(1, m.requests)},
@@ -124,9 +140,20 @@ def error_table(ms: list[Measurement], perf: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: Most model evaluations a fit may spend (each simulates every throughput measurement once).
+MAX_EVALUATIONS = 200
+
+
+def _predict_pair(args: tuple[Measurement, dict[str, Any]]) -> float:
+    return predict(*args)
+
+
 def fit(ms: list[Measurement], params: tuple[str, ...] = DEFAULT_PARAMS,
-        start: dict[str, Any] | None = None) -> Fit:
-    """Least-squares fit of `params` (log residuals) starting from `start` (default: PerfCfg defaults)."""
+        start: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None,
+        executor: Executor | None = None) -> Fit:
+    """Least-squares fit of `params` (log residuals) starting from `start` (default: PerfCfg
+    defaults). `progress(evaluations)` is called after each model evaluation; with `executor`
+    the measurements of one evaluation are predicted in parallel."""
     from scipy.optimize import least_squares
 
     if not ms:
@@ -146,9 +173,15 @@ def fit(ms: list[Measurement], params: tuple[str, ...] = DEFAULT_PARAMS,
         nonlocal count
         count += 1
         perf = {**base, **dict(zip(params, (x * scales).tolist(), strict=True))}
-        return np.array([math.log(max(predict(m, perf), 1e-30) / m.measured) for m in ms])
+        jobs = [(m, perf) for m in ms]
+        preds = executor.map(_predict_pair, jobs) if executor is not None else map(_predict_pair, jobs)
+        out = np.array([math.log(max(p, 1e-30) / m.measured) for p, m in zip(preds, ms, strict=True)])
+        if progress is not None:
+            progress(count)
+        return out
 
-    sol = least_squares(residuals, x0, bounds=(lo, hi), diff_step=0.02, xtol=1e-4, ftol=1e-6, max_nfev=200)
+    sol = least_squares(residuals, x0, bounds=(lo, hi), diff_step=0.02, xtol=1e-4, ftol=1e-6,
+                        max_nfev=MAX_EVALUATIONS)
     fitted = dict(zip(params, (sol.x * scales).tolist(), strict=True))
     perf = {**base, **fitted}
     table = error_table(ms, perf)
@@ -200,6 +233,8 @@ def read_measurements_csv(path: str | Path) -> list[Measurement]:
                     raise InputError(f"{p}: line {line}: column {col!r} must be one of {list(allowed)}, got {value!r}")
                 extra[col] = value
         config = {c: row[c].strip() for c in CONFIG_COLS}
+        if "attention" in df.columns and row["attention"].strip():
+            config["attention"] = row["attention"].strip()
         config["tp"] = int(_num(p, line, "tp", row["tp"], *RANGES["tp"]))
         if kind == "step" and nums["decode_seqs"] == 0 and nums["prefill_tokens"] == 0:
             raise InputError(f"{p}: line {line}: a step row needs work: decode_seqs or prefill_tokens > 0")
@@ -246,12 +281,63 @@ def _num(p: Path, line: int, col: str, raw: str, lo: float, hi: float, integer: 
 def reference_points() -> tuple[list[Measurement], list[dict[str, Any]], dict[str, Any]]:
     """The bundled measured points (sim/data/measured_points.yaml): usable, skipped, header."""
     data = load_yaml(resources.files("sim").joinpath("data", "measured_points.yaml").read_text(encoding="utf-8"))
-    ms = [Measurement(pt["id"], "throughput", {c: pt[c] for c in CONFIG_COLS}, float(pt["measured"]),
-                      input_tokens=data["input_tokens"], output_tokens=data["output_tokens"],
-                      requests=data["requests"], engine=data.get("engine"))
-          for pt in data["points"]]
+    ms = [_reference_point(pt, data) for pt in data["points"]]
     header = {k: v for k, v in data.items() if k not in ("points", "skipped")}
     return ms, data.get("skipped", []), header
+
+
+def _reference_point(pt: dict[str, Any], data: dict[str, Any]) -> Measurement:
+    """One bundled point; a throughput point's lengths, request count and token budget default to
+    the file's header."""
+    config = {c: pt[c] for c in CONFIG_COLS}
+    if pt.get("attention"):
+        config["attention"] = pt["attention"]
+    engine = pt.get("engine", data.get("engine"))
+    if pt.get("kind", "throughput") == "step":
+        return Measurement(pt["id"], "step", config, float(pt["measured"]), decode_seqs=int(pt["decode_seqs"]),
+                           context_tokens=int(pt["context_tokens"]), prefill_tokens=int(pt.get("prefill_tokens", 0)),
+                           engine=engine)
+    inp, out = int(pt.get("input_tokens", data["input_tokens"])), int(pt.get("output_tokens", data["output_tokens"]))
+    seqs, budget = trtllm_bench_limits(config, inp, out)
+    return Measurement(pt["id"], "throughput", config, float(pt["measured"]), input_tokens=inp, output_tokens=out,
+                       requests=int(pt.get("requests", data["requests"])), max_num_seqs=seqs,
+                       max_num_batched_tokens=budget, engine=engine,
+                       chunked_prefill=pt.get("chunked_prefill", data.get("chunked_prefill")))
+
+
+def trtllm_bench_limits(config: dict[str, Any], input_tokens: int, output_tokens: int,
+                        kv_fraction: float = 0.95) -> tuple[int, int]:
+    """(max batch size, max tokens per iteration) that trtllm-bench picks for a model, GPU, tp and
+    benchmark lengths when none are given (TensorRT-LLM tensorrt_llm/bench/build/tuning.py,
+    calc_engine_setting and finetune_setting): the requests whose whole sequence fits the KV memory
+    left after the weights (KV bytes per token counted over every layer and at least one KV head per
+    GPU), capped at 4,096 and rounded up; the token budget that many requests need to admit their
+    prompts at the benchmark's input/output ratio, capped at 32,768 and at least 2,048, rounded up.
+    Memory is in GiB as the tool counts it; weights at the checkpoint's bytes per element."""
+    from sim.catalog import BYTES_PER_ELEMENT, gpu_catalog, model_catalog
+
+    model, gpu, tp = model_catalog()[config["model"]], gpu_catalog()[config["gpu"]], int(config["tp"])
+    gib = 1024.0 ** 3
+    weights_gib = model.params_total * BYTES_PER_ELEMENT[config["weights"]] / gib
+    kv_gib_per_token = (2 * model.layers * max(tp, model.kv_heads) * model.head_dim
+                        * BYTES_PER_ELEMENT[config["kv_cache"]] / gib)
+    free_gib = (gpu.hbm_gb * 1e9 / gib) * tp - weights_gib
+    requests = max(1.0, free_gib * kv_fraction / (kv_gib_per_token * (input_tokens + output_tokens)))
+    raw_bs = min(requests, 4096.0)
+    raw_tokens = min(raw_bs * (1.0 + input_tokens / output_tokens), 32768.0)
+    if raw_bs < 256:
+        max_bs = max(64, 32 * math.ceil(raw_bs / 32))
+    elif raw_bs < 1024:
+        max_bs = 128 * math.ceil(raw_bs / 128)
+    else:
+        max_bs = 256 * math.ceil(raw_bs / 256)
+    if raw_tokens < 4096:
+        max_tokens = max(2048, 256 * math.ceil(raw_tokens / 256))
+    elif raw_tokens < 8192:
+        max_tokens = 512 * math.ceil(raw_tokens / 512)
+    else:
+        max_tokens = 1024 * math.ceil(raw_tokens / 1024)
+    return max_bs, max(max_tokens, max_bs)
 
 
 def profile(f: Fit, source: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from sim.engine.scheduler import BatchLimits
 from sim.memory import MemoryPlan
 from sim.metrics.records import IterLog, LevelLog, LifecycleRecord
 from sim.perf.shape import StepModel
+from sim.power import decode_runs_utilization_s
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,13 @@ class Cluster:
     def kv_block_seconds(self) -> tuple[np.ndarray, np.ndarray]:
         """(record indices, KV block-seconds) of every decode run, evaluated exactly."""
         pairs = [block_seconds(rep.decode_runs, rep.step_model) for rep in self.replicas]
+        if not pairs:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+
+    def utilization_seconds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(record indices, utilization-seconds) of every decode run (power.py)."""
+        pairs = [decode_runs_utilization_s(rep.decode_runs, rep.step_model) for rep in self.replicas]
         if not pairs:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])

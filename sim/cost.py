@@ -13,7 +13,8 @@
 * $ per million SLO-meeting output tokens: the same cost over the output tokens that SLO-meeting
   requests sampled in the window (a subset of all tokens sampled in it, so never cheaper).
 * Power, one convention for hosting, electricity, energy, J/token and tokens/MW: a GPU's all-in
-  power is its chip (idle + (TDP - idle) x busy fraction) plus its share of the rest of the node
+  power is its chip (idle + (TDP - idle) x utilization of its binding resource, sim/power.py; or x
+  busy fraction with ``cost.power_model: busy``) plus its share of the rest of the node
   (host CPUs, memory, NICs: ``all_in_kw`` - TDP, drawn whenever the node is provisioned). At full
   load it equals ``all_in_kw``, the per-GPU figure of SemiAnalysis' TCO model that InferenceX uses
   for tokens per MW (facts.md section 2a). Hosting is billed on that provisioned peak; electricity,
@@ -26,15 +27,11 @@ from __future__ import annotations
 from typing import Any
 
 from sim.catalog import GpuSpec
+from sim.power import chip_power_w
 from sim.scenario import Scenario
 
 HOURS_PER_YEAR = 8760.0
 HOURS_PER_MONTH = 730.0
-
-
-def chip_power_w(gpu: GpuSpec, busy_fraction: float) -> float:
-    """The GPU chip's draw: idle power plus the busy share of (TDP - idle)."""
-    return gpu.idle_w + (gpu.tdp_w - gpu.idle_w) * min(1.0, max(0.0, busy_fraction))
 
 
 def host_share_w(gpu: GpuSpec) -> float:
@@ -42,20 +39,26 @@ def host_share_w(gpu: GpuSpec) -> float:
     return max(0.0, gpu.all_in_kw * 1000.0 - gpu.tdp_w) if gpu.all_in_kw is not None else 0.0
 
 
-def power_w_per_gpu(sc: Scenario, busy_fraction: float) -> float:
-    """All-in power per GPU at a busy fraction (before PUE): chip + share of the node."""
+def power_w_per_gpu(sc: Scenario, power_fraction: float) -> float:
+    """All-in power per GPU (before PUE) at the chip's power fraction: chip + share of the node."""
     g = sc.hardware.gpu
-    return chip_power_w(g, busy_fraction) + host_share_w(g)
+    return chip_power_w(g, power_fraction) + host_share_w(g)
 
 
-def price_usd_per_gpu_h(sc: Scenario, busy_fraction: float) -> float:
+def power_fraction(sc: Scenario, s: dict[str, Any]) -> float:
+    """What drives the chip's dynamic power: the binding resource's utilization, or with
+    ``cost.power_model: busy`` the busy fraction."""
+    return s["gpu_busy_fraction"] if sc.cost.power_model == "busy" else s["gpu_utilization"]
+
+
+def price_usd_per_gpu_h(sc: Scenario, power_frac: float) -> float:
     c, g = sc.cost, sc.hardware.gpu
     if c.mode == "tco":
         assert c.tco is not None
         kw = g.all_in_kw if g.all_in_kw is not None else g.tdp_w / 1000.0
         capex = c.tco.capex_usd_per_gpu / (c.tco.amortization_years * HOURS_PER_YEAR)
         hosting = c.tco.hosting_usd_per_kw_month * kw / HOURS_PER_MONTH
-        energy = power_w_per_gpu(sc, busy_fraction) / 1000.0 * c.pue * c.electricity_usd_per_kwh
+        energy = power_w_per_gpu(sc, power_frac) / 1000.0 * c.pue * c.electricity_usd_per_kwh
         return capex + hosting + energy + c.tco.other_opex_usd_per_gpu_h
     if sc.hardware.price_usd_per_gpu_h is not None:
         return sc.hardware.price_usd_per_gpu_h
@@ -74,10 +77,11 @@ def cost_summary(sc: Scenario, s: dict[str, Any]) -> dict[str, float]:
     busy = s["gpu_busy_fraction"]
     gpu_s = s["gpu_seconds"]
     gpu_h = gpu_s / 3600.0
-    price = price_usd_per_gpu_h(sc, busy)
+    frac = power_fraction(sc, s)
+    price = price_usd_per_gpu_h(sc, frac)
     usd = gpu_h * price
     out_tok, total_tok = s["output_tokens"], s["output_tokens"] + s["input_tokens"]
-    power_w = power_w_per_gpu(sc, busy)
+    power_w = power_w_per_gpu(sc, frac)
     facility_j = power_w * sc.cost.pue * gpu_s
     facility_mw = power_w * sc.cost.pue * s["gpus"] / 1e6
     return {
@@ -89,7 +93,7 @@ def cost_summary(sc: Scenario, s: dict[str, Any]) -> dict[str, float]:
         "usd_per_m_total_tokens_if_idle_resold": _per_m(usd * busy, total_tok),
         "usd_per_m_slo_output_tokens": _per_m(usd, s["goodput_output_tokens"]),
         "power_w_per_gpu": power_w,
-        "chip_power_w_per_gpu": chip_power_w(sc.hardware.gpu, busy),
+        "chip_power_w_per_gpu": chip_power_w(sc.hardware.gpu, frac),
         "energy_kwh": facility_j / 3.6e6,
         "joules_per_output_token": facility_j / out_tok if out_tok > 0 else float("inf"),
         "joules_per_total_token": facility_j / total_tok if total_tok > 0 else float("inf"),

@@ -190,6 +190,8 @@ def execute(sim: Simulation, progress: Callable[[float], None] | None = None) ->
     it = metrics.iterations_frame(sim.records)
     rows, block_s = sim.cluster.kv_block_seconds()
     it.loc[rows, "kv_block_s"] = block_s
+    rows, util_s = sim.cluster.utilization_seconds()
+    it.loc[rows, "util_s"] = util_s
     sim_end = float(it["t_end_s"].max()) if len(it) else 0.0
     window = measurement_window(sc.window_kind, sc.warmup_s, sc.duration_s,
                                 _last_activity_s(sim.requests, it, end_s))

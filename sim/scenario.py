@@ -336,6 +336,9 @@ class Cost(_Frozen):
     price_tier: Literal["hyperscaler", "neocloud", "rental"] = "rental"
     electricity_usd_per_kwh: float = Field(default=0.08, ge=0, le=100)
     pue: float = Field(default=1.2, ge=1, le=10)
+    power_model: Literal["utilization", "busy"] = Field(
+        default="utilization", description="chip power follows the binding resource's utilization (sim/power.py), "
+        "or the busy fraction (every busy second at TDP)")
     tco: Tco | None = None
 
     @model_validator(mode="after")

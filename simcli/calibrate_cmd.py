@@ -10,20 +10,28 @@ docs/model-assumptions.md ("Calibrating to your own measurements").
 from __future__ import annotations
 
 import argparse
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
-from sim.calibrate import DEFAULT_PARAMS, fit, profile, read_measurements_csv, reference_points
+from sim.calibrate import (
+    DEFAULT_PARAMS,
+    MAX_EVALUATIONS,
+    fit,
+    profile,
+    read_measurements_csv,
+    reference_points,
+)
 from sim.errors import InputError
-from simcli.common import RESULTS_DIR
+from simcli.common import RESULTS_DIR, make_executor, progress_bar
 from simcli.output import (
     check_out_file,
     check_writable,
-    fmt,
     make_console,
     nearest_existing,
+    show_progress,
     write_new_text,
     write_text,
 )
@@ -49,7 +57,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     console = make_console()
     if not args.quiet:
         console.print(f"fitting {escape(', '.join(params))} to {len(ms)} measurements ...")
-    f = fit(ms, params)
+    # Least squares stops when it converges, usually well before the cap: the ETA is an upper bound.
+    with progress_bar(console, "calibrating", f"model evaluations (at most {MAX_EVALUATIONS})", MAX_EVALUATIONS,
+                      show_progress(args.quiet)) as update, make_executor(args.workers, None) as ex:
+        f = fit(ms, params, progress=update, executor=ex if args.workers > 1 else None)
     prof = profile(f, source)
     prof["created_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     body = yaml.safe_dump(prof, sort_keys=False)
@@ -71,9 +82,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for c in ("measurement", "kind", "measured", "predicted", "unit", "error"):
         t.add_column(c, justify="left" if c in ("measurement", "kind", "unit") else "right")
     for _, r in f.table.iterrows():
-        unit = "s per iteration" if r["kind"] == "step" else "output tokens/s/GPU"
-        t.add_row(escape(str(r["id"])), escape(str(r["kind"])), fmt(r["measured"], 4), fmt(r["predicted"], 4), unit,
-                  f"{r['error']:+.1%}")
+        if r["kind"] == "step":
+            unit, cells = "ms per iteration", (f"{r['measured'] * 1e3:,.3f}", f"{r['predicted'] * 1e3:,.3f}")
+        else:
+            unit, cells = "output tokens/s/GPU", (f"{r['measured']:,.1f}", f"{r['predicted']:,.1f}")
+        t.add_row(escape(str(r["id"])), escape(str(r["kind"])), *cells, unit, f"{r['error']:+.1%}")
     console.print(t)
     for k, v in f.params.items():
         console.print(f"  {k} = {v:.6g}")
@@ -117,5 +130,7 @@ def add_parser(sub) -> None:
     c.add_argument("--reference", action="store_true", help="fit to the bundled published measurements instead")
     c.add_argument("--params", default=None, help=f"comma-separated parameters to fit (default: {','.join(DEFAULT_PARAMS)})")
     c.add_argument("--out", type=Path, default=None, help="profile file (default: results/calibration/profile-<time>.yaml)")
+    c.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="worker processes that simulate the measurements of each evaluation (default: CPU count)")
     c.add_argument("--quiet", action="store_true", help="print only the profile path")
     c.set_defaults(func=cmd_calibrate)

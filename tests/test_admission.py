@@ -66,12 +66,14 @@ def test_admission_defaults_to_optimistic_and_unknown_policies_are_refused():
 
 
 def test_calibration_measurements_carry_their_admission(tmp_path):
-    """The bundled TensorRT-LLM points run with the trtllm engine defaults (as trtllm-bench does); a
-    user's CSV may give an engine or an admission policy per row, and a wrong value names the line."""
+    """The bundled TensorRT-LLM throughput points run with the trtllm engine defaults and chunked
+    context (as trtllm-bench does); a user's CSV may give an engine or an admission policy per row,
+    and a wrong value names the line."""
     from sim.calibrate import read_measurements_csv, reference_points
 
     ms, _, _ = reference_points()
-    assert {m.engine for m in ms} == {"trtllm"}
+    bench = [m for m in ms if m.kind == "throughput"]
+    assert {m.engine for m in bench} == {"trtllm"} and {m.chunked_prefill for m in bench} == {True}
     head = ("id,kind,model,gpu,tp,weights,kv_cache,compute,decode_seqs,context_tokens,prefill_tokens,step_time_s,"
             "input_tokens,output_tokens,requests,output_tok_per_s_per_gpu,admission\n")
     row = "a,throughput,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,,,,,1000,1000,100,5000,"

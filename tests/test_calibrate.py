@@ -15,11 +15,13 @@ from sim.errors import InputError
 from sim.scenario import scenario_from_dict
 
 TRUE = {"hbm_bw_efficiency": 0.62, "compute_efficiency": 0.41, "iteration_overhead_s": 2.5e-3,
-        "per_seq_overhead_s": 2.0e-5}
+        "per_seq_overhead_s": 2.0e-5, "gemm_half_tokens": 180.0, "hbm_half_bytes_per_layer": 3e7,
+        "layer_overhead_s": 2.0e-5, "moe_layer_overhead_s": 6.0e-5, "attention_efficiency": 0.3}
 CONFIGS = [{"model": "llama-3.1-8b", "gpu": "h100-sxm", "tp": 1, "weights": "bf16", "kv_cache": "bf16", "compute": "bf16"},
-           {"model": "llama-3.1-70b", "gpu": "h200", "tp": 2, "weights": "fp8", "kv_cache": "fp8", "compute": "fp8"}]
+           {"model": "llama-3.1-70b", "gpu": "h200", "tp": 2, "weights": "fp8", "kv_cache": "fp8", "compute": "fp8"},
+           {"model": "gpt-oss-120b", "gpu": "b200", "tp": 1, "weights": "fp4", "kv_cache": "fp8", "compute": "fp8"}]
 SHAPES = [(1, 500, 0), (8, 2000, 0), (64, 1000, 0), (256, 1500, 0), (512, 800, 0), (0, 0, 512), (0, 0, 4096),
-          (32, 1000, 2048)]
+          (0, 0, 16384), (32, 1000, 2048)]
 
 
 def synthetic_steps() -> list[Measurement]:
@@ -51,7 +53,7 @@ def test_fit_recovers_compute_efficiency_from_simulated_throughput():
 
 def test_reference_points_and_calibrated_defaults_are_consistent():
     ms, skipped, header = reference_points()
-    assert len(ms) == 6 and len(skipped) >= 10 and all(s["reason"] for s in skipped)
+    assert len(ms) >= 20 and {m.kind for m in ms} == {"step", "throughput"} and len(skipped) >= 10 and all(s["reason"] for s in skipped)
     cal = yaml.safe_load((ROOT / "sim" / "data" / "calibration.yaml").read_text())
     sc = scenario_from_dict(base_dict())
     for k, v in cal["perf"].items():

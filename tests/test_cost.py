@@ -15,7 +15,7 @@ GPU = {"gpu": "h100-sxm", "price_usd_per_gpu_h": 2.0,
 
 
 def summary_stub(gpus: int, **over) -> dict:
-    s = {"gpu_busy_fraction": 0.5, "window_s": 3600.0, "gpus": gpus, "gpu_seconds": gpus * 3600.0,
+    s = {"gpu_busy_fraction": 0.5, "gpu_utilization": 0.3, "window_s": 3600.0, "gpus": gpus, "gpu_seconds": gpus * 3600.0,
          "output_tokens": 1e6, "input_tokens": 3e6, "goodput_output_tokens": 0.5e6, "total_tok_per_s": 4e6 / 3600}
     s.update(over)
     return s
@@ -31,12 +31,16 @@ def test_rental_cost_per_million_tokens_by_hand():
     assert c["usd_per_m_total_tokens"] == pytest.approx(2.0)
     assert c["usd_per_m_total_tokens_if_idle_resold"] == pytest.approx(1.0)
     assert c["usd_per_m_slo_output_tokens"] == pytest.approx(16.0)
-    # Chip: 100 + (700 - 100) x 0.5 = 400 W; all-in adds the node share 1,500 - 700 = 800 W;
+    # Chip: 100 + (700 - 100) x 0.3 utilization = 280 W; all-in adds the node share 1,500 - 700 = 800 W;
     # x 1.2 PUE x 4 GPUs x 3600 s.
-    assert c["chip_power_w_per_gpu"] == pytest.approx(400.0)
-    assert c["power_w_per_gpu"] == pytest.approx(1200.0)
-    assert c["energy_kwh"] == pytest.approx(1200.0 * 1.2 * 4 / 1000)
-    assert c["joules_per_output_token"] == pytest.approx(1200.0 * 1.2 * 4 * 3600 / 1e6)
+    assert c["chip_power_w_per_gpu"] == pytest.approx(280.0)
+    assert c["power_w_per_gpu"] == pytest.approx(1080.0)
+    assert c["energy_kwh"] == pytest.approx(1080.0 * 1.2 * 4 / 1000)
+    assert c["joules_per_output_token"] == pytest.approx(1080.0 * 1.2 * 4 * 3600 / 1e6)
+    # The former assumption, busy fraction x (TDP - idle): 100 + 600 x 0.5 = 400 W.
+    busy = scenario_from_dict(base_dict(hardware=GPU, serving={"replicas": 2, "parallelism": {"tp": 2}},
+                                        cost={"power_model": "busy"}))
+    assert cost_summary(busy, summary_stub(4))["chip_power_w_per_gpu"] == pytest.approx(400.0)
 
 
 def test_offline_cost_by_hand_from_the_request_table():
@@ -59,11 +63,12 @@ def test_offline_cost_by_hand_from_the_request_table():
 
 
 def test_energy_of_one_request_by_hand():
-    """One request on one GPU in a 10 s window: busy = its service time / 10 s, so power, energy
-    and J/token follow by hand (100 W idle, 700 W TDP, 1,500 W all-in; PUE 1.2)."""
+    """One request on one GPU in a 10 s window, with chip power by busy fraction: busy = its service
+    time / 10 s, so power, energy and J/token follow by hand (100 W idle, 700 W TDP, 1,500 W all-in;
+    PUE 1.2). Power by utilization: tests/test_power.py."""
     from test_engine_exact import lone, run_one
 
-    d = lone(2000, 300, hardware=GPU)
+    d = lone(2000, 300, hardware=GPU, cost={"power_model": "busy"})
     _, res = run_one(d, 2000, 300)
     e2e = res.requests["e2e_s"].iloc[0]
     s = res.summary

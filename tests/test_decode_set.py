@@ -129,7 +129,9 @@ def test_block_seconds_of_roofline_runs_vectorized():
     from sim.scenario import scenario_from_dict
 
     # At 0.5% of peak FLOPS attention outgrows KV reads near 49k tokens of context: runs there cross.
-    step = step_model(scenario_from_dict(base_dict(perf={"compute_efficiency": 0.005})))
+    step = step_model(scenario_from_dict(base_dict(perf={"compute_efficiency": 0.005, "attention_efficiency": 0.005,
+                                                         "hbm_bw_efficiency": 0.776,
+                                                         "gemm_half_tokens": 0.0})))
     log, brute, pieces = DecodeRunLog(16), [], set()
     for k, (batch, ctx, n) in enumerate([(1, 100, 40), (8, 900, 70), (64, 20, 300), (200, 3000, 33), (3, 5, 1),
                                          (1, 49_000, 700), (1, 48_500, 1200)]):

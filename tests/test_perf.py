@@ -8,7 +8,9 @@ from conftest import base_dict, step_model, step_s
 from sim.perf import Chunk, DraftWork, LinearPath, RooflineStepModel, StepShape, steps_within
 from sim.scenario import scenario_from_dict
 
-NO_OVERHEAD = {"iteration_overhead_s": 0.0, "per_seq_overhead_s": 0.0, "activation_traffic_factor": 0.0}
+NO_OVERHEAD = {"iteration_overhead_s": 0.0, "per_seq_overhead_s": 0.0, "activation_traffic_factor": 0.0,
+               "gemm_half_tokens": 0.0, "hbm_half_bytes_per_layer": 0.0, "layer_overhead_s": 0.0,
+               "moe_layer_overhead_s": 0.0, "attention_efficiency": 0.0, "comm_efficiency": 0.7}
 
 
 def model(**over) -> RooflineStepModel:
@@ -113,7 +115,7 @@ def test_verifying_several_tokens_per_sequence():
     c = 1000
     pairs = 3 * c - 3
     assert (one.c0 + one.c1 * c) * s.flops_per_s == pytest.approx(
-        3 * (s.linear_flops_per_token + s.lm_flops_per_sample) + s.attn_flops_per_pair * s.full_layers * pairs,
+        3 * (s.dense_flops_per_token + s.expert_flops_per_token + s.lm_flops_per_sample) + s.attn_flops_per_pair * s.full_layers * pairs,
         rel=1e-12)
 
 

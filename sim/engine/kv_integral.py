@@ -115,7 +115,7 @@ def _block_seconds(t: np.ndarray, bt: int, step_model: StepModel) -> tuple[np.nd
         coeffs = np.array([(r.m0, r.m1, r.c0, r.c1, r.fixed_s) if isinstance(r, DecodeCoeffs) else (0.0,) * 5
                            for r in runs])
         c = coeffs[which[idx]]
-        for lo, hi, a, b in _roofline_pieces(c, first[idx], slope[idx], steps[idx]):
+        for lo, hi, a, b in roofline_pieces(c, first[idx], slope[idx], steps[idx]):
             total[idx] += _piece(idx, lo, hi, a, b, first[idx], slope[idx], consts)
     for i in np.flatnonzero(~linear):                         # other step models: their own pieces
         path = LinearPath(float(first[i]), float(slope[i]))
@@ -126,7 +126,7 @@ def _block_seconds(t: np.ndarray, bt: int, step_model: StepModel) -> tuple[np.nd
     return record, total
 
 
-def _roofline_pieces(c: np.ndarray, first: np.ndarray, slope: np.ndarray,
+def roofline_pieces(c: np.ndarray, first: np.ndarray, slope: np.ndarray,
                      steps: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """The two pieces of max(m0 + m1 S, c0 + c1 S) + fixed along each run, c = rows of
     (m0, m1, c0, c1, fixed) (as DecodeCoeffs.segments: the flatter line left of the crossing, the

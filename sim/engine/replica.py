@@ -55,6 +55,7 @@ class Replica:
         self._interruptible = False
         self._jump_state: tuple[float, DecodeRun, LinearPath, int] | None = None
         self._run_timeout: simpy.Timeout | None = None   # what the process waits on during a decode run
+        self._util_s = 0.0          # utilization-seconds of the iteration in progress
         self._run_end: tuple[int, float] = (0, 0.0)      # (steps, seconds) of that run, shortened by a cut
         self.proc = env.process(self._loop())
 
@@ -155,7 +156,7 @@ class Replica:
             held = self.kv.used_blocks
             yield env.timeout(swap_s)
             self._record(self._pack_record(self.idx, t0, env.now, 0, 0, 0, 0, 0, swap_s, held, held * swap_s,
-                                           len(sched.running), len(sched.waiting)))
+                                           len(sched.running), len(sched.waiting), 0.0))
 
     def _iteration_s(self, plan: IterationPlan) -> float:
         """Seconds the planned iteration takes: its batch shape's step time plus KV transfers."""
@@ -163,7 +164,9 @@ class Replica:
         shape = _make(StepShape, (ds.size if plan.decode else 0, ds.next_ctx_sum() if plan.decode else 0, 1,
                                   tuple([_make(Chunk, (r.prefilled, new, r.prefilled + new >= r.prefill_target))
                                          for r, new in plan.chunks]), None))
-        return self.step_model.iteration_s(shape) + plan.swap_s
+        step_s = self.step_model.iteration_s(shape)
+        self._util_s = self.step_model.utilization_s(shape)   # recorded at the iteration's end
+        return step_s + plan.swap_s
 
     def _end_iteration(self, plan: IterationPlan, t0: float, held: int) -> None:
         """Apply a finished iteration's effects and record it."""
@@ -172,7 +175,7 @@ class Replica:
         now = self.env.now
         prompt, recompute, sampled = sched.finish_iteration(plan, now)
         self._record(self._pack_record(self.idx, t0, now, 1, batch, prompt, recompute, sampled, plan.swap_s,
-                                       held, held * (now - t0), len(sched.running), len(sched.waiting)))
+                                       held, held * (now - t0), len(sched.running), len(sched.waiting), self._util_s))
         if sched.finished:
             self._hand_back_finished()
 
@@ -218,11 +221,12 @@ class Replica:
         if n == 0:
             return
         batch = ds.size
-        # The run's KV block-seconds are summed exactly after the simulation (kv_integral.py).
         self.decode_runs.add(len(self.records), self.kv.used_blocks, n, total_s, batch, path[0], path[1],
                              ds.allocation_pattern())
         sampled, peak = sched.finish_decode_run(n, env.now)
+        # Its KV block-seconds and utilization-seconds are summed exactly after the simulation
+        # (kv_integral.py, power.py).
         self._record(self._pack_record(self.idx, t0, t0 + total_s, n, batch, 0, 0, sampled, 0.0, peak, NAN,
-                                       len(sched.running), len(sched.waiting)))
+                                       len(sched.running), len(sched.waiting), NAN))
         if sched.finished:
             self._hand_back_finished()

@@ -36,6 +36,9 @@ def violations(s: dict[str, Any], max_num_seqs: int, request_tokens_in_window: i
     check(s["requests_arrived"] == s["requests_completed"] + s["requests_rejected"] + s["requests_in_flight"],
           "requests arrived != completed + rejected + in flight")
     within("gpu_busy_fraction", 0.0, 1.0)
+    within("gpu_utilization", 0.0, 1.0)
+    u, busy = s.get("gpu_utilization", math.nan), s.get("gpu_busy_fraction", math.nan)
+    check(math.isnan(u) or math.isnan(busy) or u <= busy + TOL, f"GPU utilization {u} > busy fraction {busy}")
     within("kv_occupancy_mean", 0.0, 1.0)
     within("batch_size_mean", 0.0, float(max_num_seqs))
     within("queue_len_mean", 0.0, math.inf)

@@ -51,6 +51,7 @@ class IterRecord(NamedTuple):
     kv_block_s: float         # KV blocks held, integrated over the span (block-seconds)
     running: int              # running set after the event
     waiting: int              # waiting queue after the event
+    util_s: float             # seconds of the binding resource at its large-kernel rate (power.py)
 
 
 class LevelRecord(NamedTuple):

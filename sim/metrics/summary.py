@@ -223,10 +223,12 @@ def levels(it: pd.DataFrame, lv: pd.DataFrame, window: Window, replica_s: float,
     """Time averages over W per provisioned replica: busy fraction, batch, queue, KV occupancy."""
     ov, frac, _ = record_shares(it, window)
     if replica_s <= 0:
-        return dict.fromkeys(("gpu_busy_fraction", "batch_size_mean", "queue_len_mean", "running_mean",
+        return dict.fromkeys(("gpu_busy_fraction", "gpu_utilization", "batch_size_mean", "queue_len_mean", "running_mean",
                               "kv_occupancy_mean"), float("nan"))
     return {
         "gpu_busy_fraction": float(ov.sum() / replica_s),
+        # Utilization-seconds straddling a boundary of W count by their record's time share.
+        "gpu_utilization": float((it["util_s"].to_numpy() * frac).sum() / replica_s),
         "batch_size_mean": float((it["batch_seqs"].to_numpy() * ov).sum() / replica_s),
         "queue_len_mean": level_integral(lv, "waiting", window) / replica_s,
         "running_mean": level_integral(lv, "running", window) / replica_s,

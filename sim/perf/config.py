@@ -24,7 +24,8 @@ from sim.yamlio import load_yaml
 FALLBACK: dict[str, float] = {
     "hbm_bw_efficiency": 0.80, "compute_efficiency": 0.55, "comm_efficiency": 0.70,
     "collective_latency_s": 8e-6, "iteration_overhead_s": 1.5e-3, "per_seq_overhead_s": 0.0,
-    "activation_traffic_factor": 1.0,
+    "activation_traffic_factor": 1.0, "gemm_half_tokens": 0.0, "hbm_half_bytes_per_layer": 0.0,
+    "layer_overhead_s": 0.0, "moe_layer_overhead_s": 0.0, "attention_efficiency": 0.0,
 }
 
 
@@ -43,12 +44,25 @@ class PerfCfg(InputModel):
     hbm_bw_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["hbm_bw_efficiency"], gt=0, le=1)
     compute_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["compute_efficiency"], gt=0, le=1)
     comm_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["comm_efficiency"], gt=0, le=1)
-    collective_latency_s: float = Field(default_factory=lambda: calibrated_defaults()["collective_latency_s"], ge=0, le=1)
+    collective_latency_s: float = Field(default_factory=lambda: calibrated_defaults()["collective_latency_s"], ge=0, le=1,
+                                        description="latency per log2(tp) step of an all-reduce")
     iteration_overhead_s: float = Field(default_factory=lambda: calibrated_defaults()["iteration_overhead_s"], ge=0, le=10)
     per_seq_overhead_s: float = Field(default_factory=lambda: calibrated_defaults()["per_seq_overhead_s"], ge=0, le=1,
                                       description="per sequence in an iteration (sampling, scheduling)")
     activation_traffic_factor: float = Field(
         default_factory=lambda: calibrated_defaults()["activation_traffic_factor"], ge=0, le=1_000)
+    attention_efficiency: float = Field(
+        default_factory=lambda: calibrated_defaults()["attention_efficiency"], ge=0, le=1,
+        description="fraction of its precision's peak attention kernels reach (0: compute_efficiency)")
+    gemm_half_tokens: float = Field(default_factory=lambda: calibrated_defaults()["gemm_half_tokens"], ge=0,
+                                    le=1_000_000, description="GEMM tokens at which half the large-batch FLOP rate is reached")
+    hbm_half_bytes_per_layer: float = Field(
+        default_factory=lambda: calibrated_defaults()["hbm_half_bytes_per_layer"], ge=0, le=1e12,
+        description="bytes per layer at which a step reaches half the large-kernel bandwidth")
+    layer_overhead_s: float = Field(default_factory=lambda: calibrated_defaults()["layer_overhead_s"], ge=0, le=1,
+                                    description="fixed time per transformer layer per iteration")
+    moe_layer_overhead_s: float = Field(default_factory=lambda: calibrated_defaults()["moe_layer_overhead_s"], ge=0,
+                                        le=1, description="extra fixed time per mixture-of-experts layer per iteration")
     profile: str | None = Field(default=None, description="calibration profile file the values came from")
     step_table: DataPath | None = Field(default=None, description="CSV of measured iteration times")
 

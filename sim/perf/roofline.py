@@ -11,12 +11,19 @@ replica with tensor-parallel degree tp, per GPU:
            + activation traffic       (tokens x layers x (8 hidden + 3 ffn/tp) x 2 bytes x factor)
     FLOPs  = 2 x matmul params x tokens + 2 x LM-head params x sampled positions
            + attention FLOPs          (4 x heads x head_dim per (query, key) pair per layer)
-    t      = max(GEMM FLOPs / (peak[compute precision] x compute_eff)
-                 + attention FLOPs / (peak[attention precision] x compute_eff), bytes / (hbm_bw x bw_eff))
+    t      = max(GEMM FLOPs / (peak[compute precision] x compute_eff x gemm_eff(n))
+                 + attention FLOPs / (peak[attention precision] x attention_eff),
+                 (bytes + layers x half_bytes) / (hbm_bw x bw_eff))
            + tp all-reduce            (2 per layer: 2 (tp-1)/tp x tokens x hidden x 2 B / (link x comm_eff)
-                                       + collective latency)
+                                       + log2(tp) x collective latency)
            + per-iteration overhead   (scheduler, kernel launch) + per-sequence overhead x sequences
                                       (sampling, detokenization, scheduling work that grows with the batch)
+           + per-layer overheads      (layers x layer overhead + MoE layers x MoE layer overhead)
+
+The shape efficiencies (gemm_eff(n) = n / (n + n_half) with n the GEMM's tokens, or tokens per
+touched expert for routed experts; the per-kernel start-up half_bytes; the all-reduce latency; the
+fixed per-layer costs) are in `efficiency.py`. `utilization_s` gives, for the power model, the same
+bytes and FLOPs at the large-kernel rates without any of them.
 
 Weights and FLOPs divide by tp; KV divides by tp through the KV heads each GPU holds. A decoding
 sequence computing q query tokens (q = 1 plain decoding, k + 1 verifying k drafts) over a KV length
@@ -47,6 +54,7 @@ from typing import NamedTuple
 from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec, default_attention_precision
 from sim.errors import InputError
 from sim.perf.config import PerfCfg
+from sim.perf.efficiency import allreduce_latency_s, gemm_efficiency, tokens_per_expert
 from sim.perf.shape import (
     ContextPath,
     DecodeRun,
@@ -149,7 +157,15 @@ class RooflineStepModel:
         self.window = m.attention.sliding_window or 0
         ffn_active = m.ffn_dim if not m.moe else m.moe.expert_ffn_dim * (m.moe.experts_per_token + m.moe.shared_experts)
         self.act_bytes_per_token = m.layers * 2.0 * (8 * m.hidden + 3 * ffn_active / tp) * cfg.activation_traffic_factor
-        self.linear_flops_per_token = 2.0 * m.linear_params_per_token / tp
+        # GEMMs whose token dimension is the batch's tokens, and routed experts whose token
+        # dimension is the tokens each touched expert receives (efficiency.gemm_efficiency).
+        self.dense_flops_per_token = 2.0 * m.always_read_params / tp
+        self.expert_flops_per_token = (2.0 * m.moe_layers * m.moe.experts_per_token * m.expert_params / tp
+                                       if m.moe else 0.0)
+        # Every layer's fixed cost (kernel launches, norms), and routing/permutation in MoE layers.
+        self.layer_fixed_s = m.layers * cfg.layer_overhead_s + m.moe_layers * cfg.moe_layer_overhead_s
+        # Per-kernel start-up, as bytes of streaming per layer (efficiency.bandwidth_efficiency).
+        self.half_bytes = m.layers * cfg.hbm_half_bytes_per_layer
         self.lm_flops_per_sample = 2.0 * m.lm_head_params / tp
         self.attn_flops_per_pair = m.attn_flops_per_ctx_token() / tp
         # Attention runs at its own precision's peak (FP8 or BF16 kernels, whatever the GEMMs use):
@@ -158,17 +174,21 @@ class RooflineStepModel:
         attn_peak = gpu.peak_flops(self.attention)
         if attn_peak is None:
             raise InputError(f"GPU {gpu.name} has no {self.attention} tensor cores for attention")
-        self.attn_flops_eq_per_pair = self.attn_flops_per_pair * (peak / attn_peak)
+        # Attention kernels reach their own share of that peak (0: the GEMMs' compute_efficiency).
+        attn_eff = cfg.attention_efficiency or cfg.compute_efficiency
+        self.attn_flops_eq_per_pair = self.attn_flops_per_pair * (peak / attn_peak) * (cfg.compute_efficiency / attn_eff)
         if tp > 1:
             link = gpu.scale_up_gb_s * 1e9 * cfg.comm_efficiency
             self.comm_s_per_token = 2 * m.layers * (2 * (tp - 1) / tp) * m.hidden * 2.0 / link
-            self.comm_fixed_s = 2 * m.layers * cfg.collective_latency_s
+            self.comm_fixed_s = 2 * m.layers * allreduce_latency_s(tp, cfg.collective_latency_s)
         else:
             self.comm_s_per_token = 0.0
             self.comm_fixed_s = 0.0
         self._decode_cache: dict[tuple[int, int], DecodeCoeffs] = {}
         self._drafted_cache: dict[tuple[int, int, DraftWork], DraftedRun] = {}
         self._decode1: dict[int, DecodeCoeffs] = {}   # one query token per sequence: the hot case
+        self._utilization_cache: dict[int, DecodeCoeffs] = {}
+        self._last_utilization: tuple[StepShape, float] | None = None
 
     # ---- pieces --------------------------------------------------------------------------
     def weight_bytes(self, tokens: int) -> float:
@@ -180,6 +200,25 @@ class RooflineStepModel:
         touched = e * (1.0 - (1.0 - k / e) ** tokens)
         return self.base_weight_bytes + self.model.moe_layers * touched * self.expert_bytes_per_layer
 
+    def _gemm_flops(self, tokens: int, pure: bool = False) -> float:
+        """The layers' matmul FLOPs over `tokens` tokens, each GEMM's divided by its efficiency at
+        its token dimension (so they are priced at the large-batch rate); `pure`: the FLOPs alone."""
+        if tokens <= 0:
+            return 0.0
+        half = 0.0 if pure else self.cfg.gemm_half_tokens
+        flops = tokens * self.dense_flops_per_token / gemm_efficiency(tokens, half)
+        moe = self.model.moe
+        if moe is not None:
+            per_expert = tokens_per_expert(tokens, moe.experts, moe.experts_per_token)
+            flops += tokens * self.expert_flops_per_token / gemm_efficiency(per_expert, half)
+        return flops
+
+    def _lm_flops(self, samples: int, pure: bool = False) -> float:
+        """LM-head FLOPs for `samples` sampled positions, at the GEMM's efficiency (`pure`: alone)."""
+        if samples <= 0:
+            return 0.0
+        return samples * self.lm_flops_per_sample / gemm_efficiency(samples, 0.0 if pure else self.cfg.gemm_half_tokens)
+
     def _comm_s(self, tokens: int) -> float:
         """Tensor-parallel all-reduce time of an iteration over `tokens` tokens."""
         return self.comm_fixed_s + self.comm_s_per_token * tokens if tokens else 0.0
@@ -188,7 +227,7 @@ class RooflineStepModel:
         return self.cfg.iteration_overhead_s + self.cfg.per_seq_overhead_s * seqs
 
     def _fixed_s(self, tokens: int, seqs: int) -> float:
-        return self._overhead_s(seqs) + self._comm_s(tokens)
+        return self._overhead_s(seqs) + self.layer_fixed_s + self._comm_s(tokens)
 
     # ---- decode-only iterations (closed form) -----------------------------------------------
     def decode_run(self, batch: int, query_tokens_per_seq: int = 1,
@@ -219,24 +258,30 @@ class RooflineStepModel:
         return self._decode_coeffs(batch, 1, layer_share, draft=True)
 
     def _decode_coeffs(self, batch: int, query_tokens_per_seq: int, layer_share: float = 1.0,
-                       draft: bool = False) -> DecodeCoeffs:
+                       draft: bool = False, pure: bool = False) -> DecodeCoeffs:
         """A decode step of `batch` sequences computing q tokens each; with `draft`, a draft pass:
         every per-layer term scaled by `layer_share`, the whole LM head, and only the all-reduce of
-        those layers as fixed time (no iteration or per-sequence overhead)."""
+        those layers as fixed time (no iteration or per-sequence overhead). With `pure`, only the
+        bytes and FLOPs at the large-kernel rates (`utilization_s`): no shape efficiencies, no
+        fixed time."""
         f, w = layer_share, self.window
+        half_bytes = 0.0 if pure else self.half_bytes
         q = query_tokens_per_seq
         tokens = batch * q
         layer_weight_bytes = self.weight_bytes(tokens) - self.lm_head_bytes
         mem0 = (f * (layer_weight_bytes + tokens * (self.model.layers * self.kv_layer_bytes + self.act_bytes_per_token)
-                     + self.sliding_layers * self.kv_layer_bytes * batch * w)
+                     + self.sliding_layers * self.kv_layer_bytes * batch * w + half_bytes)
                 + self.lm_head_bytes)
         mem1 = f * self.full_layers * self.kv_layer_bytes
-        cmp0 = (f * (tokens * self.linear_flops_per_token
+        cmp0 = (f * (self._gemm_flops(tokens, pure)
                      + self.attn_flops_eq_per_pair * self.sliding_layers * tokens * w
                      - self.attn_flops_eq_per_pair * self.full_layers * batch * (q * (q - 1) // 2))
-                + tokens * self.lm_flops_per_sample)
+                + self._lm_flops(tokens, pure))
         cmp1 = f * self.attn_flops_eq_per_pair * self.full_layers * q
-        fixed_s = f * self._comm_s(tokens) if draft else self._fixed_s(tokens, batch)
+        if pure:
+            fixed_s = 0.0
+        else:
+            fixed_s = f * (self._comm_s(tokens) + self.layer_fixed_s) if draft else self._fixed_s(tokens, batch)
         return DecodeCoeffs(
             m0=mem0 / self.bytes_per_s, m1=mem1 / self.bytes_per_s,
             c0=cmp0 / self.flops_per_s, c1=cmp1 / self.flops_per_s,
@@ -249,15 +294,46 @@ class RooflineStepModel:
         seqs, q, chunks = shape.decode_seqs, shape.query_tokens_per_seq, shape.chunks
         if not chunks:
             return self.decode_run(seqs, q, shape.draft).step_s(shape.decode_ctx_sum) if seqs else 0.0
-        b = self.breakdown(shape)
+        b, util_s = self._priced(shape)
+        self._last_utilization = (shape, util_s)    # the engine asks for it next (utilization_s)
         return max(b.compute_s, b.memory_s) + b.comm_s + b.overhead_s + b.draft_s
+
+    # ---- power ----------------------------------------------------------------------------------
+    def utilization_s(self, shape: StepShape) -> float:
+        """Seconds of one iteration's binding resource at its large-kernel rate: max(FLOPs /
+        (peak x compute_efficiency), bytes / (bandwidth x hbm_bw_efficiency)), draft passes included,
+        without shape efficiencies, overheads or communication. Divided by the iteration's time it
+        is the utilization that the power model (sim/power.py) turns into watts."""
+        seqs, chunks = shape.decode_seqs, shape.chunks
+        if not chunks:
+            if not seqs:
+                return 0.0          # an iteration that only moves KV to or from the host
+            if shape.query_tokens_per_seq == 1 and shape.draft is None:
+                return self.decode_utilization(seqs).step_s(shape.decode_ctx_sum)
+        last = self._last_utilization
+        if last is not None and last[0] is shape:
+            return last[1]
+        return self._priced(shape)[1]
+
+    def decode_utilization(self, batch: int) -> DecodeCoeffs:
+        """`utilization_s` of plain decode steps of `batch` sequences, in the decode-run form."""
+        c = self._utilization_cache.get(batch)
+        if c is None:
+            c = self._utilization_cache[batch] = self._decode_coeffs(batch, 1, pure=True)
+        return c
 
     def breakdown(self, shape: StepShape) -> StepBreakdown:
         """The terms of one iteration's time: the step takes max(compute, memory) + the rest."""
+        return self._priced(shape)[0]
+
+    def _priced(self, shape: StepShape) -> tuple[StepBreakdown, float]:
+        """The iteration's breakdown and its utilization-seconds, from one pass over its work."""
         seqs, q, chunks, draft = shape.decode_seqs, shape.query_tokens_per_seq, shape.chunks, shape.draft
-        draft_s = 0.0
+        draft_s = draft_util_s = 0.0
         if draft is not None and draft.passes > 0 and seqs:
             draft_s = draft.passes * self.draft_pass(seqs, draft.layer_share).step_s(shape.decode_ctx_sum)
+            draft_util_s = draft.passes * self._decode_coeffs(seqs, 1, draft.layer_share, draft=True,
+                                                              pure=True).step_s(shape.decode_ctx_sum)
         w = self.window
         tokens = seqs * q
         samples = seqs * q
@@ -277,8 +353,14 @@ class RooflineStepModel:
         mem = (self.weight_bytes(tokens)
                + tokens * (self.model.layers * self.kv_layer_bytes + self.act_bytes_per_token)
                + self.kv_layer_bytes * (self.full_layers * read_full + self.sliding_layers * read_sl))
-        cmp = (tokens * self.linear_flops_per_token + samples * self.lm_flops_per_sample
-               + self.attn_flops_eq_per_pair * (self.full_layers * pairs_full + self.sliding_layers * pairs_sl))
-        return StepBreakdown(compute_s=cmp / self.flops_per_s, memory_s=mem / self.bytes_per_s,
-                             comm_s=self._comm_s(tokens), overhead_s=self._overhead_s(seqs + len(chunks)),
-                             draft_s=draft_s)
+        attn = self.attn_flops_eq_per_pair * (self.full_layers * pairs_full + self.sliding_layers * pairs_sl)
+        cmp = self._gemm_flops(tokens) + self._lm_flops(samples) + attn
+        # Without shape efficiencies (the common uncalibrated case) the pure FLOPs are the same.
+        cmp_pure = (self._gemm_flops(tokens, pure=True) + self._lm_flops(samples, pure=True) + attn
+                    if self.cfg.gemm_half_tokens else cmp)
+        util_s = max(cmp_pure / self.flops_per_s, mem / self.bytes_per_s) + draft_util_s if tokens else 0.0
+        b = StepBreakdown(compute_s=cmp / self.flops_per_s, memory_s=(mem + self.half_bytes) / self.bytes_per_s,
+                          comm_s=self._comm_s(tokens),
+                          overhead_s=self._overhead_s(seqs + len(chunks)) + self.layer_fixed_s,
+                          draft_s=draft_s)
+        return b, util_s

@@ -139,6 +139,14 @@ class StepModel(Protocol):
         (cached per shape)."""
         ...
 
+    def utilization_s(self, shape: StepShape) -> float:
+        """Seconds of the iteration's binding resource at its large-kernel rate (for power)."""
+        ...
+
+    def decode_utilization(self, batch: int) -> DecodeRun:
+        """`utilization_s` of plain decode steps of `batch` sequences, in the decode-run form."""
+        ...
+
 
 class DraftedRun:
     """Decode steps with draft work: each step takes target(S) + weight x draft(S), with S the summed

@@ -210,6 +210,14 @@ class TableStepModel:
             cov.note("context_tokens", mean_ctx, mean_ctx)
         return max(0.0, self._at(decode_seqs, mean_ctx, prefill)) + draft_s
 
+    def utilization_s(self, shape: StepShape) -> float:
+        """A measured table knows times, not bytes or FLOPs: the whole step counts as busy at full
+        utilization (the power model's former busy-fraction assumption)."""
+        return self.iteration_s(shape)
+
+    def decode_utilization(self, batch: int) -> DecodeRun:
+        return self.decode_run(batch)
+
     def decode_run(self, batch: int, query_tokens_per_seq: int = 1, draft: DraftWork | None = None) -> DecodeRun:
         if draft is not None and draft.passes > 0:
             return DraftedRun(self._plain_run(batch, query_tokens_per_seq), self._plain_run(batch, 1),

@@ -1,0 +1,62 @@
+"""How far real kernels fall short of the spec-sheet roofline, as functions of the work's shape.
+
+The large-batch efficiencies (`hbm_bw_efficiency`, `compute_efficiency`) are what big kernels
+reach. Small work reaches less, for reasons a byte-and-FLOP count does not see; each is modelled by
+one general parameter that calibration fits (docs/model-assumptions.md, "Efficiency by shape"):
+
+* **GEMM token dimension.** A matmul over n tokens fills tensor-core tiles only partly and has a
+  fixed prologue and epilogue, so its FLOP rate rises with n and saturates:
+  ``gemm_efficiency(n) = n / (n + n_half)``, a share of `compute_efficiency`. For a mixture of
+  experts n is the tokens each touched expert receives (tokens x top-k / experts touched), which is
+  why grouped GEMMs of many small experts run far from peak.
+* **Bytes per kernel.** A kernel that streams x bytes pays a fixed start-up (launch, ramp-up,
+  tail) worth ``x_half`` bytes of streaming, so the achieved bandwidth is
+  ``bw x x / (x + x_half)``: a step over L layers moves bytes + L x ``hbm_half_bytes_per_layer``
+  at the large-kernel rate. The term lives on the memory side of the roofline's max, so it is
+  hidden once a step is compute-bound.
+* **Collective latency.** A tensor-parallel all-reduce of a small message costs its latency, which
+  grows with the number of steps a tree or recursive-doubling all-reduce takes: log2(tp) x
+  ``collective_latency_s`` (so tp = 2 pays it once, tp = 8 three times).
+* **Fixed per-layer costs** (`layer_overhead_s`, `moe_layer_overhead_s`) are kernel launches or
+  graph-replay gaps, norms and rotary embeddings of every layer, and routing, top-k and token
+  permutation of every mixture-of-experts layer: time that neither bytes nor FLOPs explain and that
+  dominates a batch-1 step of a large model. They add to the step outside the max.
+
+Every efficiency here is a pure function, monotone non-decreasing in its argument and at most 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def gemm_efficiency(tokens: float, half_tokens: float) -> float:
+    """Share of the large-batch FLOP rate a GEMM over `tokens` tokens reaches: n / (n + n_half)."""
+    if half_tokens <= 0.0:
+        return 1.0
+    if tokens <= 0.0:
+        return 0.0
+    return tokens / (tokens + half_tokens)
+
+
+def bandwidth_efficiency(kernel_bytes: float, half_bytes: float) -> float:
+    """Share of the large-kernel bandwidth a kernel streaming `kernel_bytes` reaches: x / (x + x_half)."""
+    if half_bytes <= 0.0:
+        return 1.0
+    if kernel_bytes <= 0.0:
+        return 0.0
+    return kernel_bytes / (kernel_bytes + half_bytes)
+
+
+def allreduce_latency_s(tp: int, step_latency_s: float) -> float:
+    """Latency of one all-reduce across `tp` GPUs: log2(tp) steps of `step_latency_s` (0 for tp = 1)."""
+    return step_latency_s * math.log2(tp) if tp > 1 else 0.0
+
+
+def tokens_per_expert(tokens: float, experts: int, experts_per_token: int) -> float:
+    """Mean tokens each touched routed expert receives when `tokens` tokens each pick
+    `experts_per_token` of `experts` uniformly: tokens x k / (E x (1 - (1 - k/E)^tokens))."""
+    if tokens <= 0:
+        return 0.0
+    touched = experts * (1.0 - (1.0 - experts_per_token / experts) ** tokens)
+    return tokens * experts_per_token / touched

@@ -1,0 +1,67 @@
+"""GPU power: a chip draws idle power plus a share of (TDP - idle) that follows its utilization.
+
+Assumption (docs/model-assumptions.md, "Power"): a GPU's dynamic power follows the achieved
+utilization of whichever resource binds its work, tensor cores or HBM. An iteration whose binding
+resource runs at its large-kernel rate for the whole iteration (compute-bound prefill at the
+calibrated compute efficiency, decode of a large batch streaming HBM at the calibrated bandwidth
+efficiency) draws TDP; one that spends part of its time in launch gaps, small kernels, collectives
+or host overhead draws proportionally less; an idle GPU draws its idle power:
+
+    P_chip = idle_w + (tdp_w - idle_w) x U,
+    U      = sum over iterations of util_s / provisioned seconds,
+    util_s = max(FLOPs / (peak x compute_efficiency), bytes / (HBM bw x hbm_bw_efficiency))
+
+per iteration (`StepModel.utilization_s`). Under this assumption J/token at light load is no longer
+charged at TDP for every busy second: a batch-1 decode step of a large model spends most of its
+time in fixed per-layer costs and collectives, and draws accordingly. The parameters are the GPU's
+`idle_w` and `tdp_w` (catalog values with sources, overridable per scenario through
+`hardware.overrides`), and `cost.power_model: busy` restores the former assumption (power by busy
+fraction). A measured step table knows no bytes or FLOPs, so with it U is the busy fraction.
+
+Decode runs are one event each, so their utilization-seconds are summed after the simulation: a
+plain decode step of B sequences has util_s = max(m0 + m1 S, c0 + c1 S) along the run's linear
+context path S_j, the same two-line form as its step time, summed in closed form.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.catalog import GpuSpec
+from sim.engine.kv_integral import DecodeRunLog, roofline_pieces
+from sim.perf.roofline import DecodeCoeffs
+from sim.perf.shape import LinearPath, StepModel
+
+
+def chip_power_w(gpu: GpuSpec, utilization: float) -> float:
+    """The chip's draw at a utilization (or, under the busy model, a busy fraction) in [0, 1]."""
+    return gpu.idle_w + (gpu.tdp_w - gpu.idle_w) * min(1.0, max(0.0, utilization))
+
+
+def decode_runs_utilization_s(log: DecodeRunLog, step_model: StepModel) -> tuple[np.ndarray, np.ndarray]:
+    """(record indices, utilization-seconds) of every logged decode run."""
+    records: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    for t in log.tables():
+        record, steps = t[:, 0].astype(np.int64), t[:, 2].astype(np.int64)
+        batch_col, first, slope = t[:, 4].astype(np.int64), t[:, 5], t[:, 6]
+        batches, which = np.unique(batch_col, return_inverse=True)
+        runs = [step_model.decode_utilization(int(b)) for b in batches]
+        total = np.zeros(len(t))
+        linear = np.array([isinstance(r, DecodeCoeffs) for r in runs], dtype=bool)[which]
+        if linear.any():
+            idx = np.flatnonzero(linear)
+            coeffs = np.array([(r.m0, r.m1, r.c0, r.c1, r.fixed_s) if isinstance(r, DecodeCoeffs) else (0.0,) * 5
+                               for r in runs])[which[idx]]
+            f, b = first[idx], slope[idx]
+            for lo, hi, a, c in roofline_pieces(coeffs, f, b, steps[idx]):
+                n = (hi - lo).astype(float)
+                # sum over j in [lo, hi) of a + c (f + b j)
+                total[idx] += n * (a + c * f) + c * b * (lo + hi - 1) * n / 2.0
+        for i in np.flatnonzero(~linear):
+            total[i] = runs[which[i]].run_s(LinearPath(float(first[i]), float(slope[i])), int(steps[i]))
+        records.append(record)
+        values.append(total)
+    if not records:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    return np.concatenate(records), np.concatenate(values)
