@@ -26,9 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml  # noqa: E402
-
 from sim.calibrate import Measurement, error_table, reference_points, scenario_data  # noqa: E402
+from sim.errors import InputError  # noqa: E402
 from sim.perf import RooflineStepModel, StepShape  # noqa: E402
 from sim.runner import run, step_model_for  # noqa: E402
 from sim.scenario import scenario_from_dict  # noqa: E402
@@ -63,18 +62,23 @@ def shown(m: Measurement, value: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--uncalibrated", action="store_true", help="use the pre-calibration first-guess parameters")
-    ap.add_argument("--profile", type=Path, default=None, help="a perf profile from 'run.py calibrate'")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--uncalibrated", action="store_true", help="use the pre-calibration first-guess parameters")
+    which.add_argument("--profile", type=Path, default=None, help="a perf profile from 'run.py calibrate'")
     args = ap.parse_args()
     perf: dict = {}
     label = "calibrated defaults (sim/data/calibration.yaml)"
     if args.uncalibrated:
         perf, label = UNCALIBRATED, "uncalibrated first-guess parameters"
     elif args.profile:
-        perf = yaml.safe_load(args.profile.read_text())["perf"]
-        label = f"profile {args.profile}"
+        # Loaded as a scenario loads it (perf: {profile: FILE}), with the same checks and messages.
+        perf, label = {"profile": str(args.profile.resolve())}, f"profile {args.profile}"
     ms, skipped, header = reference_points()
-    table = error_table(ms, perf)
+    try:
+        table = error_table(ms, perf)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(f"source: {header['source']}")
     print(f"unit: {header['unit']} (offline bursts; ISL/OSL in the point id, 1k/1k when none), tokens/s per user "
           f"for batch-1 steps; parameters: {label}\n")

@@ -140,12 +140,38 @@ def error_table(ms: list[Measurement], perf: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-#: Most model evaluations a fit may spend (each simulates every throughput measurement once).
-MAX_EVALUATIONS = 200
+#: Most least-squares steps of a fit (scipy's max_nfev; Jacobians by finite differences come on top).
+MAX_STEPS = 200
+
+
+def max_evaluations(n_params: int) -> int:
+    """Most model evaluations a fit of `n_params` parameters spends (each simulates every throughput
+    measurement once): the probe of which parameters matter, then per step one evaluation and a
+    finite-difference Jacobian of one per parameter."""
+    return (n_params + 1) * (MAX_STEPS + 1)
+
+
+def check_params(params: tuple[str, ...]) -> None:
+    """InputError unless `params` names fittable parameters, each once."""
+    if not params:
+        raise InputError("calibrate --params: no parameters to fit")
+    twice = sorted({p for p in params if params.count(p) > 1})
+    if twice:
+        raise InputError(f"calibrate --params: {twice} named more than once")
+    unknown = [p for p in params if p not in BOUNDS]
+    if unknown:
+        raise InputError(f"calibrate --params: cannot fit {unknown}; choose from {sorted(BOUNDS)}")
 
 
 def _predict_pair(args: tuple[Measurement, dict[str, Any]]) -> float:
     return predict(*args)
+
+
+def _nudged(name: str, value: float) -> float:
+    """A value of parameter `name` clearly apart from `value` and within its bounds."""
+    low, high, scale = BOUNDS[name]
+    step = max(abs(value), scale) * 0.25
+    return value + step if value + step <= high else value - step
 
 
 def fit(ms: list[Measurement], params: tuple[str, ...] = DEFAULT_PARAMS,
@@ -158,30 +184,46 @@ def fit(ms: list[Measurement], params: tuple[str, ...] = DEFAULT_PARAMS,
 
     if not ms:
         raise InputError("calibrate: no measurements to fit")
-    unknown = [p for p in params if p not in BOUNDS]
-    if unknown:
-        raise InputError(f"calibrate --params: cannot fit {unknown}; choose from {sorted(BOUNDS)}")
+    check_params(params)
     base = PerfCfg().model_dump()
     base.update(start or {})
-    scales = np.array([BOUNDS[p][2] for p in params])
-    lo = np.array([BOUNDS[p][0] for p in params]) / scales
-    hi = np.array([BOUNDS[p][1] for p in params]) / scales
-    x0 = np.clip(np.array([float(base[p]) for p in params]) / scales, lo + 1e-9, hi - 1e-9)
+    pool = executor if executor is not None and any(m.kind == "throughput" for m in ms) else None
     count = 0
 
-    def residuals(x: np.ndarray) -> np.ndarray:
+    def predictions(perf: dict[str, Any]) -> list[float]:
+        # Step rows are priced in microseconds: only simulated throughputs go to the pool.
+        slow = [m for m in ms if m.kind == "throughput"] if pool is not None else []
+        done = dict(zip((m.id for m in slow), pool.map(_predict_pair, [(m, perf) for m in slow]), strict=True)) \
+            if pool is not None else {}
+        return [done[m.id] if m.id in done else predict(m, perf) for m in ms]
+
+    def residuals_at(perf: dict[str, Any]) -> np.ndarray:
         nonlocal count
         count += 1
-        perf = {**base, **dict(zip(params, (x * scales).tolist(), strict=True))}
-        jobs = [(m, perf) for m in ms]
-        preds = executor.map(_predict_pair, jobs) if executor is not None else map(_predict_pair, jobs)
-        out = np.array([math.log(max(p, 1e-30) / m.measured) for p, m in zip(preds, ms, strict=True)])
+        out = np.array([math.log(max(p, 1e-30) / m.measured) for p, m in zip(predictions(perf), ms, strict=True)])
         if progress is not None:
             progress(count)
         return out
 
+    # A parameter no measurement responds to (the MoE layer cost with dense models only) is held at
+    # its start: the optimiser would otherwise wander it to an arbitrary value the profile keeps.
+    r0 = residuals_at(base)
+    blind = [p for p in params
+             if np.allclose(residuals_at({**base, p: _nudged(p, float(base[p]))}), r0, rtol=0.0, atol=1e-12)]
+    held_notes = [f"{p} held at {float(base[p]):.6g}: no measurement depends on it" for p in blind]
+    params = tuple(p for p in params if p not in blind)
+    if not params:
+        raise InputError("calibrate: none of the chosen parameters changes any prediction for these measurements")
+    scales = np.array([BOUNDS[p][2] for p in params])
+    lo = np.array([BOUNDS[p][0] for p in params]) / scales
+    hi = np.array([BOUNDS[p][1] for p in params]) / scales
+    x0 = np.clip(np.array([float(base[p]) for p in params]) / scales, lo + 1e-9, hi - 1e-9)
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        return residuals_at({**base, **dict(zip(params, (x * scales).tolist(), strict=True))})
+
     sol = least_squares(residuals, x0, bounds=(lo, hi), diff_step=0.02, xtol=1e-4, ftol=1e-6,
-                        max_nfev=MAX_EVALUATIONS)
+                        max_nfev=MAX_STEPS)
     fitted = dict(zip(params, (sol.x * scales).tolist(), strict=True))
     perf = {**base, **fitted}
     table = error_table(ms, perf)
@@ -189,8 +231,11 @@ def fit(ms: list[Measurement], params: tuple[str, ...] = DEFAULT_PARAMS,
     if not math.isfinite(rms):
         raise InputError("calibrate: the model cannot reproduce these measurements (infinite error after the fit); "
                          "no profile written")
-    notes = [] if len(ms) > len(params) else [
-        f"{len(ms)} measurements for {len(params)} parameters: the fit is not over-determined"]
+    notes = held_notes + ([] if len(ms) > len(params) else [
+        f"{len(ms)} measurements for {len(params)} parameters: the fit is not over-determined"])
+    if sol.status == 0:
+        notes.append(f"the fit stopped at its limit of {MAX_STEPS} steps before converging; its values may "
+                     "still move (check the errors, or fit fewer parameters)")
     for name, value in fitted.items():
         low, high, _ = BOUNDS[name]
         # A bound of 0 (no overhead) is a plausible answer; an efficiency on its floor or ceiling is not.
@@ -298,14 +343,24 @@ def _reference_point(pt: dict[str, Any], data: dict[str, Any]) -> Measurement:
                            context_tokens=int(pt["context_tokens"]), prefill_tokens=int(pt.get("prefill_tokens", 0)),
                            engine=engine)
     inp, out = int(pt.get("input_tokens", data["input_tokens"])), int(pt.get("output_tokens", data["output_tokens"]))
-    seqs, budget = trtllm_bench_limits(config, inp, out)
+    seqs, budget = trtllm_bench_limits(config, inp, out, pt.get("checkpoint"))
     return Measurement(pt["id"], "throughput", config, float(pt["measured"]), input_tokens=inp, output_tokens=out,
                        requests=int(pt.get("requests", data["requests"])), max_num_seqs=seqs,
                        max_num_batched_tokens=budget, engine=engine,
                        chunked_prefill=pt.get("chunked_prefill", data.get("chunked_prefill")))
 
 
-def trtllm_bench_limits(config: dict[str, Any], input_tokens: int, output_tokens: int,
+#: Checkpoint formats trtllm-bench sizes its limits for (tensorrt_llm/bench/build/build.py,
+#: TUNED_QUANTS); the default format of each weight precision.
+TUNED_CHECKPOINTS = ("nvfp4", "fp8", "fp8_block_scales", "none")
+DEFAULT_CHECKPOINT = {"fp4": "nvfp4", "fp8": "fp8", "bf16": "none", "fp16": "none"}
+#: TensorRT-LLM's own defaults, which trtllm-bench keeps for other formats (MXFP4, for example).
+TRTLLM_DEFAULT_LIMITS = (2048, 8192)
+#: Bytes per element as trtllm-bench counts them (its BYTES_PER_ELEM: NVFP4 0.5, scales not counted).
+BENCH_BYTES = {"fp4": 0.5, "fp8": 1.0, "bf16": 2.0, "fp16": 2.0}
+
+
+def trtllm_bench_limits(config: dict[str, Any], input_tokens: int, output_tokens: int, checkpoint: str | None = None,
                         kv_fraction: float = 0.95) -> tuple[int, int]:
     """(max batch size, max tokens per iteration) that trtllm-bench picks for a model, GPU, tp and
     benchmark lengths when none are given (TensorRT-LLM tensorrt_llm/bench/build/tuning.py,
@@ -313,14 +368,19 @@ def trtllm_bench_limits(config: dict[str, Any], input_tokens: int, output_tokens
     left after the weights (KV bytes per token counted over every layer and at least one KV head per
     GPU), capped at 4,096 and rounded up; the token budget that many requests need to admit their
     prompts at the benchmark's input/output ratio, capped at 32,768 and at least 2,048, rounded up.
-    Memory is in GiB as the tool counts it; weights at the checkpoint's bytes per element."""
-    from sim.catalog import BYTES_PER_ELEMENT, gpu_catalog, model_catalog
+    Memory is the catalog's HBM in GiB, as the tool counts it; bytes per element as the tool counts
+    them (`BENCH_BYTES`). A
+    checkpoint format the tool does not tune for (`checkpoint`, default from the weight precision)
+    keeps TensorRT-LLM's defaults, 2,048 sequences and 8,192 tokens."""
+    from sim.catalog import gpu_catalog, model_catalog
+
+    if (checkpoint or DEFAULT_CHECKPOINT.get(config["weights"], "none")) not in TUNED_CHECKPOINTS:
+        return TRTLLM_DEFAULT_LIMITS
 
     model, gpu, tp = model_catalog()[config["model"]], gpu_catalog()[config["gpu"]], int(config["tp"])
     gib = 1024.0 ** 3
-    weights_gib = model.params_total * BYTES_PER_ELEMENT[config["weights"]] / gib
-    kv_gib_per_token = (2 * model.layers * max(tp, model.kv_heads) * model.head_dim
-                        * BYTES_PER_ELEMENT[config["kv_cache"]] / gib)
+    weights_gib = model.params_total * BENCH_BYTES[config["weights"]] / gib
+    kv_gib_per_token = 2 * model.layers * max(tp, model.kv_heads) * model.head_dim * BENCH_BYTES[config["kv_cache"]] / gib
     free_gib = (gpu.hbm_gb * 1e9 / gib) * tp - weights_gib
     requests = max(1.0, free_gib * kv_fraction / (kv_gib_per_token * (input_tokens + output_tokens)))
     raw_bs = min(requests, 4096.0)

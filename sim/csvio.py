@@ -28,6 +28,9 @@ def read_csv(path: str | Path, what: str, **kwargs: Any) -> pd.DataFrame:
     except Exception as err:  # pandas raises many parser error types
         raise InputError(f"{path}: cannot read {what}: {one_line(err)}") from None
     header = [str(c).strip() for c in raw.iloc[0]]
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise InputError(f"{path}: the {what} header names column(s) {twice} more than once")
     df = raw.iloc[1:].reset_index(drop=True)
     df.columns = header
     return df

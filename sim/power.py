@@ -9,14 +9,18 @@ or host overhead draws proportionally less; an idle GPU draws its idle power:
 
     P_chip = idle_w + (tdp_w - idle_w) x U,
     U      = sum over iterations of util_s / provisioned seconds,
-    util_s = max(FLOPs / (peak x compute_efficiency), bytes / (HBM bw x hbm_bw_efficiency))
+    util_s = max(FLOPs / (peak of their precision x compute_efficiency),
+                 bytes / (HBM bw x hbm_bw_efficiency))
 
-per iteration (`StepModel.utilization_s`). Under this assumption J/token at light load is no longer
+per iteration (`StepModel.utilization_s`): the work at the large-kernel rates, so the shape
+inefficiencies (small GEMMs, slower attention kernels, kernel start-up) lengthen the step without
+adding power. Under this assumption J/token at light load is no longer
 charged at TDP for every busy second: a batch-1 decode step of a large model spends most of its
 time in fixed per-layer costs and collectives, and draws accordingly. The parameters are the GPU's
 `idle_w` and `tdp_w` (catalog values with sources, overridable per scenario through
 `hardware.overrides`), and `cost.power_model: busy` restores the former assumption (power by busy
-fraction). A measured step table knows no bytes or FLOPs, so with it U is the busy fraction.
+fraction). A measured step table knows no bytes or FLOPs, so with it every iteration counts as
+fully utilized (KV transfers to or from the host count as idle with either step model).
 
 Decode runs are one event each, so their utilization-seconds are summed after the simulation: a
 plain decode step of B sequences has util_s = max(m0 + m1 S, c0 + c1 S) along the run's linear

@@ -18,8 +18,9 @@ import yaml
 
 from sim.calibrate import (
     DEFAULT_PARAMS,
-    MAX_EVALUATIONS,
+    check_params,
     fit,
+    max_evaluations,
     profile,
     read_measurements_csv,
     reference_points,
@@ -43,7 +44,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.reference == (args.measurements is not None):
         raise InputError("calibrate: give either a MEASUREMENTS.csv file or --reference")
-    params = tuple(p.strip() for p in args.params.split(",") if p.strip()) if args.params else DEFAULT_PARAMS
+    params = tuple(p.strip() for p in args.params.split(",") if p.strip()) if args.params is not None else DEFAULT_PARAMS
+    check_params(params)
+    if args.workers < 1:
+        raise InputError(f"--workers: must be >= 1, got {args.workers}")
     if args.reference:
         ms, _, header = reference_points()
         source = f"bundled measured points: {header.get('source', '')}"
@@ -57,10 +61,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     console = make_console()
     if not args.quiet:
         console.print(f"fitting {escape(', '.join(params))} to {len(ms)} measurements ...")
-    # Least squares stops when it converges, usually well before the cap: the ETA is an upper bound.
-    with progress_bar(console, "calibrating", f"model evaluations (at most {MAX_EVALUATIONS})", MAX_EVALUATIONS,
-                      show_progress(args.quiet)) as update, make_executor(args.workers, None) as ex:
-        f = fit(ms, params, progress=update, executor=ex if args.workers > 1 else None)
+    # Least squares stops when it converges, usually far before the cap: the ETA is an upper bound.
+    cap = max_evaluations(len(params))
+    # Only simulated throughputs go to the pool: never more processes than they are.
+    workers = min(args.workers, sum(m.kind == "throughput" for m in ms)) or 1
+    with progress_bar(console, "calibrating", f"model evaluations (at most {cap:,}; usually far fewer)", cap,
+                      show_progress(args.quiet)) as update, make_executor(workers, None) as ex:
+        f = fit(ms, params, progress=update, executor=ex if workers > 1 else None)
     prof = profile(f, source)
     prof["created_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     body = yaml.safe_dump(prof, sort_keys=False)

@@ -105,3 +105,42 @@ def test_bad_measurement_files(tmp_path, body, needle):
     r = subprocess.run([sys.executable, str(ROOT / "run.py"), "calibrate", str(csv), "--out", str(tmp_path / "o.yaml")],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and needle in r.stderr and not (tmp_path / "o.yaml").exists()
+
+
+def test_a_parameter_no_measurement_depends_on_is_held():
+    """Dense-only step measurements cannot see the MoE layer cost: it keeps its start value and the
+    fit says so, instead of wandering to an arbitrary value that a MoE scenario would inherit."""
+    ms = [m for m in synthetic_steps() if m.config["model"] != "gpt-oss-120b"]
+    f = fit(ms, ("hbm_bw_efficiency", "layer_overhead_s", "moe_layer_overhead_s"),
+            start={**TRUE, "hbm_bw_efficiency": 0.5, "layer_overhead_s": 1e-5, "moe_layer_overhead_s": 4.2e-5})
+    assert "moe_layer_overhead_s" not in f.params and f.base["moe_layer_overhead_s"] == 4.2e-5
+    assert any("moe_layer_overhead_s held" in n for n in f.notes)
+    assert f.params["hbm_bw_efficiency"] == pytest.approx(TRUE["hbm_bw_efficiency"], rel=0.02)
+    assert f.params["layer_overhead_s"] == pytest.approx(TRUE["layer_overhead_s"], rel=0.02)
+
+
+def test_trtllm_bench_limits_by_hand():
+    """Llama-3.3-70B NVFP4 on one B200 at 1k/1k, as trtllm-bench sizes it: (180e9 B in GiB - 70.6e9
+    params x 0.5 B in GiB) x 0.95 / (2 x 80 layers x 8 heads x 128 x 1 B x 2048 tokens in GiB)
+    = about 412 requests -> batch 512 (rounded up to 128s), tokens 412 x 2 -> at least 2,048; an MXFP4
+    checkpoint keeps TensorRT-LLM's defaults."""
+    from sim.calibrate import trtllm_bench_limits
+    from sim.catalog import model_catalog
+
+    cfg = {"model": "llama-3.3-70b", "gpu": "b200", "tp": 1, "weights": "fp4", "kv_cache": "fp8", "compute": "fp4"}
+    gib = 1024.0 ** 3
+    free = 180e9 / gib - model_catalog()["llama-3.3-70b"].params_total * 0.5 / gib
+    requests = free * 0.95 / (2 * 80 * 8 * 128 * 1.0 * 2048 / gib)
+    assert 384 < requests <= 512
+    assert trtllm_bench_limits(cfg, 1024, 1024) == (512, 2048)
+    assert trtllm_bench_limits(cfg, 1024, 1024, "mxfp4") == (2048, 8192)
+
+
+def test_duplicate_columns_and_empty_parameter_lists_are_refused(tmp_path):
+    (tmp_path / "dup.csv").write_text(HEADER.replace("model,", "model,model,") + "a,step,x,x,h100-sxm,1,bf16,bf16,bf16,1,1,0,0.01\n")
+    with pytest.raises(InputError, match=r"names column\(s\) \['model'\] more than once"):
+        read_measurements_csv(tmp_path / "dup.csv")
+    with pytest.raises(InputError, match="no parameters"):
+        fit(synthetic_steps()[:3], ())
+    with pytest.raises(InputError, match="named more than once"):
+        fit(synthetic_steps()[:3], ("compute_efficiency", "compute_efficiency"))

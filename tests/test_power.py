@@ -70,3 +70,15 @@ def test_jump_and_step_mode_record_the_same_utilization():
     jump, step = execute(build(sc, 3)).summary, execute(build(sc, 3, allow_jumps=False)).summary
     assert jump["gpu_utilization"] == pytest.approx(step["gpu_utilization"], rel=1e-9)
     assert 0 < jump["gpu_utilization"] < jump["gpu_busy_fraction"]
+
+
+def test_slower_attention_kernels_lengthen_a_step_without_adding_power():
+    """The shape inefficiencies (here attention_efficiency) make an iteration longer but leave its
+    utilization-seconds alone, so a slower kernel never reads as a busier chip."""
+    from sim.scenario import scenario_from_dict
+
+    fast = step_model(scenario_from_dict(lone(10, 10, perf={"attention_efficiency": 0.5})))
+    slow = step_model(scenario_from_dict(lone(10, 10, perf={"attention_efficiency": 0.05})))
+    shape = StepShape(4, 4 * 500.0, 1, (Chunk(30_000, 2048, False),))
+    assert slow.iteration_s(shape) > fast.iteration_s(shape)
+    assert slow.utilization_s(shape) == pytest.approx(fast.utilization_s(shape), rel=1e-12)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sim.datapath import DataPath, resolve_data_path
 from sim.input_model import InputModel
@@ -41,9 +41,9 @@ def calibrated_defaults() -> dict[str, float]:
 class PerfCfg(InputModel):
     """Step-time model parameters (docs/model-assumptions.md)."""
 
-    hbm_bw_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["hbm_bw_efficiency"], gt=0, le=1)
-    compute_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["compute_efficiency"], gt=0, le=1)
-    comm_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["comm_efficiency"], gt=0, le=1)
+    hbm_bw_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["hbm_bw_efficiency"], ge=1e-3, le=1)
+    compute_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["compute_efficiency"], ge=1e-3, le=1)
+    comm_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["comm_efficiency"], ge=1e-3, le=1)
     collective_latency_s: float = Field(default_factory=lambda: calibrated_defaults()["collective_latency_s"], ge=0, le=1,
                                         description="latency per log2(tp) step of an all-reduce")
     iteration_overhead_s: float = Field(default_factory=lambda: calibrated_defaults()["iteration_overhead_s"], ge=0, le=10)
@@ -65,6 +65,14 @@ class PerfCfg(InputModel):
                                         le=1, description="extra fixed time per mixture-of-experts layer per iteration")
     profile: str | None = Field(default=None, description="calibration profile file the values came from")
     step_table: DataPath | None = Field(default=None, description="CSV of measured iteration times")
+
+    @field_validator("attention_efficiency")
+    @classmethod
+    def _attention_floor(cls, v: float) -> float:
+        # Below 0.1% of peak, step times overflow and stop meaning anything (as for the others).
+        if 0.0 < v < 1e-3:
+            raise ValueError(f"must be 0 (as compute_efficiency) or at least 0.001, got {v}")
+        return v
 
     @model_validator(mode="before")
     @classmethod

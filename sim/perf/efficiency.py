@@ -53,10 +53,14 @@ def allreduce_latency_s(tp: int, step_latency_s: float) -> float:
     return step_latency_s * math.log2(tp) if tp > 1 else 0.0
 
 
+def experts_touched(tokens: float, experts: int, experts_per_token: int) -> float:
+    """Expected routed experts that `tokens` tokens touch when each picks `experts_per_token` of
+    `experts` uniformly: E x (1 - (1 - k/E)^tokens)."""
+    return experts * (1.0 - (1.0 - experts_per_token / experts) ** tokens)
+
+
 def tokens_per_expert(tokens: float, experts: int, experts_per_token: int) -> float:
-    """Mean tokens each touched routed expert receives when `tokens` tokens each pick
-    `experts_per_token` of `experts` uniformly: tokens x k / (E x (1 - (1 - k/E)^tokens))."""
+    """Mean tokens each touched routed expert receives: tokens x k / experts touched."""
     if tokens <= 0:
         return 0.0
-    touched = experts * (1.0 - (1.0 - experts_per_token / experts) ** tokens)
-    return tokens * experts_per_token / touched
+    return tokens * experts_per_token / experts_touched(tokens, experts, experts_per_token)

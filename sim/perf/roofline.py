@@ -31,7 +31,8 @@ c (its new tokens included) attends q c - q (q - 1) / 2 (query, key) pairs and s
 
 Draft work (`shape.DraftWork`: p passes, each running a share f of the layers) adds, per pass over
 B decoding sequences, the same terms as a one-token decode step with every per-layer term (layer
-weights, KV read and written, activations, attention and matmul FLOPs, all-reduce) scaled by f, plus
+weights, KV read and written, activations, attention and matmul FLOPs, all-reduce, kernel start-up
+bytes and fixed per-layer costs) scaled by f, plus
 the whole LM head (each pass samples a proposed token per sequence). A pass attends over the
 sequence's context S as the verification step sees it: the at most k draft tokens a pass adds are
 ignored against contexts of hundreds of tokens. No per-iteration overhead is added per pass: the
@@ -54,7 +55,7 @@ from typing import NamedTuple
 from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec, default_attention_precision
 from sim.errors import InputError
 from sim.perf.config import PerfCfg
-from sim.perf.efficiency import allreduce_latency_s, gemm_efficiency, tokens_per_expert
+from sim.perf.efficiency import allreduce_latency_s, experts_touched, gemm_efficiency, tokens_per_expert
 from sim.perf.shape import (
     ContextPath,
     DecodeRun,
@@ -176,7 +177,8 @@ class RooflineStepModel:
             raise InputError(f"GPU {gpu.name} has no {self.attention} tensor cores for attention")
         # Attention kernels reach their own share of that peak (0: the GEMMs' compute_efficiency).
         attn_eff = cfg.attention_efficiency or cfg.compute_efficiency
-        self.attn_flops_eq_per_pair = self.attn_flops_per_pair * (peak / attn_peak) * (cfg.compute_efficiency / attn_eff)
+        self.attn_flops_pure_per_pair = self.attn_flops_per_pair * (peak / attn_peak)   # at compute_efficiency
+        self.attn_flops_eq_per_pair = self.attn_flops_pure_per_pair * (cfg.compute_efficiency / attn_eff)
         if tp > 1:
             link = gpu.scale_up_gb_s * 1e9 * cfg.comm_efficiency
             self.comm_s_per_token = 2 * m.layers * (2 * (tp - 1) / tp) * m.hidden * 2.0 / link
@@ -197,8 +199,7 @@ class RooflineStepModel:
         if moe is None:
             return self.base_weight_bytes
         e, k = moe.experts, moe.experts_per_token
-        touched = e * (1.0 - (1.0 - k / e) ** tokens)
-        return self.base_weight_bytes + self.model.moe_layers * touched * self.expert_bytes_per_layer
+        return self.base_weight_bytes + self.model.moe_layers * experts_touched(tokens, e, k) * self.expert_bytes_per_layer
 
     def _gemm_flops(self, tokens: int, pure: bool = False) -> float:
         """The layers' matmul FLOPs over `tokens` tokens, each GEMM's divided by its efficiency at
@@ -260,8 +261,9 @@ class RooflineStepModel:
     def _decode_coeffs(self, batch: int, query_tokens_per_seq: int, layer_share: float = 1.0,
                        draft: bool = False, pure: bool = False) -> DecodeCoeffs:
         """A decode step of `batch` sequences computing q tokens each; with `draft`, a draft pass:
-        every per-layer term scaled by `layer_share`, the whole LM head, and only the all-reduce of
-        those layers as fixed time (no iteration or per-sequence overhead). With `pure`, only the
+        every per-layer term scaled by `layer_share`, the whole LM head, and as fixed time only the
+        all-reduce and fixed per-layer costs of those layers (no iteration or per-sequence
+        overhead). With `pure`, only the
         bytes and FLOPs at the large-kernel rates (`utilization_s`): no shape efficiencies, no
         fixed time."""
         f, w = layer_share, self.window
@@ -273,11 +275,12 @@ class RooflineStepModel:
                      + self.sliding_layers * self.kv_layer_bytes * batch * w + half_bytes)
                 + self.lm_head_bytes)
         mem1 = f * self.full_layers * self.kv_layer_bytes
+        attn = self.attn_flops_pure_per_pair if pure else self.attn_flops_eq_per_pair
         cmp0 = (f * (self._gemm_flops(tokens, pure)
-                     + self.attn_flops_eq_per_pair * self.sliding_layers * tokens * w
-                     - self.attn_flops_eq_per_pair * self.full_layers * batch * (q * (q - 1) // 2))
+                     + attn * self.sliding_layers * tokens * w
+                     - attn * self.full_layers * batch * (q * (q - 1) // 2))
                 + self._lm_flops(tokens, pure))
-        cmp1 = f * self.attn_flops_eq_per_pair * self.full_layers * q
+        cmp1 = f * attn * self.full_layers * q
         if pure:
             fixed_s = 0.0
         else:
@@ -300,9 +303,10 @@ class RooflineStepModel:
 
     # ---- power ----------------------------------------------------------------------------------
     def utilization_s(self, shape: StepShape) -> float:
-        """Seconds of one iteration's binding resource at its large-kernel rate: max(FLOPs /
-        (peak x compute_efficiency), bytes / (bandwidth x hbm_bw_efficiency)), draft passes included,
-        without shape efficiencies, overheads or communication. Divided by the iteration's time it
+        """Seconds of one iteration's binding resource at its large-kernel rate: max(FLOPs / (peak
+        of their precision x compute_efficiency), bytes / (bandwidth x hbm_bw_efficiency)), draft
+        passes included, without shape efficiencies (small GEMMs, attention kernels' own
+        efficiency, kernel start-up), overheads or communication. Divided by the iteration's time it
         is the utilization that the power model (sim/power.py) turns into watts."""
         seqs, chunks = shape.decode_seqs, shape.chunks
         if not chunks:
@@ -353,11 +357,12 @@ class RooflineStepModel:
         mem = (self.weight_bytes(tokens)
                + tokens * (self.model.layers * self.kv_layer_bytes + self.act_bytes_per_token)
                + self.kv_layer_bytes * (self.full_layers * read_full + self.sliding_layers * read_sl))
-        attn = self.attn_flops_eq_per_pair * (self.full_layers * pairs_full + self.sliding_layers * pairs_sl)
+        pairs = self.full_layers * pairs_full + self.sliding_layers * pairs_sl
+        attn = self.attn_flops_eq_per_pair * pairs
         cmp = self._gemm_flops(tokens) + self._lm_flops(samples) + attn
         # Without shape efficiencies (the common uncalibrated case) the pure FLOPs are the same.
-        cmp_pure = (self._gemm_flops(tokens, pure=True) + self._lm_flops(samples, pure=True) + attn
-                    if self.cfg.gemm_half_tokens else cmp)
+        cmp_pure = (self._gemm_flops(tokens, pure=True) + self._lm_flops(samples, pure=True)
+                    + self.attn_flops_pure_per_pair * pairs)
         util_s = max(cmp_pure / self.flops_per_s, mem / self.bytes_per_s) + draft_util_s if tokens else 0.0
         b = StepBreakdown(compute_s=cmp / self.flops_per_s, memory_s=(mem + self.half_bytes) / self.bytes_per_s,
                           comm_s=self._comm_s(tokens),
