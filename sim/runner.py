@@ -169,6 +169,11 @@ def _simulate(sim: Simulation, progress: Callable[[float], None] | None) -> floa
                 env.step()
             progress(env.now)
         env.run(until=max(end_s, env.now + 1e-9))
+    # A window boundary at the simulation's end (no drain time) is an event that never runs, as
+    # run(until) stops before it: note the tokens sampled before it now, when all of them are.
+    for attr, t in window_marks(sc).items():
+        if t >= end_s:
+            sim.cluster.note_sampled(attr)
     sim.cluster.settle()
     return end_s
 

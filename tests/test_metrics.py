@@ -206,3 +206,18 @@ def test_packed_logs_give_back_their_rows_and_typed_columns():
     assert cols["t_s"].dtype == np.float64 and cols["waiting"].dtype == np.int64
     assert cols["running"].tolist() == [7, 2]
     assert LevelLog().columns()["t_s"].shape == (0,)
+
+
+@pytest.mark.parametrize("jumps", [True, False])
+def test_a_window_ending_with_the_simulation_counts_its_tokens(jumps):
+    """drain_timeout_s = 0: the window's end is the simulation's end, an event that never runs;
+    requests still in flight count the tokens they sampled before it, and the iteration and request
+    tables agree (the invariant that failed before)."""
+    d = base_dict(duration_s=30.0, warmup_s=3.0, drain_timeout_s=0.0, workload={
+        "arrivals": {"kind": "poisson", "rate_per_s": 6.0},
+        "input_tokens": {"kind": "uniform", "low": 100, "high": 900},
+        "output_tokens": {"kind": "uniform", "low": 50, "high": 600}})
+    res = execute(build(scenario_from_dict(d), allow_jumps=jumps))
+    s = res.summary
+    assert s["requests_in_flight"] > 0
+    assert s["output_tokens"] == int(res.requests["output_tokens_in_window"].sum()) > 0
