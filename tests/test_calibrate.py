@@ -144,3 +144,12 @@ def test_duplicate_columns_and_empty_parameter_lists_are_refused(tmp_path):
         fit(synthetic_steps()[:3], ())
     with pytest.raises(InputError, match="named more than once"):
         fit(synthetic_steps()[:3], ("compute_efficiency", "compute_efficiency"))
+
+
+def test_a_bad_value_inside_a_profile_names_the_profile(tmp_path):
+    (tmp_path / "p.yaml").write_text("kind: perf-profile\nperf: {attention_efficiency: 5}\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"profile 'p.yaml': attention_efficiency: .*less than or equal to 1"):
+        scenario_from_dict(base_dict(perf={"profile": "p.yaml"}), base_dir=tmp_path)
+    (tmp_path / "b.yaml").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(InputError, match="not UTF-8"):
+        scenario_from_dict(base_dict(perf={"profile": "b.yaml"}), base_dir=tmp_path)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from sim.datapath import DataPath, resolve_data_path
+from sim.errors import one_line
 from sim.input_model import InputModel
 from sim.yamlio import load_yaml
 
@@ -80,12 +81,24 @@ class PerfCfg(InputModel):
         if not isinstance(data, dict) or data.get("profile") is None:
             return data
         path = resolve_data_path(str(data["profile"]), info)
+        name = data["profile"]
+        if Path(path).is_dir():
+            raise ValueError(f"profile {name!r} is a folder, not a perf profile file")
         try:
             prof = load_yaml(Path(path).read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
-            raise ValueError(f"profile {data['profile']!r} is not valid YAML: {err}") from None
+            raise ValueError(f"profile {name!r} is not valid YAML: {one_line(err)}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"profile {name!r} is not UTF-8 text") from None
         if not isinstance(prof, dict) or prof.get("kind") != "perf-profile" or not isinstance(prof.get("perf"), dict):
-            raise ValueError(f"profile {data['profile']!r} is not a perf profile written by 'run.py calibrate'")
+            raise ValueError(f"profile {name!r} is not a perf profile written by 'run.py calibrate'")
         known = set(cls.model_fields) - {"profile", "step_table"}
         values = {k: v for k, v in prof["perf"].items() if k in known}
+        # Checked here so that a bad value names the profile it came from, not the scenario.
+        try:
+            cls.model_validate(values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(x) for x in first["loc"])
+            raise ValueError(f"profile {name!r}: {field}: {first['msg']} (got {first.get('input')!r})") from None
         return {**values, **data, "profile": path}
