@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from sim.errors import InputError
+from sim.errors import InputError, one_line
 
 
 def jsonable(v: Any) -> Any:
@@ -195,6 +195,12 @@ def check_writable(folder: Path, flag: str) -> None:
         raise InputError(f"{flag}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"{flag}: cannot write in {folder} (permission denied)")
+    # Permission bits are not the whole story (root in /proc, read-only mounts, full disks): try.
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise InputError(f"{flag}: cannot write in {folder} ({err.strerror or one_line(err)})") from None
 
 
 class ResultDir:

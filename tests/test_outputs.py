@@ -326,3 +326,19 @@ def test_a_failure_while_replacing_puts_the_old_result_back(tmp_path, monkeypatc
         (res.tmp / "summary.json").write_text("new")
     assert (out / "summary.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_an_output_place_the_permission_bits_allow_but_the_system_refuses_is_refused_first():
+    """Root passes every permission check, yet /proc takes no files: refused before any work."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    if not os.path.isdir("/proc"):
+        import pytest
+        pytest.skip("no /proc here")
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "calibrate", "--reference", "--out", "/proc/x.yaml"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 2 and "cannot write in /proc" in p.stderr and "Traceback" not in p.stderr
