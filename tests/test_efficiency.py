@@ -116,3 +116,20 @@ def test_attention_efficiency_scales_only_attention():
     attn_s = m.attn_flops_per_ctx_token() * m.layers * n * (n + 1) / 2 / (bare.gpu.peak_flops("bf16") * 0.5)
     assert slow.breakdown(shape).compute_s - bare.breakdown(shape).compute_s == pytest.approx(attn_s, rel=1e-9)
     assert math.isclose(slow.breakdown(shape).memory_s, bare.breakdown(shape).memory_s)
+
+
+def test_attention_slows_with_small_heads_as_flashattention_3_measured():
+    """FlashAttention-3 on H100 (BF16 forward, 16k tokens): 497 TFLOPS/s at head_dim 64, 648 at 128;
+    the head-dim curve reproduces the ratio and is monotone, and gpt-oss (head_dim 64) pays it."""
+    from sim.perf.efficiency import attention_head_dim_factor
+
+    assert attention_head_dim_factor(128) == 1.0
+    assert attention_head_dim_factor(64) == pytest.approx(497 / 648, abs=0.01)
+    dims = [16, 32, 64, 96, 128, 192, 256, 576]
+    factors = [attention_head_dim_factor(d) for d in dims]
+    assert factors == sorted(factors) and all(f * 128 / (128 + 56) <= 1.0 for f in factors)
+    llama, oss = roofline(attention_efficiency=0.4), roofline("gpt-oss-120b", attention_efficiency=0.4)
+    # FLOPs at the compute rate per attention FLOP: 1 / (attention efficiency x head-dim factor).
+    assert llama.attn_flops_eq_per_pair / llama.attn_flops_pure_per_pair == pytest.approx(llama.cfg.compute_efficiency / 0.4)
+    assert oss.attn_flops_eq_per_pair / oss.attn_flops_pure_per_pair == pytest.approx(
+        oss.cfg.compute_efficiency / (0.4 * attention_head_dim_factor(64)))

@@ -17,6 +17,9 @@ one general parameter that calibration fits (docs/model-assumptions.md, "Efficie
 * **Collective latency.** A tensor-parallel all-reduce of a small message costs its latency, which
   grows with the number of steps a tree or recursive-doubling all-reduce takes: log2(tp) x
   ``collective_latency_s`` (so tp = 2 pays it once, tp = 8 three times).
+* **Attention head dimension.** Attention kernels run slower with small heads: their rate scales as
+  d / (d + 56) relative to head_dim 128 (FlashAttention-3's published H100 figures), so
+  `attention_efficiency` is the head_dim-128 value.
 * **Fixed per-layer costs** (`layer_overhead_s`, `moe_layer_overhead_s`) are kernel launches or
   graph-replay gaps, norms and rotary embeddings of every layer, and routing, top-k and token
   permutation of every mixture-of-experts layer: time that neither bytes nor FLOPs explain and that
@@ -28,6 +31,22 @@ Every efficiency here is a pure function, monotone non-decreasing in its argumen
 from __future__ import annotations
 
 import math
+
+#: Head dimension at which attention kernels reach half their asymptotic rate. From the
+#: FlashAttention-3 paper (Shah et al. 2024, arXiv 2407.08608, H100 BF16 forward at 16k tokens):
+#: 497 TFLOPS/s at head_dim 64 against 648 at head_dim 128, a ratio of 0.767 that
+#: d / (d + 56) reproduces (and it predicts head_dim 256 at 1.17x head_dim 128).
+ATTENTION_HALF_HEAD_DIM = 56.0
+#: The head dimension `attention_efficiency` refers to (Llama, Qwen, Mixtral).
+REFERENCE_HEAD_DIM = 128
+
+
+def attention_head_dim_factor(head_dim: float) -> float:
+    """Attention kernels' rate at `head_dim` relative to head_dim 128: fewer FLOPs per byte of
+    Q, K and V staged, and narrower tensor-core tiles, at smaller heads."""
+    def rate(d: float) -> float:
+        return d / (d + ATTENTION_HALF_HEAD_DIM)
+    return rate(head_dim) / rate(REFERENCE_HEAD_DIM)
 
 
 def gemm_efficiency(tokens: float, half_tokens: float) -> float:

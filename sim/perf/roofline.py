@@ -55,7 +55,13 @@ from typing import NamedTuple
 from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec, default_attention_precision
 from sim.errors import InputError
 from sim.perf.config import PerfCfg
-from sim.perf.efficiency import allreduce_latency_s, experts_touched, gemm_efficiency, tokens_per_expert
+from sim.perf.efficiency import (
+    allreduce_latency_s,
+    attention_head_dim_factor,
+    experts_touched,
+    gemm_efficiency,
+    tokens_per_expert,
+)
 from sim.perf.shape import (
     ContextPath,
     DecodeRun,
@@ -176,7 +182,9 @@ class RooflineStepModel:
         if attn_peak is None:
             raise InputError(f"GPU {gpu.name} has no {self.attention} tensor cores for attention")
         # Attention kernels reach their own share of that peak (0: the GEMMs' compute_efficiency).
-        attn_eff = cfg.attention_efficiency or cfg.compute_efficiency
+        a = m.attention
+        qk_dim = (a.kv_lora_rank or 0) + (a.qk_rope_dim or 0) if a.kind == "mla" else m.head_dim
+        attn_eff = min(1.0, (cfg.attention_efficiency or cfg.compute_efficiency) * attention_head_dim_factor(qk_dim))
         self.attn_flops_pure_per_pair = self.attn_flops_per_pair * (peak / attn_peak)   # at compute_efficiency
         self.attn_flops_eq_per_pair = self.attn_flops_pure_per_pair * (cfg.compute_efficiency / attn_eff)
         if tp > 1:
