@@ -59,6 +59,8 @@ BOUNDS: dict[str, tuple[float, float, float]] = {
     "activation_traffic_factor": (0.0, 10.0, 1.0),
     "gemm_half_tokens": (0.0, 4096.0, 100.0),
     "attention_efficiency": (0.05, 1.0, 1.0),
+    "host_overhead_s": (0.0, 0.05, 1e-3),
+    "host_overhead_per_seq_s": (0.0, 5e-4, 1e-5),
     "hbm_half_bytes_per_layer": (0.0, 1e9, 1e7),
     "layer_overhead_s": (0.0, 1e-3, 1e-5),
     "moe_layer_overhead_s": (0.0, 1e-3, 1e-5),

@@ -39,7 +39,8 @@ def step_model_for(sc: Scenario) -> RooflineStepModel | TableStepModel:
     """The scenario's step-time model: the roofline, or the measured table it names."""
     p = sc.serving.precision
     return make_step_model(sc.model, sc.hardware.gpu, sc.serving.parallelism.tp, p.weights, p.kv_cache,
-                           p.compute_precision, sc.perf, p.attention_precision(sc.hardware.gpu))
+                           p.compute_precision, sc.perf, p.attention_precision(sc.hardware.gpu),
+                           host_overlapped=sc.serving.batching.overlap_host_work)
 
 
 def replica_specs(sc: Scenario) -> list[ReplicaSpec]:

@@ -253,6 +253,11 @@ class Batching(_Frozen):
         "(vLLM); no_evict: admit only when every running request's whole output fits (TensorRT-LLM's default); "
         "conservative: reserve a decaying share of the running requests' outputs (SGLang)")
 
+    overlap_host_work: bool = Field(
+        default=False, description="the engine prepares the next iteration on the host while the GPU runs this "
+        "one (TensorRT-LLM's overlap scheduler, SGLang's zero-overhead scheduler, vLLM's --async-scheduling): "
+        "perf.host_overhead_s and host_overhead_per_seq_s are hidden instead of added to each iteration")
+
     @model_validator(mode="after")
     def _check(self) -> Batching:
         if self.max_num_batched_tokens < self.max_num_seqs:
@@ -289,9 +294,10 @@ class Frontend(_Frozen):
 #: What `serving.engine` sets, under anything the scenario sets itself (docs/model-assumptions.md,
 #: "Engines", has each default's source).
 ENGINE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "vllm": {"batching": {"chunked_prefill": True, "admission": "optimistic"}},
-    "trtllm": {"batching": {"chunked_prefill": False, "whole_prompts": "mixed", "admission": "no_evict"}},
-    "sglang": {"batching": {"chunked_prefill": True, "admission": "conservative"}},
+    "vllm": {"batching": {"chunked_prefill": True, "admission": "optimistic", "overlap_host_work": False}},
+    "trtllm": {"batching": {"chunked_prefill": False, "whole_prompts": "mixed", "admission": "no_evict",
+                            "overlap_host_work": True}},
+    "sglang": {"batching": {"chunked_prefill": True, "admission": "conservative", "overlap_host_work": True}},
 }
 
 

@@ -222,3 +222,22 @@ def test_breakdown_adds_up_to_the_step_time():
         assert max(b.compute_s, b.memory_s) + b.comm_s + b.overhead_s + b.draft_s == \
             pytest.approx(s.iteration_s(shape), rel=1e-12)
         assert b.comm_s > 0 and b.overhead_s > 0
+
+
+def test_host_work_adds_to_each_iteration_unless_the_engine_overlaps_it():
+    """vLLM (no async scheduling by default) adds perf.host_overhead_s + per-sequence host time to
+    every iteration; TensorRT-LLM's and SGLang's overlap schedulers hide it; the key overrides."""
+    host = {"host_overhead_s": 2e-3, "host_overhead_per_seq_s": 1e-5}
+
+    def steps(**serving):
+        s = step_model(scenario_from_dict(base_dict(perf={**NO_OVERHEAD, **host}, serving=serving)))
+        return s.iteration_s(StepShape(8, 8000.0)), s.iteration_s(StepShape(8, 8000.0, 1, (Chunk(0, 512, True),)))
+
+    base = step_model(scenario_from_dict(base_dict(perf=NO_OVERHEAD)))
+    plain = base.iteration_s(StepShape(8, 8000.0)), base.iteration_s(StepShape(8, 8000.0, 1, (Chunk(0, 512, True),)))
+    vllm = steps(engine="vllm")
+    assert vllm[0] - plain[0] == pytest.approx(2e-3 + 8 * 1e-5, rel=1e-9)
+    assert vllm[1] - plain[1] == pytest.approx(2e-3 + 9 * 1e-5, rel=1e-9)
+    for engine in ("trtllm", "sglang"):
+        assert steps(engine=engine) == pytest.approx(plain, rel=1e-12)
+    assert steps(engine="trtllm", batching={"overlap_host_work": False}) == pytest.approx(vllm, rel=1e-12)

@@ -34,8 +34,10 @@ __all__ = ["Chunk", "ContextPath", "DecodeCoeffs", "DecodeRun", "DraftedRun", "D
 
 
 def make_step_model(model: ModelSpec, gpu: GpuSpec, tp: int, weights: str, kv: str, compute: str,
-                    cfg: PerfCfg, attention: str | None = None) -> RooflineStepModel | TableStepModel:
-    """The roofline, or the measured step-time table that `cfg.step_table` names."""
+                    cfg: PerfCfg, attention: str | None = None,
+                    host_overlapped: bool = False) -> RooflineStepModel | TableStepModel:
+    """The roofline, or the measured step-time table that `cfg.step_table` names (measured times
+    include the engine's host work as it ran)."""
     if cfg.step_table is not None:
         return TableStepModel(read_step_table(cfg.step_table), cfg.step_table)
-    return RooflineStepModel(model, gpu, tp, weights, kv, compute, cfg, attention)
+    return RooflineStepModel(model, gpu, tp, weights, kv, compute, cfg, attention, host_overlapped)

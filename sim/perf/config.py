@@ -27,6 +27,7 @@ FALLBACK: dict[str, float] = {
     "collective_latency_s": 8e-6, "iteration_overhead_s": 1.5e-3, "per_seq_overhead_s": 0.0,
     "activation_traffic_factor": 1.0, "gemm_half_tokens": 0.0, "hbm_half_bytes_per_layer": 0.0,
     "layer_overhead_s": 0.0, "moe_layer_overhead_s": 0.0, "attention_efficiency": 0.0,
+    "host_overhead_s": 0.0, "host_overhead_per_seq_s": 0.0,
 }
 
 
@@ -64,6 +65,13 @@ class PerfCfg(InputModel):
                                     description="fixed time per transformer layer per iteration")
     moe_layer_overhead_s: float = Field(default_factory=lambda: calibrated_defaults()["moe_layer_overhead_s"], ge=0,
                                         le=1, description="extra fixed time per mixture-of-experts layer per iteration")
+    host_overhead_s: float = Field(
+        default_factory=lambda: calibrated_defaults()["host_overhead_s"], ge=0, le=10,
+        description="host work per iteration (scheduling, input preparation, output processing) that adds to "
+        "the step unless the engine overlaps it with the GPU (serving.batching.overlap_host_work)")
+    host_overhead_per_seq_s: float = Field(
+        default_factory=lambda: calibrated_defaults()["host_overhead_per_seq_s"], ge=0, le=1,
+        description="host work per sequence in an iteration, exposed like host_overhead_s")
     profile: str | None = Field(default=None, description="calibration profile file the values came from")
     step_table: DataPath | None = Field(default=None, description="CSV of measured iteration times")
 

@@ -18,6 +18,8 @@ replica with tensor-parallel degree tp, per GPU:
                                        + log2(tp) x collective latency)
            + per-iteration overhead   (scheduler, kernel launch) + per-sequence overhead x sequences
                                       (sampling, detokenization, scheduling work that grows with the batch)
+           + host work                (per iteration and per sequence, unless the engine overlaps it
+                                       with the GPU: TensorRT-LLM's and SGLang's overlap schedulers)
            + per-layer overheads      (layers x layer overhead + MoE layers x MoE layer overhead)
 
 The shape efficiencies (gemm_eff(n) = n / (n + n_half) with n the GEMM's tokens, or tokens per
@@ -146,8 +148,11 @@ class RooflineStepModel:
     """Precomputed per-replica constants; pure functions of batch shape afterwards."""
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, tp: int, weights: str, kv: str, compute: str,
-                 cfg: PerfCfg, attention: str | None = None) -> None:
+                 cfg: PerfCfg, attention: str | None = None, host_overlapped: bool = False) -> None:
         self.model, self.gpu, self.tp, self.cfg = model, gpu, tp, cfg
+        # Host work hidden behind the GPU's previous iteration (overlap scheduling), or added to each.
+        self.host_s, self.host_per_seq_s = (0.0, 0.0) if host_overlapped else \
+            (cfg.host_overhead_s, cfg.host_overhead_per_seq_s)
         peak = gpu.peak_flops(compute)
         if peak is None:
             raise InputError(f"GPU {gpu.name} has no {compute} tensor cores")
@@ -233,7 +238,8 @@ class RooflineStepModel:
         return self.comm_fixed_s + self.comm_s_per_token * tokens if tokens else 0.0
 
     def _overhead_s(self, seqs: int) -> float:
-        return self.cfg.iteration_overhead_s + self.cfg.per_seq_overhead_s * seqs
+        return (self.cfg.iteration_overhead_s + self.host_s
+                + (self.cfg.per_seq_overhead_s + self.host_per_seq_s) * seqs)
 
     def _fixed_s(self, tokens: int, seqs: int) -> float:
         return self._overhead_s(seqs) + self.layer_fixed_s + self._comm_s(tokens)
