@@ -169,7 +169,10 @@ def _simulate(sim: Simulation, progress: Callable[[float], None] | None) -> floa
                     break
                 env.step()
             progress(env.now)
-        env.run(until=max(end_s, env.now + 1e-9))
+        # The loop never runs an event at or after end_s, so now < end_s here (as without progress,
+        # events at end_s itself do not run).
+        if env.now < end_s:
+            env.run(until=end_s)
     # A window boundary at the simulation's end (no drain time) is an event that never runs, as
     # run(until) stops before it: note the tokens sampled before it now, when all of them are.
     for attr, t in window_marks(sc).items():

@@ -139,13 +139,15 @@ def _folder_id(path: Path) -> FolderId | None:
     return (_marker(path)[1], st.st_dev, st.st_ino)
 
 
-def check_out_dir(path: Path, kind: str, *, given: bool = True) -> FolderId | None:
+def check_out_dir(path: Path, kind: str, *, given: bool = True, replaced_whole: bool = True) -> FolderId | None:
     """Refuse, before any work, an output folder this command may not write: one that holds the
     current folder, a symbolic link, a file, a folder holding anything but an earlier `kind`
     result of this program, a name too long, or a place that cannot be written. Returns the
     identity of the earlier result that may be replaced (None when there is none). `given`: the
     user named the path (--out); otherwise it is a default results folder, which is never
-    replaced (a concurrent run may have just written it)."""
+    replaced (a concurrent run may have just written it). `replaced_whole`: the new result is built
+    beside the folder and renamed into place (atomic_dir), so the parent must be writable too;
+    a sweep writes inside its folder instead."""
     flag = f"--out {path}" if given else f"results folder {path}"
     try:
         resolved = path.resolve()
@@ -168,6 +170,8 @@ def check_out_dir(path: Path, kind: str, *, given: bool = True) -> FolderId | No
         raise InputError(f"{flag}: exists and holds files that are not {kind} results of this program; "
                          "it is left untouched: name a new folder, or remove it yourself")
     check_writable(path, flag)
+    if replaced_whole:
+        check_writable(path.resolve().parent, flag)
     return _folder_id(path) if given else None     # a default folder is never replaced, only a named one
 
 

@@ -207,7 +207,7 @@ def cmd_sweep(args: argparse.Namespace, after_row: Callable[[dict[str, Any]], No
     sweep = load_sweep(args.sweep_file, parse_set(args.set))
     points = make_points(expand(sweep.spec), sweep.spec.replications, sweep.root_seed)
     out = args.out if args.out is not None else RESULTS_DIR / sweep.name / f"sweep-{sweep.digest()[:12]}"
-    check_out_dir(out, "sweep", given=args.out is not None)
+    check_out_dir(out, "sweep", given=args.out is not None, replaced_whole=False)
     PointStore.check(out, sweep, args.fresh)
     console = make_console()
 

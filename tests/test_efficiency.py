@@ -133,3 +133,22 @@ def test_attention_slows_with_small_heads_as_flashattention_3_measured():
     assert llama.attn_flops_eq_per_pair / llama.attn_flops_pure_per_pair == pytest.approx(llama.cfg.compute_efficiency / 0.4)
     assert oss.attn_flops_eq_per_pair / oss.attn_flops_pure_per_pair == pytest.approx(
         oss.cfg.compute_efficiency / (0.4 * attention_head_dim_factor(64)))
+
+
+def test_attention_efficiency_is_capped_at_one_after_the_head_dim_factor():
+    """MLA's absorbed attention (a 576-wide QK product) gains 1.31x over head_dim 128: the product
+    with attention_efficiency stays at most 1 (so a high setting has no further effect)."""
+    from sim.perf.efficiency import attention_head_dim_factor
+
+    over = {"hardware": {"gpu": "b200"}, "serving": {"precision": {"weights": "fp4", "kv_cache": "fp8",
+                                                                   "compute": "fp4"}, "parallelism": {"tp": 8}}}
+
+    def eff(a: float) -> float:
+        s = step_model(scenario_from_dict(base_dict(model="deepseek-r1", perf={**BARE, "attention_efficiency": a},
+                                                    **over)))
+        return s.cfg.compute_efficiency * s.attn_flops_pure_per_pair / s.attn_flops_eq_per_pair
+
+    factor = attention_head_dim_factor(512 + 64)
+    assert factor == pytest.approx(1.31, abs=0.01)
+    assert eff(0.5) == pytest.approx(0.5 * factor)
+    assert eff(0.9) == pytest.approx(1.0) and eff(1.0) == pytest.approx(1.0)

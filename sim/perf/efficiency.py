@@ -35,7 +35,7 @@ import math
 #: Head dimension at which attention kernels reach half their asymptotic rate. From the
 #: FlashAttention-3 paper (Shah et al. 2024, arXiv 2407.08608, H100 BF16 forward at 16k tokens):
 #: 497 TFLOPS/s at head_dim 64 against 648 at head_dim 128, a ratio of 0.767 that
-#: d / (d + 56) reproduces (and it predicts head_dim 256 at 1.17x head_dim 128).
+#: d / (d + 56) reproduces (and it predicts head_dim 256 at 1.18x head_dim 128).
 ATTENTION_HALF_HEAD_DIM = 56.0
 #: The head dimension `attention_efficiency` refers to (Llama, Qwen, Mixtral).
 REFERENCE_HEAD_DIM = 128
