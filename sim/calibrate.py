@@ -133,13 +133,11 @@ class Fit:
     notes: list[str] = field(default_factory=list)
 
 
-def error_table(ms: list[Measurement], perf: dict[str, Any]) -> pd.DataFrame:
-    rows = []
-    for m in ms:
-        pred = predict(m, perf)
-        rows.append({"id": m.id, "kind": m.kind, **m.config, "measured": m.measured, "predicted": pred,
-                     "error": pred / m.measured - 1.0})
-    return pd.DataFrame(rows)
+def error_table(ms: list[Measurement], perf: dict[str, Any], preds: list[float] | None = None) -> pd.DataFrame:
+    """Measured against predicted per measurement (`preds`: predictions already made under `perf`)."""
+    preds = [predict(m, perf) for m in ms] if preds is None else preds
+    return pd.DataFrame([{"id": m.id, "kind": m.kind, **m.config, "measured": m.measured, "predicted": pred,
+                          "error": pred / m.measured - 1.0} for m, pred in zip(ms, preds, strict=True)])
 
 
 #: Most least-squares steps of a fit (scipy's max_nfev; Jacobians by finite differences come on top).
@@ -189,15 +187,14 @@ def fit(ms: list[Measurement], params: tuple[str, ...] = DEFAULT_PARAMS,
     check_params(params)
     base = PerfCfg().model_dump()
     base.update(start or {})
-    pool = executor if executor is not None and any(m.kind == "throughput" for m in ms) else None
+    # Step rows are priced in microseconds: only simulated throughputs go to the pool.
+    slow = [i for i, m in enumerate(ms) if m.kind == "throughput"] if executor is not None else []
     count = 0
 
     def predictions(perf: dict[str, Any]) -> list[float]:
-        # Step rows are priced in microseconds: only simulated throughputs go to the pool.
-        slow = [m for m in ms if m.kind == "throughput"] if pool is not None else []
-        done = dict(zip((m.id for m in slow), pool.map(_predict_pair, [(m, perf) for m in slow]), strict=True)) \
-            if pool is not None else {}
-        return [done[m.id] if m.id in done else predict(m, perf) for m in ms]
+        preds = dict(zip(slow, executor.map(_predict_pair, [(ms[i], perf) for i in slow]), strict=True)) \
+            if executor is not None and slow else {}
+        return [preds[i] if i in preds else predict(m, perf) for i, m in enumerate(ms)]
 
     def residuals_at(perf: dict[str, Any]) -> np.ndarray:
         nonlocal count
@@ -228,7 +225,7 @@ def fit(ms: list[Measurement], params: tuple[str, ...] = DEFAULT_PARAMS,
                         max_nfev=MAX_STEPS)
     fitted = dict(zip(params, (sol.x * scales).tolist(), strict=True))
     perf = {**base, **fitted}
-    table = error_table(ms, perf)
+    table = error_table(ms, perf, predictions(perf))
     rms = float(np.sqrt(np.mean(np.log1p(table["error"].to_numpy()) ** 2)))
     if not math.isfinite(rms):
         raise InputError("calibrate: the model cannot reproduce these measurements (infinite error after the fit); "
@@ -387,19 +384,16 @@ def trtllm_bench_limits(config: dict[str, Any], input_tokens: int, output_tokens
     requests = max(1.0, free_gib * kv_fraction / (kv_gib_per_token * (input_tokens + output_tokens)))
     raw_bs = min(requests, 4096.0)
     raw_tokens = min(raw_bs * (1.0 + input_tokens / output_tokens), 32768.0)
-    if raw_bs < 256:
-        max_bs = max(64, 32 * math.ceil(raw_bs / 32))
-    elif raw_bs < 1024:
-        max_bs = 128 * math.ceil(raw_bs / 128)
-    else:
-        max_bs = 256 * math.ceil(raw_bs / 256)
-    if raw_tokens < 4096:
-        max_tokens = max(2048, 256 * math.ceil(raw_tokens / 256))
-    elif raw_tokens < 8192:
-        max_tokens = 512 * math.ceil(raw_tokens / 512)
-    else:
-        max_tokens = 1024 * math.ceil(raw_tokens / 1024)
+    max_bs = _round_up_tiered(raw_bs, ((256, 32), (1024, 128), (math.inf, 256)), floor=64)
+    max_tokens = _round_up_tiered(raw_tokens, ((4096, 256), (8192, 512), (math.inf, 1024)), floor=2048)
     return max_bs, max(max_tokens, max_bs)
+
+
+def _round_up_tiered(x: float, tiers: tuple[tuple[float, int], ...], floor: int) -> int:
+    """x rounded up to the multiple of the first tier whose bound exceeds it, at least `floor`
+    (trtllm-bench's finetune_setting: coarser steps for larger values)."""
+    step = next(multiple for bound, multiple in tiers if x < bound)
+    return max(floor, step * math.ceil(x / step))
 
 
 def profile(f: Fit, source: str) -> dict[str, Any]:

@@ -32,9 +32,8 @@ from __future__ import annotations
 import numpy as np
 
 from sim.catalog import GpuSpec
-from sim.engine.kv_integral import DecodeRunLog, roofline_pieces
-from sim.perf.roofline import DecodeCoeffs
-from sim.perf.shape import LinearPath, StepModel
+from sim.engine.kv_integral import DecodeRunLog, run_pieces
+from sim.perf.shape import StepModel
 
 
 def chip_power_w(gpu: GpuSpec, utilization: float) -> float:
@@ -43,29 +42,12 @@ def chip_power_w(gpu: GpuSpec, utilization: float) -> float:
 
 
 def decode_runs_utilization_s(log: DecodeRunLog, step_model: StepModel) -> tuple[np.ndarray, np.ndarray]:
-    """(record indices, utilization-seconds) of every logged decode run."""
-    records: list[np.ndarray] = []
-    values: list[np.ndarray] = []
-    for t in log.tables():
-        record, steps = t[:, 0].astype(np.int64), t[:, 2].astype(np.int64)
-        batch_col, first, slope = t[:, 4].astype(np.int64), t[:, 5], t[:, 6]
-        batches, which = np.unique(batch_col, return_inverse=True)
-        runs = [step_model.decode_utilization(int(b)) for b in batches]
-        total = np.zeros(len(t))
-        linear = np.array([isinstance(r, DecodeCoeffs) for r in runs], dtype=bool)[which]
-        if linear.any():
-            idx = np.flatnonzero(linear)
-            coeffs = np.array([(r.m0, r.m1, r.c0, r.c1, r.fixed_s) if isinstance(r, DecodeCoeffs) else (0.0,) * 5
-                               for r in runs])[which[idx]]
-            f, b = first[idx], slope[idx]
-            for lo, hi, a, c in roofline_pieces(coeffs, f, b, steps[idx]):
-                n = (hi - lo).astype(float)
-                # sum over j in [lo, hi) of a + c (f + b j)
-                total[idx] += n * (a + c * f) + c * b * (lo + hi - 1) * n / 2.0
-        for i in np.flatnonzero(~linear):
-            total[i] = runs[which[i]].run_s(LinearPath(float(first[i]), float(slope[i])), int(steps[i]))
-        records.append(record)
-        values.append(total)
-    if not records:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    return np.concatenate(records), np.concatenate(values)
+    """(record indices, utilization-seconds) of every logged decode run: sum over its steps j of
+    a + b S_j, piece by piece (kv_integral.run_pieces), S_j = first + slope j."""
+    t = log.runs()
+    total = np.zeros(len(t))
+    first, slope = t[:, 5], t[:, 6]
+    for idx, lo, hi, a, b in run_pieces(t, step_model.decode_utilization):
+        n = (hi - lo).astype(float)
+        total[idx] += n * (a + b * first[idx]) + b * slope[idx] * (lo + hi - 1) * n / 2.0
+    return t[:, 0].astype(np.int64), total

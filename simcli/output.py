@@ -171,7 +171,7 @@ def check_out_dir(path: Path, kind: str, *, given: bool = True, replaced_whole: 
                          "it is left untouched: name a new folder, or remove it yourself")
     check_writable(path, flag)
     if replaced_whole:
-        check_writable(path.resolve().parent, flag)
+        check_writable(resolved.parent, flag)
     return _folder_id(path) if given else None     # a default folder is never replaced, only a named one
 
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sim.perf import Chunk, StepShape
-from sim.perf.efficiency import allreduce_latency_s, bandwidth_efficiency, gemm_efficiency, tokens_per_expert
+from sim.perf.efficiency import allreduce_latency_s, gemm_efficiency, saturating_share, tokens_per_expert
 from sim.scenario import scenario_from_dict
 
 sizes = st.floats(min_value=0.0, max_value=1e12, allow_nan=False)
@@ -22,11 +22,11 @@ halves = st.floats(min_value=0.0, max_value=1e9, allow_nan=False)
 @given(sizes, sizes, halves)
 def test_efficiency_curves_are_monotone_and_at_most_one(a, b, half):
     lo, hi = sorted((a, b))
-    for curve in (gemm_efficiency, bandwidth_efficiency):
+    for curve in (gemm_efficiency, saturating_share):
         e_lo, e_hi = curve(lo, half), curve(hi, half)
         assert 0.0 <= e_lo <= e_hi <= 1.0
     # With no start-up cost the curve is flat at 1.
-    assert gemm_efficiency(lo, 0.0) == 1.0 == bandwidth_efficiency(lo, 0.0)
+    assert gemm_efficiency(lo, 0.0) == 1.0 == saturating_share(lo, 0.0)
 
 
 @given(st.integers(1, 100_000), st.integers(1, 100_000), st.integers(1, 512), st.data())
@@ -94,6 +94,10 @@ def test_kernel_start_up_adds_bytes_per_layer_on_the_memory_side():
     shape = StepShape(1, 1000.0)
     assert slow.iteration_s(shape) - bare.iteration_s(shape) == pytest.approx(
         32 * 2e7 / bare.bytes_per_s, rel=1e-9)
+    # The additive form is the saturating bandwidth: bytes at bw x bytes / (bytes + 32 x 2e7).
+    moved = bare.breakdown(shape).memory_s * bare.bytes_per_s
+    assert slow.breakdown(shape).memory_s == pytest.approx(
+        moved / (bare.bytes_per_s * saturating_share(moved, 32 * 2e7)), rel=1e-9)
     # A compute-bound prefill hides it.
     big = StepShape(0, 0, 1, (Chunk(0, 8192, True),))
     assert slow.iteration_s(big) == pytest.approx(bare.iteration_s(big), rel=1e-12)

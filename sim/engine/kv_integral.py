@@ -24,14 +24,14 @@ arithmetic inside the event loop.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import Any
 
 import numpy as np
 
 from sim.perf.roofline import DecodeCoeffs
-from sim.perf.shape import LinearPath, StepModel
+from sim.perf.shape import DecodeRun, LinearPath, StepModel
 
 #: Past this magnitude the sums are evaluated with Python integers instead of int64.
 _INT64_SAFE = 2**62
@@ -71,12 +71,16 @@ class DecodeRunLog:
     def __len__(self) -> int:
         return len(self.data) // _ROW.size
 
+    def runs(self) -> np.ndarray:
+        """One row per run, the FIELDS only (what integrals that ignore KV allocation need)."""
+        return np.frombuffer(bytes(self.data), dtype=float).reshape(-1, len(FIELDS))
+
     def tables(self, max_cells: int = 1 << 22) -> Iterator[np.ndarray]:
         """The runs in row blocks of at most `max_cells` numbers (so the evaluation's memory stays
         bounded however long the run and however large the block): one row per run, the FIELDS,
         then `block_tokens` allocation counts."""
         bt = self.block_tokens
-        rows = np.frombuffer(bytes(self.data), dtype=float).reshape(-1, len(FIELDS))
+        rows = self.runs()
         hist = np.fromiter(chain.from_iterable(self.patterns), dtype=np.int64,
                            count=len(self.patterns) * bt).reshape(-1, bt)
         step = max(1, max_cells // (len(FIELDS) + bt))
@@ -97,8 +101,7 @@ def block_seconds(log: DecodeRunLog, step_model: StepModel) -> tuple[np.ndarray,
 
 def _block_seconds(t: np.ndarray, bt: int, step_model: StepModel) -> tuple[np.ndarray, np.ndarray]:
     nf = len(FIELDS)
-    record, held, steps = t[:, 0].astype(np.int64), t[:, 1], t[:, 2].astype(np.int64)
-    run_s, batch_col, first, slope = t[:, 3], t[:, 4].astype(np.int64), t[:, 5], t[:, 6]
+    record, held, run_s, first, slope = t[:, 0].astype(np.int64), t[:, 1], t[:, 3], t[:, 5], t[:, 6]
     alloc = t[:, nf:].astype(np.int64)
     batch = alloc.sum(axis=1)                                # every member allocates once a period
     R = np.zeros_like(alloc)                                 # R[r], r = 0..bt-1
@@ -107,23 +110,34 @@ def _block_seconds(t: np.ndarray, bt: int, step_model: StepModel) -> tuple[np.nd
     p1 = np.cumsum(R * np.arange(bt), axis=1)
     consts = (bt, batch, p0, p1)
     total = held * run_s
+    for idx, lo, hi, a, b in run_pieces(t, step_model.decode_run):
+        total[idx] += _piece(idx, lo, hi, a, b, first[idx], slope[idx], consts)
+    return record, total
+
+
+Pieces = Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def run_pieces(t: np.ndarray, run_for_batch: Callable[[int], DecodeRun]) -> Pieces:
+    """The affine pieces of the runs in `t` (rows starting with FIELDS), as (run indices, lo, hi,
+    a, b): steps lo <= j < hi of each of those runs take a + b S_j, with the step-time form
+    `run_for_batch(batch)` gives (the step time, or the utilization of power.py). Roofline runs are
+    split in one vectorized pass; other step models give their own pieces run by run."""
+    steps, batch_col = t[:, 2].astype(np.int64), t[:, 4].astype(np.int64)
+    first, slope = t[:, 5], t[:, 6]
     batches, which = np.unique(batch_col, return_inverse=True)
-    runs = [step_model.decode_run(int(b)) for b in batches]
+    runs = [run_for_batch(int(b)) for b in batches]
     linear = np.array([isinstance(r, DecodeCoeffs) for r in runs], dtype=bool)[which]
     if linear.any():
         idx = np.flatnonzero(linear)
         coeffs = np.array([(r.m0, r.m1, r.c0, r.c1, r.fixed_s) if isinstance(r, DecodeCoeffs) else (0.0,) * 5
                            for r in runs])
-        c = coeffs[which[idx]]
-        for lo, hi, a, b in roofline_pieces(c, first[idx], slope[idx], steps[idx]):
-            total[idx] += _piece(idx, lo, hi, a, b, first[idx], slope[idx], consts)
-    for i in np.flatnonzero(~linear):                         # other step models: their own pieces
+        for lo, hi, a, b in roofline_pieces(coeffs[which[idx]], first[idx], slope[idx], steps[idx]):
+            yield idx, lo, hi, a, b
+    for i in np.flatnonzero(~linear):
         path = LinearPath(float(first[i]), float(slope[i]))
-        for seg_lo, seg_hi, seg_a, seg_b in runs[which[i]].segments(path, int(steps[i])):
-            one = np.array([i])
-            total[i] += _piece(one, np.array([seg_lo]), np.array([seg_hi]), np.array([seg_a]),
-                               np.array([seg_b]), first[one], slope[one], consts)[0]
-    return record, total
+        for lo_j, hi_j, a_j, b_j in runs[which[i]].segments(path, int(steps[i])):
+            yield np.array([i]), np.array([lo_j]), np.array([hi_j]), np.array([a_j]), np.array([b_j])
 
 
 def roofline_pieces(c: np.ndarray, first: np.ndarray, slope: np.ndarray,

@@ -55,7 +55,6 @@ class Replica:
         self._interruptible = False
         self._jump_state: tuple[float, DecodeRun, LinearPath, int] | None = None
         self._run_timeout: simpy.Timeout | None = None   # what the process waits on during a decode run
-        self._util_s = 0.0          # utilization-seconds of the iteration in progress
         self._run_end: tuple[int, float] = (0, 0.0)      # (steps, seconds) of that run, shortened by a cut
         self.proc = env.process(self._loop())
 
@@ -124,8 +123,9 @@ class Replica:
                 yield from self._free_stuck_prefill(plan)
                 continue
             t0, held = env.now, self.kv.used_blocks   # blocks allocated for it, freed at its end
-            yield env.timeout(self._iteration_s(plan))
-            self._end_iteration(plan, t0, held)
+            step_s, util_s = self._iteration_s(plan)
+            yield env.timeout(step_s)
+            self._end_iteration(plan, t0, held, util_s)
 
     def _steps_before_mark(self, run: DecodeRun, path: LinearPath, n: int) -> tuple[int, float]:
         """Steps of a decode run that end strictly before the next mark (all n if none), and
@@ -158,24 +158,24 @@ class Replica:
             self._record(self._pack_record(self.idx, t0, env.now, 0, 0, 0, 0, 0, swap_s, held, held * swap_s,
                                            len(sched.running), len(sched.waiting), 0.0))
 
-    def _iteration_s(self, plan: IterationPlan) -> float:
-        """Seconds the planned iteration takes: its batch shape's step time plus KV transfers."""
+    def _iteration_s(self, plan: IterationPlan) -> tuple[float, float]:
+        """Seconds the planned iteration takes (its batch shape's step time plus KV transfers), and
+        its utilization-seconds (for power)."""
         ds = self.scheduler.decode_set
         shape = _make(StepShape, (ds.size if plan.decode else 0, ds.next_ctx_sum() if plan.decode else 0, 1,
                                   tuple([_make(Chunk, (r.prefilled, new, r.prefilled + new >= r.prefill_target))
                                          for r, new in plan.chunks]), None))
-        step_s = self.step_model.iteration_s(shape)
-        self._util_s = self.step_model.utilization_s(shape)   # recorded at the iteration's end
-        return step_s + plan.swap_s
+        step_s, util_s = self.step_model.iteration_with_utilization_s(shape)
+        return step_s + plan.swap_s, util_s
 
-    def _end_iteration(self, plan: IterationPlan, t0: float, held: int) -> None:
+    def _end_iteration(self, plan: IterationPlan, t0: float, held: int, util_s: float) -> None:
         """Apply a finished iteration's effects and record it."""
         sched = self.scheduler
         batch = (sched.decode_set.size if plan.decode else 0) + len(plan.chunks)
         now = self.env.now
         prompt, recompute, sampled = sched.finish_iteration(plan, now)
         self._record(self._pack_record(self.idx, t0, now, 1, batch, prompt, recompute, sampled, plan.swap_s,
-                                       held, held * (now - t0), len(sched.running), len(sched.waiting), self._util_s))
+                                       held, held * (now - t0), len(sched.running), len(sched.waiting), util_s))
         if sched.finished:
             self._hand_back_finished()
 

@@ -225,11 +225,12 @@ def levels(it: pd.DataFrame, lv: pd.DataFrame, window: Window, replica_s: float,
     if replica_s <= 0:
         return dict.fromkeys(("gpu_busy_fraction", "gpu_utilization", "batch_size_mean", "queue_len_mean", "running_mean",
                               "kv_occupancy_mean"), float("nan"))
+    busy = float(ov.sum() / replica_s)
     return {
-        "gpu_busy_fraction": float(ov.sum() / replica_s),
+        "gpu_busy_fraction": busy,
         # Utilization-seconds straddling a boundary of W count by their record's time share; the
         # clamp removes rounding (a step is never more utilized than busy).
-        "gpu_utilization": min(float((it["util_s"].to_numpy() * frac).sum() / replica_s), float(ov.sum() / replica_s)),
+        "gpu_utilization": min(float((it["util_s"].to_numpy() * frac).sum() / replica_s), busy),
         "batch_size_mean": float((it["batch_seqs"].to_numpy() * ov).sum() / replica_s),
         "queue_len_mean": level_integral(lv, "waiting", window) / replica_s,
         "running_mean": level_integral(lv, "running", window) / replica_s,

@@ -11,8 +11,9 @@ one general parameter that calibration fits (docs/model-assumptions.md, "Efficie
   why grouped GEMMs of many small experts run far from peak.
 * **Bytes per kernel.** A kernel that streams x bytes pays a fixed start-up (launch, ramp-up,
   tail) worth ``x_half`` bytes of streaming, so the achieved bandwidth is
-  ``bw x x / (x + x_half)``: a step over L layers moves bytes + L x ``hbm_half_bytes_per_layer``
-  at the large-kernel rate. The term lives on the memory side of the roofline's max, so it is
+  ``bw x saturating_share(x, x_half)``; the roofline uses the equivalent additive form, a step over
+  L layers moving bytes + L x ``hbm_half_bytes_per_layer`` at the large-kernel rate (affine, so
+  decode runs keep their closed form). The term lives on the memory side of the roofline's max, so it is
   hidden once a step is compute-bound.
 * **Collective latency.** A tensor-parallel all-reduce of a small message costs its latency, which
   grows with the number of steps a tree or recursive-doubling all-reduce takes: log2(tp) x
@@ -41,30 +42,26 @@ ATTENTION_HALF_HEAD_DIM = 56.0
 REFERENCE_HEAD_DIM = 128
 
 
+def saturating_share(size: float, half: float) -> float:
+    """size / (size + half): the share of its asymptotic rate that work of `size` reaches when a
+    fixed start-up worth `half` of the same work precedes it (1 when there is none)."""
+    if half <= 0.0:
+        return 1.0
+    if size <= 0.0:
+        return 0.0
+    return size / (size + half)
+
+
 def attention_head_dim_factor(head_dim: float) -> float:
     """Attention kernels' rate at `head_dim` relative to head_dim 128: fewer FLOPs per byte of
     Q, K and V staged, and narrower tensor-core tiles, at smaller heads."""
-    def rate(d: float) -> float:
-        return d / (d + ATTENTION_HALF_HEAD_DIM)
-    return rate(head_dim) / rate(REFERENCE_HEAD_DIM)
+    return (saturating_share(head_dim, ATTENTION_HALF_HEAD_DIM)
+            / saturating_share(REFERENCE_HEAD_DIM, ATTENTION_HALF_HEAD_DIM))
 
 
 def gemm_efficiency(tokens: float, half_tokens: float) -> float:
     """Share of the large-batch FLOP rate a GEMM over `tokens` tokens reaches: n / (n + n_half)."""
-    if half_tokens <= 0.0:
-        return 1.0
-    if tokens <= 0.0:
-        return 0.0
-    return tokens / (tokens + half_tokens)
-
-
-def bandwidth_efficiency(kernel_bytes: float, half_bytes: float) -> float:
-    """Share of the large-kernel bandwidth a kernel streaming `kernel_bytes` reaches: x / (x + x_half)."""
-    if half_bytes <= 0.0:
-        return 1.0
-    if kernel_bytes <= 0.0:
-        return 0.0
-    return kernel_bytes / (kernel_bytes + half_bytes)
+    return saturating_share(tokens, half_tokens)
 
 
 def allreduce_latency_s(tp: int, step_latency_s: float) -> float:

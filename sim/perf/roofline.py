@@ -176,7 +176,7 @@ class RooflineStepModel:
                                        if m.moe else 0.0)
         # Every layer's fixed cost (kernel launches, norms), and routing/permutation in MoE layers.
         self.layer_fixed_s = m.layers * cfg.layer_overhead_s + m.moe_layers * cfg.moe_layer_overhead_s
-        # Per-kernel start-up, as bytes of streaming per layer (efficiency.bandwidth_efficiency).
+        # Per-kernel start-up, as bytes of streaming per layer (efficiency.saturating_share, additive form).
         self.half_bytes = m.layers * cfg.hbm_half_bytes_per_layer
         self.lm_flops_per_sample = 2.0 * m.lm_head_params / tp
         self.attn_flops_per_pair = m.attn_flops_per_ctx_token() / tp
@@ -203,7 +203,6 @@ class RooflineStepModel:
         self._drafted_cache: dict[tuple[int, int, DraftWork], DraftedRun] = {}
         self._decode1: dict[int, DecodeCoeffs] = {}   # one query token per sequence: the hot case
         self._utilization_cache: dict[int, DecodeCoeffs] = {}
-        self._last_utilization: tuple[StepShape, float] | None = None
 
     # ---- pieces --------------------------------------------------------------------------
     def weight_bytes(self, tokens: int) -> float:
@@ -219,7 +218,9 @@ class RooflineStepModel:
         its token dimension (so they are priced at the large-batch rate); `pure`: the FLOPs alone."""
         if tokens <= 0:
             return 0.0
-        half = 0.0 if pure else self.cfg.gemm_half_tokens
+        half = self.cfg.gemm_half_tokens
+        if pure or half <= 0.0:
+            return tokens * (self.dense_flops_per_token + self.expert_flops_per_token)
         flops = tokens * self.dense_flops_per_token / gemm_efficiency(tokens, half)
         moe = self.model.moe
         if moe is not None:
@@ -277,9 +278,8 @@ class RooflineStepModel:
         """A decode step of `batch` sequences computing q tokens each; with `draft`, a draft pass:
         every per-layer term scaled by `layer_share`, the whole LM head, and as fixed time only the
         all-reduce and fixed per-layer costs of those layers (no iteration or per-sequence
-        overhead). With `pure`, only the
-        bytes and FLOPs at the large-kernel rates (`utilization_s`): no shape efficiencies, no
-        fixed time."""
+        overhead). With `pure`, only the bytes and FLOPs at the large-kernel rates
+        (`utilization_s`): no shape efficiencies, no fixed time."""
         f, w = layer_share, self.window
         half_bytes = 0.0 if pure else self.half_bytes
         q = query_tokens_per_seq
@@ -311,8 +311,7 @@ class RooflineStepModel:
         seqs, q, chunks = shape.decode_seqs, shape.query_tokens_per_seq, shape.chunks
         if not chunks:
             return self.decode_run(seqs, q, shape.draft).step_s(shape.decode_ctx_sum) if seqs else 0.0
-        b, util_s = self._priced(shape)
-        self._last_utilization = (shape, util_s)    # the engine asks for it next (utilization_s)
+        b, _ = self._priced(shape)
         return max(b.compute_s, b.memory_s) + b.comm_s + b.overhead_s + b.draft_s
 
     # ---- power ----------------------------------------------------------------------------------
@@ -322,16 +321,20 @@ class RooflineStepModel:
         passes included, without shape efficiencies (small GEMMs, attention kernels' own
         efficiency, kernel start-up), overheads or communication. Divided by the iteration's time it
         is the utilization that the power model (sim/power.py) turns into watts."""
-        seqs, chunks = shape.decode_seqs, shape.chunks
+        return self.iteration_with_utilization_s(shape)[1]
+
+    def iteration_with_utilization_s(self, shape: StepShape) -> tuple[float, float]:
+        """(`iteration_s`, `utilization_s`) of one iteration, its work priced once (the engine's call)."""
+        seqs, q, chunks = shape.decode_seqs, shape.query_tokens_per_seq, shape.chunks
         if not chunks:
             if not seqs:
-                return 0.0          # an iteration that only moves KV to or from the host
-            if shape.query_tokens_per_seq == 1 and shape.draft is None:
-                return self.decode_utilization(seqs).step_s(shape.decode_ctx_sum)
-        last = self._last_utilization
-        if last is not None and last[0] is shape:
-            return last[1]
-        return self._priced(shape)[1]
+                return 0.0, 0.0         # an iteration that only moves KV to or from the host
+            ctx = shape.decode_ctx_sum
+            if q == 1 and shape.draft is None:
+                return self.decode_run(seqs).step_s(ctx), self.decode_utilization(seqs).step_s(ctx)
+            return self.decode_run(seqs, q, shape.draft).step_s(ctx), self._priced(shape)[1]
+        b, util_s = self._priced(shape)
+        return max(b.compute_s, b.memory_s) + b.comm_s + b.overhead_s + b.draft_s, util_s
 
     def decode_utilization(self, batch: int) -> DecodeCoeffs:
         """`utilization_s` of plain decode steps of `batch` sequences, in the decode-run form."""
@@ -374,7 +377,6 @@ class RooflineStepModel:
         pairs = self.full_layers * pairs_full + self.sliding_layers * pairs_sl
         attn = self.attn_flops_eq_per_pair * pairs
         cmp = self._gemm_flops(tokens) + self._lm_flops(samples) + attn
-        # Without shape efficiencies (the common uncalibrated case) the pure FLOPs are the same.
         cmp_pure = (self._gemm_flops(tokens, pure=True) + self._lm_flops(samples, pure=True)
                     + self.attn_flops_pure_per_pair * pairs)
         util_s = max(cmp_pure / self.flops_per_s, mem / self.bytes_per_s) + draft_util_s if tokens else 0.0

@@ -147,6 +147,10 @@ class StepModel(Protocol):
         """`utilization_s` of plain decode steps of `batch` sequences, in the decode-run form."""
         ...
 
+    def iteration_with_utilization_s(self, shape: StepShape) -> tuple[float, float]:
+        """(`iteration_s`, `utilization_s`) of one iteration, its work priced once."""
+        ...
+
 
 class DraftedRun:
     """Decode steps with draft work: each step takes target(S) + weight x draft(S), with S the summed

@@ -187,7 +187,6 @@ class TableStepModel:
         self._interp = RegularGridInterpolator(self.axes, values, method="linear", bounds_error=False, fill_value=None)
         self.coverage = Coverage({a: (float(ax[0]), float(ax[-1])) for a, ax in zip(AXES, self.axes, strict=True)})
         self._decode_cache: dict[tuple[int, int], PiecewiseDecode] = {}
-        self._last: tuple[StepShape, float] | None = None
         self._lo = tuple(float(ax[0]) for ax in self.axes)
 
     def _at(self, b: float, c: float, p: float) -> float:
@@ -198,12 +197,6 @@ class TableStepModel:
         decode_seqs, decode_ctx_sum, q = shape.decode_seqs, shape.decode_ctx_sum, shape.query_tokens_per_seq
         if not shape.chunks:
             return self.decode_run(decode_seqs, q, shape.draft).step_s(decode_ctx_sum) if decode_seqs else 0.0
-        t = self._mixed_s(shape)
-        self._last = (shape, t)        # the engine asks utilization_s of the same shape next
-        return t
-
-    def _mixed_s(self, shape: StepShape) -> float:
-        decode_seqs, decode_ctx_sum, q = shape.decode_seqs, shape.decode_ctx_sum, shape.query_tokens_per_seq
         draft_s = 0.0
         if shape.draft is not None and shape.draft.passes > 0 and decode_seqs:
             draft_s = (shape.draft.passes * shape.draft.layer_share
@@ -220,8 +213,11 @@ class TableStepModel:
     def utilization_s(self, shape: StepShape) -> float:
         """A measured table knows times, not bytes or FLOPs: the whole step counts as busy at full
         utilization (the power model's former busy-fraction assumption)."""
-        last = self._last
-        return last[1] if last is not None and last[0] is shape else self.iteration_s(shape)
+        return self.iteration_s(shape)
+
+    def iteration_with_utilization_s(self, shape: StepShape) -> tuple[float, float]:
+        t = self.iteration_s(shape)
+        return t, t
 
     def decode_utilization(self, batch: int) -> DecodeRun:
         return self.decode_run(batch)
