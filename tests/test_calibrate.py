@@ -153,3 +153,19 @@ def test_a_bad_value_inside_a_profile_names_the_profile(tmp_path):
     (tmp_path / "b.yaml").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(InputError, match="not UTF-8"):
         scenario_from_dict(base_dict(perf={"profile": "b.yaml"}), base_dir=tmp_path)
+
+
+def test_measurements_sharing_an_id_are_predicted_each_with_a_pool():
+    """Ids are labels: two throughput rows with the same id but different lengths keep their own
+    predictions when the evaluations go through an executor."""
+    from sim.sweep import inline_executor
+
+    c = CONFIGS[0]
+    a = Measurement("same", "throughput", c, 1.0, input_tokens=1024, output_tokens=64, requests=100)
+    b = Measurement("same", "throughput", c, 1.0, input_tokens=4096, output_tokens=64, requests=100)
+    truth = {"compute_efficiency": 0.35}
+    ms = [Measurement(**{**m.__dict__, "measured": predict(m, truth)}) for m in (a, b)]
+    assert ms[0].measured != ms[1].measured
+    with inline_executor() as ex:
+        f = fit(ms, ("compute_efficiency",), executor=ex)
+    assert list(f.table["predicted"]) == pytest.approx([m.measured for m in ms], rel=0.03)
