@@ -1,10 +1,12 @@
 """Speed benchmark: simulate 100,000 requests (Azure-conversation lengths) across 8 replicas of
 Llama-3.1-8B on H100 and print wall time, simulated requests per wall second and peak memory.
 
-    python bench/speed.py [--requests 100000] [--rate 60] [--no-jumps]
+    python bench/speed.py [--requests 100000] [--rate 60] [--no-jumps] [--speculative]
 
 Arrivals are Poisson at --rate requests/s; prompt and output lengths are resampled from the
 bundled Azure LLM inference 2023 conversation trace. Single process, single core.
+`--speculative` adds EAGLE-style speculative decoding (k = 3 drafts, per-token acceptance 0.7,
+each request's accepted lengths drawn from its own stream).
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ from sim.scenario import scenario_from_dict  # noqa: E402
 TRACE = "bundled:AzureLLMInferenceTrace_conv.csv"
 
 
-def scenario(requests: int, rate_per_s: float) -> dict:
+SPECULATIVE = {"method": "eagle", "k": 3, "acceptance": {"rate": 0.7}}
+
+
+def scenario(requests: int, rate_per_s: float, speculative: bool = False) -> dict:
     return {
+        **({"speculative": SPECULATIVE} if speculative else {}),
         "name": "bench-speed",
         "seed": 1,
         "duration_s": requests / rate_per_s,
@@ -47,8 +53,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--rate", type=float, default=60.0, help="arrival rate, requests/s")
     ap.add_argument("--no-jumps", action="store_true", help="one event per decode step (reference mode)")
+    ap.add_argument("--speculative", action="store_true", help="EAGLE speculative decoding, k = 3, acceptance 0.7")
     args = ap.parse_args()
-    sc = scenario_from_dict(scenario(args.requests, args.rate))
+    sc = scenario_from_dict(scenario(args.requests, args.rate, args.speculative))
     t0 = time.perf_counter()
     sim = build(sc, allow_jumps=not args.no_jumps)
     res = execute(sim)

@@ -160,6 +160,8 @@ class ModelSpec(_Frozen):
     max_context_tokens: int = Field(default=131072, ge=1, le=100_000_000)
     attention: Attention = Attention()
     moe: Moe | None = None
+    mtp_modules: int = Field(default=0, ge=0, le=64, description="DeepSeek-style multi-token-prediction modules "
+                             "shipped with the weights (each about one transformer layer), usable as a drafter")
     reported: Reported = Reported()
     sources: dict[str, str] = Field(default_factory=dict)
 

@@ -30,10 +30,12 @@ from sim.engine.kv_integral import block_seconds
 from sim.engine.replica import Replica
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits
+from sim.engine.spec_runs import integrals
 from sim.memory import MemoryPlan
 from sim.metrics.records import IterLog, LevelLog, LifecycleRecord
 from sim.perf.shape import StepModel
 from sim.power import decode_runs_utilization_s
+from sim.speculation import Speculation
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,14 @@ class ReplicaSpec:
     limits: BatchLimits
     watermark_fraction: float
     host_link_bytes_per_s: float
+    speculation: Speculation | None = None   # speculative decoding on these replicas
 
     def kv_cache(self) -> KvCache:
         m = self.memory
         return KvCache(m.kv_blocks, m.block_tokens, sliding_blocks=m.sliding_blocks,
                        watermark_fraction=self.watermark_fraction, swap_bytes_per_token=m.swap_bytes_per_token,
-                       host_link_bytes_per_s=self.host_link_bytes_per_s)
+                       host_link_bytes_per_s=self.host_link_bytes_per_s,
+                       lookahead_tokens=self.speculation.k if self.speculation else 0)
 
 
 def pick_round_robin(replicas: Sequence[Replica], counter: int) -> int:
@@ -100,7 +104,8 @@ class Cluster:
             for _ in range(spec.count):
                 i = len(replicas)
                 replicas.append(Replica(env, i, spec.step_model, spec.kv_cache(), spec.limits, on_finish=on_finish,
-                                        records=records, levels=levels, marks=marks, allow_jumps=allow_jumps))
+                                        records=records, levels=levels, marks=marks, allow_jumps=allow_jumps,
+                                        speculation=spec.speculation))
                 lifecycle.append(LifecycleRecord(i, spec.pool, spec.gpus_per_replica, 0.0, 0.0, float("inf"),
                                                  float("inf")))
         return cls(env, replicas, router, lifecycle)
@@ -130,6 +135,16 @@ class Cluster:
         if not pairs:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+
+    def spec_run_integrals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(record indices, KV block-seconds, utilization-seconds, draft seconds) of every
+        speculative decode run (spec_runs.py)."""
+        parts = [integrals(rep.spec_runs, rep.scheduler.decode_set.ctx, rep.scheduler.decode_set.held,  # type: ignore[union-attr]
+                           rep.spec_run, rep.spec_run_utilization)
+                 for rep in self.replicas if len(rep.spec_runs)]
+        if not parts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), np.zeros(0)
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))  # type: ignore[return-value]
 
     def utilization_seconds(self) -> tuple[np.ndarray, np.ndarray]:
         """(record indices, utilization-seconds) of every decode run (power.py)."""

@@ -45,10 +45,13 @@ class MemoryPlan:
 
 def memory_plan(model: ModelSpec, gpu: GpuSpec, *, tp: int, weights: str, kv_cache: str, block_tokens: int,
                 gpu_memory_fraction: float, activation_reserve_gb: float | None, max_num_seqs: int,
-                max_num_batched_tokens: int) -> MemoryPlan:
-    """The memory split of one replica (see the module docstring)."""
+                max_num_batched_tokens: int, drafter_weight_bytes: float = 0.0,
+                drafter_kv_bytes_per_token: float = 0.0) -> MemoryPlan:
+    """The memory split of one replica (see the module docstring). A speculative drafter's weights
+    (per GPU) count as weights, and its KV per token (per GPU) is held beside the target's in the
+    same blocks (a block then holds both models' KV of its tokens, as vLLM's KV-cache groups do)."""
     m = model
-    weights_gb = m.params_total * BYTES_PER_ELEMENT[weights] / tp / 1e9
+    weights_gb = (m.params_total * BYTES_PER_ELEMENT[weights] / tp + drafter_weight_bytes) / 1e9
     if activation_reserve_gb is not None:
         act_gb = activation_reserve_gb
     else:
@@ -56,7 +59,7 @@ def memory_plan(model: ModelSpec, gpu: GpuSpec, *, tp: int, weights: str, kv_cac
         logits = 4 * m.vocab / tp * max_num_seqs
         act_gb = 1.0 + (per_token * max_num_batched_tokens + logits) / 1e9
     kv_gb = gpu.hbm_gb * gpu_memory_fraction - weights_gb - act_gb
-    kv_bpt = m.kv_bytes_per_token(kv_cache, tp)
+    kv_bpt = m.kv_bytes_per_token(kv_cache, tp) + drafter_kv_bytes_per_token
     blocks = int(max(0.0, kv_gb) * 1e9 // (kv_bpt * block_tokens))
     sliding = m.sliding_kv_bytes_per_request(kv_cache, tp)
     return MemoryPlan(

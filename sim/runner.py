@@ -31,6 +31,7 @@ from sim.metrics.invariants import violations
 from sim.metrics.window import measurement_window
 from sim.perf import RooflineStepModel, TableStepModel, make_step_model
 from sim.scenario import ClosedLoop, Offline, Scenario
+from sim.speculation import speculation_for
 from sim.traffic import closed_loop_client, open_loop_source
 from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams
 
@@ -40,10 +41,11 @@ def step_model_for(sc: Scenario) -> RooflineStepModel | TableStepModel:
     p = sc.serving.precision
     return make_step_model(sc.model, sc.hardware.gpu, sc.serving.parallelism.tp, p.weights, p.kv_cache,
                            p.compute_precision, sc.perf, p.attention_precision(sc.hardware.gpu),
-                           host_overlapped=sc.serving.batching.overlap_host_work)
+                           host_overlapped=sc.serving.batching.overlap_host_work,
+                           draft_model=sc.speculative.draft_model if sc.speculative else None)
 
 
-def replica_specs(sc: Scenario) -> list[ReplicaSpec]:
+def replica_specs(sc: Scenario, seed: int | None = None) -> list[ReplicaSpec]:
     """The scenario's pools of replicas (one pool of mixed prefill/decode replicas)."""
     s = sc.serving
     # An offline burst is a batch job handed to the engine whole (as vLLM's LLM.generate or
@@ -57,7 +59,9 @@ def replica_specs(sc: Scenario) -> list[ReplicaSpec]:
     return [ReplicaSpec(pool="default", role="mixed", count=s.replicas, gpus_per_replica=s.parallelism.tp,
                         gpu=sc.hardware.gpu, step_model=step_model_for(sc), memory=sc.memory_plan(), limits=limits,
                         watermark_fraction=s.kv_cache.watermark_fraction,
-                        host_link_bytes_per_s=sc.hardware.gpu.host_link_gb_s * 1e9)]
+                        host_link_bytes_per_s=sc.hardware.gpu.host_link_gb_s * 1e9,
+                        speculation=speculation_for(sc.speculative, sc.model, sc.seed if seed is None else seed)
+                        if sc.speculative else None)]
 
 
 @dataclass
@@ -118,7 +122,7 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
     seed = sc.seed if seed is None else seed
     streams = rng_streams(seed)
     env = simpy.Environment()
-    specs = replica_specs(sc)
+    specs = replica_specs(sc, seed)
     records = IterLog()
     levels = LevelLog()
 
@@ -201,6 +205,10 @@ def execute(sim: Simulation, progress: Callable[[float], None] | None = None) ->
     it.loc[rows, "kv_block_s"] = block_s
     rows, util_s = sim.cluster.utilization_seconds()
     it.loc[rows, "util_s"] = util_s
+    rows, block_s, util_s, draft_s = sim.cluster.spec_run_integrals()
+    it.loc[rows, "kv_block_s"] = block_s
+    it.loc[rows, "util_s"] = util_s
+    it.loc[rows, "draft_s"] = draft_s
     sim_end = float(it["t_end_s"].max()) if len(it) else 0.0
     window = measurement_window(sc.window_kind, sc.warmup_s, sc.duration_s,
                                 _last_activity_s(sim.requests, it, end_s))
@@ -226,6 +234,11 @@ def execute(sim: Simulation, progress: Callable[[float], None] | None = None) ->
     summary["wall_s"] = wall
     summary["sim_requests_per_wall_s"] = len(sim.requests) / wall if wall > 0 else float("inf")
     return Result(sc, sim.seed, req, it, lv, life, summary, sim.memory, sim_end, wall)
+
+
+def without_speculation(sc: Scenario) -> Scenario:
+    """The same scenario without its speculative block (memory plan and step model follow)."""
+    return sc.model_copy(update={"speculative": None})
 
 
 def run(sc: Scenario, seed: int | None = None) -> Result:

@@ -35,6 +35,7 @@ from sim.errors import InputError, one_line
 from sim.input_model import InputModel
 from sim.memory import MemoryPlan, memory_plan
 from sim.perf.config import PerfCfg
+from sim.speculation import Speculative, check_against_target, drafter_memory
 from sim.yamlio import load_yaml
 
 
@@ -388,6 +389,8 @@ class Scenario(_Frozen):
     slo: Slo = Slo()
     cost: Cost = Cost()
     perf: PerfCfg = Field(default_factory=PerfCfg)
+    speculative: Speculative | None = Field(
+        default=None, description="speculative decoding or multi-token prediction (sim/speculation.py)")
 
     @field_validator("model", mode="before")
     @classmethod
@@ -446,6 +449,8 @@ class Scenario(_Frozen):
                 f"cost.price_tier={c.price_tier!r}: GPU {g.name!r} has no such catalog price; "
                 "set hardware.price_usd_per_gpu_h or pick another tier"
             )
+        if self.speculative is not None:
+            check_against_target(self.speculative, m, tp)
         mem = self.memory_plan()
         if mem.kv_blocks < 1:
             raise ValueError(
@@ -470,12 +475,16 @@ class Scenario(_Frozen):
     def memory_plan(self) -> MemoryPlan:
         """How each GPU's HBM splits into weights, activations and KV blocks (sim/memory.py)."""
         s = self.serving
+        drafter = (0.0, 0.0) if self.speculative is None else drafter_memory(
+            self.speculative, self.model, weights=s.precision.weights, kv_cache=s.precision.kv_cache,
+            tp=s.parallelism.tp)
         return memory_plan(self.model, self.hardware.gpu, tp=s.parallelism.tp, weights=s.precision.weights,
                            kv_cache=s.precision.kv_cache, block_tokens=s.kv_cache.block_tokens,
                            gpu_memory_fraction=s.kv_cache.gpu_memory_fraction,
                            activation_reserve_gb=s.kv_cache.activation_reserve_gb,
                            max_num_seqs=s.batching.max_num_seqs,
-                           max_num_batched_tokens=s.batching.max_num_batched_tokens)
+                           max_num_batched_tokens=s.batching.max_num_batched_tokens,
+                           drafter_weight_bytes=drafter[0], drafter_kv_bytes_per_token=drafter[1])
 
 
 def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from sim.errors import InputError
-from sim.metrics.registry import RUN_TABLE, row_cells
+from sim.metrics.registry import RUN_TABLE, SPEC_TABLE, row_cells
 from sim.runner import Result
 from simcli.common import RESULTS_DIR, parse_set, progress_bar
 from simcli.output import FolderId, atomic_dir, check_out_dir, make_console, show_progress, write_json
@@ -59,7 +59,12 @@ def print_summary(result: Result, out_dir: Path, console: Any) -> None:
     t.add_column("unit")
     targets = f"TTFT <= {sc.slo.ttft_s:g} s, TPOT <= {sc.slo.tpot_s:g} s"
     context = {"slo_attainment": f" ({targets})", "slo_met": f" (p{sc.slo.percentile:g} of each within: {targets})"}
-    for label, names in RUN_TABLE:
+    rows = RUN_TABLE + (SPEC_TABLE if sc.speculative is not None else ())
+    for label, names in rows:
+        if names[0].startswith("spec_speedup") and names[0] not in s:
+            continue                       # only with --compare-no-spec
+        if names[0] == "spec_cost_ratio" and names[0] not in s:
+            continue
         values, unit = row_cells(s, names)
         t.add_row(label + context.get(names[0], ""), values, unit)
     console.print(t)
@@ -70,13 +75,16 @@ def print_summary(result: Result, out_dir: Path, console: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sim.runner import build, execute
+    from sim.runner import build, execute, without_speculation
     from sim.scenario import load_scenario
+    from sim.speculation import comparison
 
     sc = load_scenario(args.scenario, overrides=parse_set(args.set))
     seed = sc.seed if args.seed is None else args.seed
     if seed < 0:
         raise InputError(f"--seed: must be >= 0, got {seed}")
+    if args.compare_no_spec and sc.speculative is None:
+        raise InputError(f"--compare-no-spec: scenario {sc.name!r} has no speculative: block to compare against")
     out_dir = args.out if args.out is not None else RESULTS_DIR / sc.name / run_id(seed)
     prior = check_out_dir(out_dir, "run", given=args.out is not None)   # before simulating: a bad --out must not cost the run
     console = make_console()
@@ -84,6 +92,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     with progress_bar(console, "simulating", "s of simulated arrivals", sc.duration_s,
                       show_progress(args.quiet)) as update:
         result = execute(sim, progress=update if show_progress(args.quiet) else None)
+    if args.compare_no_spec:
+        # The same scenario and seed without the speculative block: the same arrivals and lengths.
+        with progress_bar(console, "simulating without speculation", "s of simulated arrivals", sc.duration_s,
+                          show_progress(args.quiet)) as update:
+            plain = execute(build(without_speculation(sc), seed), progress=update if show_progress(args.quiet) else None)
+        result.summary.update(comparison(result.summary, plain.summary))
     out_dir = write_results(result, out_dir, args.scenario, seed, replace=prior)
     if args.quiet:
         print(out_dir)
@@ -101,4 +115,7 @@ def add_parser(sub) -> None:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario key, e.g. --set duration_s=60 (repeatable)")
     r.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    r.add_argument("--compare-no-spec", action="store_true",
+                   help="also run the scenario without its speculative: block (same seed, same arrivals) and report "
+                        "the effective speedup")
     r.set_defaults(func=cmd_run)

@@ -61,7 +61,7 @@ def test_finish_order_and_removal():
     ds.advance(4)
     assert ds.generated(rs[2]) == 5
     done = ds.pop_finished()
-    assert [(r.id, kv) for r, kv in done] == [(0, 104)] and done[0][0].generated == 5
+    assert [(r.id, blocks) for r, blocks in done] == [(0, 7)] and done[0][0].generated == 5   # 104 tokens: 7 blocks
     assert ds.size == 1 and ds.kv_tokens(rs[2]) == 104
 
 

@@ -118,7 +118,7 @@ class GuaranteedNoEvict(_NoHooks):
         self.committed_blocks = 0   # blocks the running requests will hold at their last tokens
 
     def final_blocks(self, r: Request) -> int:
-        return self.kv.blocks_for(r.input_tokens + r.output_tokens - 1)
+        return self.kv.final_blocks(r.input_tokens, r.output_tokens)
 
     def allows(self, r: Request) -> bool:
         return self.committed_blocks + self.final_blocks(r) <= self.kv.total_blocks

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
+from collections.abc import Callable
 from itertools import accumulate
 
 from sim.engine.request import Request
@@ -37,8 +38,9 @@ from sim.perf.shape import LinearPath
 class DecodeSet:
     """Decoding sequences that each gain one KV token and one output token per step."""
 
-    def __init__(self, block_tokens: int) -> None:
+    def __init__(self, block_tokens: int, blocks_for: Callable[[int], int] | None = None) -> None:
         self.bt = block_tokens
+        self.blocks_for = blocks_for or (lambda tokens: -(-tokens // block_tokens))
         self.g = 0                          # global decode step counter
         self.size = 0
         self.base_sum = 0
@@ -70,6 +72,14 @@ class DecodeSet:
         self._version += 1
         r.generated = r.output_tokens - (r.finish_g - self.g)
         return r.base + self.g
+
+    def held_blocks(self, r: Request) -> int:
+        """KV blocks a member holds now."""
+        return self.blocks_for(r.base + self.g)
+
+    def accepted(self, n_steps: int) -> int:
+        """Draft tokens the next n steps accept: none without speculation."""
+        return 0
 
     def kv_tokens(self, r: Request) -> int:
         """KV tokens a member holds now."""
@@ -157,7 +167,7 @@ class DecodeSet:
         self.g += n_steps
 
     def pop_finished(self) -> list[tuple[Request, int]]:
-        """Members whose last token was sampled at the current step, with the KV tokens they
+        """Members whose last token was sampled at the current step, with the KV blocks they
         held; removed from the set."""
         out = []
         h = self._heap
@@ -169,5 +179,5 @@ class DecodeSet:
             if fg > self.g:
                 break
             heapq.heappop(h)
-            out.append((r, self.remove(r)))
+            out.append((r, self.blocks_for(self.remove(r))))
         return out

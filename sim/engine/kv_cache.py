@@ -21,17 +21,20 @@ class KvCache:
     """Block accounting of one replica (capacity from the memory plan)."""
 
     __slots__ = ("total_blocks", "block_tokens", "sliding_blocks", "watermark_blocks", "used_blocks",
-                 "free_blocks", "swap_bytes_per_token", "host_link_bytes_per_s")
+                 "free_blocks", "swap_bytes_per_token", "host_link_bytes_per_s", "lookahead_tokens")
 
     def __init__(self, total_blocks: int, block_tokens: int, *, sliding_blocks: int = 0,
                  watermark_fraction: float = 0.0, swap_bytes_per_token: float = 0.0,
-                 host_link_bytes_per_s: float = 1.0) -> None:
+                 host_link_bytes_per_s: float = 1.0, lookahead_tokens: int = 0) -> None:
         self.total_blocks = total_blocks
         self.block_tokens = block_tokens
         self.sliding_blocks = sliding_blocks
         self.watermark_blocks = int(watermark_fraction * total_blocks)
         self.swap_bytes_per_token = swap_bytes_per_token
         self.host_link_bytes_per_s = host_link_bytes_per_s
+        #: KV slots a decoding sequence holds beyond its tokens: the k drafts speculative decoding
+        #: verifies each step (their KV is written, then kept only where accepted).
+        self.lookahead_tokens = lookahead_tokens
         #: Blocks allocated now, and free now (kept as attributes: the scheduler reads them on every
         #: event). Read them freely; change them only through allocate() and release().
         self.used_blocks = 0
@@ -56,6 +59,11 @@ class KvCache:
     def blocks_for(self, kv_tokens: int) -> int:
         """Blocks a request holding kv_tokens tokens uses."""
         return -(-kv_tokens // self.block_tokens) + (self.sliding_blocks if kv_tokens > 0 else 0)
+
+    def final_blocks(self, prompt_tokens: int, output_tokens: int) -> int:
+        """Blocks a request holds at its last step: prompt + output - 1 tokens of KV, plus the
+        draft slots of that step."""
+        return self.blocks_for(prompt_tokens + output_tokens - 1 + self.lookahead_tokens)
 
     def growth_blocks(self, kv_tokens: int, new_tokens: int) -> int:
         """Extra blocks to grow a request's KV from kv_tokens by new_tokens."""

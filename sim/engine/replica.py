@@ -27,8 +27,20 @@ from sim.engine.kv_cache import KvCache
 from sim.engine.kv_integral import DecodeRunLog
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationPlan
+from sim.engine.spec_runs import SpecRunLog
 from sim.metrics.records import IterLog, LevelLog, Status
-from sim.perf.shape import Chunk, DecodeRun, LinearPath, StepModel, StepShape, steps_bracket, steps_within
+from sim.perf.shape import (
+    Chunk,
+    ContextPath,
+    DecodeRun,
+    DraftedRun,
+    DraftWork,
+    StepModel,
+    StepShape,
+    steps_bracket,
+    steps_within,
+)
+from sim.speculation import Speculation
 
 NAN = float("nan")
 
@@ -41,19 +53,27 @@ _make = tuple.__new__
 class Replica:
     def __init__(self, env: simpy.Environment, idx: int, step: StepModel, kv: KvCache, limits: BatchLimits, *,
                  on_finish: Callable[[Request], None], records: IterLog, levels: LevelLog,
-                 marks: Sequence[float] = (), allow_jumps: bool = True) -> None:
+                 marks: Sequence[float] = (), allow_jumps: bool = True,
+                 speculation: Speculation | None = None) -> None:
         self.env, self.idx, self.step_model = env, idx, step
         self.kv = kv
-        self.scheduler = BatchScheduler(kv, limits, levels, idx)
+        self.scheduler = BatchScheduler(kv, limits, levels, idx, speculation.sampler if speculation else None)
+        # A decode step computes q tokens per sequence after the draft work (speculative decoding:
+        # q = k + 1 verified tokens, k draft passes), or one token and no drafts.
+        self._q: int = speculation.k + 1 if speculation else 1
+        self._draft: DraftWork | None = speculation.draft if speculation else None
+        self._spec = speculation is not None
+        self._spec_runs_by_batch: dict[int, DecodeRun] = {}
         self.on_finish = on_finish
         self.records = records
         self._record, self._pack_record = records.extend, records.pack   # IterRecord rows
         self.allow_jumps = allow_jumps  # False: one event per step (reference mode for tests)
         self.marks = sorted(marks)
         self.decode_runs = DecodeRunLog(kv.block_tokens)   # their kv_block_s is filled in after the run
+        self.spec_runs = SpecRunLog()                      # the same for speculative decode runs
         self._wakeup: simpy.Event | None = None
         self._interruptible = False
-        self._jump_state: tuple[float, DecodeRun, LinearPath, int] | None = None
+        self._jump_state: tuple[float, DecodeRun, ContextPath, int] | None = None
         self._run_timeout: simpy.Timeout | None = None   # what the process waits on during a decode run
         self._run_end: tuple[int, float] = (0, 0.0)      # (steps, seconds) of that run, shortened by a cut
         self.proc = env.process(self._loop())
@@ -112,7 +132,8 @@ class Replica:
             if self.allow_jumps and sched.decode_run_stable():
                 n = sched.decode_run_length()
                 if n > 1:
-                    run = self.step_model.decode_run(sched.decode_set.size)
+                    size = sched.decode_set.size
+                    run = self.spec_run(size) if self._spec else self.step_model.decode_run(size)
                     path = sched.decode_set.path()
                     n, total_s = self._steps_before_mark(run, path, n)
                     if n > 1:
@@ -123,11 +144,11 @@ class Replica:
                 yield from self._free_stuck_prefill(plan)
                 continue
             t0, held = env.now, self.kv.used_blocks   # blocks allocated for it, freed at its end
-            step_s, util_s = self._iteration_s(plan)
+            step_s, util_s, draft_s = self._iteration_s(plan)
             yield env.timeout(step_s)
-            self._end_iteration(plan, t0, held, util_s)
+            self._end_iteration(plan, t0, held, util_s, draft_s)
 
-    def _steps_before_mark(self, run: DecodeRun, path: LinearPath, n: int) -> tuple[int, float]:
+    def _steps_before_mark(self, run: DecodeRun, path: ContextPath, n: int) -> tuple[int, float]:
         """Steps of a decode run that end strictly before the next mark (all n if none), and
         their duration."""
         t0 = self.env.now
@@ -156,26 +177,48 @@ class Replica:
             held = self.kv.used_blocks
             yield env.timeout(swap_s)
             self._record(self._pack_record(self.idx, t0, env.now, 0, 0, 0, 0, 0, swap_s, held, held * swap_s,
-                                           len(sched.running), len(sched.waiting), 0.0))
+                                           len(sched.running), len(sched.waiting), 0.0, 0, 0, 0.0))
 
-    def _iteration_s(self, plan: IterationPlan) -> tuple[float, float]:
-        """Seconds the planned iteration takes (its batch shape's step time plus KV transfers), and
-        its utilization-seconds (for power)."""
+    def _iteration_s(self, plan: IterationPlan) -> tuple[float, float, float]:
+        """Seconds the planned iteration takes (its batch shape's step time plus KV transfers), its
+        utilization-seconds (for power) and the seconds of draft work in it."""
         ds = self.scheduler.decode_set
-        shape = _make(StepShape, (ds.size if plan.decode else 0, ds.next_ctx_sum() if plan.decode else 0, 1,
-                                  tuple([_make(Chunk, (r.prefilled, new, r.prefilled + new >= r.prefill_target))
-                                         for r, new in plan.chunks]), None))
+        chunks = tuple([_make(Chunk, (r.prefilled, new, r.prefilled + new >= r.prefill_target))
+                        for r, new in plan.chunks])
+        draft_s = 0.0
+        if plan.decode:
+            ctx = ds.next_ctx_sum()
+            shape = _make(StepShape, (ds.size, ctx, self._q, chunks, self._draft))
+            if self._spec:
+                run = self.spec_run(ds.size)
+                if isinstance(run, DraftedRun):
+                    draft_s = run.weight * run.draft.step_s(ctx)
+        else:
+            shape = _make(StepShape, (0, 0, 1, chunks, None))
         step_s, util_s = self.step_model.iteration_with_utilization_s(shape)
-        return step_s + plan.swap_s, util_s
+        return step_s + plan.swap_s, util_s, draft_s
 
-    def _end_iteration(self, plan: IterationPlan, t0: float, held: int, util_s: float) -> None:
+    def spec_run(self, batch: int) -> DecodeRun:
+        """A speculative step of `batch` sequences: drafts and verification (cached by batch)."""
+        run = self._spec_runs_by_batch.get(batch)
+        if run is None:
+            run = self._spec_runs_by_batch[batch] = self.step_model.decode_run(batch, self._q, self._draft)
+        return run
+
+    def _end_iteration(self, plan: IterationPlan, t0: float, held: int, util_s: float, draft_s: float) -> None:
         """Apply a finished iteration's effects and record it."""
         sched = self.scheduler
-        batch = (sched.decode_set.size if plan.decode else 0) + len(plan.chunks)
+        ds = sched.decode_set
+        decoding = ds.size if plan.decode else 0
+        batch = decoding + len(plan.chunks)
+        spec_seqs = accepted = 0
+        if self._spec and decoding:
+            spec_seqs, accepted = decoding, ds.accepted(1)
         now = self.env.now
         prompt, recompute, sampled = sched.finish_iteration(plan, now)
         self._record(self._pack_record(self.idx, t0, now, 1, batch, prompt, recompute, sampled, plan.swap_s,
-                                       held, held * (now - t0), len(sched.running), len(sched.waiting), util_s))
+                                       held, held * (now - t0), len(sched.running), len(sched.waiting), util_s,
+                                       spec_seqs, accepted, draft_s))
         if sched.finished:
             self._hand_back_finished()
 
@@ -202,7 +245,10 @@ class Replica:
         cut.callbacks.append(resume)
         self.proc._target = cut
 
-    def _decode_run(self, run: DecodeRun, path: LinearPath, n: int, total_s: float) -> Generator[simpy.Event, Any, None]:
+    def spec_run_utilization(self, batch: int) -> DecodeRun:
+        return self.step_model.decode_utilization(batch, self._q, self._draft)
+
+    def _decode_run(self, run: DecodeRun, path: ContextPath, n: int, total_s: float) -> Generator[simpy.Event, Any, None]:
         env, sched = self.env, self.scheduler
         ds = sched.decode_set
         t0 = env.now
@@ -221,12 +267,18 @@ class Replica:
         if n == 0:
             return
         batch = ds.size
-        self.decode_runs.add(len(self.records), self.kv.used_blocks, n, total_s, batch, path[0], path[1],
-                             ds.allocation_pattern())
+        # Its KV block-seconds and utilization-seconds (and draft seconds) are summed exactly after
+        # the simulation (kv_integral.py, power.py, spec_runs.py).
+        if self._spec:
+            # blocks held during its step G: what the replica holds now, plus the decode set's growth
+            self.spec_runs.add(len(self.records), self.kv.used_blocks - ds.held_now, batch, ds.g + 1, n)  # type: ignore[union-attr]
+        else:
+            self.decode_runs.add(len(self.records), self.kv.used_blocks, n, total_s, batch, path[0], path[1],  # type: ignore[index]
+                                 ds.allocation_pattern())     # type: ignore[union-attr]
         sampled, peak = sched.finish_decode_run(n, env.now)
-        # Its KV block-seconds and utilization-seconds are summed exactly after the simulation
-        # (kv_integral.py, power.py).
+        spec_seqs = batch * n if self._spec else 0        # each step samples one token per sequence
         self._record(self._pack_record(self.idx, t0, t0 + total_s, n, batch, 0, 0, sampled, 0.0, peak, NAN,
-                                       len(sched.running), len(sched.waiting), NAN))
+                                       len(sched.running), len(sched.waiting), NAN,
+                                       spec_seqs, sampled - spec_seqs if self._spec else 0, NAN if self._spec else 0.0))
         if sched.finished:
             self._hand_back_finished()

@@ -10,6 +10,7 @@ steps. On preemption by recompute its prompt becomes prompt + generated and it i
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sim.metrics.records import Status
 
@@ -21,7 +22,7 @@ class Request:
         "id", "arrival_s", "input_tokens", "output_tokens", "replica", "status", "reject_reason",
         "generated", "prefill_target", "prefilled", "swapped_kv", "blocks", "admit_s", "first_token_s",
         "finish_s", "preemptions", "input_counted", "seq", "base", "finish_g", "in_decode", "on_done", "hash_ids",
-        "sampled_before_start", "sampled_before_end",
+        "sampled_before_start", "sampled_before_end", "spec_cum", "spec_pos", "spec_member",
     )
 
     def __init__(self, rid: int, arrival_s: float, input_tokens: int, output_tokens: int,
@@ -54,3 +55,8 @@ class Request:
         # instants if the request was in the system then (-1: it was not).
         self.sampled_before_start = -1
         self.sampled_before_end = -1
+        # Speculative decoding (spec_decode_set.py): tokens per verification step drawn for the whole
+        # output (cumulative), the steps consumed so far, and the state of its current membership.
+        self.spec_cum: Any = None
+        self.spec_pos = 0
+        self.spec_member: Any = None

@@ -38,7 +38,9 @@ from sim.engine.admission import admission_policy
 from sim.engine.decode_set import DecodeSet
 from sim.engine.kv_cache import KvCache
 from sim.engine.request import Request
+from sim.engine.spec_decode_set import SpecDecodeSet
 from sim.metrics.records import LevelLog, Status
+from sim.speculation import AcceptanceSampler
 
 
 @dataclass(slots=True)
@@ -72,7 +74,8 @@ class BatchLimits:
 class BatchScheduler:
     """The queues and running set of one replica, and the vLLM-style policy over them."""
 
-    def __init__(self, kv: KvCache, limits: BatchLimits, levels: LevelLog | None = None, replica: int = 0) -> None:
+    def __init__(self, kv: KvCache, limits: BatchLimits, levels: LevelLog | None = None, replica: int = 0,
+                 speculation: AcceptanceSampler | None = None) -> None:
         self.kv = kv
         self.levels = levels if levels is not None else LevelLog()
         self._log_level, self._pack_level = self.levels.extend, self.levels.pack
@@ -82,7 +85,8 @@ class BatchScheduler:
         self.limits = limits
         self.swap = limits.preemption == "swap"
         self.admission = admission_policy(limits.admission, kv, self._running_outputs)
-        self.decode_set = DecodeSet(kv.block_tokens)
+        self.decode_set: DecodeSet | SpecDecodeSet = DecodeSet(kv.block_tokens, kv.blocks_for) if speculation is None \
+            else SpecDecodeSet(kv.block_tokens, kv.blocks_for, speculation)
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}   # insertion order = admission order
         self.prefilling: list[Request] = []      # running requests still in prefill, admission order
@@ -95,7 +99,7 @@ class BatchScheduler:
         lim = self.limits
         if r.input_tokens + r.output_tokens > lim.max_context_tokens:
             return "context_too_long"
-        if self.kv.blocks_for(r.input_tokens + r.output_tokens - 1) > self.kv.total_blocks:
+        if self.kv.final_blocks(r.input_tokens, r.output_tokens) > self.kv.total_blocks:
             return "exceeds_kv_capacity"
         if lim.mixed_prefill and r.input_tokens > lim.max_num_batched_tokens:
             # TensorRT-LLM without chunked context refuses such a prompt ("should not exceed max_num_tokens").
@@ -150,8 +154,9 @@ class BatchScheduler:
         self.admission.left(victim)
         swap_s = 0.0
         if victim.in_decode:
+            blocks = self.decode_set.held_blocks(victim)
             kv = self.decode_set.remove(victim)
-            self.kv.release(self.kv.blocks_for(kv))
+            self.kv.release(blocks)
             if self.swap:
                 victim.swapped_kv = kv
                 swap_s = self.kv.transfer_s(kv)
@@ -281,8 +286,8 @@ class BatchScheduler:
         self.finished.append(r)
 
     def _finish_decode_steps(self, now: float) -> None:
-        for r, kv_tokens in self.decode_set.pop_finished():
-            self._complete(r, self.kv.blocks_for(kv_tokens), now)
+        for r, blocks in self.decode_set.pop_finished():
+            self._complete(r, blocks, now)
 
     def finish_iteration(self, plan: IterationPlan, now: float) -> tuple[int, int, int]:
         """Apply an iteration's effects when it ends at `now`: (prompt tokens processed for the

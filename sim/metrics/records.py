@@ -52,6 +52,9 @@ class IterRecord(NamedTuple):
     running: int              # running set after the event
     waiting: int              # waiting queue after the event
     util_s: float             # seconds of the binding resource at its large-kernel rate (power.py)
+    spec_seq_steps: int       # speculative decoding: sequences x steps that verified drafts
+    accepted_tokens: int      # speculative decoding: draft tokens accepted (sampled tokens beyond one per step)
+    draft_s: float            # speculative decoding: seconds of draft work included in the span
 
 
 class LevelRecord(NamedTuple):

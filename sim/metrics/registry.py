@@ -91,6 +91,22 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("joules_per_output_token", "energy per output token", "J/token", better="lower"),
     Metric("gpus", "GPUs", "GPUs", 0, better="lower", column="GPUs"),
     Metric("sim_requests_per_wall_s", "simulation speed", "requests/wall-s", 0),
+    # speculative decoding
+    Metric("spec_k", "draft tokens per step (k)", "tokens", 0),
+    Metric("spec_mean_accepted_length", "mean accepted length (drafts kept per verification)", "tokens", 2,
+           better="higher", column="accepted len"),
+    Metric("spec_acceptance_rate", "acceptance rate (accepted / proposed drafts)", "fraction", better="higher",
+           column="accept rate"),
+    Metric("spec_tokens_per_step", "tokens per verification step", "tokens", 2, better="higher",
+           column="tok/step"),
+    Metric("spec_rejected_tokens", "rejected draft tokens", "tokens", 0, better="lower"),
+    Metric("spec_wasted_verify_share", "verified tokens rejected (wasted work)", "fraction", better="lower"),
+    Metric("spec_draft_time_share", "draft work share of GPU busy time", "fraction", better="lower",
+           column="draft share"),
+    Metric("spec_speedup_tpot", "speedup vs no speculation (mean TPOT)", "x", 2, better="higher"),
+    Metric("spec_speedup_tok_per_s_per_gpu", "speedup vs no speculation (output tokens/s/GPU)", "x", 2,
+           better="higher"),
+    Metric("spec_cost_ratio", "cost vs no speculation ($/M output tokens)", "x", 2, better="lower"),
     # capacity plans
     Metric("min_replicas", "min replicas", "replicas", 0, better="lower", column="min replicas"),
     Metric("max_load_per_replica", "max load/replica", "", better="higher"),
@@ -126,6 +142,18 @@ RUN_TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cost per million SLO-meeting output tokens", ("usd_per_m_slo_output_tokens",)),
     ("energy per output token", ("joules_per_output_token",)),
     ("simulation speed", ("sim_requests_per_wall_s",)),
+)
+
+#: Rows added to the run summary when the scenario decodes speculatively (the speedups only with
+#: `run --compare-no-spec`).
+SPEC_TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("speculation: draft tokens per step (k)", ("spec_k",)),
+    ("mean accepted length / tokens per verification step", ("spec_mean_accepted_length", "spec_tokens_per_step")),
+    ("acceptance rate (accepted / proposed drafts)", ("spec_acceptance_rate",)),
+    ("verified tokens rejected (wasted work)", ("spec_wasted_verify_share",)),
+    ("draft work share of GPU busy time", ("spec_draft_time_share",)),
+    ("speedup vs no speculation: mean TPOT / tokens/s/GPU", ("spec_speedup_tpot", "spec_speedup_tok_per_s_per_gpu")),
+    ("cost vs no speculation ($/M output tokens)", ("spec_cost_ratio",)),
 )
 
 #: Columns of the sweep table (mean ± 95% CI per point).

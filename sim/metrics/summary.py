@@ -263,6 +263,33 @@ def slo(req: pd.DataFrame, sc: Scenario, window: Window) -> dict[str, Any]:
     }
 
 
+def speculation(it: pd.DataFrame, sc: Scenario, window: Window) -> dict[str, Any]:
+    """Speculative decoding over W: what the drafts proposed and the target kept, and what the
+    drafting cost (sim/speculation.py; docs/metrics.md, "Speculative decoding")."""
+    spec = sc.speculative
+    if spec is None:
+        return {}
+    ov, frac, counts = record_shares(it, window)
+    steps = int(it["spec_seq_steps"].to_numpy()[counts].sum())
+    accepted = int(it["accepted_tokens"].to_numpy()[counts].sum())
+    proposed = spec.k * steps
+    busy_s = float(ov.sum())
+    return {
+        "spec_method": spec.method,
+        "spec_k": spec.k,
+        "spec_verify_steps": steps,
+        "spec_proposed_tokens": proposed,
+        "spec_accepted_tokens": accepted,
+        "spec_rejected_tokens": proposed - accepted,
+        "spec_mean_accepted_length": accepted / steps if steps else float("nan"),
+        "spec_acceptance_rate": accepted / proposed if proposed else float("nan"),
+        "spec_tokens_per_step": (accepted + steps) / steps if steps else float("nan"),
+        # Verified query tokens (k + 1 per sequence per step) whose work is thrown away.
+        "spec_wasted_verify_share": (proposed - accepted) / (steps * (spec.k + 1)) if steps else float("nan"),
+        "spec_draft_time_share": float((it["draft_s"].to_numpy() * frac).sum()) / busy_s if busy_s > 0 else float("nan"),
+    }
+
+
 def summarize(sc: Scenario, req: pd.DataFrame, it: pd.DataFrame, lv: pd.DataFrame, life: pd.DataFrame,
               window: Window, kv_blocks: int) -> dict[str, Any]:
     """The run's headline figures (before cost). Names carry units."""
@@ -282,4 +309,5 @@ def summarize(sc: Scenario, req: pd.DataFrame, it: pd.DataFrame, lv: pd.DataFram
     s.update(throughput(it, req, window, s["gpus"]))
     s.update(levels(it, lv, window, replica_s, kv_blocks))
     s.update(slo(req, sc, window))
+    s.update(speculation(it, sc, window))
     return s

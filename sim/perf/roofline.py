@@ -65,11 +65,14 @@ from sim.perf.efficiency import (
     tokens_per_expert,
 )
 from sim.perf.shape import (
+    Affine,
+    ArrayPath,
     ContextPath,
     DecodeRun,
     DraftedRun,
     DraftWork,
     LinearPath,
+    PrefixPath,
     Segment,
     StepShape,
     lin_sum,
@@ -90,6 +93,19 @@ class DecodeCoeffs:
 
     def step_s(self, ctx_sum: float) -> float:
         return max(self.m0 + self.m1 * ctx_sum, self.c0 + self.c1 * ctx_sum) + self.fixed_s
+
+    @property
+    def affine(self) -> Affine:
+        """The step time as pieces affine in S (shape.Affine): the flatter line left of the
+        crossing, the steeper right of it (one piece if the lines are parallel)."""
+        f = self.fixed_s
+        if self.m1 == self.c1:
+            hi_line = (self.m0, self.m1) if self.m0 >= self.c0 else (self.c0, self.c1)
+            return (), ((hi_line[0] + f, hi_line[1]),)
+        flat, steep = ((self.m0, self.m1), (self.c0, self.c1)) if self.m1 < self.c1 else \
+            ((self.c0, self.c1), (self.m0, self.m1))
+        cross = (steep[0] - flat[0]) / (flat[1] - steep[1])
+        return (cross,), ((flat[0] + f, flat[1]), (steep[0] + f, steep[1]))
 
     def segments(self, path: ContextPath, n_steps: int) -> list[Segment]:
         if n_steps <= 0:
@@ -113,11 +129,18 @@ class DecodeCoeffs:
             out.append((k, n_steps, steep[0] + self.fixed_s, steep[1]))
         return out
 
+    @property
+    def coeff_row(self) -> tuple[float, float, float, float, float]:
+        """(m0, m1, c0, c1, fixed_s): what `ArrayPath.prefetch` evaluates as arrays."""
+        return self.m0, self.m1, self.c0, self.c1, self.fixed_s
+
     def run_s(self, path: ContextPath, n_steps: int) -> float:
         """Total time of n steps along `path` (closed form on a linear path)."""
         if n_steps <= 0:
             return 0.0
         if not isinstance(path, LinearPath):
+            if isinstance(path, ArrayPath | PrefixPath):
+                return path.run_s(self, n_steps)
             return segments_run_s(self.segments(path, n_steps), path)
         b = path.slope
         am, bm = self.m0 + self.m1 * path.first, self.m1 * b
@@ -148,8 +171,11 @@ class RooflineStepModel:
     """Precomputed per-replica constants; pure functions of batch shape afterwards."""
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, tp: int, weights: str, kv: str, compute: str,
-                 cfg: PerfCfg, attention: str | None = None, host_overlapped: bool = False) -> None:
+                 cfg: PerfCfg, attention: str | None = None, host_overlapped: bool = False,
+                 drafter: RooflineStepModel | None = None) -> None:
         self.model, self.gpu, self.tp, self.cfg = model, gpu, tp, cfg
+        # A separate draft model (speculative decoding) prices the draft passes with its own shape.
+        self.drafter = drafter
         # Host work hidden behind the GPU's previous iteration (overlap scheduling), or added to each.
         self.host_s, self.host_per_seq_s = (0.0, 0.0) if host_overlapped else \
             (cfg.host_overhead_s, cfg.host_overhead_per_seq_s)
@@ -203,6 +229,8 @@ class RooflineStepModel:
         self._drafted_cache: dict[tuple[int, int, DraftWork], DraftedRun] = {}
         self._decode1: dict[int, DecodeCoeffs] = {}   # one query token per sequence: the hot case
         self._utilization_cache: dict[int, DecodeCoeffs] = {}
+        self._draft_pass_cache: dict[tuple[int, float, bool], DecodeCoeffs] = {}
+        self._spec_utilization_cache: dict[tuple[int, int, DraftWork | None], DecodeRun] = {}
 
     # ---- pieces --------------------------------------------------------------------------
     def weight_bytes(self, tokens: int) -> float:
@@ -268,10 +296,17 @@ class RooflineStepModel:
             c = self._decode_cache[key2] = self._decode_coeffs(batch, query_tokens_per_seq)
         return c
 
-    def draft_pass(self, batch: int, layer_share: float) -> DecodeCoeffs:
+    def draft_pass(self, batch: int, layer_share: float, pure: bool = False) -> DecodeCoeffs:
         """One draft pass over `batch` decoding sequences running `layer_share` of the layers and
-        the LM head (see the module docstring)."""
-        return self._decode_coeffs(batch, 1, layer_share, draft=True)
+        the LM head (see the module docstring), or one decode step of the separate draft model
+        (`pure`: its utilization form)."""
+        if self.drafter is not None:
+            return self.drafter.decode_utilization(batch) if pure else self.drafter.decode_run(batch)  # type: ignore[return-value]
+        key = (batch, layer_share, pure)
+        c = self._draft_pass_cache.get(key)
+        if c is None:
+            c = self._draft_pass_cache[key] = self._decode_coeffs(batch, 1, layer_share, draft=True, pure=pure)
+        return c
 
     def _decode_coeffs(self, batch: int, query_tokens_per_seq: int, layer_share: float = 1.0,
                        draft: bool = False, pure: bool = False) -> DecodeCoeffs:
@@ -330,18 +365,28 @@ class RooflineStepModel:
             if not seqs:
                 return 0.0, 0.0         # an iteration that only moves KV to or from the host
             ctx = shape.decode_ctx_sum
-            if q == 1 and shape.draft is None:
-                return self.decode_run(seqs).step_s(ctx), self.decode_utilization(seqs).step_s(ctx)
-            return self.decode_run(seqs, q, shape.draft).step_s(ctx), self._priced(shape)[1]
+            return (self.decode_run(seqs, q, shape.draft).step_s(ctx),
+                    self.decode_utilization(seqs, q, shape.draft).step_s(ctx))
         b, util_s = self._priced(shape)
         return max(b.compute_s, b.memory_s) + b.comm_s + b.overhead_s + b.draft_s, util_s
 
-    def decode_utilization(self, batch: int) -> DecodeCoeffs:
-        """`utilization_s` of plain decode steps of `batch` sequences, in the decode-run form."""
-        c = self._utilization_cache.get(batch)
-        if c is None:
-            c = self._utilization_cache[batch] = self._decode_coeffs(batch, 1, pure=True)
-        return c
+    def decode_utilization(self, batch: int, query_tokens_per_seq: int = 1,
+                           draft: DraftWork | None = None) -> DecodeRun:
+        """`utilization_s` of decode steps of `batch` sequences (q tokens each, after the draft
+        work if any), in the decode-run form."""
+        if query_tokens_per_seq == 1 and draft is None:
+            c = self._utilization_cache.get(batch)
+            if c is None:
+                c = self._utilization_cache[batch] = self._decode_coeffs(batch, 1, pure=True)
+            return c
+        key = (batch, query_tokens_per_seq, draft)
+        run = self._spec_utilization_cache.get(key)
+        if run is None:
+            verify = self._decode_coeffs(batch, query_tokens_per_seq, pure=True)
+            run = verify if draft is None or draft.passes == 0 else \
+                DraftedRun(verify, self.draft_pass(batch, draft.layer_share, pure=True), draft.passes)
+            self._spec_utilization_cache[key] = run
+        return run
 
     def breakdown(self, shape: StepShape) -> StepBreakdown:
         """The terms of one iteration's time: the step takes max(compute, memory) + the rest."""
@@ -353,8 +398,7 @@ class RooflineStepModel:
         draft_s = draft_util_s = 0.0
         if draft is not None and draft.passes > 0 and seqs:
             draft_s = draft.passes * self.draft_pass(seqs, draft.layer_share).step_s(shape.decode_ctx_sum)
-            draft_util_s = draft.passes * self._decode_coeffs(seqs, 1, draft.layer_share, draft=True,
-                                                              pure=True).step_s(shape.decode_ctx_sum)
+            draft_util_s = draft.passes * self.draft_pass(seqs, draft.layer_share, pure=True).step_s(shape.decode_ctx_sum)
         w = self.window
         tokens = seqs * q
         samples = seqs * q

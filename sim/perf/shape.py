@@ -8,8 +8,9 @@
   token per sequence, as speculative decoding's drafter does before verification).
 * A **context path** gives the summed KV length of a fixed set of decoding sequences at each step
   j = 0, 1, ... of a run. Plain decoding adds one token per sequence per step, so the path is
-  linear, S_j = S_0 + B j (`LinearPath`); speculative decoding will add a random number of tokens
-  per step, and any monotone path works with the same interface.
+  linear, S_j = S_0 + B j (`LinearPath`); speculative decoding adds a random number of tokens per
+  sequence per step, drawn in advance, so its path is given step by step (`ArrayPath`, with
+  prefix sums); any monotone path works with the same interface.
 * A **decode run** (`DecodeRun`) is the step time of a fixed batch as a function of the summed
   context. On each of a few segments of the context it is affine, t_j = a + b S_j, so a run of n
   steps along a path is a sum of a few linear pieces: `run_s` sums them in closed form and
@@ -22,8 +23,12 @@ Both step-time models (`roofline.RooflineStepModel`, `table.TableStepModel`) imp
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import NamedTuple, Protocol
+
+import numpy as np
 
 
 class Chunk(NamedTuple):
@@ -107,6 +112,177 @@ class LinearPath(NamedTuple):
         return min(n, max(0, math.ceil((ctx_sum - self.first) / self.slope)))
 
 
+class ArrayPath:
+    """A context path given step by step (speculative decoding: each sequence gains a random
+    number of tokens per step, drawn in advance): `values[j]` is S_j, non-decreasing.
+
+    A run's step times along it are evaluated once, as arrays (`step_times`, several runs' together
+    with `prefetch`), and cached with their cumulative sums, so `run_s` is a lookup and the steps
+    that fit in some elapsed time a search."""
+
+    __slots__ = ("values", "_prefix", "_times", "_cum")
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values                                  # int64, one per step
+        self._prefix: np.ndarray | None = None
+        self._times: dict[int, np.ndarray] = {}               # by id of the run (runs are cached objects)
+        self._cum: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, j: int) -> float:                   # path[0]: the first step's context
+        return float(self.values[j])
+
+    def at(self, j: int) -> float:
+        return float(self.values[j])
+
+    def total(self, lo: int, hi: int) -> float:
+        if hi <= lo:
+            return 0.0
+        if self._prefix is None:
+            self._prefix = np.zeros(len(self.values) + 1, dtype=np.int64)
+            np.cumsum(self.values, out=self._prefix[1:])
+        return float(self._prefix[hi] - self._prefix[lo])
+
+    def first_step_at_least(self, ctx_sum: float, n: int) -> int:
+        return int(np.searchsorted(self.values[:n], ctx_sum, side="left"))
+
+    def prefetch(self, *runs: DecodeRun) -> None:
+        """Evaluate the step times of several runs at once: their two-line pieces (`coeff_row`,
+        the roofline's form) in one set of array operations."""
+        leaves = [leaf for run in runs for leaf in _leaves(run)
+                  if id(leaf) not in self._times and getattr(leaf, "coeff_row", None) is not None]
+        if not leaves:
+            return
+        c = np.array([leaf.coeff_row for leaf in leaves])  # type: ignore[attr-defined]  # rows (m0, m1, c0, c1, fixed)
+        v = self.values.astype(float)
+        times = np.maximum(c[:, 0:1] + c[:, 1:2] * v, c[:, 2:3] + c[:, 3:4] * v)
+        times += c[:, 4:5]
+        for leaf, t in zip(leaves, times, strict=True):
+            self._times[id(leaf)] = t
+
+    def step_times(self, run: DecodeRun) -> np.ndarray:
+        """Every step's duration along this path (cached per run)."""
+        t = self._times.get(id(run))
+        if t is None:
+            if isinstance(run, DraftedRun):
+                t = self.step_times(run.target) + run.weight * self.step_times(run.draft)
+            else:
+                self.prefetch(run)
+                t = self._times.get(id(run))
+                if t is None:                   # no two-line form: its affine pieces
+                    n = len(self.values)
+                    t = np.empty(n)
+                    for lo, hi, a, b in run.segments(self, n):
+                        t[lo:hi] = a + b * self.values[lo:hi]
+            self._times[id(run)] = t
+        return t
+
+    def run_s(self, run: DecodeRun, n_steps: int) -> float:
+        """Seconds of the first n steps of `run` along this path."""
+        if n_steps <= 0:
+            return 0.0
+        return float(self._cumulative(run)[n_steps])
+
+    def _cumulative(self, run: DecodeRun) -> np.ndarray:
+        cum = self._cum.get(id(run))
+        if cum is None:
+            times = self.step_times(run)
+            cum = self._cum[id(run)] = np.zeros(len(times) + 1)
+            np.cumsum(times, out=cum[1:])
+        return cum
+
+    def estimate_steps(self, run: DecodeRun, n_max: int, elapsed_s: float) -> int:
+        """Steps done by elapsed_s (a search in the steps' cumulative times)."""
+        return int(np.searchsorted(self._cumulative(run)[:n_max + 1], elapsed_s, side="right")) - 1
+
+
+def _leaves(run: DecodeRun) -> tuple[DecodeRun, ...]:
+    return (run.target, run.draft) if isinstance(run, DraftedRun) else (run,)
+
+
+class PrefixPath:
+    """A context path read from a per-step array that its owner keeps (speculative decoding's
+    decode set): S_j = values[start + j] for steps j = 0 .. length - 1, non-decreasing. The steps
+    are read once into a Python list with their running sum, so `at`, `total` and the crossing
+    searches are list lookups and `bisect`; a run's pieces along it are found once and cached, so a
+    run's duration costs a few lookups however many steps it spans. Valid until the owner's
+    membership changes (the owner makes a new path for each run)."""
+
+    __slots__ = ("values", "start", "length", "_list", "_prefix", "_pieces")
+
+    def __init__(self, values: np.ndarray, start: int, length: int) -> None:
+        self.values, self.start, self.length = values, start, length
+        self._list: list[int] | None = None
+        self._prefix: list[int] | None = None
+        self._pieces: dict[int, list[Segment]] = {}
+
+    def _steps(self) -> list[int]:
+        if self._list is None:
+            self._list = self.values[self.start:self.start + self.length].tolist()
+        return self._list
+
+    def __getitem__(self, j: int) -> float:                   # path[0]: the first step's context
+        return float(self.values[self.start + j])
+
+    def at(self, j: int) -> float:
+        return float(self._steps()[j])
+
+    def _running(self) -> list[int]:
+        if self._prefix is None:
+            self._prefix = [0, *accumulate(self._steps())]
+        return self._prefix
+
+    def total(self, lo: int, hi: int) -> float:
+        if hi <= lo:
+            return 0.0
+        p = self._running()
+        return float(p[hi] - p[lo])
+
+    def first_step_at_least(self, ctx_sum: float, n: int) -> int:
+        return bisect_left(self._steps(), ctx_sum, 0, min(n, self.length))
+
+    def pieces(self, run: DecodeRun) -> list[Segment]:
+        """The run's affine pieces over the whole path (cached per run)."""
+        p = self._pieces.get(id(run))
+        if p is None:
+            p = self._pieces[id(run)] = run.segments(self, self.length)
+        return p
+
+    def run_s(self, run: DecodeRun, n_steps: int) -> float:
+        """Seconds of the first n steps of `run`: its cached pieces, cut at n, with O(1) totals."""
+        total = 0.0
+        p = self._running()
+        for lo, hi, a, b in self.pieces(run):
+            if lo >= n_steps:
+                break
+            hi = min(hi, n_steps)
+            total += a * (hi - lo) + b * float(p[hi] - p[lo])
+        return total
+
+    def estimate_steps(self, run: DecodeRun, n_max: int, elapsed_s: float) -> int:
+        """Steps done by elapsed_s: the piece it falls in, then a bisection over the piece's
+        cumulative time a m + b (sum of S over its first m steps), each an O(1) lookup."""
+        done_s = 0.0
+        p = self._running()
+        for lo, hi, a, b in self.pieces(run):
+            if lo >= n_max:
+                break
+            hi = min(hi, n_max)
+            piece_s = a * (hi - lo) + b * float(p[hi] - p[lo])
+            if done_s + piece_s <= elapsed_s:
+                done_s += piece_s
+                continue
+            left = elapsed_s - done_s
+            m_lo, m_hi = 0, hi - lo                 # time(m_lo) <= left < time(m_hi)
+            while m_hi - m_lo > 1:
+                mid = (m_lo + m_hi) // 2
+                if a * mid + b * float(p[lo + mid] - p[lo]) <= left:
+                    m_lo = mid
+                else:
+                    m_hi = mid
+            return lo + m_lo
+        return n_max
+
+
 #: A piece of a decode run, (lo, hi, a, b): steps lo <= j < hi each take a + b x path.at(j)
 #: seconds. A plain tuple: the engine builds one or two per decode run.
 Segment = tuple[int, int, float, float]
@@ -143,8 +319,10 @@ class StepModel(Protocol):
         """Seconds of the iteration's binding resource at its large-kernel rate (for power)."""
         ...
 
-    def decode_utilization(self, batch: int) -> DecodeRun:
-        """`utilization_s` of plain decode steps of `batch` sequences, in the decode-run form."""
+    def decode_utilization(self, batch: int, query_tokens_per_seq: int = 1,
+                           draft: DraftWork | None = None) -> DecodeRun:
+        """`utilization_s` of decode steps of `batch` sequences (q tokens each, after the draft
+        work if any), in the decode-run form."""
         ...
 
     def iteration_with_utilization_s(self, shape: StepShape) -> tuple[float, float]:
@@ -157,10 +335,14 @@ class DraftedRun:
     context of the batch. The sum of two piecewise-affine runs is piecewise affine on the union of
     their pieces, and its duration is the weighted sum of theirs, so it stays closed-form."""
 
-    __slots__ = ("target", "draft", "weight")
+    __slots__ = ("target", "draft", "weight", "affine")
 
     def __init__(self, target: DecodeRun, draft: DecodeRun, weight: float) -> None:
         self.target, self.draft, self.weight = target, draft, weight
+        # Both parts piecewise affine in S with known breakpoints (the roofline's form): the sum's
+        # pieces, found once.
+        t, d = getattr(target, "affine", None), getattr(draft, "affine", None)
+        self.affine: Affine | None = add_affine(t, d, weight) if t is not None and d is not None else None
 
     @property
     def batch(self) -> int:
@@ -170,10 +352,54 @@ class DraftedRun:
         return self.target.step_s(ctx_sum) + self.weight * self.draft.step_s(ctx_sum)
 
     def segments(self, path: ContextPath, n_steps: int) -> list[Segment]:
+        if self.affine is not None and not isinstance(path, LinearPath):
+            return affine_segments(self.affine, path, n_steps)
         return add_segments(self.target.segments(path, n_steps), self.draft.segments(path, n_steps), self.weight)
 
     def run_s(self, path: ContextPath, n_steps: int) -> float:
+        if isinstance(path, ArrayPath | PrefixPath):
+            return path.run_s(self, n_steps)
         return self.target.run_s(path, n_steps) + self.weight * self.draft.run_s(path, n_steps)
+
+
+#: A step time piecewise affine in the summed context S: breakpoints x_1 < ... < x_m and m + 1
+#: pieces (a, b), piece i holding for x_i <= S < x_(i+1) (x_0 = -inf, x_(m+1) = inf).
+Affine = tuple[tuple[float, ...], tuple[tuple[float, float], ...]]
+
+
+def add_affine(first: Affine, second: Affine, weight: float) -> Affine:
+    """first(S) + weight x second(S), on the union of their breakpoints."""
+    xs = tuple(sorted(set(first[0]) | set(second[0])))
+    pieces = []
+    for i in range(len(xs) + 1):
+        # A point inside piece i of the union picks the piece of each part that holds there.
+        a1, b1 = first[1][_piece_at(first[0], xs, i)]
+        a2, b2 = second[1][_piece_at(second[0], xs, i)]
+        pieces.append((a1 + weight * a2, b1 + weight * b2))
+    return xs, tuple(pieces)
+
+
+def _piece_at(breaks: tuple[float, ...], union: tuple[float, ...], i: int) -> int:
+    """Which piece of a function with `breaks` holds on piece i of the `union` of breakpoints."""
+    if i == 0:
+        return 0
+    return bisect_right(breaks, union[i - 1])
+
+
+def affine_segments(affine: Affine, path: ContextPath, n_steps: int) -> list[Segment]:
+    """The steps 0 <= j < n_steps of a non-decreasing path, cut where S_j crosses a breakpoint."""
+    xs, pieces = affine
+    out: list[Segment] = []
+    lo = 0
+    for x, (a, b) in zip(xs, pieces, strict=False):
+        hi = path.first_step_at_least(x, n_steps)
+        if hi > lo:
+            out.append((lo, hi, a, b))
+            lo = hi
+    if lo < n_steps:
+        a, b = pieces[-1]
+        out.append((lo, n_steps, a, b))
+    return out
 
 
 def lin_sum(a: float, b: float, lo: int, hi: int) -> float:
@@ -216,13 +442,16 @@ def steps_bracket(run: DecodeRun, path: ContextPath, n_max: int, elapsed_s: floa
     """(k, T(k), T(k + 1)): the largest k <= n_max whose cumulative time T(k) = run.run_s(path, k)
     is <= elapsed_s, with the times at it and one step later (inf when k = n_max).
 
-    On a linear path each piece's cumulative time is quadratic in n, so the answer is a root,
-    corrected by a step or two against run_s itself (so the answer is exactly what bisection over
-    run_s would give); other paths bisect."""
+    On a linear path each piece's cumulative time is quadratic in n, so the answer is a root; on an
+    array path it is a search in the steps' cumulative times; either is corrected by a step or two
+    against run_s itself (so the answer is exactly what bisection over run_s would give); other
+    paths bisect."""
     if n_max <= 0:
         return 0, 0.0, math.inf
-    if isinstance(path, LinearPath):
-        k = min(n_max, max(0, _linear_estimate(run.segments(path, n_max), path, elapsed_s)))
+    if isinstance(path, LinearPath | ArrayPath | PrefixPath):
+        guess = _linear_estimate(run.segments(path, n_max), path, elapsed_s) if isinstance(path, LinearPath) \
+            else path.estimate_steps(run, n_max, elapsed_s)
+        k = min(n_max, max(0, guess))
         t_k = run.run_s(path, k)
         while k > 0 and t_k > elapsed_s:
             k -= 1

@@ -42,12 +42,15 @@ import pandas as pd
 from sim.csvio import read_csv
 from sim.errors import InputError
 from sim.perf.shape import (
+    ArrayPath,
     ContextPath,
     DecodeRun,
     DraftedRun,
     DraftWork,
     LinearPath,
+    PrefixPath,
     Segment,
+    StepModel,
     StepShape,
     lin_sum,
     segments_run_s,
@@ -156,6 +159,8 @@ class PiecewiseDecode:
             return 0.0
         bt = float(self.batch)
         self.coverage.note("context_tokens", path.at(0) / bt, path.at(n_steps - 1) / bt)
+        if isinstance(path, ArrayPath | PrefixPath):
+            return path.run_s(self, n_steps)
         if not isinstance(path, LinearPath):
             return segments_run_s(self.segments(path, n_steps), path)
         first, slope = path.first, path.slope
@@ -174,13 +179,37 @@ class PiecewiseDecode:
         return total
 
 
+class ScaledRun:
+    """A decode run whose every step takes `factor` times another's."""
+
+    __slots__ = ("run", "factor")
+
+    def __init__(self, run: DecodeRun, factor: float) -> None:
+        self.run, self.factor = run, factor
+
+    @property
+    def batch(self) -> int:
+        return self.run.batch
+
+    def step_s(self, ctx_sum: float) -> float:
+        return self.factor * self.run.step_s(ctx_sum)
+
+    def segments(self, path: ContextPath, n_steps: int) -> list[Segment]:
+        f = self.factor
+        return [(lo, hi, f * a, f * b) for lo, hi, a, b in self.run.segments(path, n_steps)]
+
+    def run_s(self, path: ContextPath, n_steps: int) -> float:
+        return self.factor * self.run.run_s(path, n_steps)
+
+
 class TableStepModel:
     """Step times from a measured table (implements shape.StepModel)."""
 
-    def __init__(self, table: pd.DataFrame, path: str = "") -> None:
+    def __init__(self, table: pd.DataFrame, path: str = "", drafter: StepModel | None = None) -> None:
         from scipy.interpolate import RegularGridInterpolator
 
         self.path = path
+        self.drafter = drafter      # a separate draft model's step model (speculative decoding)
         self.axes = [np.sort(table[a].unique()) for a in AXES]
         grid = table.set_index(list(AXES))["step_time_s"]
         values = np.array([[[grid[(b, c, p)] for p in self.axes[2]] for c in self.axes[1]] for b in self.axes[0]])
@@ -199,8 +228,7 @@ class TableStepModel:
             return self.decode_run(decode_seqs, q, shape.draft).step_s(decode_ctx_sum) if decode_seqs else 0.0
         draft_s = 0.0
         if shape.draft is not None and shape.draft.passes > 0 and decode_seqs:
-            draft_s = (shape.draft.passes * shape.draft.layer_share
-                       * self.decode_run(decode_seqs).step_s(decode_ctx_sum))
+            draft_s = shape.draft.passes * self._draft_run(decode_seqs, shape.draft).step_s(decode_ctx_sum)
         prefill = float(shape.prefill_tokens + decode_seqs * (q - 1))
         mean_ctx = decode_ctx_sum / decode_seqs if decode_seqs else float(self.axes[1][0])
         cov = self.coverage
@@ -219,14 +247,20 @@ class TableStepModel:
         t = self.iteration_s(shape)
         return t, t
 
-    def decode_utilization(self, batch: int) -> DecodeRun:
-        return self.decode_run(batch)
+    def decode_utilization(self, batch: int, query_tokens_per_seq: int = 1,
+                           draft: DraftWork | None = None) -> DecodeRun:
+        return self.decode_run(batch, query_tokens_per_seq, draft)
 
     def decode_run(self, batch: int, query_tokens_per_seq: int = 1, draft: DraftWork | None = None) -> DecodeRun:
         if draft is not None and draft.passes > 0:
-            return DraftedRun(self._plain_run(batch, query_tokens_per_seq), self._plain_run(batch, 1),
-                              draft.passes * draft.layer_share)
+            return DraftedRun(self._plain_run(batch, query_tokens_per_seq), self._draft_run(batch, draft), draft.passes)
         return self._plain_run(batch, query_tokens_per_seq)
+
+    def _draft_run(self, batch: int, draft: DraftWork) -> DecodeRun:
+        """One draft pass: a step of the separate draft model, or a share of a measured step."""
+        if self.drafter is not None:
+            return self.drafter.decode_run(batch)
+        return ScaledRun(self._plain_run(batch, 1), draft.layer_share)
 
     def _plain_run(self, batch: int, query_tokens_per_seq: int) -> PiecewiseDecode:
         key = (batch, query_tokens_per_seq)

@@ -1,0 +1,205 @@
+"""The decode set under speculative decoding: every step verifies k drafts per sequence and each
+sequence gains its own, pre-sampled, number of tokens.
+
+A member's tokens per verification step are drawn when it first decodes (speculation.py), so from
+the moment it joins its whole future is known: at its own step j (1..L) it computes q = k + 1
+query tokens over a context of kv_(j-1) + q tokens (its KV before the step, plus the last token
+and the k drafts the step writes), holds the blocks of that context (the drafts take KV slots
+while they are verified), and has sampled tok_j tokens since it joined, finishing at step L.
+
+When a member joins, the set adds its future into three arrays indexed by the global step G (one
+numpy operation each over its own steps): the summed context S[G], the blocks held H[G] and the
+tokens sampled since joining Tok[G], each summed over the members active at step G. With the
+current totals of the last two (`held_now`, `tok_now`), every question the engine asks about the
+steps ahead is a lookup or a search: the blocks the next n steps allocate are H[g + n] - held_now,
+the tokens they sample Tok[g + n] - tok_now, the steps that fit in the free blocks a search in H,
+and the context path a view of S (`PrefixPath`). A stable batch still runs as one event whose
+duration costs a few lookups however many steps it spans. Steps that are done never change again,
+so the arrays double as the history from which the runs' KV block-seconds and utilization are
+evaluated after the simulation (spec_runs.py).
+
+Same interface as decode_set.DecodeSet (the engine does not know which it has), plus the accepted
+draft tokens of the steps ahead. Plain Python and numpy, no SimPy.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+import numpy as np
+
+from sim.engine.request import Request
+from sim.perf.shape import PrefixPath
+from sim.speculation import AcceptanceSampler
+
+_INITIAL = 4096
+CTX, HELD, TOK = 0, 1, 2
+
+
+class SpecDecodeSet:
+    """Decoding sequences under speculative decoding (see the module docstring)."""
+
+    def __init__(self, block_tokens: int, blocks_for: Callable[[int], int], sampler: AcceptanceSampler) -> None:
+        self.bt = block_tokens
+        self.blocks_for = blocks_for
+        self.sampling = sampler
+        self.k = sampler.k
+        self.q = sampler.k + 1
+        self.g = 0
+        self.size = 0
+        self._heap: list[tuple[int, int, Request]] = []
+        # By global step G (column G; step 0 never runs), over the members active at step G: summed
+        # context, blocks held, tokens sampled since each joined (rows CTX, HELD, TOK).
+        self.by_step = np.zeros((3, _INITIAL), dtype=np.int64)
+        self.ctx, self.held, self.tok = self.by_step
+        self.held_now = 0       # blocks the members hold now
+        self.tok_now = 0        # tokens the members have sampled since joining
+        self._version = 0
+        self._path_key: tuple[int, int] = (-1, -1)
+        self._path: PrefixPath | None = None
+        # the sliding-window blocks blocks_for adds to any non-empty KV
+        self._fixed_blocks = blocks_for(1) - 1
+
+    def _ensure(self, last_g: int) -> None:
+        """Room for global steps up to last_g (the arrays double; none is ever dropped)."""
+        cap = self.by_step.shape[1]
+        if last_g < cap:
+            return
+        new = np.zeros((3, max(2 * cap, last_g + 1)), dtype=np.int64)
+        new[:, :cap] = self.by_step
+        self.by_step = new
+        self.ctx, self.held, self.tok = new
+
+    # ---- membership -------------------------------------------------------------------------
+    def add(self, r: Request, kv_tokens: int) -> None:
+        """Join with `kv_tokens` in KV and r.generated tokens already sampled."""
+        if r.spec_cum is None:
+            r.spec_cum = self.sampling.cumulative_tokens(r.id, r.output_tokens - r.generated)
+            r.spec_pos = 0
+        cum, pos = r.spec_cum, r.spec_pos
+        left = r.output_tokens - r.generated
+        base = int(cum[pos])
+        steps = int(cum.searchsorted(base + left)) - pos
+        own = np.empty((3, steps), dtype=np.int64)   # its rows CTX, HELD, TOK over its steps
+        ctx, held, after = own
+        np.add(cum[pos:pos + steps], kv_tokens + self.q - base, out=ctx)   # KV before the step + the q it writes
+        np.add(ctx, self.bt - 1 + self._fixed_blocks * self.bt, out=held)  # blocks held during the step
+        held //= self.bt                                                    # (the drafts' slots included)
+        np.subtract(cum[pos + 1:pos + steps + 1], base, out=after)          # tokens sampled since joining
+        after[-1] = left                              # the last step yields only what is left
+        g = self.g
+        self._ensure(g + steps)
+        self.by_step[:, g + 1:g + 1 + steps] += own
+        held0 = self.blocks_for(kv_tokens)
+        self.held_now += held0
+        r.spec_member = (g, kv_tokens, r.generated, own, held0)
+        r.finish_g = g + steps
+        r.in_decode = True
+        self.size += 1
+        self._version += 1
+        heapq.heappush(self._heap, (r.finish_g, r.seq, r))
+
+    def _own(self, r: Request) -> tuple[int, int]:
+        """(tokens sampled since joining, blocks held) of a member now."""
+        join, _, _, own, held0 = r.spec_member
+        j = self.g - join
+        return (int(own[TOK, j - 1]), int(own[HELD, j - 1])) if j else (0, held0)
+
+    def remove(self, r: Request) -> int:
+        """Leave the set (completion or preemption); returns the KV tokens it held."""
+        return self._leave(r)[0]
+
+    def _leave(self, r: Request) -> tuple[int, int]:
+        """Leave the set: (KV tokens, blocks) it held."""
+        join, kv0, gen0, own, _ = r.spec_member
+        j = self.g - join
+        tok, blocks = self._own(r)
+        steps = own.shape[1]
+        if j < steps:                                # preempted: take its future back out
+            self.by_step[:, self.g + 1:join + 1 + steps] -= own[:, j:]
+        self.held_now -= blocks
+        self.tok_now -= tok
+        r.in_decode = False
+        r.generated = gen0 + tok
+        r.spec_pos += j
+        self.size -= 1
+        self._version += 1
+        return kv0 + tok, blocks
+
+    def held_blocks(self, r: Request) -> int:
+        """Blocks a member holds now (its KV, and the drafts' slots of its last step)."""
+        return self._own(r)[1]
+
+    def kv_tokens(self, r: Request) -> int:
+        return r.spec_member[1] + self._own(r)[0]
+
+    def generated(self, r: Request) -> int:
+        return r.spec_member[2] + self._own(r)[0]
+
+    # ---- queries ------------------------------------------------------------------------------
+    def next_ctx_sum(self) -> int:
+        return int(self.ctx[self.g + 1])
+
+    def path(self) -> PrefixPath:
+        """Summed context at steps j = 0, 1, ... of a run starting with the next step, up to the
+        next finish."""
+        key = (self._version, self.g)
+        if self._path_key != key or self._path is None:
+            self._path = PrefixPath(self.ctx, self.g + 1, self.steps_to_next_finish())
+            self._path_key = key
+        return self._path
+
+    def tokens_sampled(self, n_steps: int) -> int:
+        return int(self.tok[self.g + n_steps]) - self.tok_now if n_steps > 0 and self.size else 0
+
+    def accepted(self, n_steps: int) -> int:
+        """Draft tokens the next n steps accept (each step's tokens beyond its bonus token)."""
+        return self.tokens_sampled(n_steps) - self.size * n_steps
+
+    def steps_to_next_finish(self) -> int:
+        h = self._heap
+        while h and not (h[0][2].in_decode and h[0][2].finish_g == h[0][0]):
+            heapq.heappop(h)
+        return h[0][0] - self.g if h else 0
+
+    def blocks_needed(self, n_steps: int) -> int:
+        return int(self.held[self.g + n_steps]) - self.held_now if n_steps > 0 and self.size else 0
+
+    def safe_steps(self, free_blocks: int, cap: int) -> int:
+        """Largest n <= cap such that the next n steps need at most free_blocks new blocks."""
+        if self.size == 0 or cap <= 0:
+            return max(cap, 0)
+        g = self.g
+        limit = free_blocks + self.held_now
+        if self.held[g + cap] <= limit:         # the usual case: every step up to the cap fits
+            return cap
+        return int(self.held[g + 1:g + 1 + cap].searchsorted(limit, side="right"))
+
+    # ---- progress ---------------------------------------------------------------------------
+    def advance(self, n_steps: int) -> None:
+        """n steps happened (no member joined or left in between)."""
+        if n_steps > 0 and self.size:
+            self.g += n_steps
+            self.held_now = int(self.held[self.g])
+            self.tok_now = int(self.tok[self.g])
+        else:
+            self.g += n_steps
+
+    def pop_finished(self) -> list[tuple[Request, int]]:
+        """Members whose last token was sampled at the current step, with the KV blocks they
+        held; removed from the set."""
+        out = []
+        h = self._heap
+        while h:
+            fg, _, r = h[0]
+            if not (r.in_decode and r.finish_g == fg):
+                heapq.heappop(h)
+                continue
+            if fg > self.g:
+                break
+            heapq.heappop(h)
+            blocks = self._leave(r)[1]
+            r.spec_cum = r.spec_member = None      # done: its draws are no longer needed
+            out.append((r, blocks))
+        return out
