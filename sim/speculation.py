@@ -136,6 +136,7 @@ class Speculative(InputModel):
         if a.mean_accepted_length is not None and self.k not in a.mean_accepted_length:
             raise ValueError(f"acceptance.mean_accepted_length has no entry for k={self.k} "
                              f"(it has k = {', '.join(str(x) for x in sorted(a.mean_accepted_length))})")
+        survival(a, self.k)         # a table whose gains grow with k is refused here, with its numbers
         return self
 
 
@@ -195,7 +196,7 @@ def survival(acc: Acceptance, k: int) -> np.ndarray:
         s = np.diff(taus)
         if np.any(np.diff(s) > 1e-12):
             i = int(np.argmax(np.diff(s) > 1e-12)) + 2
-            raise ValueError(f"speculative.acceptance.mean_accepted_length: the gain from k={i - 1} to k={i} "
+            raise ValueError(f"acceptance.mean_accepted_length: the gain from k={i - 1} to k={i} "
                              f"({s[i - 1]:.3g}) exceeds the gain to k={i - 1} ({s[i - 2]:.3g}); no chain of drafts "
                              "accepts a later token more often than an earlier one")
         return s
@@ -232,7 +233,7 @@ class AcceptanceSampler:
         self._state: Any = {"bit_generator": "Philox",
                        "state": {"counter": np.zeros(4, dtype=np.uint64), "key": key},
                        "buffer": np.zeros(4, dtype=np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
-        self._counter = self._state["state"]["counter"]    
+        self._counter = self._state["state"]["counter"]
         # S_k <= ... <= S_1 as thresholds on raw 64-bit draws: U < S_i exactly when raw < S_i 2^64.
         self._ascending = _raw_thresholds(self.s)
         # Steps drawn at first: enough for the tokens asked in all but a few cases (then more).

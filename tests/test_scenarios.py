@@ -22,6 +22,8 @@ GOLDEN_KEYS = ("requests_arrived", "requests_completed", "requests_rejected", "t
                "gpu_busy_fraction", "batch_size_mean", "queue_len_mean", "kv_occupancy_mean", "slo_attainment",
                "goodput_output_tokens", "usd_per_m_output_tokens", "usd_per_m_slo_output_tokens",
                "joules_per_output_token")
+#: Also pinned where the scenario decodes speculatively.
+SPEC_KEYS = ("spec_tokens_per_step", "spec_acceptance_rate", "spec_draft_time_share", "spec_verify_steps")
 
 
 def numpy_series() -> str:
@@ -31,7 +33,7 @@ def numpy_series() -> str:
 
 def check_golden(name: str, summary: dict) -> None:
     path = GOLDEN_DIR / f"{name}.json"
-    got = {k: summary[k] for k in GOLDEN_KEYS}
+    got = {k: summary[k] for k in GOLDEN_KEYS + (SPEC_KEYS if "spec_k" in summary else ())}
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN_DIR.mkdir(exist_ok=True)
         path.write_text(json.dumps({"numpy": numpy_series(), "summary": got}, indent=1, sort_keys=True) + "\n",

@@ -2,7 +2,8 @@
 
 The policy follows vLLM's scheduler (V1 with chunked prefill, V0 without):
 
-* chunked prefill on: each iteration runs every decoding sequence (one token each), then
+* chunked prefill on: each iteration runs every decoding sequence (one token each, or k + 1 under
+  speculative decoding: the last token and the k drafts it verifies), then
   continues partial prefills, then admits waiting requests FCFS, cutting prompts into chunks so
   the iteration holds at most `max_num_batched_tokens` tokens and `max_num_seqs` sequences;
 * chunked prefill off, `separate` (vLLM V0): an iteration is either prefill-only (whole prompts,
@@ -87,6 +88,9 @@ class BatchScheduler:
         self.admission = admission_policy(limits.admission, kv, self._running_outputs)
         self.decode_set: DecodeSet | SpecDecodeSet = DecodeSet(kv.block_tokens, kv.blocks_for) if speculation is None \
             else SpecDecodeSet(kv.block_tokens, kv.blocks_for, speculation)
+        # Tokens a decoding sequence puts in an iteration's token budget: its last token, and the
+        # k drafts it verifies under speculative decoding (vLLM counts both as scheduled tokens).
+        self.q = 1 if speculation is None else speculation.k + 1
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}   # insertion order = admission order
         self.prefilling: list[Request] = []      # running requests still in prefill, admission order
@@ -200,11 +204,11 @@ class BatchScheduler:
             kv.allocate(need)
         if not lim.chunked_prefill:
             if lim.mixed_prefill:
-                self._admit_waiting(plan, lim.max_num_batched_tokens - ds.size, whole_prompts=True, now=now,
+                self._admit_waiting(plan, lim.max_num_batched_tokens - ds.size * self.q, whole_prompts=True, now=now,
                                     alone_ok=not plan.decode)
             self.note_levels(now)
             return plan
-        budget = lim.max_num_batched_tokens - ds.size
+        budget = lim.max_num_batched_tokens - ds.size * self.q
         for r in self.prefilling:
             if budget <= 0:
                 break
@@ -342,7 +346,7 @@ class BatchScheduler:
         if not self.admission.allows(r):      # reservations change only when a request finishes
             return True
         if self.limits.mixed_prefill and not r.swapped_kv \
-                and r.prefill_target - r.prefilled > self.limits.max_num_batched_tokens - self.decode_set.size:
+                and r.prefill_target - r.prefilled > self.limits.max_num_batched_tokens - self.decode_set.size * self.q:
             return True                         # its whole prompt fits beside the decodes only after a finish
         kv = self.kv
         if r.swapped_kv:

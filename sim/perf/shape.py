@@ -113,8 +113,9 @@ class LinearPath(NamedTuple):
 
 
 class ArrayPath:
-    """A context path given step by step (speculative decoding: each sequence gains a random
-    number of tokens per step, drawn in advance): `values[j]` is S_j, non-decreasing.
+    """Summed contexts given step by step, `values[j]` = S_j, to evaluate step times on as arrays
+    (speculative runs after the simulation, spec_runs.py). A path for `segments` must be
+    non-decreasing; `step_times` works on any values.
 
     A run's step times along it are evaluated once, as arrays (`step_times`, several runs' together
     with `prefetch`), and cached with their cumulative sums, so `run_s` is a lookup and the steps
@@ -168,11 +169,8 @@ class ArrayPath:
             else:
                 self.prefetch(run)
                 t = self._times.get(id(run))
-                if t is None:                   # no two-line form: its affine pieces
-                    n = len(self.values)
-                    t = np.empty(n)
-                    for lo, hi, a, b in run.segments(self, n):
-                        t[lo:hi] = a + b * self.values[lo:hi]
+                if t is None:                   # no two-line form: its affine pieces, along the
+                    t = _pieces_elementwise(run, self.values)    # values in order
             self._times[id(run)] = t
         return t
 
@@ -193,6 +191,20 @@ class ArrayPath:
     def estimate_steps(self, run: DecodeRun, n_max: int, elapsed_s: float) -> int:
         """Steps done by elapsed_s (a search in the steps' cumulative times)."""
         return int(np.searchsorted(self._cumulative(run)[:n_max + 1], elapsed_s, side="right")) - 1
+
+
+def _pieces_elementwise(run: DecodeRun, values: np.ndarray) -> np.ndarray:
+    """Each value's step time from the run's affine pieces (which need a non-decreasing path: the
+    values are sorted first and the times put back in their places)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    path = ArrayPath(ordered)
+    t = np.empty(len(values))
+    for lo, hi, a, b in run.segments(path, len(values)):
+        t[lo:hi] = a + b * ordered[lo:hi]
+    out = np.empty_like(t)
+    out[order] = t
+    return out
 
 
 def _leaves(run: DecodeRun) -> tuple[DecodeRun, ...]:
