@@ -451,6 +451,13 @@ class Scenario(_Frozen):
             )
         if self.speculative is not None:
             check_against_target(self.speculative, m, tp)
+            q = self.speculative.k + 1
+            b = s.batching
+            if b.max_num_batched_tokens < b.max_num_seqs * q:
+                raise ValueError(
+                    f"serving.batching.max_num_batched_tokens ({b.max_num_batched_tokens}) must be >= max_num_seqs "
+                    f"({b.max_num_seqs}) x (speculative.k + 1) = {b.max_num_seqs * q}: every decoding sequence "
+                    f"verifies k + 1 = {q} tokens per step within the iteration's token budget")
         mem = self.memory_plan()
         if mem.kv_blocks < 1:
             raise ValueError(

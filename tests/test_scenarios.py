@@ -23,7 +23,7 @@ GOLDEN_KEYS = ("requests_arrived", "requests_completed", "requests_rejected", "t
                "goodput_output_tokens", "usd_per_m_output_tokens", "usd_per_m_slo_output_tokens",
                "joules_per_output_token")
 #: Also pinned where the scenario decodes speculatively.
-SPEC_KEYS = ("spec_tokens_per_step", "spec_acceptance_rate", "spec_draft_time_share", "spec_verify_steps")
+SPEC_KEYS = ("spec_mean_accepted_length", "spec_tokens_per_step", "spec_acceptance_rate", "spec_draft_time_share", "spec_verify_steps")
 
 
 def numpy_series() -> str:

@@ -96,13 +96,21 @@ def test_each_request_has_its_own_stream():
     assert not np.array_equal(a[:50], AcceptanceSampler(spec(), root_seed=4).cumulative_tokens(7, 500)[:50])
 
 
-def test_per_request_spread_keeps_the_mean_and_spreads_requests():
-    s = AcceptanceSampler(spec(per_request_concentration=5.0), root_seed=2)
-    per_request = np.array([np.diff(s.cumulative_tokens(rid, 1500)).mean() for rid in range(400)])
-    flat = AcceptanceSampler(spec(), root_seed=2)
-    flat_means = np.array([np.diff(flat.cumulative_tokens(rid, 1500)).mean() for rid in range(400)])
-    assert per_request.std() > 3 * flat_means.std()
-    assert per_request.mean() == pytest.approx(flat.mean_tokens, rel=0.08)
+@pytest.mark.parametrize("alpha,c", [(0.7, 5.0), (0.85, 1.0), (0.6, 50.0)])
+def test_per_request_spread_keeps_the_per_draft_mean_and_spreads_requests(alpha, c):
+    s = AcceptanceSampler(spec(acceptance={"rate": alpha}, per_request_concentration=c), root_seed=2)
+    rates = np.array([s.request_survival(rid)[0] for rid in range(4000)])       # each request's a_1
+    assert rates.std() > 0.03
+    per_request = np.array([np.diff(s.cumulative_tokens(rid, 1500)).mean() for rid in range(300)])
+    flat = AcceptanceSampler(spec(acceptance={"rate": alpha}), root_seed=2)
+    flat_means = np.array([np.diff(flat.cumulative_tokens(rid, 1500)).mean() for rid in range(300)])
+    assert per_request.std() > 2 * flat_means.std()
+    # The mean over requests of tokens per step stays the scenario's (within sampling error).
+    assert abs(per_request.mean() - flat.mean_tokens) <= 5 * per_request.std() / math.sqrt(len(per_request))
+    # Requests that accept the first draft more accept later ones more too.
+    second = np.array([s.request_survival(rid)[1] / s.request_survival(rid)[0] for rid in range(200)])
+    first = rates[:200]
+    assert np.corrcoef(first, second)[0, 1] > 0.5
 
 
 # ---- the speculative decode set against a per-member reference -----------------------------------------
@@ -295,9 +303,9 @@ def test_drafter_memory_takes_weights_and_kv():
 
 # ---- published behaviour and the comparison -----------------------------------------------------------
 
-def _pair(rate: float, block: dict, **over) -> tuple[dict, dict]:
+def _pair(arrivals: dict, block: dict, **over) -> tuple[dict, dict]:
     d = base_dict(duration_s=120.0, **over)
-    d["workload"] = {"arrivals": {"kind": "poisson", "rate_per_s": rate},
+    d["workload"] = {"arrivals": arrivals,
                      "input_tokens": {"kind": "fixed", "value": 1000},
                      "output_tokens": {"kind": "fixed", "value": 300}}
     sc = scenario_from_dict({**d, "speculative": block})
@@ -308,11 +316,14 @@ def _pair(rate: float, block: dict, **over) -> tuple[dict, dict]:
 
 def test_speedup_at_batch_one_exceeds_speedup_at_a_large_batch():
     block = {"method": "eagle", "k": 3, "acceptance": {"rate": 0.8}}
-    low, low_plain = _pair(0.05, block)
-    high, high_plain = _pair(200.0, block, serving={"batching": {"max_num_seqs": 256, "max_num_batched_tokens": 8192}})
+    low, low_plain = _pair({"kind": "poisson", "rate_per_s": 0.05}, block)
+    # A burst of 512 requests keeps 256 decoding at once, with and without speculation (no load shed).
+    high, high_plain = _pair({"kind": "offline", "requests": 512}, block,
+                             serving={"batching": {"max_num_seqs": 256, "max_num_batched_tokens": 8192}})
     assert low["batch_size_mean"] < 1.5 and high["batch_size_mean"] > 100
+    assert high["requests_completed"] == high_plain["requests_completed"] == 512
     low_speedup = low_plain["tpot_s_mean"] / low["tpot_s_mean"]
-    high_speedup = high["output_tok_per_s_per_gpu"] / high_plain["output_tok_per_s_per_gpu"]
+    high_speedup = high_plain["tpot_s_mean"] / high["tpot_s_mean"]
     assert low_speedup > 1.5
     assert low_speedup > high_speedup + 0.3
 
@@ -326,8 +337,8 @@ def test_zero_acceptance_costs_throughput_but_not_correctness():
     res = execute(build(sc))
     plain = execute(build(without_speculation(sc)))
     s = res.summary
-    assert s["spec_acceptance_rate"] == 0.0 and s["spec_tokens_per_step"] == 1.0
-    assert s["spec_mean_accepted_length"] == 0.0
+    assert s["spec_acceptance_rate"] == 0.0 and s["spec_mean_accepted_length"] == 1.0
+    assert s["spec_accepted_drafts_per_step"] == 0.0
     assert s["output_tok_per_s_per_gpu"] < plain.summary["output_tok_per_s_per_gpu"]
     assert s["tpot_s_mean"] > plain.summary["tpot_s_mean"]
     for r in (res, plain):
@@ -345,8 +356,12 @@ def test_common_random_numbers_and_summary_figures():
     s = a.summary
     expected = (1 - 0.75 ** 5) / (1 - 0.75)
     # Last steps are cut to what is left of each output, so the observed mean sits a little below.
-    assert 0.9 * expected < s["spec_tokens_per_step"] <= expected + 0.05
-    assert s["spec_tokens_per_step"] == pytest.approx(1 + s["spec_mean_accepted_length"])
+    assert 0.9 * expected < s["spec_mean_accepted_length"] <= expected + 0.05
+    assert s["spec_mean_accepted_length"] == pytest.approx(1 + s["spec_accepted_drafts_per_step"])
+    # Over a whole batch: the mean accepted length times the mean batch of verification iterations.
+    assert s["spec_tokens_per_step"] == pytest.approx(
+        (s["spec_accepted_tokens"] + s["spec_verify_steps"]) / s["spec_verify_iterations"])
+    assert s["spec_tokens_per_step"] >= s["spec_mean_accepted_length"]
     assert s["spec_acceptance_rate"] == pytest.approx(s["spec_accepted_tokens"] / s["spec_proposed_tokens"])
     assert s["spec_proposed_tokens"] == 4 * s["spec_verify_steps"]
     assert 0 < s["spec_draft_time_share"] < 0.5
@@ -377,7 +392,8 @@ def test_cli_compare_no_spec(tmp_path):
            "--set", "duration_s=120", "--compare-no-spec", "--out", str(tmp_path / "o")]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
-    for row in ("mean accepted length", "acceptance rate", "draft work share", "speedup vs no speculation"):
+    for row in ("mean accepted length", "acceptance rate", "draft work share", "speedup vs no speculation",
+                "with vs without speculative decoding", "speed per user", "cost per million output tokens"):
         assert row in p.stdout
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert s["spec_speedup_tpot"] > 1.0 and s["no_spec_tpot_s_mean"] > s["tpot_s_mean"]
@@ -420,3 +436,11 @@ def test_vocabulary_mismatch_needs_an_explicit_allowance():
     with pytest.raises(InputError, match="vocabulary of 32,000 tokens"):
         scenario_from_dict({**d, "speculative": block})
     scenario_from_dict({**d, "speculative": {**block, "allow_vocab_mismatch": True}})
+
+
+def test_token_budget_must_hold_every_sequence_s_verification():
+    d = varied(EAGLE, serving={"batching": {"max_num_seqs": 64, "max_num_batched_tokens": 200}})
+    with pytest.raises(InputError, match=r"max_num_batched_tokens \(200\) must be >= max_num_seqs \(64\) x "
+                                         r"\(speculative.k \+ 1\) = 256"):
+        scenario_from_dict(d)
+    scenario_from_dict(varied(EAGLE, serving={"batching": {"max_num_seqs": 64, "max_num_batched_tokens": 256}}))

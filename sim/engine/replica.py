@@ -246,6 +246,7 @@ class Replica:
         self.proc._target = cut
 
     def spec_run_utilization(self, batch: int) -> DecodeRun:
+        """Utilization-seconds of a speculative step of `batch` sequences, in the decode-run form."""
         return self.step_model.decode_utilization(batch, self._q, self._draft)
 
     def _decode_run(self, run: DecodeRun, path: ContextPath, n: int, total_s: float) -> Generator[simpy.Event, Any, None]:

@@ -10,7 +10,12 @@ steps. On preemption by recompute its prompt becomes prompt + generated and it i
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sim.engine.spec_decode_set import Membership
 
 from sim.metrics.records import Status
 
@@ -57,6 +62,6 @@ class Request:
         self.sampled_before_end = -1
         # Speculative decoding (spec_decode_set.py): tokens per verification step drawn for the whole
         # output (cumulative), the steps consumed so far, and the state of its current membership.
-        self.spec_cum: Any = None
+        self.spec_cum: np.ndarray | None = None
         self.spec_pos = 0
-        self.spec_member: Any = None
+        self.spec_member: Membership | None = None

@@ -14,7 +14,7 @@ current totals of the last two (`held_now`, `tok_now`), every question the engin
 steps ahead is a lookup or a search: the blocks the next n steps allocate are H[g + n] - held_now,
 the tokens they sample Tok[g + n] - tok_now, the steps that fit in the free blocks a search in H,
 and the context path a view of S (`PrefixPath`). A stable batch still runs as one event whose
-duration costs a few lookups however many steps it spans. Steps that are done never change again,
+duration costs a few array operations (C loops over its steps), never Python work per step. Steps that are done never change again,
 so the arrays double as the history from which the runs' KV block-seconds and utilization are
 evaluated after the simulation (spec_runs.py).
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,6 +36,16 @@ from sim.speculation import AcceptanceSampler
 
 _INITIAL = 4096
 CTX, HELD, TOK = 0, 1, 2
+
+
+class Membership(NamedTuple):
+    """A member's stay in the set (Request.spec_member)."""
+
+    join_step: int          # the global step counter when it joined
+    kv_tokens: int          # KV tokens it held then
+    generated: int          # output tokens it had sampled then
+    own: np.ndarray         # rows CTX, HELD, TOK over its own steps 1..L (column j: step j + 1)
+    held_blocks: int        # blocks it held when it joined
 
 
 class SpecDecodeSet:
@@ -93,7 +104,7 @@ class SpecDecodeSet:
         self.by_step[:, g + 1:g + 1 + steps] += own
         held0 = self.blocks_for(kv_tokens)
         self.held_now += held0
-        r.spec_member = (g, kv_tokens, r.generated, own, held0)
+        r.spec_member = Membership(g, kv_tokens, r.generated, own, held0)
         r.finish_g = g + steps
         r.in_decode = True
         self.size += 1
@@ -102,7 +113,9 @@ class SpecDecodeSet:
 
     def _own(self, r: Request) -> tuple[int, int]:
         """(tokens sampled since joining, blocks held) of a member now."""
-        join, _, _, own, held0 = r.spec_member
+        m = r.spec_member
+        assert m is not None, "not in the decode set"
+        join, _, _, own, held0 = m
         j = self.g - join
         return (int(own[TOK, j - 1]), int(own[HELD, j - 1])) if j else (0, held0)
 
@@ -112,7 +125,9 @@ class SpecDecodeSet:
 
     def _leave(self, r: Request) -> tuple[int, int]:
         """Leave the set: (KV tokens, blocks) it held."""
-        join, kv0, gen0, own, _ = r.spec_member
+        m = r.spec_member
+        assert m is not None, "not in the decode set"
+        join, kv0, gen0, own, _ = m
         j = self.g - join
         tok, blocks = self._own(r)
         steps = own.shape[1]
@@ -132,13 +147,20 @@ class SpecDecodeSet:
         return self._own(r)[1]
 
     def kv_tokens(self, r: Request) -> int:
-        return r.spec_member[1] + self._own(r)[0]
+        """KV tokens a member holds now."""
+        tok = self._own(r)[0]
+        assert r.spec_member is not None
+        return r.spec_member.kv_tokens + tok
 
     def generated(self, r: Request) -> int:
-        return r.spec_member[2] + self._own(r)[0]
+        """Output tokens a member has sampled so far."""
+        tok = self._own(r)[0]
+        assert r.spec_member is not None
+        return r.spec_member.generated + tok
 
     # ---- queries ------------------------------------------------------------------------------
     def next_ctx_sum(self) -> int:
+        """Summed context of the next step (its new tokens included)."""
         return int(self.ctx[self.g + 1])
 
     def path(self) -> PrefixPath:
@@ -151,6 +173,8 @@ class SpecDecodeSet:
         return self._path
 
     def tokens_sampled(self, n_steps: int) -> int:
+        """Output tokens the next n steps sample (members never finish inside them: n <= the steps
+        to the next finish)."""
         return int(self.tok[self.g + n_steps]) - self.tok_now if n_steps > 0 and self.size else 0
 
     def accepted(self, n_steps: int) -> int:
@@ -158,12 +182,14 @@ class SpecDecodeSet:
         return self.tokens_sampled(n_steps) - self.size * n_steps
 
     def steps_to_next_finish(self) -> int:
+        """Steps until the next member samples its last token (0 if none)."""
         h = self._heap
         while h and not (h[0][2].in_decode and h[0][2].finish_g == h[0][0]):
             heapq.heappop(h)
         return h[0][0] - self.g if h else 0
 
     def blocks_needed(self, n_steps: int) -> int:
+        """New KV blocks the next n steps allocate (n <= the steps to the next finish)."""
         return int(self.held[self.g + n_steps]) - self.held_now if n_steps > 0 and self.size else 0
 
     def safe_steps(self, free_blocks: int, cap: int) -> int:

@@ -93,11 +93,13 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("sim_requests_per_wall_s", "simulation speed", "requests/wall-s", 0),
     # speculative decoding
     Metric("spec_k", "draft tokens per step (k)", "tokens", 0),
-    Metric("spec_mean_accepted_length", "mean accepted length (drafts kept per verification)", "tokens", 2,
-           better="higher", column="accepted len"),
+    Metric("spec_mean_accepted_length", "mean accepted length (tokens per sequence per verification, "
+           "the target's own included)", "tokens", 2, better="higher", column="accepted len"),
+    Metric("spec_accepted_drafts_per_step", "drafts accepted per sequence per verification", "tokens", 2,
+           better="higher"),
     Metric("spec_acceptance_rate", "acceptance rate (accepted / proposed drafts)", "fraction", better="higher",
            column="accept rate"),
-    Metric("spec_tokens_per_step", "tokens per verification step", "tokens", 2, better="higher",
+    Metric("spec_tokens_per_step", "tokens per verification step (whole batch)", "tokens", 1, better="higher",
            column="tok/step"),
     Metric("spec_rejected_tokens", "rejected draft tokens", "tokens", 0, better="lower"),
     Metric("spec_wasted_verify_share", "verified tokens rejected (wasted work)", "fraction", better="lower"),
@@ -148,7 +150,9 @@ RUN_TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: `run --compare-no-spec`).
 SPEC_TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("speculation: draft tokens per step (k)", ("spec_k",)),
-    ("mean accepted length / tokens per verification step", ("spec_mean_accepted_length", "spec_tokens_per_step")),
+    ("mean accepted length / drafts accepted (per sequence per step)",
+     ("spec_mean_accepted_length", "spec_accepted_drafts_per_step")),
+    ("tokens per verification step (whole batch)", ("spec_tokens_per_step",)),
     ("acceptance rate (accepted / proposed drafts)", ("spec_acceptance_rate",)),
     ("verified tokens rejected (wasted work)", ("spec_wasted_verify_share",)),
     ("draft work share of GPU busy time", ("spec_draft_time_share",)),

@@ -270,7 +270,9 @@ def speculation(it: pd.DataFrame, sc: Scenario, window: Window) -> dict[str, Any
     if spec is None:
         return {}
     ov, frac, counts = record_shares(it, window)
-    steps = int(it["spec_seq_steps"].to_numpy()[counts].sum())
+    seq_steps = it["spec_seq_steps"].to_numpy()[counts]
+    steps = int(seq_steps.sum())
+    iterations = int(it["steps"].to_numpy()[counts][seq_steps > 0].sum())     # verification iterations
     accepted = int(it["accepted_tokens"].to_numpy()[counts].sum())
     proposed = spec.k * steps
     busy_s = float(ov.sum())
@@ -281,9 +283,14 @@ def speculation(it: pd.DataFrame, sc: Scenario, window: Window) -> dict[str, Any
         "spec_proposed_tokens": proposed,
         "spec_accepted_tokens": accepted,
         "spec_rejected_tokens": proposed - accepted,
-        "spec_mean_accepted_length": accepted / steps if steps else float("nan"),
+        "spec_verify_iterations": iterations,
+        # Tokens per verification per sequence, the target's own token included: what benchmarks
+        # publish as the mean accepted length (and the scenario's acceptance.mean_accepted_length).
+        "spec_mean_accepted_length": (accepted + steps) / steps if steps else float("nan"),
+        "spec_accepted_drafts_per_step": accepted / steps if steps else float("nan"),
         "spec_acceptance_rate": accepted / proposed if proposed else float("nan"),
-        "spec_tokens_per_step": (accepted + steps) / steps if steps else float("nan"),
+        # Tokens a verification iteration yields over its whole batch.
+        "spec_tokens_per_step": (accepted + steps) / iterations if iterations else float("nan"),
         # Verified query tokens (k + 1 per sequence per step) whose work is thrown away.
         "spec_wasted_verify_share": (proposed - accepted) / (steps * (spec.k + 1)) if steps else float("nan"),
         "spec_draft_time_share": float((it["draft_s"].to_numpy() * frac).sum()) / busy_s if busy_s > 0 else float("nan"),

@@ -215,8 +215,8 @@ class PrefixPath:
     """A context path read from a per-step array that its owner keeps (speculative decoding's
     decode set): S_j = values[start + j] for steps j = 0 .. length - 1, non-decreasing. The steps
     are read once into a Python list with their running sum, so `at`, `total` and the crossing
-    searches are list lookups and `bisect`; a run's pieces along it are found once and cached, so a
-    run's duration costs a few lookups however many steps it spans. Valid until the owner's
+    searches are list lookups and `bisect`; a run's pieces along it are found once and cached, so
+    after that one O(steps) read (in C) a run's duration costs a few lookups. Valid until the owner's
     membership changes (the owner makes a new path for each run)."""
 
     __slots__ = ("values", "start", "length", "_list", "_prefix", "_pieces")
