@@ -459,6 +459,14 @@ class Scenario(_Frozen):
                     f"({b.max_num_seqs}) x (speculative.k + 1) = {b.max_num_seqs * q}: every decoding sequence "
                     f"verifies k + 1 = {q} tokens per step within the iteration's token budget")
         mem = self.memory_plan()
+        if mem.kv_blocks < 1 and self.speculative is not None:
+            draft_gb = mem.weights_gb_per_gpu - self.memory_plan(with_drafter=False).weights_gb_per_gpu
+            raise ValueError(
+                f"model does not fit: {m.name} with speculative.method={self.speculative.method!r} (k="
+                f"{self.speculative.k}) needs {mem.weights_gb_per_gpu:.1f} GB of weights per GPU (of which "
+                f"{draft_gb:.1f} GB the drafter's) + {mem.activation_gb_per_gpu:.1f} GB activations, but "
+                f"serving.kv_cache.gpu_memory_fraction={s.kv_cache.gpu_memory_fraction} of {g.hbm_gb} GB leaves no "
+                "room for KV cache (raise tp, lower precision, or use a smaller drafter or k)")
         if mem.kv_blocks < 1:
             raise ValueError(
                 f"model does not fit: {m.name} needs {mem.weights_gb_per_gpu:.1f} GB of weights per GPU "
@@ -479,10 +487,11 @@ class Scenario(_Frozen):
     def gpus(self) -> int:
         return self.serving.replicas * self.serving.parallelism.tp
 
-    def memory_plan(self) -> MemoryPlan:
-        """How each GPU's HBM splits into weights, activations and KV blocks (sim/memory.py)."""
+    def memory_plan(self, with_drafter: bool = True) -> MemoryPlan:
+        """How each GPU's HBM splits into weights, activations and KV blocks (sim/memory.py);
+        `with_drafter=False`: as if the speculative drafter were not there."""
         s = self.serving
-        drafter = (0.0, 0.0) if self.speculative is None else drafter_memory(
+        drafter = (0.0, 0.0) if self.speculative is None or not with_drafter else drafter_memory(
             self.speculative, self.model, weights=s.precision.weights, kv_cache=s.precision.kv_cache,
             tp=s.parallelism.tp)
         return memory_plan(self.model, self.hardware.gpu, tp=s.parallelism.tp, weights=s.precision.weights,

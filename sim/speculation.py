@@ -19,10 +19,11 @@ Acceptance (three published forms, all reduced to the survival function S_i = P(
 Per-request variation (`per_request_concentration` c): each request draws u ~ Beta(c m, c (1 - m)),
 m the mean of the per-draft acceptances a_i = S_i / S_(i-1), and accepts every draft with
 min(1, lambda a_i u / m), so some requests (code) accept more at every position than others
-(chat). S_i is a product of i such factors, so without correction the spread would raise the mean
-tokens per step (by 2% to 6% at acceptances 0.7 to 0.85 and c from 5 to 1); lambda, found once by
-bisection over the Beta distribution's quantiles, brings the mean over requests back to the
-scenario's E[tokens per step].
+(chat). lambda, found once by bisection over the Beta distribution's quantiles, keeps the mean
+accepted length that a run reports, total tokens over total verification steps, at the scenario's
+E[tokens per step]: since a request that accepts less takes more steps for the same output, that
+is the harmonic mean over requests of their own E[tokens per step] (without lambda, the spread
+would move it by several percent, down for wide spreads).
 
 Sampling: a request's accepted lengths come from its own counter-based stream (numpy's Philox,
 keyed by the root seed, counter = the request's id), one uniform U per verification step and
@@ -72,6 +73,30 @@ class Acceptance(InputModel):
         default=None, description="a_1..a_k: acceptance of draft i given drafts 1..i-1 were accepted")
     mean_accepted_length: dict[int, float] | None = Field(
         default=None, description="measured mean tokens per verification step (bonus token included) by k")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_or_clashing_keys(cls, data: object) -> object:
+        # A YAML `true` would read as 1 inside the list or as key 1 in the table, and keys 2 and
+        # "2" would silently collapse into one: refuse both, naming the entry.
+        if not isinstance(data, dict):
+            return data
+        positions = data.get("per_position")
+        if isinstance(positions, list):
+            for i, v in enumerate(positions):
+                if isinstance(v, bool):
+                    raise ValueError(f"per_position[{i}]: expected a number, got {str(v).lower()}")
+        table = data.get("mean_accepted_length")
+        if isinstance(table, dict):
+            seen: dict[str, object] = {}
+            for key, v in table.items():
+                if isinstance(key, bool) or isinstance(v, bool):
+                    raise ValueError(f"mean_accepted_length: {key!r}: {v!r}: expected k: tau numbers, not true/false")
+                norm = str(key).strip()
+                if norm in seen:
+                    raise ValueError(f"mean_accepted_length: k={norm} is given twice ({seen[norm]!r} and {v!r})")
+                seen[norm] = v
+        return data
 
     @model_validator(mode="after")
     def _one_form(self) -> Acceptance:
@@ -158,6 +183,9 @@ def check_against_target(spec: Speculative, target: ModelSpec, tp: int) -> None:
     if d.params_active >= target.params_active:
         raise ValueError(f"speculative.draft_model={d.name!r} ({d.params_active / 1e9:.2f}B active parameters) is not "
                          f"smaller than the target {target.name!r} ({target.params_active / 1e9:.2f}B)")
+    if d.max_context_tokens < target.max_context_tokens:
+        raise ValueError(f"speculative.draft_model={d.name!r} handles {d.max_context_tokens:,} tokens of context, the "
+                         f"target {target.name!r} {target.max_context_tokens:,}: it could not draft for long requests")
     if d.vocab != target.vocab and not spec.allow_vocab_mismatch:
         raise ValueError(f"speculative.draft_model={d.name!r} has a vocabulary of {d.vocab:,} tokens, the target "
                          f"{target.name!r} {target.vocab:,}; set speculative.allow_vocab_mismatch: true if its tokens "
@@ -258,7 +286,8 @@ class AcceptanceSampler:
         return self._bitgen
 
     def _spread_scale(self) -> float:
-        """lambda such that the mean over requests of E[tokens per step] is the scenario's."""
+        """lambda such that the harmonic mean over requests of E[tokens per step] (total tokens
+        over total steps) is the scenario's."""
         from scipy.stats import beta
 
         m, c = float(self._per_draft.mean()), float(self.concentration or 0.0)
@@ -266,7 +295,7 @@ class AcceptanceSampler:
 
         def mean_tokens(lam: float) -> float:
             per_draft = np.minimum(1.0, lam * self._per_draft[None, :] * u[:, None])
-            return float(1.0 + np.cumprod(per_draft, axis=1).sum(axis=1).mean())
+            return float(1.0 / (1.0 / (1.0 + np.cumprod(per_draft, axis=1).sum(axis=1))).mean())
 
         lo, hi = 0.0, 1.0
         while mean_tokens(hi) < self.mean_tokens and hi < 1e6:

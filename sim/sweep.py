@@ -204,12 +204,21 @@ def validate_points(base: dict[str, Any], params_list: list[dict[str, Any]], bas
         seen.add(pid)
 
 
+def param_cell(value: Any) -> Any:
+    """A parameter value as a table cell: lists and mappings (a speculative block, per-position
+    acceptances, a length distribution) as compact JSON text, and null (a block switched off) as
+    "none", so tables can group and compare them."""
+    if isinstance(value, list | dict):
+        return json.dumps(value, sort_keys=True, separators=(", ", ": "))
+    return "none" if value is None else value
+
+
 def run_point(base: dict[str, Any], base_dir: str | None, point: Point) -> dict[str, Any]:
     """Run one point (in a worker process). Never raises: errors come back in the row."""
     from sim.runner import run  # imported here: cheap pickling of the function for workers
 
     row: dict[str, Any] = {"point_id": point.point_id, "replication": point.replication, "seed": point.seed,
-                           "root_seed": point.root_seed, **point.params}
+                           "root_seed": point.root_seed, **{k: param_cell(v) for k, v in point.params.items()}}
     try:
         sc = scenario_from_dict(apply_params(base, point.params), base_dir=base_dir)
         res = run(sc, seed=point.seed)

@@ -39,6 +39,7 @@ from sim.sweep import (
     expand,
     load_sweep,
     make_points,
+    param_cell,
     point_key,
     tidy,
 )
@@ -119,7 +120,7 @@ class PointStore:
         row = _decode(data)
         # The identity as it reads back after storage (jsonable, then _decode), so None/inf compare.
         ident = _decode(jsonable({"point_id": p.point_id, "replication": p.replication, "seed": p.seed,
-                                  "root_seed": p.root_seed, **p.params}))
+                                  "root_seed": p.root_seed, **{k: param_cell(v) for k, v in p.params.items()}}))
         if any(k not in row or not _same(row[k], v) for k, v in ident.items()) or not isinstance(row.get("error"), str):
             return None
         return row

@@ -101,12 +101,16 @@ def test_per_request_spread_keeps_the_per_draft_mean_and_spreads_requests(alpha,
     s = AcceptanceSampler(spec(acceptance={"rate": alpha}, per_request_concentration=c), root_seed=2)
     rates = np.array([s.request_survival(rid)[0] for rid in range(4000)])       # each request's a_1
     assert rates.std() > 0.03
-    per_request = np.array([np.diff(s.cumulative_tokens(rid, 1500)).mean() for rid in range(300)])
+    draws = [np.diff(s.cumulative_tokens(rid, 1500)) for rid in range(400)]
+    per_request = np.array([d.mean() for d in draws])
     flat = AcceptanceSampler(spec(acceptance={"rate": alpha}), root_seed=2)
-    flat_means = np.array([np.diff(flat.cumulative_tokens(rid, 1500)).mean() for rid in range(300)])
+    flat_means = np.array([np.diff(flat.cumulative_tokens(rid, 1500)).mean() for rid in range(400)])
     assert per_request.std() > 2 * flat_means.std()
-    # The mean over requests of tokens per step stays the scenario's (within sampling error).
-    assert abs(per_request.mean() - flat.mean_tokens) <= 5 * per_request.std() / math.sqrt(len(per_request))
+    # Total tokens over total steps of requests of equal length stays the scenario's E[tokens per
+    # step]: the harmonic mean of the requests' own means (within sampling error).
+    harmonic = 1.0 / (1.0 / per_request).mean()
+    se = harmonic ** 2 * (1.0 / per_request).std() / math.sqrt(len(per_request))
+    assert abs(harmonic - flat.mean_tokens) <= 5 * se + 0.01
     # Requests that accept the first draft more accept later ones more too.
     second = np.array([s.request_survival(rid)[1] / s.request_survival(rid)[0] for rid in range(200)])
     first = rates[:200]
@@ -363,7 +367,9 @@ def test_common_random_numbers_and_summary_figures():
         (s["spec_accepted_tokens"] + s["spec_verify_steps"]) / s["spec_verify_iterations"])
     assert s["spec_tokens_per_step"] >= s["spec_mean_accepted_length"]
     assert s["spec_acceptance_rate"] == pytest.approx(s["spec_accepted_tokens"] / s["spec_proposed_tokens"])
-    assert s["spec_proposed_tokens"] == 4 * s["spec_verify_steps"]
+    # k drafts per verification, but for each request's last step, which proposes only what it needs.
+    finished = int((a.requests["status"] == "completed").sum())
+    assert 4 * s["spec_verify_steps"] - 4 * finished <= s["spec_proposed_tokens"] < 4 * s["spec_verify_steps"]
     assert 0 < s["spec_draft_time_share"] < 0.5
     assert "spec_k" not in b.summary
     cmp = comparison(s, b.summary)
@@ -413,6 +419,8 @@ BAD = [
     ({"method": "draft_model", "draft_model": "llama-3.1-70b"}, "is not smaller than the target"),
     ({"method": "mtp"}, "has no MTP modules"),
     ({"method": "draft_model"}, "needs a draft_model"),
+    ({"acceptance": {"per_position": [True, 0.5, 0.4]}}, "per_position[0]: expected a number, got true"),
+    ({"acceptance": {"mean_accepted_length": {3: 2.9, "3": 1.5}}}, "k=3 is given twice"),
 ]
 
 
@@ -431,8 +439,11 @@ def test_bad_speculative_blocks_exit_2_and_write_nothing(tmp_path, over, message
 
 
 def test_vocabulary_mismatch_needs_an_explicit_allowance():
+    from sim.catalog import model_catalog
+
     d = {**base_dict(model="llama-3.1-70b", serving={"parallelism": {"tp": 4}})}
-    block = {"method": "draft_model", "k": 3, "draft_model": "mixtral-8x7b", "acceptance": {"rate": 0.6}}
+    other_vocab = {**model_catalog()["llama-3.2-1b"].model_dump(), "name": "other-vocab", "vocab": 32000}
+    block = {"method": "draft_model", "k": 3, "draft_model": other_vocab, "acceptance": {"rate": 0.6}}
     with pytest.raises(InputError, match="vocabulary of 32,000 tokens"):
         scenario_from_dict({**d, "speculative": block})
     scenario_from_dict({**d, "speculative": {**block, "allow_vocab_mismatch": True}})
@@ -444,3 +455,43 @@ def test_token_budget_must_hold_every_sequence_s_verification():
                                          r"\(speculative.k \+ 1\) = 256"):
         scenario_from_dict(d)
     scenario_from_dict(varied(EAGLE, serving={"batching": {"max_num_seqs": 64, "max_num_batched_tokens": 256}}))
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+def test_a_request_s_last_step_proposes_only_the_drafts_it_needs(rate):
+    """With every draft accepted the acceptance rate is exactly 1, however outputs end; with none,
+    0 (each last step proposes what it still needs, less the target's own token)."""
+    sc = scenario_from_dict(varied({"method": "eagle", "k": 8, "acceptance": {"rate": rate}}, duration_s=30.0))
+    s = execute(build(sc)).summary
+    assert s["spec_acceptance_rate"] == rate
+    assert s["spec_rejected_tokens"] == (0 if rate == 1.0 else s["spec_proposed_tokens"])
+
+
+def test_history_dropped_in_batches_gives_the_same_figures(monkeypatch):
+    """The decode set's per-step history is evaluated and dropped whenever it grows past a bound:
+    the figures are those of evaluating it once at the end (and memory stays bounded)."""
+    import sim.engine.replica as replica
+
+    sc = scenario_from_dict(varied(EAGLE, duration_s=150.0))
+    whole = execute(build(sc, 3))
+    monkeypatch.setattr(replica, "SPEC_HISTORY_STEPS", 40)
+    sim = build(sc, 3)
+    batched = execute(sim)
+    assert all(rep.scheduler.decode_set.origin > 0 for rep in sim.replicas)
+    assert all(rep.scheduler.decode_set.by_step.shape[1] <= 8192 for rep in sim.replicas)
+    for key in ("kv_occupancy_mean", "gpu_utilization", "spec_draft_time_share", "joules_per_output_token"):
+        assert batched.summary[key] == pytest.approx(whole.summary[key], rel=1e-12)
+    np.testing.assert_array_equal(batched.requests["e2e_s"], whole.requests["e2e_s"])
+
+
+def test_drafter_that_cannot_serve_the_target_is_named():
+    tiny = {"name": "tiny", "layers": 2, "hidden": 256, "q_heads": 4, "kv_heads": 4, "head_dim": 64, "ffn_dim": 512,
+            "vocab": 128256, "max_context_tokens": 16}
+    block = {"method": "draft_model", "k": 2, "draft_model": tiny, "acceptance": {"rate": 0.5}}
+    with pytest.raises(InputError, match="handles 16 tokens of context"):
+        scenario_from_dict(varied(block))
+    big = base_dict(model="llama-3.1-70b", serving={"precision": {"weights": "fp8", "kv_cache": "fp8"},
+                                                    "batching": {"max_num_seqs": 64, "max_num_batched_tokens": 8192}})
+    big["speculative"] = {"method": "medusa", "k": 32, "acceptance": {"rate": 0.5}}
+    with pytest.raises(InputError, match=r"speculative.method='medusa' \(k=32\) needs .* GB the drafter's"):
+        scenario_from_dict(big)

@@ -131,6 +131,27 @@ def test_sweep_writes_tidy_tables_and_rows_rerun_alone(tmp_path):
     assert (out / "pareto.png").stat().st_size > 0
 
 
+def test_axes_over_lists_mappings_and_null(tmp_path):
+    """A speculative block switched on and off, and per-position acceptances of different lengths,
+    run, aggregate, resume and print like scalar axes (their cells are JSON text)."""
+    eagle = {"method": "eagle", "k": 2, "acceptance": {"rate": 0.6}}
+    p = sweep_file(tmp_path, {"axes": {"speculative": [None, eagle]}, "replications": 1})
+    out = tmp_path / "out"
+    assert cmd_sweep(args_for(p, out)) == 0
+    agg = pd.read_parquet(out / "aggregate.parquet")
+    assert sorted(agg["speculative"]) == ["none", json.dumps(eagle, sort_keys=True, separators=(", ", ": "))]
+    assert cmd_sweep(args_for(p, out)) == 0                 # resumed from the stored rows
+    zipped = sweep_file(tmp_path, {"zip": {"speculative.k": [1, 2],
+                                           "speculative.acceptance.per_position": [[0.5], [0.5, 0.4]]},
+                                   "replications": 1},
+                        speculative={"method": "eagle", "k": 1, "acceptance": {"per_position": [0.5]}})
+    out2 = tmp_path / "out2"
+    assert cmd_sweep(args_for(zipped, out2)) == 0
+    agg2 = pd.read_parquet(out2 / "aggregate.parquet")
+    assert list(agg2["speculative.acceptance.per_position"]) == ["[0.5]", "[0.5, 0.4]"]
+    assert (agg2["spec_k_mean"] == [1, 2]).all()
+
+
 class Crash(Exception):
     pass
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
+import numpy as np
 import simpy
 
 from sim.engine.kv_cache import KvCache
 from sim.engine.kv_integral import DecodeRunLog
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationPlan
-from sim.engine.spec_runs import SpecRunLog
+from sim.engine.spec_runs import SpecRunLog, integrals
 from sim.metrics.records import IterLog, LevelLog, Status
 from sim.perf.shape import (
     Chunk,
@@ -43,6 +44,9 @@ from sim.perf.shape import (
 from sim.speculation import Speculation
 
 NAN = float("nan")
+#: Done steps the speculative decode set keeps before its runs' integrals are evaluated and the
+#: steps dropped (24 bytes each: about 25 MB per replica at most).
+SPEC_HISTORY_STEPS = 1 << 20
 
 
 # Builds a NamedTuple from a tuple without its Python-level __new__: these are created a few times
@@ -71,6 +75,7 @@ class Replica:
         self.marks = sorted(marks)
         self.decode_runs = DecodeRunLog(kv.block_tokens)   # their kv_block_s is filled in after the run
         self.spec_runs = SpecRunLog()                      # the same for speculative decode runs
+        self._spec_integrals: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._wakeup: simpy.Event | None = None
         self._interruptible = False
         self._jump_state: tuple[float, DecodeRun, ContextPath, int] | None = None
@@ -177,7 +182,7 @@ class Replica:
             held = self.kv.used_blocks
             yield env.timeout(swap_s)
             self._record(self._pack_record(self.idx, t0, env.now, 0, 0, 0, 0, 0, swap_s, held, held * swap_s,
-                                           len(sched.running), len(sched.waiting), 0.0, 0, 0, 0.0))
+                                           len(sched.running), len(sched.waiting), 0.0, 0, 0, 0, 0.0))
 
     def _iteration_s(self, plan: IterationPlan) -> tuple[float, float, float]:
         """Seconds the planned iteration takes (its batch shape's step time plus KV transfers), its
@@ -205,6 +210,16 @@ class Replica:
             run = self._spec_runs_by_batch[batch] = self.step_model.decode_run(batch, self._q, self._draft)
         return run
 
+    def _proposed(self, spec_seqs: int) -> int:
+        """Drafts the event's verifications proposed: k per sequence, except at each finishing
+        request's last step, which proposes only the tokens it still needed less its own."""
+        if not spec_seqs:
+            return 0
+        ds = self.scheduler.decode_set
+        unused = ds.unproposed      # type: ignore[union-attr]
+        ds.unproposed = 0           # type: ignore[union-attr]
+        return spec_seqs * (self._q - 1) - unused
+
     def _end_iteration(self, plan: IterationPlan, t0: float, held: int, util_s: float, draft_s: float) -> None:
         """Apply a finished iteration's effects and record it."""
         sched = self.scheduler
@@ -216,9 +231,10 @@ class Replica:
             spec_seqs, accepted = decoding, ds.accepted(1)
         now = self.env.now
         prompt, recompute, sampled = sched.finish_iteration(plan, now)
+        proposed = self._proposed(spec_seqs)
         self._record(self._pack_record(self.idx, t0, now, 1, batch, prompt, recompute, sampled, plan.swap_s,
                                        held, held * (now - t0), len(sched.running), len(sched.waiting), util_s,
-                                       spec_seqs, accepted, draft_s))
+                                       spec_seqs, proposed, accepted, draft_s))
         if sched.finished:
             self._hand_back_finished()
 
@@ -244,6 +260,27 @@ class Replica:
         cut = env.timeout(max(0.0, t0 + total_s - env.now))
         cut.callbacks.append(resume)
         self.proc._target = cut
+
+    def _settle_spec_runs(self) -> None:
+        """Evaluate the logged speculative runs' integrals (their steps' contexts and blocks are
+        final once a run is logged), keep the results, and let the decode set drop the steps done."""
+        ds = self.scheduler.decode_set
+        log = self.spec_runs
+        if len(log):
+            self._spec_integrals.append(integrals(log, ds.ctx, ds.held, self.spec_run,  # type: ignore[union-attr]
+                                                  self.spec_run_utilization, ds.origin))  # type: ignore[union-attr]
+            log.clear()
+        ds.drop_history()                                                               # type: ignore[union-attr]
+
+    def spec_run_integrals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(record indices, KV block-seconds, utilization-seconds, draft seconds) of every
+        speculative decode run of this replica (spec_runs.py), at the end of the simulation."""
+        if self._spec:
+            self._settle_spec_runs()
+        parts = self._spec_integrals
+        if not parts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), np.zeros(0)
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))  # type: ignore[return-value]
 
     def spec_run_utilization(self, batch: int) -> DecodeRun:
         """Utilization-seconds of a speculative step of `batch` sequences, in the decode-run form."""
@@ -273,6 +310,8 @@ class Replica:
         if self._spec:
             # blocks held during its step G: what the replica holds now, plus the decode set's growth
             self.spec_runs.add(len(self.records), self.kv.used_blocks - ds.held_now, batch, ds.g + 1, n)  # type: ignore[union-attr]
+            if ds.history_steps > SPEC_HISTORY_STEPS:   # type: ignore[union-attr]
+                self._settle_spec_runs()
         else:
             self.decode_runs.add(len(self.records), self.kv.used_blocks, n, total_s, batch, path[0], path[1],  # type: ignore[index]
                                  ds.allocation_pattern())     # type: ignore[union-attr]
@@ -280,6 +319,7 @@ class Replica:
         spec_seqs = batch * n if self._spec else 0        # each step samples one token per sequence
         self._record(self._pack_record(self.idx, t0, t0 + total_s, n, batch, 0, 0, sampled, 0.0, peak, NAN,
                                        len(sched.running), len(sched.waiting), NAN,
-                                       spec_seqs, sampled - spec_seqs if self._spec else 0, NAN if self._spec else 0.0))
+                                       spec_seqs, self._proposed(spec_seqs), sampled - spec_seqs if self._spec else 0,
+                                       NAN if self._spec else 0.0))
         if sched.finished:
             self._hand_back_finished()

@@ -14,9 +14,10 @@ current totals of the last two (`held_now`, `tok_now`), every question the engin
 steps ahead is a lookup or a search: the blocks the next n steps allocate are H[g + n] - held_now,
 the tokens they sample Tok[g + n] - tok_now, the steps that fit in the free blocks a search in H,
 and the context path a view of S (`PrefixPath`). A stable batch still runs as one event whose
-duration costs a few array operations (C loops over its steps), never Python work per step. Steps that are done never change again,
-so the arrays double as the history from which the runs' KV block-seconds and utilization are
-evaluated after the simulation (spec_runs.py).
+duration costs a few array operations (C loops over its steps), never Python work per step. Steps
+that are done never change again, so the arrays double as the history from which the runs' KV
+block-seconds and utilization are evaluated in batches (spec_runs.py), after which the engine drops
+it (`drop_history`): memory stays bounded however long the simulation.
 
 Same interface as decode_set.DecodeSet (the engine does not know which it has), plus the accepted
 draft tokens of the steps ahead. Plain Python and numpy, no SimPy.
@@ -58,6 +59,7 @@ class SpecDecodeSet:
         self.k = sampler.k
         self.q = sampler.k + 1
         self.g = 0
+        self.origin = 0         # the global step in column 0 of the arrays (steps before it dropped)
         self.size = 0
         self._heap: list[tuple[int, int, Request]] = []
         # By global step G (column G; step 0 never runs), over the members active at step G: summed
@@ -66,6 +68,9 @@ class SpecDecodeSet:
         self.ctx, self.held, self.tok = self.by_step
         self.held_now = 0       # blocks the members hold now
         self.tok_now = 0        # tokens the members have sampled since joining
+        # Drafts not proposed at finishing members' last steps (k + 1 - the tokens they still needed),
+        # since the engine last read it.
+        self.unproposed = 0
         self._version = 0
         self._path_key: tuple[int, int] = (-1, -1)
         self._path: PrefixPath | None = None
@@ -73,14 +78,32 @@ class SpecDecodeSet:
         self._fixed_blocks = blocks_for(1) - 1
 
     def _ensure(self, last_g: int) -> None:
-        """Room for global steps up to last_g (the arrays double; none is ever dropped)."""
+        """Room for global steps up to last_g (the arrays double)."""
         cap = self.by_step.shape[1]
-        if last_g < cap:
+        if last_g - self.origin < cap:
             return
-        new = np.zeros((3, max(2 * cap, last_g + 1)), dtype=np.int64)
+        new = np.zeros((3, max(2 * cap, last_g - self.origin + 1)), dtype=np.int64)
         new[:, :cap] = self.by_step
         self.by_step = new
         self.ctx, self.held, self.tok = new
+
+    @property
+    def history_steps(self) -> int:
+        """Steps done that the arrays still keep (for the runs' integrals, spec_runs.py)."""
+        return self.g + 1 - self.origin
+
+    def drop_history(self) -> None:
+        """Forget the steps done (after their runs' integrals were evaluated): the arrays keep the
+        steps ahead only, so their memory stays bounded however long the simulation."""
+        drop = self.g + 1 - self.origin
+        if drop <= 0:
+            return
+        buf = self.by_step
+        keep = buf.shape[1] - drop
+        buf[:, :keep] = buf[:, drop:]           # numpy copies overlapping slices correctly
+        buf[:, keep:] = 0
+        self.origin += drop
+        self._path_key = (-1, -1)
 
     # ---- membership -------------------------------------------------------------------------
     def add(self, r: Request, kv_tokens: int) -> None:
@@ -101,7 +124,8 @@ class SpecDecodeSet:
         after[-1] = left                              # the last step yields only what is left
         g = self.g
         self._ensure(g + steps)
-        self.by_step[:, g + 1:g + 1 + steps] += own
+        col = g + 1 - self.origin
+        self.by_step[:, col:col + steps] += own
         held0 = self.blocks_for(kv_tokens)
         self.held_now += held0
         r.spec_member = Membership(g, kv_tokens, r.generated, own, held0)
@@ -132,7 +156,8 @@ class SpecDecodeSet:
         tok, blocks = self._own(r)
         steps = own.shape[1]
         if j < steps:                                # preempted: take its future back out
-            self.by_step[:, self.g + 1:join + 1 + steps] -= own[:, j:]
+            o = self.origin
+            self.by_step[:, self.g + 1 - o:join + 1 + steps - o] -= own[:, j:]
         self.held_now -= blocks
         self.tok_now -= tok
         r.in_decode = False
@@ -161,21 +186,21 @@ class SpecDecodeSet:
     # ---- queries ------------------------------------------------------------------------------
     def next_ctx_sum(self) -> int:
         """Summed context of the next step (its new tokens included)."""
-        return int(self.ctx[self.g + 1])
+        return int(self.ctx[self.g + 1 - self.origin])
 
     def path(self) -> PrefixPath:
         """Summed context at steps j = 0, 1, ... of a run starting with the next step, up to the
         next finish."""
         key = (self._version, self.g)
         if self._path_key != key or self._path is None:
-            self._path = PrefixPath(self.ctx, self.g + 1, self.steps_to_next_finish())
+            self._path = PrefixPath(self.ctx, self.g + 1 - self.origin, self.steps_to_next_finish())
             self._path_key = key
         return self._path
 
     def tokens_sampled(self, n_steps: int) -> int:
         """Output tokens the next n steps sample (members never finish inside them: n <= the steps
         to the next finish)."""
-        return int(self.tok[self.g + n_steps]) - self.tok_now if n_steps > 0 and self.size else 0
+        return int(self.tok[self.g + n_steps - self.origin]) - self.tok_now if n_steps > 0 and self.size else 0
 
     def accepted(self, n_steps: int) -> int:
         """Draft tokens the next n steps accept (each step's tokens beyond its bonus token)."""
@@ -190,25 +215,25 @@ class SpecDecodeSet:
 
     def blocks_needed(self, n_steps: int) -> int:
         """New KV blocks the next n steps allocate (n <= the steps to the next finish)."""
-        return int(self.held[self.g + n_steps]) - self.held_now if n_steps > 0 and self.size else 0
+        return int(self.held[self.g + n_steps - self.origin]) - self.held_now if n_steps > 0 and self.size else 0
 
     def safe_steps(self, free_blocks: int, cap: int) -> int:
         """Largest n <= cap such that the next n steps need at most free_blocks new blocks."""
         if self.size == 0 or cap <= 0:
             return max(cap, 0)
-        g = self.g
+        col = self.g - self.origin
         limit = free_blocks + self.held_now
-        if self.held[g + cap] <= limit:         # the usual case: every step up to the cap fits
+        if self.held[col + cap] <= limit:       # the usual case: every step up to the cap fits
             return cap
-        return int(self.held[g + 1:g + 1 + cap].searchsorted(limit, side="right"))
+        return int(self.held[col + 1:col + 1 + cap].searchsorted(limit, side="right"))
 
     # ---- progress ---------------------------------------------------------------------------
     def advance(self, n_steps: int) -> None:
         """n steps happened (no member joined or left in between)."""
         if n_steps > 0 and self.size:
             self.g += n_steps
-            self.held_now = int(self.held[self.g])
-            self.tok_now = int(self.tok[self.g])
+            self.held_now = int(self.held[self.g - self.origin])
+            self.tok_now = int(self.tok[self.g - self.origin])
         else:
             self.g += n_steps
 
@@ -225,6 +250,11 @@ class SpecDecodeSet:
             if fg > self.g:
                 break
             heapq.heappop(h)
+            own = r.spec_member.own if r.spec_member is not None else None
+            if own is not None:
+                tok = own[TOK]
+                last = int(tok[-1] - tok[-2]) if len(tok) > 1 else int(tok[-1])
+                self.unproposed += self.q - last
             blocks = self._leave(r)[1]
             r.spec_cum = r.spec_member = None      # done: its draws are no longer needed
             out.append((r, blocks))

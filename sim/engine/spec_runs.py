@@ -50,15 +50,20 @@ class SpecRunLog:
     def __len__(self) -> int:
         return len(self.data) // _ROW.size
 
+    def clear(self) -> None:
+        del self.data[:]
+
     def columns(self) -> tuple[np.ndarray, ...]:
         t = np.frombuffer(bytes(self.data), dtype=float).reshape(-1, len(FIELDS)).astype(np.int64)
         return tuple(t.T)
 
 
 def integrals(log: SpecRunLog, ctx: np.ndarray, held_by_step: np.ndarray, run_for_batch: Callable[[int], DecodeRun],
-              utilization_for_batch: Callable[[int], DecodeRun]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+              utilization_for_batch: Callable[[int], DecodeRun],
+              origin: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(record indices, KV block-seconds, utilization-seconds, draft seconds) of every logged run,
-    from the decode set's summed context `ctx` and blocks held `held_by_step` by global step."""
+    from the decode set's summed context `ctx` and blocks held `held_by_step` by global step
+    (column 0 holding global step `origin`)."""
     n_runs = len(log)
     block_s, util_s, draft_s = np.zeros(n_runs), np.zeros(n_runs), np.zeros(n_runs)
     records, offset, batches, first, lengths = log.columns()
@@ -69,7 +74,7 @@ def integrals(log: SpecRunLog, ctx: np.ndarray, held_by_step: np.ndarray, run_fo
         n = lengths[idx]
         starts = np.concatenate([[0], np.cumsum(n)[:-1]])
         # Global step of every step of these runs, run after run.
-        steps = np.repeat(first[idx] - starts, n) + np.arange(int(n.sum()))
+        steps = np.repeat(first[idx] - origin - starts, n) + np.arange(int(n.sum()))
         blocks = np.repeat(offset[idx], n) + held_by_step[steps]
         run, util = run_for_batch(int(b)), utilization_for_batch(int(b))
         path = ArrayPath(ctx[steps])

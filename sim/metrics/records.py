@@ -53,6 +53,7 @@ class IterRecord(NamedTuple):
     waiting: int              # waiting queue after the event
     util_s: float             # seconds of the binding resource at its large-kernel rate (power.py)
     spec_seq_steps: int       # speculative decoding: sequences x steps that verified drafts
+    proposed_tokens: int      # speculative decoding: draft tokens proposed
     accepted_tokens: int      # speculative decoding: draft tokens accepted (sampled tokens beyond one per step)
     draft_s: float            # speculative decoding: seconds of draft work included in the span
 

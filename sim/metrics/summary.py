@@ -274,7 +274,7 @@ def speculation(it: pd.DataFrame, sc: Scenario, window: Window) -> dict[str, Any
     steps = int(seq_steps.sum())
     iterations = int(it["steps"].to_numpy()[counts][seq_steps > 0].sum())     # verification iterations
     accepted = int(it["accepted_tokens"].to_numpy()[counts].sum())
-    proposed = spec.k * steps
+    proposed = int(it["proposed_tokens"].to_numpy()[counts].sum())
     busy_s = float(ov.sum())
     return {
         "spec_method": spec.method,
