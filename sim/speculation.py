@@ -277,7 +277,7 @@ class AcceptanceSampler:
         # S_k <= ... <= S_1 as thresholds on raw 64-bit draws: U < S_i exactly when raw < S_i 2^64.
         self._ascending = _raw_thresholds(self.s)
         # Steps drawn at first: enough for the tokens asked in all but a few cases (then more).
-        self._steps_per_token = 1.25 / self.mean_tokens
+        self._steps_per_token = 1.1 / self.mean_tokens
 
     def _stream(self, request_id: int) -> np.random.Philox:
         # The request's own stream: Philox's counter starts at (0, 0, id, 0), 2^128 draws from any other.
@@ -329,7 +329,7 @@ class AcceptanceSampler:
             ascending = _raw_thresholds(self.request_survival(request_id))
             bits = self._bitgen          # the request's stream, past its Beta draw
         k1 = self.k + 1
-        steps = int(tokens * self._steps_per_token) + 16
+        steps = int(tokens * self._steps_per_token) + 8
         cum = np.empty(steps + 1, dtype=np.int64)
         cum[0] = 0
         # One uniform draw U per step; a = #{i : U < S_i} drafts accepted, a + 1 tokens.

@@ -478,7 +478,7 @@ def test_history_dropped_in_batches_gives_the_same_figures(monkeypatch):
     sim = build(sc, 3)
     batched = execute(sim)
     assert all(rep.scheduler.decode_set.origin > 0 for rep in sim.replicas)
-    assert all(rep.scheduler.decode_set.by_step.shape[1] <= 8192 for rep in sim.replicas)
+    assert all(rep.scheduler.decode_set.by_step.shape[0] <= 8192 for rep in sim.replicas)
     for key in ("kv_occupancy_mean", "gpu_utilization", "spec_draft_time_share", "joules_per_output_token"):
         assert batched.summary[key] == pytest.approx(whole.summary[key], rel=1e-12)
     np.testing.assert_array_equal(batched.requests["e2e_s"], whole.requests["e2e_s"])

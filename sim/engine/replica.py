@@ -68,6 +68,7 @@ class Replica:
         self._draft: DraftWork | None = speculation.draft if speculation else None
         self._spec = speculation is not None
         self._spec_runs_by_batch: dict[int, DecodeRun] = {}
+        self._spec_utils_by_batch: dict[int, DecodeRun] = {}
         self.on_finish = on_finish
         self.records = records
         self._record, self._pack_record = records.extend, records.pack   # IterRecord rows
@@ -198,6 +199,9 @@ class Replica:
                 run = self.spec_run(ds.size)
                 if isinstance(run, DraftedRun):
                     draft_s = run.weight * run.draft.step_s(ctx)
+                    if not chunks:      # a decode-only step: its cached run, as a decode run prices it
+                        step_s = run.target.step_s(ctx) + draft_s
+                        return step_s + plan.swap_s, self.spec_run_utilization(ds.size).step_s(ctx), draft_s
         else:
             shape = _make(StepShape, (0, 0, 1, chunks, None))
         step_s, util_s = self.step_model.iteration_with_utilization_s(shape)
@@ -283,8 +287,12 @@ class Replica:
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))  # type: ignore[return-value]
 
     def spec_run_utilization(self, batch: int) -> DecodeRun:
-        """Utilization-seconds of a speculative step of `batch` sequences, in the decode-run form."""
-        return self.step_model.decode_utilization(batch, self._q, self._draft)
+        """Utilization-seconds of a speculative step of `batch` sequences, in the decode-run form
+        (cached by batch)."""
+        util = self._spec_utils_by_batch.get(batch)
+        if util is None:
+            util = self._spec_utils_by_batch[batch] = self.step_model.decode_utilization(batch, self._q, self._draft)
+        return util
 
     def _decode_run(self, run: DecodeRun, path: ContextPath, n: int, total_s: float) -> Generator[simpy.Event, Any, None]:
         env, sched = self.env, self.scheduler

@@ -45,8 +45,9 @@ class Membership(NamedTuple):
     join_step: int          # the global step counter when it joined
     kv_tokens: int          # KV tokens it held then
     generated: int          # output tokens it had sampled then
-    own: np.ndarray         # rows CTX, HELD, TOK over its own steps 1..L (column j: step j + 1)
+    own: np.ndarray         # columns CTX, HELD, TOK over its own steps 1..L (row j: step j + 1)
     held_blocks: int        # blocks it held when it joined
+    last_tokens: int        # tokens its last step samples (what is left of its output by then)
 
 
 class SpecDecodeSet:
@@ -64,8 +65,9 @@ class SpecDecodeSet:
         self._heap: list[tuple[int, int, Request]] = []
         # By global step G (column G; step 0 never runs), over the members active at step G: summed
         # context, blocks held, tokens sampled since each joined (rows CTX, HELD, TOK).
-        self.by_step = np.zeros((3, _INITIAL), dtype=np.int64)
-        self.ctx, self.held, self.tok = self.by_step
+        # One row per step, its three numbers side by side: a member's steps are one contiguous block.
+        self.by_step = np.zeros((_INITIAL, 3), dtype=np.int64)
+        self.ctx, self.held, self.tok = self.by_step.T
         self.held_now = 0       # blocks the members hold now
         self.tok_now = 0        # tokens the members have sampled since joining
         # Drafts not proposed at finishing members' last steps (k + 1 - the tokens they still needed),
@@ -79,13 +81,13 @@ class SpecDecodeSet:
 
     def _ensure(self, last_g: int) -> None:
         """Room for global steps up to last_g (the arrays double)."""
-        cap = self.by_step.shape[1]
+        cap = self.by_step.shape[0]
         if last_g - self.origin < cap:
             return
-        new = np.zeros((3, max(2 * cap, last_g - self.origin + 1)), dtype=np.int64)
-        new[:, :cap] = self.by_step
+        new = np.zeros((max(2 * cap, last_g - self.origin + 1), 3), dtype=np.int64)
+        new[:cap] = self.by_step
         self.by_step = new
-        self.ctx, self.held, self.tok = new
+        self.ctx, self.held, self.tok = new.T
 
     @property
     def history_steps(self) -> int:
@@ -99,9 +101,9 @@ class SpecDecodeSet:
         if drop <= 0:
             return
         buf = self.by_step
-        keep = buf.shape[1] - drop
-        buf[:, :keep] = buf[:, drop:]           # numpy copies overlapping slices correctly
-        buf[:, keep:] = 0
+        keep = buf.shape[0] - drop
+        buf[:keep] = buf[drop:]                 # numpy copies overlapping slices correctly
+        buf[keep:] = 0
         self.origin += drop
         self._path_key = (-1, -1)
 
@@ -115,8 +117,8 @@ class SpecDecodeSet:
         left = r.output_tokens - r.generated
         base = int(cum[pos])
         steps = int(cum.searchsorted(base + left)) - pos
-        own = np.empty((3, steps), dtype=np.int64)   # its rows CTX, HELD, TOK over its steps
-        ctx, held, after = own
+        own = np.empty((steps, 3), dtype=np.int64)   # its columns CTX, HELD, TOK over its steps
+        ctx, held, after = own.T
         np.add(cum[pos:pos + steps], kv_tokens + self.q - base, out=ctx)   # KV before the step + the q it writes
         np.add(ctx, self.bt - 1 + self._fixed_blocks * self.bt, out=held)  # blocks held during the step
         held //= self.bt                                                    # (the drafts' slots included)
@@ -125,10 +127,12 @@ class SpecDecodeSet:
         g = self.g
         self._ensure(g + steps)
         col = g + 1 - self.origin
-        self.by_step[:, col:col + steps] += own
+        self.by_step[col:col + steps] += own
         held0 = self.blocks_for(kv_tokens)
         self.held_now += held0
-        r.spec_member = Membership(g, kv_tokens, r.generated, own, held0)
+        last = left - (int(cum[pos + steps - 1]) - base) if steps > 1 else left
+        # tuple.__new__ skips the NamedTuple's Python-level __new__ (once per request).
+        r.spec_member = tuple.__new__(Membership, (g, kv_tokens, r.generated, own, held0, last))
         r.finish_g = g + steps
         r.in_decode = True
         self.size += 1
@@ -139,9 +143,9 @@ class SpecDecodeSet:
         """(tokens sampled since joining, blocks held) of a member now."""
         m = r.spec_member
         assert m is not None, "not in the decode set"
-        join, _, _, own, held0 = m
+        join, _, _, own, held0, _ = m
         j = self.g - join
-        return (int(own[TOK, j - 1]), int(own[HELD, j - 1])) if j else (0, held0)
+        return (int(own[j - 1, TOK]), int(own[j - 1, HELD])) if j else (0, held0)
 
     def remove(self, r: Request) -> int:
         """Leave the set (completion or preemption); returns the KV tokens it held."""
@@ -151,13 +155,13 @@ class SpecDecodeSet:
         """Leave the set: (KV tokens, blocks) it held."""
         m = r.spec_member
         assert m is not None, "not in the decode set"
-        join, kv0, gen0, own, _ = m
+        join, kv0, gen0, own, _, _ = m
         j = self.g - join
         tok, blocks = self._own(r)
-        steps = own.shape[1]
+        steps = own.shape[0]
         if j < steps:                                # preempted: take its future back out
             o = self.origin
-            self.by_step[:, self.g + 1 - o:join + 1 + steps - o] -= own[:, j:]
+            self.by_step[self.g + 1 - o:join + 1 + steps - o] -= own[j:]
         self.held_now -= blocks
         self.tok_now -= tok
         r.in_decode = False
@@ -250,11 +254,8 @@ class SpecDecodeSet:
             if fg > self.g:
                 break
             heapq.heappop(h)
-            own = r.spec_member.own if r.spec_member is not None else None
-            if own is not None:
-                tok = own[TOK]
-                last = int(tok[-1] - tok[-2]) if len(tok) > 1 else int(tok[-1])
-                self.unproposed += self.q - last
+            # Its last step proposed only the drafts it needed: k + 1 - those tokens fewer than k.
+            self.unproposed += self.q - r.spec_member.last_tokens   # type: ignore[union-attr]
             blocks = self._leave(r)[1]
             r.spec_cum = r.spec_member = None      # done: its draws are no longer needed
             out.append((r, blocks))

@@ -262,8 +262,11 @@ class PrefixPath:
     def run_s(self, run: DecodeRun, n_steps: int) -> float:
         """Seconds of the first n steps of `run`: its cached pieces, cut at n, with O(1) totals."""
         total = 0.0
-        p = self._running()
-        for lo, hi, a, b in self.pieces(run):
+        p = self._prefix if self._prefix is not None else self._running()
+        pieces = self._pieces.get(id(run))
+        if pieces is None:
+            pieces = self.pieces(run)
+        for lo, hi, a, b in pieces:
             if lo >= n_steps:
                 break
             hi = min(hi, n_steps)
@@ -369,7 +372,7 @@ class DraftedRun:
         return add_segments(self.target.segments(path, n_steps), self.draft.segments(path, n_steps), self.weight)
 
     def run_s(self, path: ContextPath, n_steps: int) -> float:
-        if isinstance(path, ArrayPath | PrefixPath):
+        if isinstance(path, (PrefixPath, ArrayPath)):  # noqa: UP038 - a tuple is faster than a union here
             return path.run_s(self, n_steps)
         return self.target.run_s(path, n_steps) + self.weight * self.draft.run_s(path, n_steps)
 
