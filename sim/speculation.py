@@ -88,14 +88,19 @@ class Acceptance(InputModel):
                     raise ValueError(f"per_position[{i}]: expected a number, got {str(v).lower()}")
         table = data.get("mean_accepted_length")
         if isinstance(table, dict):
-            seen: dict[str, object] = {}
+            seen: dict[int, object] = {}
             for key, v in table.items():
                 if isinstance(key, bool) or isinstance(v, bool):
                     raise ValueError(f"mean_accepted_length: {key!r}: {v!r}: expected k: tau numbers, not true/false")
-                norm = str(key).strip()
-                if norm in seen:
-                    raise ValueError(f"mean_accepted_length: k={norm} is given twice ({seen[norm]!r} and {v!r})")
-                seen[norm] = v
+                try:
+                    k = float(key)
+                except (TypeError, ValueError):
+                    raise ValueError(f"mean_accepted_length: key {key!r} is not a number of draft tokens") from None
+                if not k.is_integer():
+                    raise ValueError(f"mean_accepted_length: key {key!r} is not a whole number of draft tokens")
+                if int(k) in seen:
+                    raise ValueError(f"mean_accepted_length: k={int(k)} is given twice ({seen[int(k)]!r} and {v!r})")
+                seen[int(k)] = v
         return data
 
     @model_validator(mode="after")

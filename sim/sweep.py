@@ -130,7 +130,7 @@ class SweepFile:
 
     def digest(self) -> str:
         """Identity of the sweep (base scenario + spec): same file -> same results folder."""
-        text = json.dumps({"base": self.base, "spec": self.spec.model_dump()}, sort_keys=True, default=str)
+        text = canonical_json({"base": self.base, "spec": self.spec.model_dump()})
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -168,7 +168,7 @@ def replication_seed(root_seed: int, replication: int) -> int:
 
 def point_id(params: dict[str, Any]) -> str:
     """A stable id for a parameter assignment (independent of dict order and process)."""
-    text = json.dumps(params, sort_keys=True, default=str)
+    text = canonical_json(params)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -206,11 +206,27 @@ def validate_points(base: dict[str, Any], params_list: list[dict[str, Any]], bas
 
 def param_cell(value: Any) -> Any:
     """A parameter value as a table cell: lists and mappings (a speculative block, per-position
-    acceptances, a length distribution) as compact JSON text, and null (a block switched off) as
-    "none", so tables can group and compare them."""
+    acceptances, a length distribution) as compact JSON text, so tables can group and compare them
+    (null stays null: a missing value beside numbers or text)."""
     if isinstance(value, list | dict):
-        return json.dumps(value, sort_keys=True, separators=(", ", ": "))
-    return "none" if value is None else value
+        return canonical_json(value, separators=(", ", ": "))
+    return value
+
+
+def canonical_json(value: Any, **kw: Any) -> str:
+    """JSON text with mapping keys sorted (as text where a mapping mixes numbers and strings)."""
+    try:
+        return json.dumps(value, sort_keys=True, default=str, **kw)
+    except TypeError:
+        return json.dumps(_keys_as_text(value), sort_keys=True, default=str, **kw)
+
+
+def _keys_as_text(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _keys_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_keys_as_text(v) for v in value]
+    return value
 
 
 def run_point(base: dict[str, Any], base_dir: str | None, point: Point) -> dict[str, Any]:

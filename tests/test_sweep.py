@@ -139,8 +139,15 @@ def test_axes_over_lists_mappings_and_null(tmp_path):
     out = tmp_path / "out"
     assert cmd_sweep(args_for(p, out)) == 0
     agg = pd.read_parquet(out / "aggregate.parquet")
-    assert sorted(agg["speculative"]) == ["none", json.dumps(eagle, sort_keys=True, separators=(", ", ": "))]
+    assert agg["speculative"].isna().sum() == 1
+    assert json.dumps(eagle, sort_keys=True, separators=(", ", ": ")) in set(agg["speculative"])
     assert cmd_sweep(args_for(p, out)) == 0                 # resumed from the stored rows
+    # null beside numbers, and a table whose keys mix numbers and text
+    mixed = sweep_file(tmp_path, {"axes": {"speculative.per_request_concentration": [None, 5.0],
+                                           "speculative.acceptance": [{"mean_accepted_length": {1: 1.6, "2": 2.0}}]},
+                                  "replications": 1}, speculative={**eagle, "k": 2})
+    assert cmd_sweep(args_for(mixed, tmp_path / "out3")) == 0
+    assert cmd_sweep(args_for(mixed, tmp_path / "out3")) == 0
     zipped = sweep_file(tmp_path, {"zip": {"speculative.k": [1, 2],
                                            "speculative.acceptance.per_position": [[0.5], [0.5, 0.4]]},
                                    "replications": 1},

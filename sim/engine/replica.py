@@ -45,7 +45,7 @@ from sim.speculation import Speculation
 
 NAN = float("nan")
 #: Done steps the speculative decode set keeps before its runs' integrals are evaluated and the
-#: steps dropped (24 bytes each: about 25 MB per replica at most).
+#: steps dropped (24 bytes each; the array doubles as it grows, so at most about 50 MB per replica).
 SPEC_HISTORY_STEPS = 1 << 20
 
 
@@ -241,6 +241,8 @@ class Replica:
                                        spec_seqs, proposed, accepted, draft_s))
         if sched.finished:
             self._hand_back_finished()
+        if self._spec and ds.g - ds.origin > SPEC_HISTORY_STEPS:   # type: ignore[union-attr]
+            self._settle_spec_runs()        # where decode runs are rare, single steps fill the history
 
     def _cut_decode_run(self) -> None:
         """A newcomer arrived during a decode run: end the run at the step in progress, so the
