@@ -25,9 +25,11 @@ E[tokens per step]: since a request that accepts less takes more steps for the s
 is the harmonic mean over requests of their own E[tokens per step] (without lambda, the spread
 would move it by several percent, down for wide spreads).
 
-Sampling: a request's accepted lengths come from its own counter-based stream (numpy's Philox,
-keyed by the root seed, counter = the request's id), one uniform U per verification step and
-a = #{i : U < S_i}. They are drawn once, when the request first decodes, for its whole output, so
+Sampling: a request's accepted lengths come from draws addressed by its id in a counter-based
+generator (numpy's Philox, keyed by the root seed): its first BLOCK_STEPS steps from its row of a
+block drawn for BLOCK_REQUESTS consecutive ids at once (counter (0, 0, id // BLOCK_REQUESTS, 1)),
+any further ones from its own stream (counter (0, 0, id, 0)); with a per-request spread, all from
+its own stream. One uniform U per verification step, and a = #{i : U < S_i}. They are drawn once, when the request first decodes, for its whole output, so
 its finishing step and its KV growth are known in advance (the engine's decode runs stay one event
 each) and they do not depend on when it is scheduled. Arrivals and lengths come from other
 streams, so runs with and without speculation see the same requests (common random numbers): the
@@ -51,6 +53,7 @@ slots): a decoding sequence holds the blocks of its KV + k + 1 tokens during a s
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -259,6 +262,12 @@ def _raw_thresholds(s: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Requests whose first steps are drawn together, the steps drawn for each, and the blocks kept.
+BLOCK_REQUESTS = 64
+BLOCK_STEPS = 128
+KEPT_BLOCKS = 64
+
+
 class AcceptanceSampler:
     """Each request's tokens per verification step, from its own counter-based stream."""
 
@@ -283,6 +292,7 @@ class AcceptanceSampler:
         self._ascending = _raw_thresholds(self.s)
         # Steps drawn at first: enough for the tokens asked in all but a few cases (then more).
         self._steps_per_token = 1.1 / self.mean_tokens
+        self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def _stream(self, request_id: int) -> np.random.Philox:
         # The request's own stream: Philox's counter starts at (0, 0, id, 0), 2^128 draws from any other.
@@ -324,12 +334,43 @@ class AcceptanceSampler:
         u = self._gen.beta(c * m, c * (1.0 - m))
         return np.cumprod(np.minimum(1.0, per_draft * (self._scale * u / m)))
 
+    def _block(self, block: int) -> np.ndarray:
+        """Cumulative tokens of the first BLOCK_STEPS steps of requests block x BLOCK_REQUESTS ..
+        + BLOCK_REQUESTS - 1, one row each (drawn together from the block's stream, Philox counter
+        (0, 0, block, 1); a few recent blocks are kept, any other is drawn again identically)."""
+        rows = self._blocks.get(block)
+        if rows is None:
+            self._counter[2], self._counter[3] = block, 1
+            self._bitgen.state = self._state
+            self._counter[3] = 0
+            raw = self._bitgen.random_raw(BLOCK_REQUESTS * BLOCK_STEPS).reshape(BLOCK_REQUESTS, BLOCK_STEPS)
+            rows = np.zeros((BLOCK_REQUESTS, BLOCK_STEPS + 1), dtype=np.int64)
+            np.subtract(self.k + 1, self._ascending.searchsorted(raw, side="right"), out=rows[:, 1:])
+            np.cumsum(rows[:, 1:], axis=1, out=rows[:, 1:])
+            self._blocks[block] = rows
+            if len(self._blocks) > KEPT_BLOCKS:
+                self._blocks.popitem(last=False)
+        return rows
+
     def cumulative_tokens(self, request_id: int, tokens: int) -> np.ndarray:
         """cum[j] = tokens the request's first j verification steps yield (cum[0] = 0), for at least
-        `tokens` tokens (int64, strictly increasing)."""
+        `tokens` tokens (int64, strictly increasing). Without a per-request spread, a request's first
+        BLOCK_STEPS steps come from its row of a block drawn for BLOCK_REQUESTS requests at once, and
+        any further steps from its own stream (Philox counter (0, 0, id, 0)); with a spread, all of
+        them from its own stream, after its Beta draw."""
         if self.concentration is None:
+            row = self._block(request_id // BLOCK_REQUESTS)[request_id % BLOCK_REQUESTS]
+            if row[-1] >= tokens:
+                return row
             ascending = self._ascending
             bits = self._stream(request_id)
+            k1 = self.k + 1
+            cum = row
+            while cum[-1] < tokens:              # a long output: more steps from its own stream
+                steps = int((tokens - cum[-1]) * self._steps_per_token) + 8
+                more = (k1 - ascending.searchsorted(bits.random_raw(steps), side="right")).cumsum() + cum[-1]
+                cum = np.concatenate([cum, more])
+            return cum
         else:
             ascending = _raw_thresholds(self.request_survival(request_id))
             bits = self._bitgen          # the request's stream, past its Beta draw

@@ -91,6 +91,12 @@ def test_each_request_has_its_own_stream():
     s = AcceptanceSampler(spec(), root_seed=3)
     a = s.cumulative_tokens(7, 500)
     s.cumulative_tokens(8, 500)                 # another request in between changes nothing
+    fresh = AcceptanceSampler(spec(), root_seed=3)
+    for rid in range(0, 64 * 70, 64):           # other blocks drawn, and block 0 dropped and redrawn
+        fresh.cumulative_tokens(rid + 5, 50)
+    np.testing.assert_array_equal(a, fresh.cumulative_tokens(7, 500))
+    # a short output's draws are the start of a long one's (the block row, then its own stream)
+    np.testing.assert_array_equal(s.cumulative_tokens(7, 20)[:10], a[:10])
     np.testing.assert_array_equal(a, s.cumulative_tokens(7, 500))
     assert not np.array_equal(a[:50], s.cumulative_tokens(9, 500)[:50])
     assert not np.array_equal(a[:50], AcceptanceSampler(spec(), root_seed=4).cumulative_tokens(7, 500)[:50])
