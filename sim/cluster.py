@@ -30,6 +30,7 @@ from sim.engine.kv_integral import block_seconds
 from sim.engine.replica import Replica
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits
+from sim.engine.spec_runs import concatenated
 from sim.memory import MemoryPlan
 from sim.metrics.records import IterLog, LevelLog, LifecycleRecord
 from sim.perf.shape import StepModel
@@ -138,10 +139,7 @@ class Cluster:
     def spec_run_integrals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(record indices, KV block-seconds, utilization-seconds, draft seconds) of every
         speculative decode run (spec_runs.py)."""
-        parts = [rep.spec_run_integrals() for rep in self.replicas]
-        if not parts:
-            return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), np.zeros(0)
-        return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))  # type: ignore[return-value]
+        return concatenated([rep.spec_run_integrals() for rep in self.replicas])
 
     def utilization_seconds(self) -> tuple[np.ndarray, np.ndarray]:
         """(record indices, utilization-seconds) of every decode run (power.py)."""

@@ -206,19 +206,15 @@ def check_against_target(spec: Speculative, target: ModelSpec, tp: int) -> None:
 # ---- acceptance -------------------------------------------------------------------------------
 
 def rate_for_mean_length(tau: float, k: int) -> float:
-    """The per-token rate alpha with (1 - alpha^(k+1)) / (1 - alpha) = tau (bisection; monotone)."""
+    """The per-token rate alpha with (1 - alpha^(k+1)) / (1 - alpha) = tau (monotone in alpha:
+    Brent's method between 0 and 1)."""
+    from scipy.optimize import brentq
+
     if tau <= 1.0:
         return 0.0
     if tau >= k + 1:
         return 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if mean_tokens_geometric(mid, k) < tau:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+    return float(brentq(lambda a: mean_tokens_geometric(a, k) - tau, 0.0, 1.0, xtol=1e-15))
 
 
 def mean_tokens_geometric(alpha: float, k: int) -> float:
@@ -362,26 +358,19 @@ class AcceptanceSampler:
             row = self._block(request_id // BLOCK_REQUESTS)[request_id % BLOCK_REQUESTS]
             if row[-1] >= tokens:
                 return row
-            ascending = self._ascending
-            bits = self._stream(request_id)
-            k1 = self.k + 1
-            cum = row
-            while cum[-1] < tokens:              # a long output: more steps from its own stream
-                steps = int((tokens - cum[-1]) * self._steps_per_token) + 8
-                more = (k1 - ascending.searchsorted(bits.random_raw(steps), side="right")).cumsum() + cum[-1]
-                cum = np.concatenate([cum, more])
-            return cum
-        else:
-            ascending = _raw_thresholds(self.request_survival(request_id))
-            bits = self._bitgen          # the request's stream, past its Beta draw
+            return self._extend(row, tokens, self._ascending, self._stream(request_id))
+        ascending = _raw_thresholds(self.request_survival(request_id))
+        # the request's stream, past its Beta draw
+        return self._extend(np.zeros(1, dtype=np.int64), tokens, ascending, self._bitgen)
+
+    def _extend(self, cum: np.ndarray, tokens: int, ascending: np.ndarray, bits: np.random.Philox) -> np.ndarray:
+        """`cum` continued with steps drawn from `bits` until it reaches `tokens`: one uniform draw U
+        per step, a = #{i : U < S_i} drafts accepted, a + 1 tokens."""
         k1 = self.k + 1
-        steps = int(tokens * self._steps_per_token) + 8
-        cum = np.empty(steps + 1, dtype=np.int64)
-        cum[0] = 0
-        # One uniform draw U per step; a = #{i : U < S_i} drafts accepted, a + 1 tokens.
-        (k1 - ascending.searchsorted(bits.random_raw(steps), side="right")).cumsum(out=cum[1:])
-        while cum[-1] < tokens:                  # rare: draw more steps from the same stream
-            more = (k1 - ascending.searchsorted(bits.random_raw(steps), side="right")).cumsum() + cum[-1]
+        while cum[-1] < tokens:
+            steps = int((tokens - cum[-1]) * self._steps_per_token) + 8
+            more = (k1 - ascending.searchsorted(bits.random_raw(steps), side="right")).cumsum()
+            more += cum[-1]
             cum = np.concatenate([cum, more])
         return cum
 

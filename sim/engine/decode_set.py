@@ -35,7 +35,46 @@ from sim.engine.request import Request
 from sim.perf.shape import LinearPath
 
 
-class DecodeSet:
+class FinishOrder:
+    """The finishes of a decode set's members, in order: a heap keyed by the global step at which
+    each samples its last token (entries of members that left early are dropped lazily). Both decode
+    sets keep `g` (the global step counter) and `_heap`, and say how a finished member leaves
+    (`_retire`: it leaves the set and hands back the KV blocks it held)."""
+
+    g: int
+    _heap: list[tuple[int, int, Request]]
+
+    def _retire(self, r: Request) -> int:
+        raise NotImplementedError
+
+    def _schedule_finish(self, r: Request) -> None:
+        heapq.heappush(self._heap, (r.finish_g, r.seq, r))
+
+    def steps_to_next_finish(self) -> int:
+        """Steps until the next member samples its last token (0 if none)."""
+        h = self._heap
+        while h and not (h[0][2].in_decode and h[0][2].finish_g == h[0][0]):
+            heapq.heappop(h)
+        return h[0][0] - self.g if h else 0
+
+    def pop_finished(self) -> list[tuple[Request, int]]:
+        """Members whose last token was sampled at the current step, with the KV blocks they
+        held; removed from the set."""
+        out = []
+        h = self._heap
+        while h:
+            fg, _, r = h[0]
+            if not (r.in_decode and r.finish_g == fg):
+                heapq.heappop(h)
+                continue
+            if fg > self.g:
+                break
+            heapq.heappop(h)
+            out.append((r, self._retire(r)))
+        return out
+
+
+class DecodeSet(FinishOrder):
     """Decoding sequences that each gain one KV token and one output token per step."""
 
     def __init__(self, block_tokens: int, blocks_for: Callable[[int], int] | None = None) -> None:
@@ -60,7 +99,7 @@ class DecodeSet:
         self.base_sum += r.base
         self.hist[r.base % self.bt] += 1
         self._version += 1
-        heapq.heappush(self._heap, (r.finish_g, r.seq, r))
+        self._schedule_finish(r)
 
     def remove(self, r: Request) -> int:
         """Leave the set (completion or preemption); returns the KV tokens it held.
@@ -76,10 +115,6 @@ class DecodeSet:
     def held_blocks(self, r: Request) -> int:
         """KV blocks a member holds now."""
         return self.blocks_for(r.base + self.g)
-
-    def accepted(self, n_steps: int) -> int:
-        """Draft tokens the next n steps accept: none without speculation."""
-        return 0
 
     def kv_tokens(self, r: Request) -> int:
         """KV tokens a member holds now."""
@@ -106,12 +141,6 @@ class DecodeSet:
     def tokens_sampled(self, n_steps: int) -> int:
         """Output tokens the next n steps sample (one per member per step)."""
         return self.size * n_steps
-
-    def steps_to_next_finish(self) -> int:
-        h = self._heap
-        while h and not (h[0][2].in_decode and h[0][2].finish_g == h[0][0]):
-            heapq.heappop(h)
-        return h[0][0] - self.g if h else 0
 
     def allocations_ahead(self) -> tuple[int, ...]:
         """Blocks allocated at each of the next `block` steps (steps g+1 .. g+block); the same
@@ -166,18 +195,5 @@ class DecodeSet:
         """n decode steps happened: every member gained n KV and n output tokens."""
         self.g += n_steps
 
-    def pop_finished(self) -> list[tuple[Request, int]]:
-        """Members whose last token was sampled at the current step, with the KV blocks they
-        held; removed from the set."""
-        out = []
-        h = self._heap
-        while h:
-            fg, _, r = h[0]
-            if not (r.in_decode and r.finish_g == fg):
-                heapq.heappop(h)
-                continue
-            if fg > self.g:
-                break
-            heapq.heappop(h)
-            out.append((r, self.blocks_for(self.remove(r))))
-        return out
+    def _retire(self, r: Request) -> int:
+        return self.blocks_for(self.remove(r))

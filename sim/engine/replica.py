@@ -28,7 +28,7 @@ from sim.engine.kv_cache import KvCache
 from sim.engine.kv_integral import DecodeRunLog
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationPlan
-from sim.engine.spec_runs import SpecRunLog, integrals
+from sim.engine.spec_runs import SpecRunLog, concatenated, integrals
 from sim.metrics.records import IterLog, LevelLog, Status
 from sim.perf.shape import (
     Chunk,
@@ -198,9 +198,8 @@ class Replica:
             if self._spec:
                 run = self.spec_run(ds.size)
                 if isinstance(run, DraftedRun):
-                    draft_s = run.weight * run.draft.step_s(ctx)
+                    step_s, draft_s = run.step_parts(ctx)
                     if not chunks:      # a decode-only step: its cached run, as a decode run prices it
-                        step_s = run.target.step_s(ctx) + draft_s
                         return step_s + plan.swap_s, self.spec_run_utilization(ds.size).step_s(ctx), draft_s
         else:
             shape = _make(StepShape, (0, 0, 1, chunks, None))
@@ -232,7 +231,8 @@ class Replica:
         batch = decoding + len(plan.chunks)
         spec_seqs = accepted = 0
         if self._spec and decoding:
-            spec_seqs, accepted = decoding, ds.accepted(1)
+            # each verification samples one token of the target's own; the rest are accepted drafts
+            spec_seqs, accepted = decoding, ds.tokens_sampled(1) - decoding
         now = self.env.now
         prompt, recompute, sampled = sched.finish_iteration(plan, now)
         proposed = self._proposed(spec_seqs)
@@ -241,8 +241,9 @@ class Replica:
                                        spec_seqs, proposed, accepted, draft_s))
         if sched.finished:
             self._hand_back_finished()
-        if self._spec and ds.g - ds.origin > SPEC_HISTORY_STEPS:   # type: ignore[union-attr]
-            self._settle_spec_runs()        # where decode runs are rare, single steps fill the history
+        # Where decode runs are rare, single steps fill the history too (the check is two lookups).
+        if self._spec and ds.g - ds.origin > SPEC_HISTORY_STEPS:  # type: ignore[union-attr]
+            self._settle_spec_runs()
 
     def _cut_decode_run(self) -> None:
         """A newcomer arrived during a decode run: end the run at the step in progress, so the
@@ -283,10 +284,7 @@ class Replica:
         speculative decode run of this replica (spec_runs.py), at the end of the simulation."""
         if self._spec:
             self._settle_spec_runs()
-        parts = self._spec_integrals
-        if not parts:
-            return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), np.zeros(0)
-        return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))  # type: ignore[return-value]
+        return concatenated(self._spec_integrals)
 
     def spec_run_utilization(self, batch: int) -> DecodeRun:
         """Utilization-seconds of a speculative step of `batch` sequences, in the decode-run form
@@ -320,7 +318,7 @@ class Replica:
         if self._spec:
             # blocks held during its step G: what the replica holds now, plus the decode set's growth
             self.spec_runs.add(len(self.records), self.kv.used_blocks - ds.held_now, batch, ds.g + 1, n)  # type: ignore[union-attr]
-            if ds.history_steps > SPEC_HISTORY_STEPS:   # type: ignore[union-attr]
+            if ds.g - ds.origin > SPEC_HISTORY_STEPS:  # type: ignore[union-attr]
                 self._settle_spec_runs()
         else:
             self.decode_runs.add(len(self.records), self.kv.used_blocks, n, total_s, batch, path[0], path[1],  # type: ignore[index]

@@ -19,18 +19,18 @@ that are done never change again, so the arrays double as the history from which
 block-seconds and utilization are evaluated in batches (spec_runs.py), after which the engine drops
 it (`drop_history`): memory stays bounded however long the simulation.
 
-Same interface as decode_set.DecodeSet (the engine does not know which it has), plus the accepted
-draft tokens of the steps ahead. Plain Python and numpy, no SimPy.
+Same interface as decode_set.DecodeSet (the engine does not know which it has); both keep their
+finishes in order with decode_set.FinishOrder. Plain Python and numpy, no SimPy.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
+from sim.engine.decode_set import FinishOrder
 from sim.engine.request import Request
 from sim.perf.shape import PrefixPath
 from sim.speculation import AcceptanceSampler
@@ -50,7 +50,7 @@ class Membership(NamedTuple):
     last_tokens: int        # tokens its last step samples (what is left of its output by then)
 
 
-class SpecDecodeSet:
+class SpecDecodeSet(FinishOrder):
     """Decoding sequences under speculative decoding (see the module docstring)."""
 
     def __init__(self, block_tokens: int, blocks_for: Callable[[int], int], sampler: AcceptanceSampler) -> None:
@@ -88,11 +88,6 @@ class SpecDecodeSet:
         new[:cap] = self.by_step
         self.by_step = new
         self.ctx, self.held, self.tok = new.T
-
-    @property
-    def history_steps(self) -> int:
-        """Steps done that the arrays still keep (for the runs' integrals, spec_runs.py)."""
-        return self.g + 1 - self.origin
 
     def drop_history(self) -> None:
         """Forget the steps done (after their runs' integrals were evaluated): the arrays keep the
@@ -137,7 +132,7 @@ class SpecDecodeSet:
         r.in_decode = True
         self.size += 1
         self._version += 1
-        heapq.heappush(self._heap, (r.finish_g, r.seq, r))
+        self._schedule_finish(r)
 
     def _own(self, r: Request) -> tuple[int, int]:
         """(tokens sampled since joining, blocks held) of a member now."""
@@ -206,17 +201,6 @@ class SpecDecodeSet:
         to the next finish)."""
         return int(self.tok[self.g + n_steps - self.origin]) - self.tok_now if n_steps > 0 and self.size else 0
 
-    def accepted(self, n_steps: int) -> int:
-        """Draft tokens the next n steps accept (each step's tokens beyond its bonus token)."""
-        return self.tokens_sampled(n_steps) - self.size * n_steps
-
-    def steps_to_next_finish(self) -> int:
-        """Steps until the next member samples its last token (0 if none)."""
-        h = self._heap
-        while h and not (h[0][2].in_decode and h[0][2].finish_g == h[0][0]):
-            heapq.heappop(h)
-        return h[0][0] - self.g if h else 0
-
     def blocks_needed(self, n_steps: int) -> int:
         """New KV blocks the next n steps allocate (n <= the steps to the next finish)."""
         return int(self.held[self.g + n_steps - self.origin]) - self.held_now if n_steps > 0 and self.size else 0
@@ -241,22 +225,10 @@ class SpecDecodeSet:
         else:
             self.g += n_steps
 
-    def pop_finished(self) -> list[tuple[Request, int]]:
-        """Members whose last token was sampled at the current step, with the KV blocks they
-        held; removed from the set."""
-        out = []
-        h = self._heap
-        while h:
-            fg, _, r = h[0]
-            if not (r.in_decode and r.finish_g == fg):
-                heapq.heappop(h)
-                continue
-            if fg > self.g:
-                break
-            heapq.heappop(h)
-            # Its last step proposed only the drafts it needed: k + 1 - those tokens fewer than k.
-            self.unproposed += self.q - r.spec_member.last_tokens   # type: ignore[union-attr]
-            blocks = self._leave(r)[1]
-            r.spec_cum = r.spec_member = None      # done: its draws are no longer needed
-            out.append((r, blocks))
-        return out
+    def _retire(self, r: Request) -> int:
+        # Its last step proposed only the drafts it needed: k + 1 - those tokens fewer than k.
+        assert r.spec_member is not None
+        self.unproposed += self.q - r.spec_member.last_tokens
+        blocks = self._leave(r)[1]
+        r.spec_cum = r.spec_member = None      # done: its draws are no longer needed
+        return blocks

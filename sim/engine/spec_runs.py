@@ -58,6 +58,16 @@ class SpecRunLog:
         return tuple(t.T)
 
 
+Integrals = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def concatenated(parts: list[Integrals]) -> Integrals:
+    """Several `integrals` results as one (empty arrays if there are none)."""
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), np.zeros(0)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))  # type: ignore[return-value]
+
+
 def integrals(log: SpecRunLog, ctx: np.ndarray, held_by_step: np.ndarray, run_for_batch: Callable[[int], DecodeRun],
               utilization_for_batch: Callable[[int], DecodeRun],
               origin: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

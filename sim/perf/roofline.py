@@ -66,7 +66,6 @@ from sim.perf.efficiency import (
 )
 from sim.perf.shape import (
     Affine,
-    ArrayPath,
     ContextPath,
     DecodeRun,
     DraftedRun,
@@ -139,7 +138,7 @@ class DecodeCoeffs:
         if n_steps <= 0:
             return 0.0
         if not isinstance(path, LinearPath):
-            if isinstance(path, ArrayPath | PrefixPath):
+            if isinstance(path, PrefixPath):
                 return path.run_s(self, n_steps)
             return segments_run_s(self.segments(path, n_steps), path)
         b = path.slope

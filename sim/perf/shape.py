@@ -9,8 +9,8 @@
 * A **context path** gives the summed KV length of a fixed set of decoding sequences at each step
   j = 0, 1, ... of a run. Plain decoding adds one token per sequence per step, so the path is
   linear, S_j = S_0 + B j (`LinearPath`); speculative decoding adds a random number of tokens per
-  sequence per step, drawn in advance, so its path is given step by step (`ArrayPath`, with
-  prefix sums); any monotone path works with the same interface.
+  sequence per step, drawn in advance, so its path is read step by step from the decode set's
+  arrays (`PrefixPath`, with a running sum); any monotone path works with the same interface.
 * A **decode run** (`DecodeRun`) is the step time of a fixed batch as a function of the summed
   context. On each of a few segments of the context it is affine, t_j = a + b S_j, so a run of n
   steps along a path is a sum of a few linear pieces: `run_s` sums them in closed form and
@@ -118,19 +118,14 @@ class ArrayPath:
     non-decreasing; `step_times` works on any values.
 
     A run's step times along it are evaluated once, as arrays (`step_times`, several runs' together
-    with `prefetch`), and cached with their cumulative sums, so `run_s` is a lookup and the steps
-    that fit in some elapsed time a search."""
+    with `prefetch`), and cached."""
 
-    __slots__ = ("values", "_prefix", "_times", "_cum")
+    __slots__ = ("values", "_prefix", "_times")
 
     def __init__(self, values: np.ndarray) -> None:
         self.values = values                                  # int64, one per step
         self._prefix: np.ndarray | None = None
         self._times: dict[int, np.ndarray] = {}               # by id of the run (runs are cached objects)
-        self._cum: dict[int, np.ndarray] = {}
-
-    def __getitem__(self, j: int) -> float:                   # path[0]: the first step's context
-        return float(self.values[j])
 
     def at(self, j: int) -> float:
         return float(self.values[j])
@@ -173,24 +168,6 @@ class ArrayPath:
                     t = _pieces_elementwise(run, self.values)    # values in order
             self._times[id(run)] = t
         return t
-
-    def run_s(self, run: DecodeRun, n_steps: int) -> float:
-        """Seconds of the first n steps of `run` along this path."""
-        if n_steps <= 0:
-            return 0.0
-        return float(self._cumulative(run)[n_steps])
-
-    def _cumulative(self, run: DecodeRun) -> np.ndarray:
-        cum = self._cum.get(id(run))
-        if cum is None:
-            times = self.step_times(run)
-            cum = self._cum[id(run)] = np.zeros(len(times) + 1)
-            np.cumsum(times, out=cum[1:])
-        return cum
-
-    def estimate_steps(self, run: DecodeRun, n_max: int, elapsed_s: float) -> int:
-        """Steps done by elapsed_s (a search in the steps' cumulative times)."""
-        return int(np.searchsorted(self._cumulative(run)[:n_max + 1], elapsed_s, side="right")) - 1
 
 
 def _pieces_elementwise(run: DecodeRun, values: np.ndarray) -> np.ndarray:
@@ -366,13 +343,18 @@ class DraftedRun:
     def step_s(self, ctx_sum: float) -> float:
         return self.target.step_s(ctx_sum) + self.weight * self.draft.step_s(ctx_sum)
 
+    def step_parts(self, ctx_sum: float) -> tuple[float, float]:
+        """(the step's seconds, the seconds of its draft work): `step_s` and its draft part at once."""
+        draft_s = self.weight * self.draft.step_s(ctx_sum)
+        return self.target.step_s(ctx_sum) + draft_s, draft_s
+
     def segments(self, path: ContextPath, n_steps: int) -> list[Segment]:
         if self.affine is not None and not isinstance(path, LinearPath):
             return affine_segments(self.affine, path, n_steps)
         return add_segments(self.target.segments(path, n_steps), self.draft.segments(path, n_steps), self.weight)
 
     def run_s(self, path: ContextPath, n_steps: int) -> float:
-        if isinstance(path, (PrefixPath, ArrayPath)):  # noqa: UP038 - a tuple is faster than a union here
+        if isinstance(path, PrefixPath):
             return path.run_s(self, n_steps)
         return self.target.run_s(path, n_steps) + self.weight * self.draft.run_s(path, n_steps)
 
@@ -457,13 +439,13 @@ def steps_bracket(run: DecodeRun, path: ContextPath, n_max: int, elapsed_s: floa
     """(k, T(k), T(k + 1)): the largest k <= n_max whose cumulative time T(k) = run.run_s(path, k)
     is <= elapsed_s, with the times at it and one step later (inf when k = n_max).
 
-    On a linear path each piece's cumulative time is quadratic in n, so the answer is a root; on an
-    array path it is a search in the steps' cumulative times; either is corrected by a step or two
+    On a linear path each piece's cumulative time is quadratic in n, so the answer is a root; on a
+    prefix path a bisection over O(1) cumulative times; either is corrected by a step or two
     against run_s itself (so the answer is exactly what bisection over run_s would give); other
     paths bisect."""
     if n_max <= 0:
         return 0, 0.0, math.inf
-    if isinstance(path, LinearPath | ArrayPath | PrefixPath):
+    if isinstance(path, LinearPath | PrefixPath):
         guess = _linear_estimate(run.segments(path, n_max), path, elapsed_s) if isinstance(path, LinearPath) \
             else path.estimate_steps(run, n_max, elapsed_s)
         k = min(n_max, max(0, guess))

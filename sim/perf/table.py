@@ -42,7 +42,6 @@ import pandas as pd
 from sim.csvio import read_csv
 from sim.errors import InputError
 from sim.perf.shape import (
-    ArrayPath,
     ContextPath,
     DecodeRun,
     DraftedRun,
@@ -159,7 +158,7 @@ class PiecewiseDecode:
             return 0.0
         bt = float(self.batch)
         self.coverage.note("context_tokens", path.at(0) / bt, path.at(n_steps - 1) / bt)
-        if isinstance(path, ArrayPath | PrefixPath):
+        if isinstance(path, PrefixPath):
             return path.run_s(self, n_steps)
         if not isinstance(path, LinearPath):
             return segments_run_s(self.segments(path, n_steps), path)
