@@ -29,9 +29,10 @@ Sampling: a request's accepted lengths come from draws addressed by its id in a 
 generator (numpy's Philox, keyed by the root seed): its first BLOCK_STEPS steps from its row of a
 block drawn for BLOCK_REQUESTS consecutive ids at once (counter (0, 0, id // BLOCK_REQUESTS, 1)),
 any further ones from its own stream (counter (0, 0, id, 0)); with a per-request spread, all from
-its own stream. One uniform U per verification step, and a = #{i : U < S_i}. They are drawn once, when the request first decodes, for its whole output, so
-its finishing step and its KV growth are known in advance (the engine's decode runs stay one event
-each) and they do not depend on when it is scheduled. Arrivals and lengths come from other
+its own stream. One uniform 32-bit draw U per verification step, and a = #{i : U < S_i 2^32}.
+They are drawn once, when the request first decodes, for its whole output, so its finishing step
+and its KV growth are known in advance (the engine's decode runs stay one event each) and they do
+not depend on when it is scheduled. Arrivals and lengths come from other
 streams, so runs with and without speculation see the same requests (common random numbers): the
 same arrivals and lengths for open-loop traffic and traces; closed-loop clients draw the same
 lengths but send their next request sooner when answers come faster.
@@ -247,20 +248,40 @@ def expected_tokens_per_step(s: np.ndarray) -> float:
     return 1.0 + float(s.sum())
 
 
-def _raw_thresholds(s: np.ndarray) -> np.ndarray:
-    """S_i x 2^64 as ascending uint64 thresholds: a raw draw accepts draft i when it is below the
-    i-th (S_i = 1 maps to the largest value, which only the largest draw, 2^-64 of them, reaches)."""
-    asc = s[::-1]
-    out = np.floor(np.minimum(asc, 0.5) * 2.0**64).astype(np.uint64)       # exact below 2^63
-    high = asc > 0.5
-    out[high] = (np.floor((asc[high] - 0.5) * 2.0**64).astype(np.uint64) + np.uint64(2**63)) if high.any() else out[high]
-    out[asc >= 1.0] = np.iinfo(np.uint64).max
+#: 32-bit draws: a threshold of 2^32 accepts every draw, 0 none.
+_U32 = 2**32
+
+
+def _thresholds(s: np.ndarray) -> tuple[int, ...]:
+    """round(S_i x 2^32), i = 1..k: a step's uniform 32-bit draw U accepts draft i when U < T_i, so
+    P(at least i accepted) = S_i to within 2^-33, exactly for S_i = 0 or 1 (T non-increasing, so the
+    accepted drafts are always a prefix)."""
+    return tuple(int(round(float(x) * _U32)) for x in s)
+
+
+def _tokens_per_step(u32: np.ndarray, thresholds: tuple[int, ...]) -> np.ndarray:
+    """Tokens of each step, 1 + #{i : U < T_i}, for an array of 32-bit draws (any shape): one
+    comparison pass per threshold strictly between 0 and 2^32, or one search when k is large."""
+    always = sum(t >= _U32 for t in thresholds)
+    partial = [t for t in thresholds if 0 < t < _U32]
+    if len(partial) > 8:
+        # T ascending: the drafts a draw accepts among the partial ones are those with U < T
+        asc = np.array(sorted(partial), dtype=np.uint64)
+        return 1 + always + len(partial) - asc.searchsorted(u32.astype(np.uint64), side="right").astype(np.int64)
+    out = np.full(u32.shape, 1 + always, dtype=np.int64)
+    for t in partial:
+        out += u32 < np.uint32(t)
     return out
+
+
+def _draws_u32(bits: np.random.Philox, n: int) -> np.ndarray:
+    """n uniform 32-bit draws: each raw 64-bit Philox output split in two (little-endian halves)."""
+    return bits.random_raw((n + 1) // 2).astype("<u8", copy=False).view("<u4")[:n]
 
 
 #: Requests whose first steps are drawn together, the steps drawn for each, and the blocks kept.
 BLOCK_REQUESTS = 64
-BLOCK_STEPS = 128
+BLOCK_STEPS = 256
 KEPT_BLOCKS = 64
 
 
@@ -284,8 +305,8 @@ class AcceptanceSampler:
                        "state": {"counter": np.zeros(4, dtype=np.uint64), "key": key},
                        "buffer": np.zeros(4, dtype=np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
         self._counter = self._state["state"]["counter"]
-        # S_k <= ... <= S_1 as thresholds on raw 64-bit draws: U < S_i exactly when raw < S_i 2^64.
-        self._ascending = _raw_thresholds(self.s)
+        # S_1 >= ... >= S_k as thresholds on 32-bit draws (U < T_i: draft i accepted)
+        self._thresholds = _thresholds(self.s)
         # Steps drawn at first: enough for the tokens asked in all but a few cases (then more).
         self._steps_per_token = 1.1 / self.mean_tokens
         self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -339,10 +360,10 @@ class AcceptanceSampler:
             self._counter[2], self._counter[3] = block, 1
             self._bitgen.state = self._state
             self._counter[3] = 0
-            raw = self._bitgen.random_raw(BLOCK_REQUESTS * BLOCK_STEPS).reshape(BLOCK_REQUESTS, BLOCK_STEPS)
-            rows = np.zeros((BLOCK_REQUESTS, BLOCK_STEPS + 1), dtype=np.int64)
-            np.subtract(self.k + 1, self._ascending.searchsorted(raw, side="right"), out=rows[:, 1:])
-            np.cumsum(rows[:, 1:], axis=1, out=rows[:, 1:])
+            u32 = _draws_u32(self._bitgen, BLOCK_REQUESTS * BLOCK_STEPS).reshape(BLOCK_REQUESTS, BLOCK_STEPS)
+            rows = np.empty((BLOCK_REQUESTS, BLOCK_STEPS + 1), dtype=np.int64)
+            rows[:, 0] = 0
+            np.cumsum(_tokens_per_step(u32, self._thresholds), axis=1, out=rows[:, 1:])
             self._blocks[block] = rows
             if len(self._blocks) > KEPT_BLOCKS:
                 self._blocks.popitem(last=False)
@@ -358,18 +379,17 @@ class AcceptanceSampler:
             row = self._block(request_id // BLOCK_REQUESTS)[request_id % BLOCK_REQUESTS]
             if row[-1] >= tokens:
                 return row
-            return self._extend(row, tokens, self._ascending, self._stream(request_id))
-        ascending = _raw_thresholds(self.request_survival(request_id))
+            return self._extend(row, tokens, self._thresholds, self._stream(request_id))
+        thresholds = _thresholds(self.request_survival(request_id))
         # the request's stream, past its Beta draw
-        return self._extend(np.zeros(1, dtype=np.int64), tokens, ascending, self._bitgen)
+        return self._extend(np.zeros(1, dtype=np.int64), tokens, thresholds, self._bitgen)
 
-    def _extend(self, cum: np.ndarray, tokens: int, ascending: np.ndarray, bits: np.random.Philox) -> np.ndarray:
+    def _extend(self, cum: np.ndarray, tokens: int, thresholds: tuple[int, ...], bits: np.random.Philox) -> np.ndarray:
         """`cum` continued with steps drawn from `bits` until it reaches `tokens`: one uniform draw U
         per step, a = #{i : U < S_i} drafts accepted, a + 1 tokens."""
-        k1 = self.k + 1
         while cum[-1] < tokens:
             steps = int((tokens - cum[-1]) * self._steps_per_token) + 8
-            more = (k1 - ascending.searchsorted(bits.random_raw(steps), side="right")).cumsum()
+            more = _tokens_per_step(_draws_u32(bits, steps), thresholds).cumsum()
             more += cum[-1]
             cum = np.concatenate([cum, more])
         return cum

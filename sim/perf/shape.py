@@ -386,6 +386,13 @@ def _piece_at(breaks: tuple[float, ...], union: tuple[float, ...], i: int) -> in
 def affine_segments(affine: Affine, path: ContextPath, n_steps: int) -> list[Segment]:
     """The steps 0 <= j < n_steps of a non-decreasing path, cut where S_j crosses a breakpoint."""
     xs, pieces = affine
+    if n_steps <= 0:
+        return []
+    # Usually the whole run lies in one piece (the context grows little over a run): two lookups.
+    first = bisect_right(xs, path.at(0))
+    if first == bisect_right(xs, path.at(n_steps - 1)):
+        a, b = pieces[first]
+        return [(0, n_steps, a, b)]
     out: list[Segment] = []
     lo = 0
     for x, (a, b) in zip(xs, pieces, strict=False):
