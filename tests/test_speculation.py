@@ -26,6 +26,8 @@ from sim.scenario import scenario_from_dict
 from sim.speculation import (
     AcceptanceSampler,
     Speculative,
+    _thresholds,
+    _tokens_per_step,
     comparison,
     mean_tokens_geometric,
     rate_for_mean_length,
@@ -89,17 +91,31 @@ def test_mean_accepted_length_table_forms():
 
 def test_each_request_has_its_own_stream():
     s = AcceptanceSampler(spec(), root_seed=3)
-    a = s.cumulative_tokens(7, 500)
-    s.cumulative_tokens(8, 500)                 # another request in between changes nothing
+    a = s.cumulative_tokens(7, 2000)            # beyond its block row (256 steps): its own stream too
+    assert len(a) > 257
+    s.cumulative_tokens(8, 2000)                # another request in between changes nothing
     fresh = AcceptanceSampler(spec(), root_seed=3)
     for rid in range(0, 64 * 70, 64):           # other blocks drawn, and block 0 dropped and redrawn
         fresh.cumulative_tokens(rid + 5, 50)
-    np.testing.assert_array_equal(a, fresh.cumulative_tokens(7, 500))
+    np.testing.assert_array_equal(a, fresh.cumulative_tokens(7, 2000))
     # a short output's draws are the start of a long one's (the block row, then its own stream)
     np.testing.assert_array_equal(s.cumulative_tokens(7, 20)[:10], a[:10])
-    np.testing.assert_array_equal(a, s.cumulative_tokens(7, 500))
+    np.testing.assert_array_equal(a, s.cumulative_tokens(7, 2000))
     assert not np.array_equal(a[:50], s.cumulative_tokens(9, 500)[:50])
     assert not np.array_equal(a[:50], AcceptanceSampler(spec(), root_seed=4).cumulative_tokens(7, 500)[:50])
+
+
+@pytest.mark.parametrize("s_i", [[0.7, 0.49, 0.343], [1.0, 1.0, 0.5, 0.0], list(np.linspace(0.99, 0.05, 20))])
+def test_tokens_per_step_counts_the_thresholds_a_draw_is_below(s_i):
+    # one comparison pass per threshold (small k) or a search (large k): the same count
+    thresholds = _thresholds(np.array(s_i))
+    u32 = np.random.default_rng(5).integers(0, 2**32, size=200_000, dtype=np.uint64).astype(np.uint32)
+    want = 1 + sum((u32.astype(np.uint64) < t).astype(np.int64) for t in thresholds)
+    got = _tokens_per_step(u32, thresholds)
+    np.testing.assert_array_equal(got, want)
+    assert got.mean() == pytest.approx(1 + sum(s_i), abs=0.02)
+    if s_i[0] == 1.0:                      # S = 1 always accepts, S = 0 never
+        assert (got >= 3).all() and (got <= 4).all()
 
 
 @pytest.mark.parametrize("alpha,c", [(0.7, 5.0), (0.85, 1.0), (0.6, 50.0)])
