@@ -56,7 +56,7 @@ def replica_specs(sc: Scenario, seed: int | None = None) -> list[ReplicaSpec]:
                          preemption=s.batching.preemption, max_context_tokens=sc.model.max_context_tokens,
                          admission=s.batching.admission,
                          mixed_prefill=not s.batching.chunked_prefill and s.batching.whole_prompts == "mixed")
-    return [ReplicaSpec(pool="default", role="mixed", count=s.replicas, gpus_per_replica=s.parallelism.tp,
+    return [ReplicaSpec(pool="default", role="mixed", count=s.replicas, gpus_per_replica=s.parallelism.gpus,
                         gpu=sc.hardware.gpu, step_model=step_model_for(sc), memory=sc.memory_plan(), limits=limits,
                         watermark_fraction=s.kv_cache.watermark_fraction,
                         host_link_bytes_per_s=sc.hardware.gpu.host_link_gb_s * 1e9,

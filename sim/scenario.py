@@ -34,6 +34,7 @@ from sim.datapath import DataPath
 from sim.errors import InputError, one_line
 from sim.input_model import InputModel
 from sim.memory import MemoryPlan, memory_plan
+from sim.parallelism import Parallelism, check_layout
 from sim.perf.config import PerfCfg
 from sim.speculation import Speculative, check_against_target, drafter_memory
 from sim.yamlio import load_yaml
@@ -236,10 +237,6 @@ class PrecisionCfg(_Frozen):
         return self.attention or default_attention_precision(gpu, self.kv_cache)
 
 
-class Parallelism(_Frozen):
-    tp: int = Field(default=1, ge=1, le=1024)
-
-
 class Batching(_Frozen):
     max_num_seqs: int = Field(default=256, ge=1, le=1_000_000)
     max_num_batched_tokens: int = Field(default=8192, ge=1, le=100_000_000)
@@ -423,12 +420,7 @@ class Scenario(_Frozen):
         if isinstance(self.workload.arrivals, Offline) and self.warmup_s > 0:
             raise ValueError(f"warmup_s ({self.warmup_s}) must be 0 with offline arrivals: every request arrives "
                              "at t = 0, so a warm-up would exclude them all; the window is the makespan")
-        if m.q_heads % tp:
-            raise ValueError(f"serving.parallelism.tp={tp} does not divide the model's {m.q_heads} attention heads")
-        if m.attention.kind == "gqa" and m.kv_heads % tp and tp % m.kv_heads:
-            raise ValueError(f"serving.parallelism.tp={tp} and the model's {m.kv_heads} KV heads do not divide")
-        if tp > g.scale_up_domain:
-            raise ValueError(f"serving.parallelism.tp={tp} exceeds the GPU's scale-up domain ({g.scale_up_domain})")
+        check_layout(s.parallelism, m, g)
         p = s.precision
         if g.peak_flops(p.compute_precision) is None:
             raise ValueError(
@@ -485,7 +477,7 @@ class Scenario(_Frozen):
 
     @property
     def gpus(self) -> int:
-        return self.serving.replicas * self.serving.parallelism.tp
+        return self.serving.replicas * self.serving.parallelism.gpus
 
     def memory_plan(self, with_drafter: bool = True) -> MemoryPlan:
         """How each GPU's HBM splits into weights, activations and KV blocks (sim/memory.py);
