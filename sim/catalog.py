@@ -77,6 +77,10 @@ class GpuSpec(_Frozen):
     scale_up_gb_s: float = Field(gt=0, le=1_000_000, description="scale-up link bandwidth per GPU, one direction, GB/s")
     scale_up_domain: int = Field(default=8, ge=1, le=1_000_000, description="GPUs reachable over the scale-up link")
     host_link_gb_s: float = Field(gt=0, le=1_000_000, description="GPU<->host bandwidth, one direction, GB/s")
+    scale_out_gb_s: float = Field(default=50.0, gt=0, le=1_000_000,
+                                  description="scale-out network bandwidth per GPU, one direction, GB/s (a 400 Gb/s NIC = 50)")
+    scale_out_latency_s: float = Field(default=3.7e-6, ge=0, le=1,
+                                       description="scale-out network latency of a small message, s")
     tdp_w: float = Field(gt=0, le=100_000)
     idle_w: float = Field(ge=0, le=100_000)
     all_in_kw: float | None = Field(default=None, gt=0, le=1_000, description="per-GPU share of node power, kW")

@@ -3,14 +3,22 @@
     KV space per GPU = HBM x gpu_memory_fraction - weights - activations
     KV blocks        = KV space / (KV bytes per token per GPU x block_tokens)
 
-GB are 1e9 bytes, as the catalog's `hbm_gb`. Weights divide over tp. Activations: the peak of one
-forward pass over the token budget, hidden and gated-MLP intermediates in BF16
-(2 x (4 hidden + 2 ffn / tp) bytes per token) plus FP32 logits of the sampled rows
-(4 x vocab / tp per sequence), and a 1 GB floor for the CUDA context, graphs and workspace, unless
-the scenario sets `activation_reserve_gb`. KV per token counts the full-attention layers; a model
-with sliding-window layers also holds, per request, the window's KV in those layers, as a fixed
-number of extra blocks (`sliding_blocks`). Swapping a request moves all its layers' KV over the
-host link (`swap_bytes_per_token`).
+GB are 1e9 bytes, as the catalog's `hbm_gb`. The layout (sim/parallelism.py) sets what a GPU
+holds. Weights per GPU: the routed experts split over all the stage's tp x dp_attention GPUs
+(experts / ep per shard, each over moe_tp GPUs), everything else (attention, dense MLPs, shared
+experts, routers, embeddings, LM head) split over the attention rank's tp GPUs and replicated
+across ranks; each over the largest pipeline stage's share of the layers. KV per token per GPU:
+the rank's KV heads over its tp GPUs (MLA's latent is replicated on each of them; with
+dp_attention each rank holds only its own sequences' KV, so the replica holds dp_attention times
+the tokens), for the stage's layers. The blocks are per attention rank: every GPU of a rank holds
+the same tokens. Activations: the peak of one forward pass over the token budget, hidden and
+gated-MLP intermediates in BF16 (2 x (4 hidden + 2 ffn / tp) bytes per token, ffn the expert's
+width over moe_tp for MoE models) plus FP32 logits of the sampled rows (4 x vocab / tp per
+sequence), and a 1 GB floor for the CUDA context, graphs and workspace, unless the scenario sets
+`activation_reserve_gb`. KV per token counts the full-attention layers; a model with
+sliding-window layers also holds, per request, the window's KV in those layers, as a fixed number
+of extra blocks (`sliding_blocks`). Swapping a request moves all its layers' KV over the host link
+(`swap_bytes_per_token`).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec
+from sim.parallelism import Parallelism
 
 
 @dataclass(frozen=True)
@@ -43,25 +52,37 @@ class MemoryPlan:
         return asdict(self)
 
 
-def memory_plan(model: ModelSpec, gpu: GpuSpec, *, tp: int, weights: str, kv_cache: str, block_tokens: int,
+def weight_bytes_per_gpu(model: ModelSpec, par: Parallelism, weights: str) -> float:
+    """Weight bytes one GPU of the largest pipeline stage holds (module docstring)."""
+    m = model
+    routed = m.moe_layers * m.moe.experts * m.expert_params if m.moe else 0
+    stage_share = par.stage_layers(m.layers) / m.layers
+    per_gpu = (m.params_total - routed) / par.tp + routed / par.stage_gpus
+    return per_gpu * stage_share * BYTES_PER_ELEMENT[weights]
+
+
+def memory_plan(model: ModelSpec, gpu: GpuSpec, *, par: Parallelism, weights: str, kv_cache: str, block_tokens: int,
                 gpu_memory_fraction: float, activation_reserve_gb: float | None, max_num_seqs: int,
                 max_num_batched_tokens: int, drafter_weight_bytes: float = 0.0,
                 drafter_kv_bytes_per_token: float = 0.0) -> MemoryPlan:
-    """The memory split of one replica (see the module docstring). A speculative drafter's weights
-    (per GPU) count as weights, and its KV per token (per GPU) is held beside the target's in the
-    same blocks (a block then holds both models' KV of its tokens, as vLLM's KV-cache groups do)."""
-    m = model
-    weights_gb = (m.params_total * BYTES_PER_ELEMENT[weights] / tp + drafter_weight_bytes) / 1e9
+    """The memory split of one replica's GPUs (see the module docstring). A speculative drafter's
+    weights (per GPU) count as weights, and its KV per token (per GPU) is held beside the target's
+    in the same blocks (a block then holds both models' KV of its tokens, as vLLM's KV-cache groups
+    do)."""
+    m, tp = model, par.tp
+    weights_gb = (weight_bytes_per_gpu(m, par, weights) + drafter_weight_bytes) / 1e9
     if activation_reserve_gb is not None:
         act_gb = activation_reserve_gb
     else:
-        per_token = 2 * (4 * m.hidden + 2 * max(m.ffn_dim, m.moe.expert_ffn_dim if m.moe else 0) / tp)
+        ffn = max(m.ffn_dim / tp, m.moe.expert_ffn_dim / par.moe_tp if m.moe else 0)
+        per_token = 2 * (4 * m.hidden + 2 * ffn)
         logits = 4 * m.vocab / tp * max_num_seqs
         act_gb = 1.0 + (per_token * max_num_batched_tokens + logits) / 1e9
     kv_gb = gpu.hbm_gb * gpu_memory_fraction - weights_gb - act_gb
-    kv_bpt = m.kv_bytes_per_token(kv_cache, tp) + drafter_kv_bytes_per_token
+    stage_share = par.stage_layers(m.layers) / m.layers
+    kv_bpt = m.kv_bytes_per_token(kv_cache, tp) * stage_share + drafter_kv_bytes_per_token
     blocks = int(max(0.0, kv_gb) * 1e9 // (kv_bpt * block_tokens))
-    sliding = m.sliding_kv_bytes_per_request(kv_cache, tp)
+    sliding = m.sliding_kv_bytes_per_request(kv_cache, tp) * stage_share
     return MemoryPlan(
         weights_gb_per_gpu=weights_gb,
         activation_gb_per_gpu=act_gb,
@@ -70,5 +91,5 @@ def memory_plan(model: ModelSpec, gpu: GpuSpec, *, tp: int, weights: str, kv_cac
         kv_blocks=blocks,
         block_tokens=block_tokens,
         sliding_blocks=math.ceil(sliding / (kv_bpt * block_tokens)) if sliding else 0,
-        swap_bytes_per_token=m.layers * m.kv_bytes_per_token_per_layer(kv_cache, tp),
+        swap_bytes_per_token=m.layers * m.kv_bytes_per_token_per_layer(kv_cache, tp) * stage_share,
     )

@@ -38,11 +38,12 @@ from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams
 
 def step_model_for(sc: Scenario) -> RooflineStepModel | TableStepModel:
     """The scenario's step-time model: the roofline, or the measured table it names."""
-    p = sc.serving.precision
-    return make_step_model(sc.model, sc.hardware.gpu, sc.serving.parallelism.tp, p.weights, p.kv_cache,
+    p, par = sc.serving.precision, sc.serving.parallelism
+    return make_step_model(sc.model, sc.hardware.gpu, par.tp, p.weights, p.kv_cache,
                            p.compute_precision, sc.perf, p.attention_precision(sc.hardware.gpu),
                            host_overlapped=sc.serving.batching.overlap_host_work,
-                           draft_model=sc.speculative.draft_model if sc.speculative else None)
+                           draft_model=sc.speculative.draft_model if sc.speculative else None,
+                           ep=par.ep, expert_imbalance=par.imbalance())
 
 
 def replica_specs(sc: Scenario, seed: int | None = None) -> list[ReplicaSpec]:

@@ -486,7 +486,7 @@ class Scenario(_Frozen):
         drafter = (0.0, 0.0) if self.speculative is None or not with_drafter else drafter_memory(
             self.speculative, self.model, weights=s.precision.weights, kv_cache=s.precision.kv_cache,
             tp=s.parallelism.tp)
-        return memory_plan(self.model, self.hardware.gpu, tp=s.parallelism.tp, weights=s.precision.weights,
+        return memory_plan(self.model, self.hardware.gpu, par=s.parallelism, weights=s.precision.weights,
                            kv_cache=s.precision.kv_cache, block_tokens=s.kv_cache.block_tokens,
                            gpu_memory_fraction=s.kv_cache.gpu_memory_fraction,
                            activation_reserve_gb=s.kv_cache.activation_reserve_gb,

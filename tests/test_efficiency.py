@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sim.perf import Chunk, StepShape
-from sim.perf.efficiency import allreduce_latency_s, gemm_efficiency, saturating_share, tokens_per_expert
+from sim.perf.efficiency import gemm_efficiency, saturating_share, tokens_per_expert
 from sim.scenario import scenario_from_dict
 
 sizes = st.floats(min_value=0.0, max_value=1e12, allow_nan=False)
@@ -37,14 +37,6 @@ def test_tokens_per_expert_grows_with_tokens_and_stays_within_bounds(t1, t2, exp
     assert a <= b * (1 + 1e-12)
     # At least one token per touched expert, at most all tokens x k spread over k experts.
     assert 1.0 - 1e-9 <= a <= lo * k / min(k, experts) + 1e-9
-
-
-def test_allreduce_latency_grows_with_log2_of_the_group():
-    assert allreduce_latency_s(1, 5e-6) == 0.0
-    assert allreduce_latency_s(2, 5e-6) == pytest.approx(5e-6)
-    assert allreduce_latency_s(8, 5e-6) == pytest.approx(15e-6)
-    assert [allreduce_latency_s(t, 1.0) for t in (2, 4, 8, 16)] == sorted(allreduce_latency_s(t, 1.0)
-                                                                        for t in (2, 4, 8, 16))
 
 
 BARE = {"iteration_overhead_s": 0.0, "per_seq_overhead_s": 0.0, "gemm_half_tokens": 0.0,

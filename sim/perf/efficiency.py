@@ -17,7 +17,7 @@ one general parameter that calibration fits (docs/model-assumptions.md, "Efficie
   hidden once a step is compute-bound.
 * **Collective latency.** A tensor-parallel all-reduce of a small message costs its latency, which
   grows with the number of steps a tree or recursive-doubling all-reduce takes: log2(tp) x
-  ``collective_latency_s`` (so tp = 2 pays it once, tp = 8 three times).
+  ``collective_latency_s`` (so tp = 2 pays it once, tp = 8 three times; comm.py).
 * **Attention head dimension.** Attention kernels run slower with small heads: their rate scales as
   d / (d + 56) relative to head_dim 128 (FlashAttention-3's published H100 figures), so
   `attention_efficiency` is the head_dim-128 value.
@@ -30,8 +30,6 @@ Every efficiency here is a pure function, monotone non-decreasing in its argumen
 """
 
 from __future__ import annotations
-
-import math
 
 #: Head dimension at which attention kernels reach half their asymptotic rate. From the
 #: FlashAttention-3 paper (Shah et al. 2024, arXiv 2407.08608, H100 BF16 forward at 16k tokens):
@@ -62,11 +60,6 @@ def attention_head_dim_factor(head_dim: float) -> float:
 def gemm_efficiency(tokens: float, half_tokens: float) -> float:
     """Share of the large-batch FLOP rate a GEMM over `tokens` tokens reaches: n / (n + n_half)."""
     return saturating_share(tokens, half_tokens)
-
-
-def allreduce_latency_s(tp: int, step_latency_s: float) -> float:
-    """Latency of one all-reduce across `tp` GPUs: log2(tp) steps of `step_latency_s` (0 for tp = 1)."""
-    return step_latency_s * math.log2(tp) if tp > 1 else 0.0
 
 
 def experts_touched(tokens: float, experts: int, experts_per_token: int) -> float:

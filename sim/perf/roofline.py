@@ -56,9 +56,9 @@ from typing import NamedTuple
 
 from sim.catalog import BYTES_PER_ELEMENT, GpuSpec, ModelSpec, default_attention_precision
 from sim.errors import InputError
+from sim.perf.comm import Links, allreduce_coeffs
 from sim.perf.config import PerfCfg
 from sim.perf.efficiency import (
-    allreduce_latency_s,
     attention_head_dim_factor,
     experts_touched,
     gemm_efficiency,
@@ -171,8 +171,13 @@ class RooflineStepModel:
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, tp: int, weights: str, kv: str, compute: str,
                  cfg: PerfCfg, attention: str | None = None, host_overlapped: bool = False,
-                 drafter: RooflineStepModel | None = None) -> None:
+                 drafter: RooflineStepModel | None = None, ep: int = 1, expert_imbalance: float = 1.0) -> None:
         self.model, self.gpu, self.tp, self.cfg = model, gpu, tp, cfg
+        # Expert parallelism inside the tensor-parallel group (sim/parallelism.py): each GPU holds
+        # experts / ep whole experts split over moe_tp = tp / ep GPUs, and its busiest shard gets
+        # `imbalance` times the mean routed tokens.
+        self.ep, self.moe_tp = ep, tp // ep
+        self.imbalance = expert_imbalance if ep > 1 else 1.0
         # A separate draft model (speculative decoding) prices the draft passes with its own shape.
         self.drafter = drafter
         # Host work hidden behind the GPU's previous iteration (overlap scheduling), or added to each.
@@ -187,7 +192,7 @@ class RooflineStepModel:
         m = model
         self.base_weight_bytes = (m.always_read_params + m.lm_head_params) * wb / tp
         self.lm_head_bytes = m.lm_head_params * wb / tp
-        self.expert_bytes_per_layer = m.expert_params * wb / tp
+        self.expert_bytes_per_layer = m.expert_params * wb / self.moe_tp
         self.kv_layer_bytes = m.kv_bytes_per_token_per_layer(kv, tp)
         self.full_layers = m.full_attention_layers
         self.sliding_layers = m.attention.sliding_layers
@@ -198,7 +203,7 @@ class RooflineStepModel:
         # dimension is the tokens each touched expert receives (efficiency.gemm_efficiency).
         self.dense_flops_per_token = 2.0 * m.always_read_params / tp
         self.expert_flops_per_token = (2.0 * m.moe_layers * m.moe.experts_per_token * m.expert_params / tp
-                                       if m.moe else 0.0)
+                                       * self.imbalance if m.moe else 0.0)
         # Every layer's fixed cost (kernel launches, norms), and routing/permutation in MoE layers.
         self.layer_fixed_s = m.layers * cfg.layer_overhead_s + m.moe_layers * cfg.moe_layer_overhead_s
         # Per-kernel start-up, as bytes of streaming per layer (efficiency.saturating_share, additive form).
@@ -217,13 +222,13 @@ class RooflineStepModel:
         attn_eff = min(1.0, (cfg.attention_efficiency or cfg.compute_efficiency) * attention_head_dim_factor(qk_dim))
         self.attn_flops_pure_per_pair = self.attn_flops_per_pair * (peak / attn_peak)   # at compute_efficiency
         self.attn_flops_eq_per_pair = self.attn_flops_pure_per_pair * (cfg.compute_efficiency / attn_eff)
-        if tp > 1:
-            link = gpu.scale_up_gb_s * 1e9 * cfg.comm_efficiency
-            self.comm_s_per_token = 2 * m.layers * (2 * (tp - 1) / tp) * m.hidden * 2.0 / link
-            self.comm_fixed_s = 2 * m.layers * allreduce_latency_s(tp, cfg.collective_latency_s)
-        else:
-            self.comm_s_per_token = 0.0
-            self.comm_fixed_s = 0.0
+        # Two all-reduces of the BF16 hidden state per layer (comm.py; over the scale-out network when
+        # the group spans domains, which the scenario must allow).
+        self.links = Links(gpu.scale_up_gb_s * 1e9 * cfg.comm_efficiency, gpu.scale_out_gb_s * 1e9 * cfg.comm_efficiency,
+                           gpu.scale_up_domain, cfg.collective_latency_s, gpu.scale_out_latency_s)
+        per_token_s, fixed_s = allreduce_coeffs(m.hidden * 2.0, tp, self.links)
+        self.comm_s_per_token = 2 * m.layers * per_token_s
+        self.comm_fixed_s = 2 * m.layers * fixed_s
         self._decode_cache: dict[tuple[int, int], DecodeCoeffs] = {}
         self._drafted_cache: dict[tuple[int, int, DraftWork], DraftedRun] = {}
         self._decode1: dict[int, DecodeCoeffs] = {}   # one query token per sequence: the hot case
@@ -238,7 +243,10 @@ class RooflineStepModel:
         if moe is None:
             return self.base_weight_bytes
         e, k = moe.experts, moe.experts_per_token
-        return self.base_weight_bytes + self.model.moe_layers * experts_touched(tokens, e, k) * self.expert_bytes_per_layer
+        # the experts the busiest shard holds that the batch touches
+        touched = experts_touched(tokens, e, k) if self.ep == 1 else \
+            min(e / self.ep, self.imbalance * experts_touched(tokens, e, k) / self.ep)
+        return self.base_weight_bytes + self.model.moe_layers * touched * self.expert_bytes_per_layer
 
     def _gemm_flops(self, tokens: int, pure: bool = False) -> float:
         """The layers' matmul FLOPs over `tokens` tokens, each GEMM's divided by its efficiency at

@@ -1,0 +1,173 @@
+"""Replica layouts (sim/parallelism.py), their memory plan, communication costs (sim/perf/comm.py)
+and expert parallelism in the step time."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT, base_dict, step_model, step_s
+
+from sim.catalog import gpu_catalog, model_catalog
+from sim.memory import memory_plan, weight_bytes_per_gpu
+from sim.parallelism import DEFAULT_EXPERT_IMBALANCE, Parallelism
+from sim.perf.comm import Links, all_to_all_s, allreduce_coeffs, allreduce_s, stage_transfer_s
+from sim.runner import run
+from sim.scenario import scenario_from_dict
+
+R1 = model_catalog()["deepseek-r1"]
+
+
+def r1_dict(**par) -> dict:
+    return base_dict(model="deepseek-r1", hardware={"gpu": "h200"},
+                     serving={"precision": {"weights": "fp8", "kv_cache": "fp8"}, "parallelism": par},
+                     workload={"arrivals": {"kind": "poisson", "rate_per_s": 2.0}})
+
+
+# ---- layout --------------------------------------------------------------------------------------
+
+def test_layout_arithmetic():
+    dep = Parallelism(tp=1, dp_attention=8, ep=8)
+    assert (dep.gpus, dep.stage_gpus, dep.moe_tp) == (8, 8, 1)
+    assert Parallelism(tp=2, dp_attention=4, ep=4, pp=3).gpus == 24
+    assert Parallelism(tp=8, ep=2).moe_tp == 4
+    assert Parallelism(tp=8).imbalance() == 1.0                    # every GPU sees every token
+    assert Parallelism(tp=8, ep=8).imbalance() == DEFAULT_EXPERT_IMBALANCE
+    assert Parallelism(pp=4).stage_layers(61) == 16
+
+
+def plan(par: Parallelism, gpu: str = "h200", weights: str = "fp8"):
+    return memory_plan(R1, gpu_catalog()[gpu], par=par, weights=weights, kv_cache="fp8", block_tokens=64,
+                       gpu_memory_fraction=0.9, activation_reserve_gb=4.0, max_num_seqs=64,
+                       max_num_batched_tokens=8192)
+
+
+def test_memory_plan_shards_experts_over_the_stage_and_the_rest_over_tp():
+    routed = R1.moe_layers * R1.moe.experts * R1.expert_params
+    rest = R1.params_total - routed
+    tp8, dep8 = plan(Parallelism(tp=8)), plan(Parallelism(tp=1, dp_attention=8, ep=8))
+    assert tp8.weights_gb_per_gpu == pytest.approx(R1.params_total / 8 / 1e9)
+    # DEP8: every GPU holds all of attention and the dense parts, and 1/8 of the routed experts
+    assert dep8.weights_gb_per_gpu == pytest.approx((rest + routed / 8) / 1e9)
+    assert dep8.weights_gb_per_gpu > tp8.weights_gb_per_gpu
+    # MLA's latent is replicated over a TP group: a token takes the same bytes on each GPU either way,
+    # but a DEP8 GPU holds only its own rank's tokens (the replica holds 8 ranks' worth)
+    assert dep8.kv_bytes_per_token_per_gpu == tp8.kv_bytes_per_token_per_gpu
+    # ep alone moves nothing: experts / ep per GPU, each over tp / ep GPUs
+    assert weight_bytes_per_gpu(R1, Parallelism(tp=8, ep=8), "fp8") == pytest.approx(
+        weight_bytes_per_gpu(R1, Parallelism(tp=8), "fp8"))
+    # pipeline stages split the layers: the largest of 4 stages holds 16 of 61
+    pp4 = plan(Parallelism(tp=8, pp=4))
+    assert pp4.weights_gb_per_gpu == pytest.approx(tp8.weights_gb_per_gpu * 16 / 61)
+    assert pp4.kv_bytes_per_token_per_gpu == pytest.approx(tp8.kv_bytes_per_token_per_gpu * 16 / 61)
+
+
+def test_deepseek_r1_fp8_on_eight_h100_is_rejected_with_the_numbers():
+    d = r1_dict(tp=8)
+    d["hardware"] = {"gpu": "h100-sxm"}
+    with pytest.raises(ValueError, match=r"model does not fit: deepseek-r1 needs 8\d\.\d GB of weights per GPU"):
+        scenario_from_dict(d)
+    assert scenario_from_dict(r1_dict(tp=8)).memory_plan().kv_blocks > 0       # on H200 it fits
+
+
+@pytest.mark.parametrize("par,message", [
+    ({"tp": 8, "ep": 3}, r"ep=3 must divide tp x dp_attention = 8"),
+    ({"tp": 1, "dp_attention": 3, "ep": 3}, r"ep=3 does not divide the model's 256 routed experts"),
+    ({"tp": 16}, r"tp=16 exceeds the GPU's scale-up domain \(8 GPUs\); set serving.parallelism.tp_across_domains"),
+    ({"pp": 62}, r"pp=62 exceeds the model's 61 layers"),
+    ({"tp": 1, "dp_attention": 8, "ep": 8}, r"dp_attention=8: attention data parallelism is not simulated yet"),
+    ({"tp": 8, "pp": 2}, r"pp=2: pipeline parallelism is not simulated yet"),
+    ({"tp": 8, "two_batch_overlap": True}, r"two_batch_overlap"),
+    ({"tp": 8, "expert_imbalance": 0.9}, r"expert_imbalance"),
+])
+def test_impossible_or_unsimulated_layouts_are_named(par, message):
+    with pytest.raises(ValueError, match=message):
+        scenario_from_dict(r1_dict(**par))
+
+
+def test_dense_models_refuse_expert_and_attention_data_parallelism():
+    for par, message in (({"tp": 2, "ep": 2}, r"ep=2: llama-3.1-8b has no experts"),
+                         ({"dp_attention": 2}, r"dp_attention=2: llama-3.1-8b is dense")):
+        with pytest.raises(ValueError, match=message):
+            scenario_from_dict(base_dict(serving={"parallelism": par}))
+
+
+def test_cli_refuses_an_unsimulated_layout_with_exit_2(tmp_path):
+    path = tmp_path / "dep.yaml"
+    path.write_text(yaml.safe_dump(r1_dict(tp=1, dp_attention=8, ep=8)))
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), str(path), "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 2
+    assert "dp_attention=8" in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()
+
+
+# ---- communication -------------------------------------------------------------------------------
+
+LINKS = Links(scale_up_b_s=400e9, scale_out_b_s=40e9, domain=8, step_latency_s=0.0, scale_out_latency_s=0.0)
+
+
+def test_all_to_all_is_bytes_over_bandwidth_when_bandwidth_bound():
+    b = 1e9
+    # inside one domain: 7/8 of the bytes leave the GPU over NVLink
+    assert all_to_all_s(b, 8, LINKS) == pytest.approx(b * 7 / 8 / 400e9)
+    # 32 GPUs over 4 domains: 24/32 of the bytes cross the scale-out network, which binds
+    assert all_to_all_s(b, 32, LINKS) == pytest.approx(b * 24 / 32 / 40e9)
+    # a 72-GPU domain keeps it all on NVLink
+    assert all_to_all_s(b, 72, LINKS._replace(domain=72)) == pytest.approx(b * 71 / 72 / 400e9)
+    assert all_to_all_s(b, 1, LINKS) == 0.0
+
+
+def test_all_to_all_and_stage_transfer_latency_bound():
+    lat = LINKS._replace(step_latency_s=2e-6, scale_out_latency_s=3.7e-6)
+    assert all_to_all_s(1.0, 8, lat) == pytest.approx(2e-6, rel=1e-3)
+    assert all_to_all_s(1.0, 16, lat) == pytest.approx(5.7e-6, rel=1e-3)
+    assert stage_transfer_s(1.0, True, lat) == pytest.approx(2e-6, rel=1e-3)
+    assert stage_transfer_s(1.0, False, lat) == pytest.approx(5.7e-6, rel=1e-3)
+    assert stage_transfer_s(1e9, False, LINKS) == pytest.approx(1e9 / 40e9)
+
+
+def test_allreduce_ring_bytes_and_log2_latency():
+    lat = LINKS._replace(step_latency_s=5e-6)
+    assert allreduce_s(0.0, 1, lat) == 0.0
+    assert allreduce_s(0.0, 2, lat) == pytest.approx(5e-6)
+    assert allreduce_s(0.0, 8, lat) == pytest.approx(15e-6)
+    assert allreduce_s(1e9, 8, LINKS) == pytest.approx(2 * 7 / 8 * 1e9 / 400e9)
+    # a group over two domains reduces over the scale-out network and pays its latency per step
+    assert allreduce_coeffs(1.0, 16, lat._replace(scale_out_latency_s=3e-6)) == pytest.approx(
+        (2 * 15 / 16 / 40e9, 4 * 8e-6))
+
+
+def test_tensor_parallel_group_across_domains_runs_and_pays_the_scale_out_network():
+    d = base_dict(model="llama-3.1-70b", hardware={"gpu": "h100-sxm"},
+                  serving={"parallelism": {"tp": 16, "tp_across_domains": True}},
+                  workload={"arrivals": {"kind": "poisson", "rate_per_s": 1.0}}, duration_s=20.0)
+    sc = scenario_from_dict(d)
+    inside = step_model(scenario_from_dict({**d, "hardware": {"gpu": "h100-sxm", "overrides": {"scale_up_domain": 16}}}))
+    across = step_model(sc)
+    g = sc.hardware.gpu
+    assert across.comm_s_per_token / inside.comm_s_per_token == pytest.approx(g.scale_up_gb_s / g.scale_out_gb_s)
+    assert step_s(across, 8, 8000) > step_s(inside, 8, 8000)
+    res = run(sc)
+    assert res.summary["requests_completed"] > 0 and sc.gpus == 16
+
+
+# ---- expert parallelism in the step time -----------------------------------------------------------
+
+def test_expert_parallelism_costs_its_imbalance():
+    tp8 = step_model(scenario_from_dict(r1_dict(tp=8)))
+    balanced = step_model(scenario_from_dict(r1_dict(tp=8, ep=8, expert_imbalance=1.0)))
+    skewed = step_model(scenario_from_dict(r1_dict(tp=8, ep=8, expert_imbalance=2.0)))
+    for batch in (1, 16, 256):
+        ctx = batch * 2000.0
+        # balanced EP8 holds 32 whole experts per GPU instead of 1/8 of all 256: the same bytes and FLOPs
+        assert step_s(balanced, batch, ctx) == pytest.approx(step_s(tp8, batch, ctx), rel=1e-12)
+        assert step_s(skewed, batch, ctx) > step_s(balanced, batch, ctx)
+    # the busiest shard reads at most its own 32 experts, however skewed
+    full = skewed.base_weight_bytes + R1.moe_layers * 32 * skewed.expert_bytes_per_layer
+    assert skewed.weight_bytes(100_000) == pytest.approx(full)
+    assert math.isclose(step_model(scenario_from_dict(r1_dict(tp=8, expert_imbalance=2.0))).imbalance, 1.0)
