@@ -13,7 +13,7 @@ dp_attention each rank holds only its own sequences' KV, so the replica holds dp
 the tokens), for the stage's layers. The blocks are per attention rank: every GPU of a rank holds
 the same tokens. Activations: the peak of one forward pass over the token budget, hidden and
 gated-MLP intermediates in BF16 (2 x (4 hidden + 2 ffn / tp) bytes per token, ffn the expert's
-width over moe_tp for MoE models) plus FP32 logits of the sampled rows (4 x vocab / tp per
+width times the expert imbalance for MoE models under ep) plus FP32 logits of the sampled rows (4 x vocab / tp per
 sequence), and a 1 GB floor for the CUDA context, graphs and workspace, unless the scenario sets
 `activation_reserve_gb`. KV per token counts the full-attention layers; a model with
 sliding-window layers also holds, per request, the window's KV in those layers, as a fixed number
@@ -74,7 +74,9 @@ def memory_plan(model: ModelSpec, gpu: GpuSpec, *, par: Parallelism, weights: st
     if activation_reserve_gb is not None:
         act_gb = activation_reserve_gb
     else:
-        ffn = max(m.ffn_dim / tp, m.moe.expert_ffn_dim / par.moe_tp if m.moe else 0)
+        # An expert shard computes each routed token at full width over moe_tp GPUs, for k / ep of
+        # the tokens: per token of the budget the busiest shard holds imbalance x the width over tp.
+        ffn = max(m.ffn_dim, m.moe.expert_ffn_dim * par.imbalance() if m.moe else 0) / tp
         per_token = 2 * (4 * m.hidden + 2 * ffn)
         logits = 4 * m.vocab / tp * max_num_seqs
         act_gb = 1.0 + (per_token * max_num_batched_tokens + logits) / 1e9

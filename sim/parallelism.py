@@ -91,7 +91,7 @@ def check_layout(par: Parallelism, model: ModelSpec, gpu: GpuSpec) -> None:
     if tp > gpu.scale_up_domain and not par.tp_across_domains:
         raise ValueError(f"serving.parallelism.tp={tp} exceeds the GPU's scale-up domain ({gpu.scale_up_domain} GPUs); "
                          "set serving.parallelism.tp_across_domains: true to run its all-reduce over the scale-out "
-                         "network, or use dp_attention and ep across domains")
+                         "network, or use more replicas")
     if pp > model.layers:
         raise ValueError(f"serving.parallelism.pp={pp} exceeds the model's {model.layers} layers")
     moe = model.moe
@@ -102,7 +102,11 @@ def check_layout(par: Parallelism, model: ModelSpec, gpu: GpuSpec) -> None:
         if dp > 1:
             raise ValueError(f"serving.parallelism.dp_attention={dp}: {model.name} is dense; attention data "
                              "parallelism shares expert layers between ranks (for a dense model, use replicas)")
-    else:
+    # (compared with the default, not "was it written": a resolved scenario writes every field)
+    if par.expert_imbalance != DEFAULT_EXPERT_IMBALANCE and (moe is None or ep == 1):
+        raise ValueError(f"serving.parallelism.expert_imbalance={par.expert_imbalance:g} applies to expert "
+                         f"parallelism (ep > 1); with ep={ep} every GPU sees every routed token")
+    if moe is not None:
         if par.stage_gpus % ep:
             raise ValueError(f"serving.parallelism.ep={ep} must divide tp x dp_attention = {par.stage_gpus} (the "
                              "GPUs of a stage, which share its expert layers)")

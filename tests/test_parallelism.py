@@ -117,6 +117,12 @@ def test_all_to_all_is_bytes_over_bandwidth_when_bandwidth_bound():
     assert all_to_all_s(b, 8, LINKS) == pytest.approx(b * 7 / 8 / 400e9)
     # 32 GPUs over 4 domains: 24/32 of the bytes cross the scale-out network, which binds
     assert all_to_all_s(b, 32, LINKS) == pytest.approx(b * 24 / 32 / 40e9)
+    # 12 GPUs over a full domain of 8 and a partial one of 4: a GPU of the partial domain sends
+    # 8/12 of its bytes over the scale-out network, and it is the slowest
+    assert all_to_all_s(b, 12, LINKS) == pytest.approx(b * 8 / 12 / 40e9)
+    # with a fast scale-out network the full domain's NVLink share binds instead
+    fast = LINKS._replace(scale_out_b_s=4000e9)
+    assert all_to_all_s(b, 12, fast) == pytest.approx(b * 7 / 12 / 400e9)
     # a 72-GPU domain keeps it all on NVLink
     assert all_to_all_s(b, 72, LINKS._replace(domain=72)) == pytest.approx(b * 71 / 72 / 400e9)
     assert all_to_all_s(b, 1, LINKS) == 0.0
@@ -152,6 +158,9 @@ def test_tensor_parallel_group_across_domains_runs_and_pays_the_scale_out_networ
     g = sc.hardware.gpu
     assert across.comm_s_per_token / inside.comm_s_per_token == pytest.approx(g.scale_up_gb_s / g.scale_out_gb_s)
     assert step_s(across, 8, 8000) > step_s(inside, 8, 8000)
+    # the scale-out network of the hardware block reaches the step time
+    faster = step_model(scenario_from_dict({**d, "hardware": {"gpu": "h100-sxm", "overrides": {"scale_out_gb_s": 100}}}))
+    assert across.comm_s_per_token / faster.comm_s_per_token == pytest.approx(2.0)
     res = run(sc)
     assert res.summary["requests_completed"] > 0 and sc.gpus == 16
 
@@ -170,4 +179,42 @@ def test_expert_parallelism_costs_its_imbalance():
     # the busiest shard reads at most its own 32 experts, however skewed
     full = skewed.base_weight_bytes + R1.moe_layers * 32 * skewed.expert_bytes_per_layer
     assert skewed.weight_bytes(100_000) == pytest.approx(full)
-    assert math.isclose(step_model(scenario_from_dict(r1_dict(tp=8, expert_imbalance=2.0))).imbalance, 1.0)
+    # without ep every GPU sees every token: an imbalance would change nothing, so it is refused
+    with pytest.raises(ValueError, match=r"expert_imbalance=2 applies to expert parallelism \(ep > 1\); with ep=1"):
+        scenario_from_dict(r1_dict(tp=8, expert_imbalance=2.0))
+    with pytest.raises(ValueError, match=r"expert_imbalance=2 applies to expert parallelism"):
+        scenario_from_dict(base_dict(serving={"parallelism": {"expert_imbalance": 2.0}}))
+    assert math.isclose(step_model(scenario_from_dict(r1_dict(tp=8))).imbalance, 1.0)
+
+
+def test_expert_parallelism_with_no_imbalance_leaves_the_memory_plan_alone():
+    # the activation reserve as the scenario computes it (no fixed reserve): the same KV blocks
+    for model in ("mixtral-8x7b", "gpt-oss-120b", "deepseek-r1"):
+        plans = [scenario_from_dict(base_dict(model=model, hardware={"gpu": "h200"},
+                                              serving={"precision": {"weights": "fp8", "kv_cache": "fp8"},
+                                                       "parallelism": par})).memory_plan()
+                 for par in ({"tp": 8}, {"tp": 8, "ep": 8, "expert_imbalance": 1.0})]
+        assert plans[0] == plans[1], model
+    def mixtral(**par):
+        return scenario_from_dict(base_dict(model="mixtral-8x7b", hardware={"gpu": "h200"},
+                                            serving={"parallelism": {"tp": 8, **par}})).memory_plan()
+    # the busiest shard computes more tokens: a larger activation reserve, fewer KV blocks
+    skewed, even = mixtral(ep=8, expert_imbalance=2.0), mixtral()
+    assert skewed.activation_gb_per_gpu > even.activation_gb_per_gpu and skewed.kv_blocks < even.kv_blocks
+
+
+def test_cli_runs_an_expert_parallel_scenario(tmp_path):
+    d = r1_dict(tp=8, ep=8)
+    d["duration_s"] = 20.0
+    path = tmp_path / "ep8.yaml"
+    path.write_text(yaml.safe_dump(d))
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), str(path), "--out", str(out), "--quiet"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    resolved = yaml.safe_load((out / "scenario.resolved.yaml").read_text())
+    assert resolved["serving"]["parallelism"]["ep"] == 8
+    # the resolved scenario, every field written, runs again as it is
+    again = subprocess.run([sys.executable, str(ROOT / "run.py"), str(out / "scenario.resolved.yaml"), "--out",
+                            str(tmp_path / "again"), "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0, again.stderr

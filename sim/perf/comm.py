@@ -52,12 +52,21 @@ def allreduce_s(buffer_bytes: float, n: int, links: Links) -> float:
 
 def all_to_all_s(bytes_per_gpu: float, n: int, links: Links) -> float:
     """All-to-all over n GPUs, each sending `bytes_per_gpu` spread evenly over all n (module
-    docstring); the group's GPUs fill whole domains from the first."""
+    docstring). The group fills whole domains from the first; a GPU of a partly filled last domain
+    has fewer peers near it and sends more over the scale-out network, so the slowest GPU is
+    either one of a full domain (more bytes over NVLink) or one of the last (more over scale-out)."""
     if n <= 1 or bytes_per_gpu <= 0.0:
         return 0.0
-    in_domain = min(n, links.domain)
-    near = bytes_per_gpu * (in_domain - 1) / n
-    far = bytes_per_gpu * (n - in_domain) / n
+    full = min(n, links.domain)
+    sizes = {full, n % full or full}          # sizes of the domains the group spans
+    return max(_a2a_from_domain(bytes_per_gpu, n, s, links) for s in sizes)
+
+
+def _a2a_from_domain(bytes_per_gpu: float, n: int, domain_gpus: int, links: Links) -> float:
+    """All-to-all time of a GPU whose domain holds `domain_gpus` of the group: its NVLink and
+    scale-out shares move at the same time."""
+    near = bytes_per_gpu * (domain_gpus - 1) / n
+    far = bytes_per_gpu * (n - domain_gpus) / n
     t_near = near / links.scale_up_b_s + links.step_latency_s if near > 0 else 0.0
     t_far = far / links.scale_out_b_s + links.step_latency_s + links.scale_out_latency_s if far > 0 else 0.0
     return max(t_near, t_far)
