@@ -218,3 +218,79 @@ def test_cli_runs_an_expert_parallel_scenario(tmp_path):
     again = subprocess.run([sys.executable, str(ROOT / "run.py"), str(out / "scenario.resolved.yaml"), "--out",
                             str(tmp_path / "again"), "--quiet"], capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0, again.stderr
+
+
+# ---- attention ranks sharing expert layers (the pricing the multi-rank engine will use) -----------
+
+def ranked(par: dict, gpu: str = "h200"):
+    from sim.perf import PerfCfg, RooflineStepModel
+    from sim.perf.ranks import RankedRoofline
+
+    layout = Parallelism(**par)
+    rank = RooflineStepModel(R1, gpu_catalog()[gpu], layout.tp, "fp8", "fp8", "fp8", PerfCfg())
+    return RankedRoofline(rank, layout, "fp8", "fp8"), rank
+
+
+def decode(seqs: int, ctx_per_seq: float = 2000.0):
+    from sim.perf import decode_shape
+
+    return decode_shape(seqs, seqs * ctx_per_seq)
+
+
+def test_one_rank_prices_what_the_plain_roofline_prices():
+    from sim.perf import Chunk, StepShape
+
+    one, plain = ranked({"tp": 8})
+    for shape in (decode(1), decode(64), StepShape(16, 16 * 3000.0, 1, (Chunk(0, 2048, True),))):
+        assert one.iteration_s([shape]) == pytest.approx(plain.iteration_s(shape), rel=1e-12)
+        assert one.breakdown([shape]).all_to_all_s == 0.0
+
+
+def test_the_step_waits_for_the_slowest_rank_and_ignores_their_order():
+    dep8, _ = ranked({"tp": 1, "dp_attention": 8, "ep": 8})
+    even = [decode(16) for _ in range(8)]
+    uneven = [decode(64)] + [decode(0) for _ in range(5)] + [decode(32), decode(32)]
+    t = dep8.iteration_s(uneven)
+    for perm in (uneven[::-1], uneven[3:] + uneven[:3]):
+        assert dep8.iteration_s(perm) == t
+    # the same 128 sequences spread evenly take less time: uneven batches cost the ranks' wait
+    assert dep8.iteration_s(even) < t
+    assert dep8.breakdown(uneven).slowest_rank == 0
+    # an idle rank still computes its experts for the others' tokens: never cheaper than all idle
+    assert dep8.iteration_s([decode(0)] * 8) < dep8.iteration_s([decode(1)] + [decode(0)] * 7)
+
+
+def test_dep_beats_tp_when_the_latent_kv_dominates_and_loses_at_small_batches():
+    # MLA's latent is replicated over a TP group: TP8 reads every sequence's KV on every GPU,
+    # DEP8 only its rank's; but DEP8 reads all non-expert weights on every GPU
+    dep8, _ = ranked({"tp": 1, "dp_attention": 8, "ep": 8, "expert_imbalance": 1.0})
+    tp8, _ = ranked({"tp": 8})
+    assert dep8.iteration_s([decode(64, 4000.0)] * 8) < tp8.iteration_s([decode(512, 4000.0)])
+    assert dep8.iteration_s([decode(1)] * 8) > tp8.iteration_s([decode(8)])
+
+
+def test_all_to_all_crosses_the_scale_out_network_beyond_the_domain():
+    dep8, _ = ranked({"tp": 1, "dp_attention": 8, "ep": 8})
+    dep16, _ = ranked({"tp": 1, "dp_attention": 16, "ep": 16})
+    per_rank = [64.0] * 8
+    a8 = dep8.all_to_all_s(per_rank)
+    a16 = dep16.all_to_all_s(per_rank * 2)
+    assert a16 > a8 > 0.0
+    # in the bandwidth-bound limit: bytes over NVLink at comm_efficiency (8 GPUs, one domain)
+    big = [1e6] * 8
+    rk = dep8.rank
+    copies = dep8.imbalance * 8e6 * 8 / 8        # routed copies (top-8) the busiest of 8 GPUs receives
+    want = R1.moe_layers * copies * dep8.a2a_bytes_per_copy * 7 / 8 / rk.links.scale_up_b_s
+    assert dep8.all_to_all_s(big) == pytest.approx(want, rel=1e-3)
+
+
+def test_two_batch_overlap_hides_the_all_to_all_behind_compute_at_a_price():
+    plain, _ = ranked({"tp": 1, "dp_attention": 16, "ep": 16})
+    tbo, _ = ranked({"tp": 1, "dp_attention": 16, "ep": 16, "two_batch_overlap": True})
+    big = [decode(128) for _ in range(16)]
+    b = plain.breakdown(big)
+    assert b.all_to_all_s > 0
+    assert tbo.iteration_s(big) < plain.iteration_s(big)
+    # a lone small batch: nothing to hide, and the weights are read twice
+    small = [decode(1)] + [decode(0)] * 15
+    assert tbo.iteration_s(small) > plain.iteration_s(small)

@@ -256,12 +256,20 @@ class RooflineStepModel:
         half = self.cfg.gemm_half_tokens
         if pure or half <= 0.0:
             return tokens * (self.dense_flops_per_token + self.expert_flops_per_token)
-        flops = tokens * self.dense_flops_per_token / gemm_efficiency(tokens, half)
+        flops = self.dense_gemm_flops(tokens)
         moe = self.model.moe
         if moe is not None:
             per_expert = tokens_per_expert(tokens, moe.experts, moe.experts_per_token)
             flops += tokens * self.expert_flops_per_token / gemm_efficiency(per_expert, half)
         return flops
+
+    def dense_gemm_flops(self, tokens: int, pure: bool = False) -> float:
+        """The matmul FLOPs of everything but the routed experts over `tokens` tokens, at their
+        GEMM efficiency (`pure`: alone)."""
+        if tokens <= 0:
+            return 0.0
+        half = 0.0 if pure else self.cfg.gemm_half_tokens
+        return tokens * self.dense_flops_per_token / gemm_efficiency(tokens, half)
 
     def _lm_flops(self, samples: int, pure: bool = False) -> float:
         """LM-head FLOPs for `samples` sampled positions, at the GEMM's efficiency (`pure`: alone)."""
@@ -399,13 +407,10 @@ class RooflineStepModel:
         """The terms of one iteration's time: the step takes max(compute, memory) + the rest."""
         return self._priced(shape)[0]
 
-    def _priced(self, shape: StepShape) -> tuple[StepBreakdown, float]:
-        """The iteration's breakdown and its utilization-seconds, from one pass over its work."""
-        seqs, q, chunks, draft = shape.decode_seqs, shape.query_tokens_per_seq, shape.chunks, shape.draft
-        draft_s = draft_util_s = 0.0
-        if draft is not None and draft.passes > 0 and seqs:
-            draft_s = draft.passes * self.draft_pass(seqs, draft.layer_share).step_s(shape.decode_ctx_sum)
-            draft_util_s = draft.passes * self.draft_pass(seqs, draft.layer_share, pure=True).step_s(shape.decode_ctx_sum)
+    def shape_work(self, shape: StepShape) -> tuple[int, int, float, float]:
+        """(tokens, sampled positions, attended (query, key) pairs over the layers, KV and
+        activation bytes) of one iteration: the work that does not depend on the weights."""
+        seqs, q, chunks = shape.decode_seqs, shape.query_tokens_per_seq, shape.chunks
         w = self.window
         tokens = seqs * q
         samples = seqs * q
@@ -422,10 +427,19 @@ class RooflineStepModel:
             if w:
                 pairs_sl += ch.new * min(end, w)
                 read_sl += min(end, w)
-        mem = (self.weight_bytes(tokens)
-               + tokens * (self.model.layers * self.kv_layer_bytes + self.act_bytes_per_token)
-               + self.kv_layer_bytes * (self.full_layers * read_full + self.sliding_layers * read_sl))
-        pairs = self.full_layers * pairs_full + self.sliding_layers * pairs_sl
+        kv_act_bytes = (tokens * (self.model.layers * self.kv_layer_bytes + self.act_bytes_per_token)
+                        + self.kv_layer_bytes * (self.full_layers * read_full + self.sliding_layers * read_sl))
+        return tokens, samples, self.full_layers * pairs_full + self.sliding_layers * pairs_sl, kv_act_bytes
+
+    def _priced(self, shape: StepShape) -> tuple[StepBreakdown, float]:
+        """The iteration's breakdown and its utilization-seconds, from one pass over its work."""
+        seqs, chunks, draft = shape.decode_seqs, shape.chunks, shape.draft
+        draft_s = draft_util_s = 0.0
+        if draft is not None and draft.passes > 0 and seqs:
+            draft_s = draft.passes * self.draft_pass(seqs, draft.layer_share).step_s(shape.decode_ctx_sum)
+            draft_util_s = draft.passes * self.draft_pass(seqs, draft.layer_share, pure=True).step_s(shape.decode_ctx_sum)
+        tokens, samples, pairs, kv_act_bytes = self.shape_work(shape)
+        mem = self.weight_bytes(tokens) + kv_act_bytes
         attn = self.attn_flops_eq_per_pair * pairs
         cmp = self._gemm_flops(tokens) + self._lm_flops(samples) + attn
         cmp_pure = (self._gemm_flops(tokens, pure=True) + self._lm_flops(samples, pure=True)

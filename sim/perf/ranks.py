@@ -1,0 +1,140 @@
+"""Step time of a replica whose attention ranks share its expert layers (attention data
+parallelism with expert parallelism, "DEP"): the pricing the multi-rank engine will use.
+
+A replica stage of d = dp_attention ranks of tp GPUs each (sim/parallelism.py). In a step, rank r
+runs attention and the dense layers on its own batch (T_r tokens, its own KV) on its tp GPUs;
+then every rank's tokens pass through the expert layers together: each routed token copy is
+dispatched to its expert's GPU (all-to-all), computed there and combined back (all-to-all). Each
+MoE layer is a barrier, so the step waits for the slowest rank, and a rank with no requests still
+computes the experts it holds for everyone else's tokens (SGLang's idle batches). Per GPU of
+rank r, with T = sum of T_r:
+
+    bytes_r = rank-local bytes (non-expert weights / tp, the rank's KV read and written, its
+              activations: roofline.RooflineStepModel.shape_work) + the busiest expert shard's
+              weights (the experts it holds that the T tokens touch, imbalance applied)
+    FLOPs_r = rank-local FLOPs (dense GEMMs over T_r, LM head, attention) + the busiest shard's
+              expert FLOPs: imbalance x T x k x 2 expert params / (tp x d), at the GEMM efficiency
+              of the tokens each expert receives
+    GPU_r   = max(FLOPs_r / F, bytes_r / BW)               (the roofline, per GPU)
+    AR_r    = the rank's tensor-parallel all-reduces over its T_r tokens (two per layer, as in the
+              plain roofline; none at tp = 1, DEP's usual form)
+    A2A     = per MoE layer, dispatch (hidden x `dispatch_bytes` per routed copy: 1.03 B in FP8 with
+              its scales, as DeepEP sends, where the GEMMs run in FP8 or FP4, else 2 B) and combine
+              (hidden x 2 B, BF16): the busiest GPU's bytes, the larger of what its rank sends and
+              what its shard receives, over comm.all_to_all_s
+    step    = max_r (GPU_r + AR_r) + A2A + fixed          (fixed: overheads, per-layer costs)
+
+Two-batch overlap (SGLang and DeepSeek) splits the step into two halves so that each half's
+all-to-all runs under the other half's compute: the weights are then read once per half (one more
+read per step), and step = max(max_r (GPU_r + one more weight read + AR_r), A2A) + fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from sim.catalog import BYTES_PER_ELEMENT
+from sim.parallelism import Parallelism
+from sim.perf.comm import all_to_all_s
+from sim.perf.efficiency import experts_touched, gemm_efficiency, tokens_per_expert
+from sim.perf.roofline import RooflineStepModel
+from sim.perf.shape import StepShape
+
+#: Bytes per element of a dispatched hidden state in FP8 (DeepEP: FP8 values plus one FP32 scale
+#: per 128 channels, 1 + 4 / 128) and of a combined one (BF16).
+FP8_DISPATCH_BYTES = 1.0 + 4.0 / 128.0
+COMBINE_BYTES = 2.0
+
+
+class RankedBreakdown(NamedTuple):
+    """One step of a multi-rank replica in parts (seconds): the slowest rank's compute and memory
+    sides (the larger is its GPU time), its all-reduce, the all-to-all, the fixed rest."""
+
+    step_s: float
+    compute_s: float
+    memory_s: float
+    allreduce_s: float
+    all_to_all_s: float
+    overhead_s: float
+    slowest_rank: int
+
+
+class RankedRoofline:
+    """The step time of d attention ranks sharing expert layers (module docstring). `rank` is the
+    roofline of one rank's tp GPUs (its non-expert terms are used); the experts are priced here
+    over the whole stage."""
+
+    def __init__(self, rank: RooflineStepModel, par: Parallelism, weights: str, compute: str) -> None:
+        m = rank.model
+        if m.moe is None:
+            raise ValueError(f"{m.name} has no experts to share between attention ranks")
+        self.rank, self.par = rank, par
+        self.experts, self.k = m.moe.experts, m.moe.experts_per_token
+        self.moe_layers = m.moe_layers
+        self.imbalance = par.imbalance()
+        self.stage_gpus = par.stage_gpus
+        # the busiest shard: experts / ep of its own, each split over moe_tp GPUs
+        self.shard_experts = self.experts / par.ep
+        self.expert_bytes = m.expert_params * BYTES_PER_ELEMENT[weights] / par.moe_tp
+        self.expert_flops_per_token = 2.0 * m.moe_layers * self.k * m.expert_params / par.stage_gpus
+        dispatch = FP8_DISPATCH_BYTES if compute in ("fp8", "fp4") else 2.0
+        self.a2a_bytes_per_copy = m.hidden * (dispatch + COMBINE_BYTES)
+        self.overlap = par.two_batch_overlap
+
+    # ---- the shared expert layers ----------------------------------------------------------------
+    def expert_bytes_read(self, total_tokens: float) -> float:
+        """Expert weight bytes the busiest shard reads in a step over `total_tokens` tokens."""
+        touched = experts_touched(total_tokens, self.experts, self.k) / self.par.ep * self.imbalance
+        return self.moe_layers * min(self.shard_experts, touched) * self.expert_bytes
+
+    def expert_flops(self, total_tokens: float, pure: bool = False) -> float:
+        """Expert FLOPs of the busiest GPU, at the GEMM efficiency of the tokens per expert."""
+        if total_tokens <= 0:
+            return 0.0
+        flops = self.imbalance * total_tokens * self.expert_flops_per_token
+        if pure:
+            return flops
+        per_expert = tokens_per_expert(total_tokens, self.experts, self.k)
+        return flops / gemm_efficiency(per_expert, self.rank.cfg.gemm_half_tokens)
+
+    def all_to_all_s(self, rank_tokens: Sequence[float]) -> float:
+        """Dispatch and combine over all MoE layers: the busiest GPU's bytes (what its rank sends,
+        split over the rank's tp GPUs, or what its shard receives, whichever is larger)."""
+        total = sum(rank_tokens)
+        if total <= 0 or self.par.dp_attention <= 1:
+            return 0.0          # one rank: every GPU has every token, the experts' sum is an all-reduce
+        sent = max(rank_tokens) / self.par.tp * self.k
+        received = self.imbalance * total * self.k / self.stage_gpus
+        per_layer = all_to_all_s(max(sent, received) * self.a2a_bytes_per_copy, self.stage_gpus, self.rank.links)
+        return self.moe_layers * per_layer
+
+    # ---- a step --------------------------------------------------------------------------------------
+    def breakdown(self, shapes: Sequence[StepShape]) -> RankedBreakdown:
+        """One step of the ranks' batches (one StepShape per rank, empty for an idle rank)."""
+        rk = self.rank
+        if any(s.draft is not None for s in shapes):
+            raise ValueError("speculative decoding with attention data parallelism is not priced yet")
+        work = [rk.shape_work(s) for s in shapes]
+        total = float(sum(w[0] for w in work))
+        exp_bytes = self.expert_bytes_read(total) if total else 0.0
+        exp_flops = self.expert_flops(total)
+        extra_read = rk.base_weight_bytes + exp_bytes if self.overlap else 0.0
+        best = (-1.0, 0.0, 0.0, 0.0, -1)
+        for i, (tokens, samples, pairs, kv_act) in enumerate(work):
+            cmp = rk.dense_gemm_flops(tokens) + rk._lm_flops(samples) + rk.attn_flops_eq_per_pair * pairs + exp_flops
+            mem = rk.base_weight_bytes + exp_bytes + kv_act + extra_read + rk.half_bytes
+            compute_s, memory_s = cmp / rk.flops_per_s, mem / rk.bytes_per_s
+            ar_s = rk._comm_s(tokens)
+            t = max(compute_s, memory_s) + ar_s
+            if t > best[0]:
+                best = (t, compute_s, memory_s, ar_s, i)
+        gpu_s, compute_s, memory_s, ar_s, slowest = best
+        a2a_s = self.all_to_all_s([w[0] for w in work])
+        seqs = max(s.sequences for s in shapes)
+        overhead_s = rk._overhead_s(seqs) + rk.layer_fixed_s
+        body_s = max(gpu_s, a2a_s) if self.overlap else gpu_s + a2a_s
+        return RankedBreakdown(body_s + overhead_s, compute_s, memory_s, ar_s, a2a_s, overhead_s, slowest)
+
+    def iteration_s(self, shapes: Sequence[StepShape]) -> float:
+        return self.breakdown(shapes).step_s
