@@ -280,8 +280,57 @@ def test_all_to_all_crosses_the_scale_out_network_beyond_the_domain():
     big = [1e6] * 8
     rk = dep8.rank
     copies = dep8.imbalance * 8e6 * 8 / 8        # routed copies (top-8) the busiest of 8 GPUs receives
-    want = R1.moe_layers * copies * dep8.a2a_bytes_per_copy * 7 / 8 / rk.links.scale_up_b_s
+    # dispatch in FP8 with FP32 scales per 128 values (1.03125 B), combine in BF16 (2 B)
+    want = R1.moe_layers * copies * R1.hidden * (1.03125 + 2.0) * 7 / 8 / rk.links.scale_up_b_s
     assert dep8.all_to_all_s(big) == pytest.approx(want, rel=1e-3)
+
+
+def test_ranked_pricing_details():
+    from sim.perf import PerfCfg, RooflineStepModel
+    from sim.perf.ranks import RankedRoofline
+
+    h200 = gpu_catalog()["h200"]
+
+    def build(par: dict, compute: str = "fp8"):
+        layout = Parallelism(**par)
+        gpu = gpu_catalog()["b200"] if compute == "fp4" else h200
+        return RankedRoofline(RooflineStepModel(R1, gpu, layout.tp, "fp8", "fp8", compute, PerfCfg()),
+                              layout, "fp8", compute)
+
+    dep = {"tp": 1, "dp_attention": 8, "ep": 8}
+    # the busiest shard's expert FLOPs scale with the imbalance
+    even, skew = build({**dep, "expert_imbalance": 1.0}), build({**dep, "expert_imbalance": 2.0})
+    assert skew.expert_flops(1000.0, pure=True) == pytest.approx(2 * even.expert_flops(1000.0, pure=True))
+    # dispatch bytes follow the GEMMs' precision: FP8 with scales, NVFP4, else BF16
+    assert build(dep).dispatch_bytes_per_copy == R1.hidden * 1.03125
+    assert build(dep, "fp4").dispatch_bytes_per_copy == R1.hidden * 0.5625
+    assert build(dep, "bf16").dispatch_bytes_per_copy == R1.hidden * 2.0
+    # experts split over 8 GPUs each (tp 8 x dp 2 over ep 2): every GPU of a shard receives its
+    # tokens whole, imbalance x T x k / ep copies
+    wide = build({"tp": 8, "dp_attention": 2, "ep": 2, "expert_imbalance": 1.0})
+    links = wide.rank.links._replace(step_latency_s=0.0, scale_out_latency_s=0.0)
+    wide.rank.links = links
+    from sim.perf.comm import all_to_all_s as a2a
+    copies = 2 * 1000.0 * 8 / 2
+    want = R1.moe_layers * (a2a(copies * R1.hidden * 1.03125, 16, links) + a2a(copies * R1.hidden * 2.0, 16, links))
+    assert wide.all_to_all_s([1000.0, 1000.0]) == pytest.approx(want)
+    # with ranks, a MoE layer's output returns by the combine: all-reduces after attention in every
+    # layer and after the dense layers' MLPs only
+    tp2 = build({"tp": 2, "dp_attention": 4, "ep": 8})
+    b = tp2.breakdown([decode(16)] * 4)
+    share = (R1.layers + R1.dense_layers) / (2 * R1.layers)
+    assert b.allreduce_s == pytest.approx(tp2.rank._comm_s(16) * share)
+    # the fixed part: the overheads of the rank with the most sequences, and the per-layer costs
+    ranks = [decode(4), decode(12), decode(0), decode(1)]
+    assert tp2.breakdown(ranks).overhead_s == pytest.approx(tp2.rank._overhead_s(12) + tp2.rank.layer_fixed_s)
+    # two-batch overlap reads every weight once more, experts included, on the memory side
+    plain, tbo = build(dep), build({**dep, "two_batch_overlap": True})
+    shapes = [decode(32)] * 8
+    extra = plain.rank.base_weight_bytes + plain.expert_bytes_read(32 * 8)
+    assert tbo.breakdown(shapes).memory_s == pytest.approx(plain.breakdown(shapes).memory_s
+                                                           + extra / plain.rank.bytes_per_s)
+    with pytest.raises(ValueError, match="tp=8, the layout tp=1"):
+        RankedRoofline(RooflineStepModel(R1, h200, 8, "fp8", "fp8", "fp8", PerfCfg()), Parallelism(**dep), "fp8", "fp8")
 
 
 def test_two_batch_overlap_hides_the_all_to_all_behind_compute_at_a_price():

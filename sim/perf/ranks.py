@@ -16,17 +16,27 @@ rank r, with T = sum of T_r:
               expert FLOPs: imbalance x T x k x 2 expert params / (tp x d), at the GEMM efficiency
               of the tokens each expert receives
     GPU_r   = max(FLOPs_r / F, bytes_r / BW)               (the roofline, per GPU)
-    AR_r    = the rank's tensor-parallel all-reduces over its T_r tokens (two per layer, as in the
-              plain roofline; none at tp = 1, DEP's usual form)
-    A2A     = per MoE layer, dispatch (hidden x `dispatch_bytes` per routed copy: 1.03 B in FP8 with
-              its scales, as DeepEP sends, where the GEMMs run in FP8 or FP4, else 2 B) and combine
-              (hidden x 2 B, BF16): the busiest GPU's bytes, the larger of what its rank sends and
-              what its shard receives, over comm.all_to_all_s
+    AR_r    = the rank's tensor-parallel all-reduces over its T_r tokens: after attention in every
+              layer and after the MLP of the dense layers (a MoE layer's output comes back through
+              the combine instead); none at tp = 1, DEP's usual form
+    A2A     = per MoE layer, dispatch (hidden x bytes per routed copy: FP8 with one FP32 scale per
+              128 values, 1.03 B, as DeepEP sends, where the GEMMs run in FP8; NVFP4, 0.5625 B, as
+              TensorRT-LLM sends, where they run in FP4; else BF16) and then combine (hidden x 2 B,
+              BF16), each over comm.all_to_all_s with the busiest GPU's bytes: the larger of what
+              its rank sends (its tokens split over its tp GPUs, k copies each) and what its shard
+              receives (every GPU of an expert shard gets the shard's tokens whole:
+              imbalance x T x k / ep copies)
     step    = max_r (GPU_r + AR_r) + A2A + fixed          (fixed: overheads, per-layer costs)
 
+Copies are counted per routed expert, as DeepEP's low-latency (decode) kernels send them; its
+normal (prefill) kernels send a token once per destination GPU, so prefill all-to-all is
+overstated by up to k / (GPUs a token reaches), about 1.5 for DeepSeek-R1 on 8 GPUs.
+
 Two-batch overlap (SGLang and DeepSeek) splits the step into two halves so that each half's
-all-to-all runs under the other half's compute: the weights are then read once per half (one more
-read per step), and step = max(max_r (GPU_r + one more weight read + AR_r), A2A) + fixed.
+all-to-all runs under the other half's compute: the weights are then read once per half, one more
+read per step on the memory side of each rank's roofline (hidden when the rank is compute-bound),
+and step = max(max_r (GPU_r with that read + AR_r), A2A) + fixed. The halves' GEMMs are priced at
+the whole step's token counts.
 """
 
 from __future__ import annotations
@@ -44,7 +54,10 @@ from sim.perf.shape import StepShape
 #: Bytes per element of a dispatched hidden state in FP8 (DeepEP: FP8 values plus one FP32 scale
 #: per 128 channels, 1 + 4 / 128) and of a combined one (BF16).
 FP8_DISPATCH_BYTES = 1.0 + 4.0 / 128.0
+#: NVFP4: half a byte per value and one FP8 scale per 16 (TensorRT-LLM's FP4 dispatch).
+FP4_DISPATCH_BYTES = 0.5 + 1.0 / 16.0
 COMBINE_BYTES = 2.0
+DISPATCH_BYTES = {"fp8": FP8_DISPATCH_BYTES, "fp4": FP4_DISPATCH_BYTES}
 
 
 class RankedBreakdown(NamedTuple):
@@ -69,6 +82,8 @@ class RankedRoofline:
         m = rank.model
         if m.moe is None:
             raise ValueError(f"{m.name} has no experts to share between attention ranks")
+        if rank.tp != par.tp:
+            raise ValueError(f"the rank's roofline has tp={rank.tp}, the layout tp={par.tp}")
         self.rank, self.par = rank, par
         self.experts, self.k = m.moe.experts, m.moe.experts_per_token
         self.moe_layers = m.moe_layers
@@ -78,9 +93,11 @@ class RankedRoofline:
         self.shard_experts = self.experts / par.ep
         self.expert_bytes = m.expert_params * BYTES_PER_ELEMENT[weights] / par.moe_tp
         self.expert_flops_per_token = 2.0 * m.moe_layers * self.k * m.expert_params / par.stage_gpus
-        dispatch = FP8_DISPATCH_BYTES if compute in ("fp8", "fp4") else 2.0
-        self.a2a_bytes_per_copy = m.hidden * (dispatch + COMBINE_BYTES)
+        self.dispatch_bytes_per_copy = m.hidden * DISPATCH_BYTES.get(compute, 2.0)
+        self.combine_bytes_per_copy = m.hidden * COMBINE_BYTES
         self.overlap = par.two_batch_overlap
+        # With attention ranks, the MoE layers' outputs return by the combine, not an all-reduce.
+        self.allreduce_share = (m.layers + m.dense_layers) / (2 * m.layers) if par.dp_attention > 1 else 1.0
 
     # ---- the shared expert layers ----------------------------------------------------------------
     def expert_bytes_read(self, total_tokens: float) -> float:
@@ -105,8 +122,10 @@ class RankedRoofline:
         if total <= 0 or self.par.dp_attention <= 1:
             return 0.0          # one rank: every GPU has every token, the experts' sum is an all-reduce
         sent = max(rank_tokens) / self.par.tp * self.k
-        received = self.imbalance * total * self.k / self.stage_gpus
-        per_layer = all_to_all_s(max(sent, received) * self.a2a_bytes_per_copy, self.stage_gpus, self.rank.links)
+        received = self.imbalance * total * self.k / self.par.ep
+        copies, links = max(sent, received), self.rank.links
+        per_layer = (all_to_all_s(copies * self.dispatch_bytes_per_copy, self.stage_gpus, links)
+                     + all_to_all_s(copies * self.combine_bytes_per_copy, self.stage_gpus, links))
         return self.moe_layers * per_layer
 
     # ---- a step --------------------------------------------------------------------------------------
@@ -125,7 +144,7 @@ class RankedRoofline:
             cmp = rk.dense_gemm_flops(tokens) + rk._lm_flops(samples) + rk.attn_flops_eq_per_pair * pairs + exp_flops
             mem = rk.base_weight_bytes + exp_bytes + kv_act + extra_read + rk.half_bytes
             compute_s, memory_s = cmp / rk.flops_per_s, mem / rk.bytes_per_s
-            ar_s = rk._comm_s(tokens)
+            ar_s = rk._comm_s(tokens) * self.allreduce_share
             t = max(compute_s, memory_s) + ar_s
             if t > best[0]:
                 best = (t, compute_s, memory_s, ar_s, i)
