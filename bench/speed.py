@@ -1,12 +1,15 @@
 """Speed benchmark: simulate 100,000 requests (Azure-conversation lengths) across 8 replicas of
 Llama-3.1-8B on H100 and print wall time, simulated requests per wall second and peak memory.
 
-    python bench/speed.py [--requests 100000] [--rate 60] [--no-jumps] [--speculative]
+    python bench/speed.py [--requests 100000] [--rate 60] [--no-jumps] [--speculative] [--dep72]
 
 Arrivals are Poisson at --rate requests/s; prompt and output lengths are resampled from the
 bundled Azure LLM inference 2023 conversation trace. Single process, single core.
 `--speculative` adds EAGLE-style speculative decoding (k = 3 drafts, per-token acceptance 0.7,
-each request's accepted lengths drawn from its own stream).
+each request's accepted lengths drawn from its own stream). `--dep72` instead simulates one 72-GPU
+DEP replica of DeepSeek-R1 in FP4 on a GB300 NVL72 rack (72 attention ranks sharing EP72 experts
+with 32 redundant slots, two-batch overlap), Poisson at --rate (default 100/s here) with the same
+trace lengths.
 """
 
 from __future__ import annotations
@@ -48,14 +51,28 @@ def scenario(requests: int, rate_per_s: float, speculative: bool = False) -> dic
     }
 
 
+def dep72_scenario(requests: int, rate_per_s: float) -> dict:
+    d = scenario(requests, rate_per_s)
+    d.update({"name": "bench-speed-dep72", "model": "deepseek-r1", "hardware": {"gpu": "gb300"}})
+    d["serving"] = {"precision": {"weights": "fp4", "kv_cache": "fp8", "compute": "fp4"}, "replicas": 1,
+                    "parallelism": {"tp": 1, "dp_attention": 72, "ep": 72, "redundant_experts": 32,
+                                    "two_batch_overlap": True},
+                    "batching": {"max_num_seqs": 128, "max_num_batched_tokens": 2048}}
+    return d
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=100_000)
-    ap.add_argument("--rate", type=float, default=60.0, help="arrival rate, requests/s")
+    ap.add_argument("--rate", type=float, default=None, help="arrival rate, requests/s (60; 100 with --dep72)")
     ap.add_argument("--no-jumps", action="store_true", help="one event per decode step (reference mode)")
     ap.add_argument("--speculative", action="store_true", help="EAGLE speculative decoding, k = 3, acceptance 0.7")
+    ap.add_argument("--dep72", action="store_true", help="one DEP72 replica of DeepSeek-R1 on a GB300 NVL72 rack")
     args = ap.parse_args()
-    sc = scenario_from_dict(scenario(args.requests, args.rate, args.speculative))
+    if args.dep72:
+        sc = scenario_from_dict(dep72_scenario(args.requests, args.rate or 100.0))
+    else:
+        sc = scenario_from_dict(scenario(args.requests, args.rate or 60.0, args.speculative))
     t0 = time.perf_counter()
     sim = build(sc, allow_jumps=not args.no_jumps)
     res = execute(sim)

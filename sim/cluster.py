@@ -27,12 +27,14 @@ import simpy
 from sim.catalog import GpuSpec
 from sim.engine.kv_cache import KvCache
 from sim.engine.kv_integral import block_seconds
+from sim.engine.ranked_replica import RankedReplica
 from sim.engine.replica import Replica
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits
 from sim.engine.spec_runs import concatenated
 from sim.memory import MemoryPlan
 from sim.metrics.records import IterLog, LevelLog, LifecycleRecord
+from sim.perf.ranks import RankedRoofline
 from sim.perf.shape import StepModel
 from sim.power import decode_runs_utilization_s
 from sim.speculation import Speculation
@@ -53,6 +55,8 @@ class ReplicaSpec:
     watermark_fraction: float
     host_link_bytes_per_s: float
     speculation: Speculation | None = None   # speculative decoding on these replicas
+    ranked: RankedRoofline | None = None     # attention ranks sharing expert layers (dp_attention > 1)
+    ranks: int = 1                           # attention ranks per replica, each with its own KV cache
 
     def kv_cache(self) -> KvCache:
         m = self.memory
@@ -62,7 +66,11 @@ class ReplicaSpec:
                        lookahead_tokens=self.speculation.k if self.speculation else 0)
 
 
-def pick_round_robin(replicas: Sequence[Replica], counter: int) -> int:
+#: A replica of either kind: one batch (Replica) or attention ranks stepping together (RankedReplica).
+AnyReplica = Replica | RankedReplica
+
+
+def pick_round_robin(replicas: Sequence[AnyReplica], counter: int) -> int:
     return counter % len(replicas)
 
 
@@ -71,22 +79,22 @@ def _argmin(loads: list[int]) -> int:
     return min(range(len(loads)), key=loads.__getitem__)
 
 
-def pick_least_outstanding(replicas: Sequence[Replica]) -> int:
-    return _argmin([r.scheduler.outstanding for r in replicas])
+def pick_least_outstanding(replicas: Sequence[AnyReplica]) -> int:
+    return _argmin([r.outstanding for r in replicas])
 
 
-def pick_least_kv_load(replicas: Sequence[Replica]) -> int:
+def pick_least_kv_load(replicas: Sequence[AnyReplica]) -> int:
     return _argmin([r.kv_load_tokens for r in replicas])
 
 
-ROUTERS: dict[str, Callable[[Sequence[Replica]], int]] = {
+ROUTERS: dict[str, Callable[[Sequence[AnyReplica]], int]] = {
     "least_outstanding": pick_least_outstanding,
     "least_kv_load": pick_least_kv_load,
 }
 
 
 class Cluster:
-    def __init__(self, env: simpy.Environment, replicas: list[Replica], router: str,
+    def __init__(self, env: simpy.Environment, replicas: list[AnyReplica], router: str,
                  lifecycle: list[LifecycleRecord] | None = None) -> None:
         self.env, self.replicas, self.router = env, replicas, router
         self.lifecycle = lifecycle if lifecycle is not None else []
@@ -98,14 +106,18 @@ class Cluster:
                    on_finish: Callable[[Request], None], records: IterLog, levels: LevelLog,
                    marks: Sequence[float] = (), allow_jumps: bool = True) -> Cluster:
         """Build every pool's replicas, provisioned and ready at time 0 for the whole run."""
-        replicas: list[Replica] = []
+        replicas: list[AnyReplica] = []
         lifecycle: list[LifecycleRecord] = []
         for spec in specs:
             for _ in range(spec.count):
                 i = len(replicas)
-                replicas.append(Replica(env, i, spec.step_model, spec.kv_cache(), spec.limits, on_finish=on_finish,
-                                        records=records, levels=levels, marks=marks, allow_jumps=allow_jumps,
-                                        speculation=spec.speculation))
+                if spec.ranked is not None:
+                    replicas.append(RankedReplica(env, i, spec.ranked, [spec.kv_cache() for _ in range(spec.ranks)],
+                                                  spec.limits, on_finish=on_finish, records=records, levels=levels))
+                else:
+                    replicas.append(Replica(env, i, spec.step_model, spec.kv_cache(), spec.limits, on_finish=on_finish,
+                                            records=records, levels=levels, marks=marks, allow_jumps=allow_jumps,
+                                            speculation=spec.speculation))
                 lifecycle.append(LifecycleRecord(i, spec.pool, spec.gpus_per_replica, 0.0, 0.0, float("inf"),
                                                  float("inf")))
         return cls(env, replicas, router, lifecycle)
@@ -114,20 +126,21 @@ class Cluster:
         """Store every request in the system's output tokens sampled so far in `attr` (at a
         boundary of the measurement window)."""
         for rep in self.replicas:
-            sched = rep.scheduler
-            ds = sched.decode_set
-            for r in sched.running.values():
-                setattr(r, attr, ds.generated(r) if r.in_decode else r.generated)
-            for r in sched.waiting:
-                setattr(r, attr, r.generated)
+            for sched in rep.schedulers():
+                ds = sched.decode_set
+                for r in sched.running.values():
+                    setattr(r, attr, ds.generated(r) if r.in_decode else r.generated)
+                for r in sched.waiting:
+                    setattr(r, attr, r.generated)
 
     def settle(self) -> None:
         """At the end of a run: bring the lazily advanced counts of decoding requests up to date."""
         for rep in self.replicas:
-            ds = rep.scheduler.decode_set
-            for r in rep.scheduler.running.values():
-                if r.in_decode:
-                    r.generated = ds.generated(r)
+            for sched in rep.schedulers():
+                ds = sched.decode_set
+                for r in sched.running.values():
+                    if r.in_decode:
+                        r.generated = ds.generated(r)
 
     def kv_block_seconds(self) -> tuple[np.ndarray, np.ndarray]:
         """(record indices, KV block-seconds) of every decode run, evaluated exactly."""
@@ -148,7 +161,7 @@ class Cluster:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
 
-    def route(self) -> Replica:
+    def route(self) -> AnyReplica:
         if self._pick is None:
             i = pick_round_robin(self.replicas, self._rr)
             self._rr += 1

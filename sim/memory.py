@@ -4,10 +4,10 @@
     KV blocks        = KV space / (KV bytes per token per GPU x block_tokens)
 
 GB are 1e9 bytes, as the catalog's `hbm_gb`. The layout (sim/parallelism.py) sets what a GPU
-holds. Weights per GPU: the routed experts split over all the stage's tp x dp_attention GPUs
-(experts / ep per shard, each over moe_tp GPUs), everything else (attention, dense MLPs, shared
-experts, routers, embeddings, LM head) split over the attention rank's tp GPUs and replicated
-across ranks; each over the largest pipeline stage's share of the layers. KV per token per GPU:
+holds. Weights per GPU: the routed experts (and their redundant copies) split over all the
+stage's tp x dp_attention GPUs (slots / ep per shard, each over moe_tp GPUs), everything else
+(attention, dense MLPs, shared experts, routers, embeddings, LM head) split over the attention
+rank's tp GPUs and replicated across ranks; each over the largest pipeline stage's share of the layers. KV per token per GPU:
 the rank's KV heads over its tp GPUs (MLA's latent is replicated on each of them; with
 dp_attention each rank holds only its own sequences' KV, so the replica holds dp_attention times
 the tokens), for the stage's layers. The blocks are per attention rank: every GPU of a rank holds
@@ -56,8 +56,9 @@ def weight_bytes_per_gpu(model: ModelSpec, par: Parallelism, weights: str) -> fl
     """Weight bytes one GPU of the largest pipeline stage holds (module docstring)."""
     m = model
     routed = m.moe_layers * m.moe.experts * m.expert_params if m.moe else 0
+    slots = m.moe_layers * par.expert_slots(m.moe.experts) * m.expert_params if m.moe else 0
     stage_share = par.stage_layers(m.layers) / m.layers
-    per_gpu = (m.params_total - routed) / par.tp + routed / par.stage_gpus
+    per_gpu = (m.params_total - routed) / par.tp + slots / par.stage_gpus
     return per_gpu * stage_share * BYTES_PER_ELEMENT[weights]
 
 

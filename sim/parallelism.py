@@ -11,7 +11,8 @@ DP-attention and wide-EP deployments, "DEP8" = dp_attention 8, ep 8, tp 1):
 * the stage's tp x dp_attention GPUs share its mixture-of-experts layers: the routed experts are
   split over ep GPUs (experts / ep each) and each expert's matrices over the moe_tp =
   tp x dp_attention / ep GPUs of an expert shard, so every GPU holds 1 / (tp x dp_attention) of
-  the routed experts however ep is chosen.
+  the routed experts however ep is chosen (times (experts + redundant_experts) / experts with
+  redundant copies of busy experts, as DeepSeek's EPLB places them).
 
 Tensor parallelism all-reduces the activations twice per layer, on the critical path of every
 layer, so a tensor-parallel group sits inside one scale-up domain (NVLink) unless the scenario says
@@ -49,6 +50,10 @@ class Parallelism(InputModel):
     expert_imbalance: float = Field(
         default=DEFAULT_EXPERT_IMBALANCE, ge=1.0, le=100.0,
         description="routed tokens on the busiest expert shard over the mean (ep > 1)")
+    redundant_experts: int = Field(
+        default=0, ge=0, le=100_000,
+        description="extra expert slots holding copies of busy experts (DeepSeek's EPLB): experts + "
+        "redundant_experts slots are split over the ep GPUs")
     two_batch_overlap: bool = Field(
         default=False, description="split each step into two micro-batches so that one's expert all-to-all "
         "overlaps the other's compute (SGLang's and DeepSeek's two-batch overlap)")
@@ -70,6 +75,10 @@ class Parallelism(InputModel):
     def moe_tp(self) -> int:
         """GPUs each expert's matrices are split over."""
         return self.stage_gpus // self.ep
+
+    def expert_slots(self, experts: int) -> int:
+        """Routed expert slots of a stage: every expert once, plus the redundant copies."""
+        return experts + self.redundant_experts
 
     def imbalance(self) -> float:
         """Busiest shard's routed tokens over the mean: 1 without expert parallelism."""
@@ -110,21 +119,26 @@ def check_layout(par: Parallelism, model: ModelSpec, gpu: GpuSpec) -> None:
         if par.stage_gpus % ep:
             raise ValueError(f"serving.parallelism.ep={ep} must divide tp x dp_attention = {par.stage_gpus} (the "
                              "GPUs of a stage, which share its expert layers)")
-        if moe.experts % ep:
-            raise ValueError(f"serving.parallelism.ep={ep} does not divide the model's {moe.experts} routed experts")
+        slots = par.expert_slots(moe.experts)
+        if slots % ep:
+            extra = f" + {par.redundant_experts} redundant" if par.redundant_experts else ""
+            raise ValueError(f"serving.parallelism.ep={ep} does not divide the model's {moe.experts}{extra} routed "
+                             "expert slots (redundant_experts adds slots, as DeepSeek's EPLB does)")
+    elif par.redundant_experts:
+        raise ValueError(f"serving.parallelism.redundant_experts={par.redundant_experts}: {model.name} has no experts")
+    if par.redundant_experts and ep == 1:
+        raise ValueError(f"serving.parallelism.redundant_experts={par.redundant_experts} needs expert parallelism "
+                         "(ep > 1): with ep = 1 every GPU already holds a slice of every expert")
     check_simulated(par)
 
 
 def check_simulated(par: Parallelism) -> None:
-    """Layouts the engine does not simulate yet (it runs one batch per replica; attention ranks that
-    step together and pipeline micro-batches come next): refused rather than silently ignored."""
-    if par.dp_attention > 1:
-        raise ValueError(f"serving.parallelism.dp_attention={par.dp_attention}: attention data parallelism is not "
-                         "simulated yet (a replica runs one batch); use tp with ep, or replicas")
+    """Layouts the engine does not simulate yet (pipeline micro-batches come next): refused rather
+    than silently ignored."""
     if par.pp > 1:
         raise ValueError(f"serving.parallelism.pp={par.pp}: pipeline parallelism is not simulated yet; use tp, "
                          "or replicas")
-    if par.two_batch_overlap:
-        raise ValueError("serving.parallelism.two_batch_overlap: overlaps the expert all-to-all of attention data "
-                         "parallelism, which is not simulated yet (with dp_attention 1 the experts' results are "
-                         "all-reduced as under tensor parallelism)")
+    if par.two_batch_overlap and par.dp_attention == 1:
+        raise ValueError("serving.parallelism.two_batch_overlap overlaps the expert all-to-all of attention ranks: "
+                         "it needs dp_attention > 1 (with one rank the experts' results are all-reduced as under "
+                         "tensor parallelism)")

@@ -21,8 +21,7 @@ import simpy
 
 from sim import cost as cost_mod
 from sim import metrics
-from sim.cluster import Cluster, ReplicaSpec
-from sim.engine.replica import Replica
+from sim.cluster import AnyReplica, Cluster, ReplicaSpec
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits
 from sim.memory import MemoryPlan
@@ -30,6 +29,7 @@ from sim.metrics import IterLog, LevelLog
 from sim.metrics.invariants import violations
 from sim.metrics.window import measurement_window
 from sim.perf import RooflineStepModel, TableStepModel, make_step_model
+from sim.perf.ranks import RankedRoofline
 from sim.scenario import ClosedLoop, Offline, Scenario
 from sim.speculation import speculation_for
 from sim.traffic import closed_loop_client, open_loop_source
@@ -39,11 +39,24 @@ from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams
 def step_model_for(sc: Scenario) -> RooflineStepModel | TableStepModel:
     """The scenario's step-time model: the roofline, or the measured table it names."""
     p, par = sc.serving.precision, sc.serving.parallelism
+    # With attention ranks this is one rank's roofline: the experts are priced over the stage by
+    # perf.ranks.RankedRoofline, not by it.
+    ranked = par.dp_attention > 1
     return make_step_model(sc.model, sc.hardware.gpu, par.tp, p.weights, p.kv_cache,
                            p.compute_precision, sc.perf, p.attention_precision(sc.hardware.gpu),
                            host_overlapped=sc.serving.batching.overlap_host_work,
                            draft_model=sc.speculative.draft_model if sc.speculative else None,
-                           ep=par.ep, expert_imbalance=par.imbalance())
+                           ep=1 if ranked else par.ep, expert_imbalance=1.0 if ranked else par.imbalance(),
+                           redundant_experts=0 if ranked else par.redundant_experts)
+
+
+def ranked_pricing_for(sc: Scenario, rank: RooflineStepModel | TableStepModel) -> RankedRoofline | None:
+    """The step pricing of attention ranks sharing expert layers, for dp_attention > 1."""
+    par, p = sc.serving.parallelism, sc.serving.precision
+    if par.dp_attention <= 1:
+        return None
+    assert isinstance(rank, RooflineStepModel), "validation refuses step tables with dp_attention"
+    return RankedRoofline(rank, par, p.weights, p.compute_precision)
 
 
 def replica_specs(sc: Scenario, seed: int | None = None) -> list[ReplicaSpec]:
@@ -57,8 +70,10 @@ def replica_specs(sc: Scenario, seed: int | None = None) -> list[ReplicaSpec]:
                          preemption=s.batching.preemption, max_context_tokens=sc.model.max_context_tokens,
                          admission=s.batching.admission,
                          mixed_prefill=not s.batching.chunked_prefill and s.batching.whole_prompts == "mixed")
+    step_model = step_model_for(sc)
     return [ReplicaSpec(pool="default", role="mixed", count=s.replicas, gpus_per_replica=s.parallelism.gpus,
-                        gpu=sc.hardware.gpu, step_model=step_model_for(sc), memory=sc.memory_plan(), limits=limits,
+                        gpu=sc.hardware.gpu, step_model=step_model, memory=sc.memory_plan(), limits=limits,
+                        ranked=ranked_pricing_for(sc, step_model), ranks=s.parallelism.dp_attention,
                         watermark_fraction=s.kv_cache.watermark_fraction,
                         host_link_bytes_per_s=sc.hardware.gpu.host_link_gb_s * 1e9,
                         speculation=speculation_for(sc.speculative, sc.model, sc.seed if seed is None else seed)
@@ -79,7 +94,7 @@ class Simulation:
     levels: LevelLog = field(default_factory=LevelLog)
 
     @property
-    def replicas(self) -> list[Replica]:
+    def replicas(self) -> list[AnyReplica]:
         return self.cluster.replicas
 
     @property
@@ -216,9 +231,11 @@ def execute(sim: Simulation, progress: Callable[[float], None] | None = None) ->
     req = metrics.requests_frame(sim.requests, sc, window)
     lv = metrics.levels_frame(sim.levels)
     life = metrics.lifecycle_frame(sim.cluster.lifecycle)
-    summary: dict[str, Any] = metrics.summarize(sc, req, it, lv, life, window, sim.memory.kv_blocks)
+    # Every attention rank holds its own KV blocks: a replica holds dp_attention times a GPU's plan.
+    ranks = sc.serving.parallelism.dp_attention
+    summary: dict[str, Any] = metrics.summarize(sc, req, it, lv, life, window, sim.memory.kv_blocks * ranks)
     summary.update(cost_mod.cost_summary(sc, summary))
-    broken = violations(summary, sc.serving.batching.max_num_seqs, int(req["output_tokens_in_window"].sum()))
+    broken = violations(summary, sc.serving.batching.max_num_seqs * ranks, int(req["output_tokens_in_window"].sum()))
     if broken:
         raise RuntimeError(f"internal error: scenario {sc.name!r}, seed {sim.seed} breaks the simulator's "
                            f"invariants ({'; '.join(broken)}); please report it with the scenario file")
@@ -228,8 +245,8 @@ def execute(sim: Simulation, progress: Callable[[float], None] | None = None) ->
         summary["step_table_extrapolation"] = "; ".join(
             f"{axis} asked {lo:,.0f}..{hi:,.0f}, table covers {sim.step_model.coverage.grid[axis][0]:,.0f}.."
             f"{sim.step_model.coverage.grid[axis][1]:,.0f}" for axis, (lo, hi) in ext.items())
-    summary["kv_blocks_per_replica"] = sim.memory.kv_blocks
-    summary["kv_capacity_tokens_per_replica"] = sim.memory.kv_capacity_tokens
+    summary["kv_blocks_per_replica"] = sim.memory.kv_blocks * ranks
+    summary["kv_capacity_tokens_per_replica"] = sim.memory.kv_capacity_tokens * ranks
     wall = time.perf_counter() - t_wall
     summary["sim_end_s"] = sim_end
     summary["wall_s"] = wall

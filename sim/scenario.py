@@ -421,6 +421,13 @@ class Scenario(_Frozen):
             raise ValueError(f"warmup_s ({self.warmup_s}) must be 0 with offline arrivals: every request arrives "
                              "at t = 0, so a warm-up would exclude them all; the window is the makespan")
         check_layout(s.parallelism, m, g)
+        if s.parallelism.dp_attention > 1:
+            if self.speculative is not None:
+                raise ValueError(f"speculative: with serving.parallelism.dp_attention={s.parallelism.dp_attention}, "
+                                 "speculative decoding is not simulated yet (its drafts are not priced across ranks)")
+            if self.perf.step_table is not None:
+                raise ValueError("perf.step_table: a measured step table prices one batch; it cannot price "
+                                 f"serving.parallelism.dp_attention={s.parallelism.dp_attention} ranks stepping together")
         p = s.precision
         if g.peak_flops(p.compute_precision) is None:
             raise ValueError(

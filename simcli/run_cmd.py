@@ -50,7 +50,7 @@ def print_summary(result: Result, out_dir: Path, console: Any) -> None:
 
     s = result.summary
     sc = result.scenario
-    t = Table(title=escape(f"{sc.name}: {sc.serving.replicas} x {sc.serving.parallelism.tp} {sc.hardware.gpu.name} "
+    t = Table(title=escape(f"{sc.name}: {sc.serving.replicas} x {sc.serving.parallelism.gpus} {sc.hardware.gpu.name} "
                            f"serving {sc.model.name} ({s['window']} window {s['window_start_s']:,.0f}-"
                            f"{s['window_end_s']:,.0f} s, seed {result.seed})"),
               show_header=True, header_style="bold")

@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, base_dict, step_model, step_s
@@ -75,12 +76,11 @@ def test_deepseek_r1_fp8_on_eight_h100_is_rejected_with_the_numbers():
 
 @pytest.mark.parametrize("par,message", [
     ({"tp": 8, "ep": 3}, r"ep=3 must divide tp x dp_attention = 8"),
-    ({"tp": 1, "dp_attention": 3, "ep": 3}, r"ep=3 does not divide the model's 256 routed experts"),
+    ({"tp": 1, "dp_attention": 3, "ep": 3}, r"ep=3 does not divide the model's 256 routed expert slots"),
     ({"tp": 16}, r"tp=16 exceeds the GPU's scale-up domain \(8 GPUs\); set serving.parallelism.tp_across_domains"),
     ({"pp": 62}, r"pp=62 exceeds the model's 61 layers"),
-    ({"tp": 1, "dp_attention": 8, "ep": 8}, r"dp_attention=8: attention data parallelism is not simulated yet"),
     ({"tp": 8, "pp": 2}, r"pp=2: pipeline parallelism is not simulated yet"),
-    ({"tp": 8, "two_batch_overlap": True}, r"two_batch_overlap"),
+    ({"tp": 8, "two_batch_overlap": True}, r"two_batch_overlap overlaps the expert all-to-all of attention ranks"),
     ({"tp": 8, "expert_imbalance": 0.9}, r"expert_imbalance"),
 ])
 def test_impossible_or_unsimulated_layouts_are_named(par, message):
@@ -96,13 +96,13 @@ def test_dense_models_refuse_expert_and_attention_data_parallelism():
 
 
 def test_cli_refuses_an_unsimulated_layout_with_exit_2(tmp_path):
-    path = tmp_path / "dep.yaml"
-    path.write_text(yaml.safe_dump(r1_dict(tp=1, dp_attention=8, ep=8)))
+    path = tmp_path / "pp.yaml"
+    path.write_text(yaml.safe_dump(r1_dict(tp=8, pp=2)))
     out = tmp_path / "out"
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), str(path), "--out", str(out)],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 2
-    assert "dp_attention=8" in p.stderr and "Traceback" not in p.stderr
+    assert "pp=2" in p.stderr and "Traceback" not in p.stderr
     assert not out.exists()
 
 
@@ -222,12 +222,12 @@ def test_cli_runs_an_expert_parallel_scenario(tmp_path):
 
 # ---- attention ranks sharing expert layers (the pricing the multi-rank engine will use) -----------
 
-def ranked(par: dict, gpu: str = "h200"):
+def ranked(par: dict, gpu: str = "h200", model: str = "deepseek-r1"):
     from sim.perf import PerfCfg, RooflineStepModel
     from sim.perf.ranks import RankedRoofline
 
     layout = Parallelism(**par)
-    rank = RooflineStepModel(R1, gpu_catalog()[gpu], layout.tp, "fp8", "fp8", "fp8", PerfCfg())
+    rank = RooflineStepModel(model_catalog()[model], gpu_catalog()[gpu], layout.tp, "fp8", "fp8", "fp8", PerfCfg())
     return RankedRoofline(rank, layout, "fp8", "fp8"), rank
 
 
@@ -343,3 +343,120 @@ def test_two_batch_overlap_hides_the_all_to_all_behind_compute_at_a_price():
     # a lone small batch: nothing to hide, and the weights are read twice
     small = [decode(1)] + [decode(0)] * 15
     assert tbo.iteration_s(small) > plain.iteration_s(small)
+
+
+# ---- the multi-rank engine (sim/engine/ranked_replica.py) ---------------------------------------------
+
+def dep_dict(ranks: int = 8, rate: float = 8.0, **over) -> dict:
+    """DeepSeek-R1 on 8 H200 (DEP8), or Mixtral-8x7B on fewer ranks (R1 needs 8 H200s)."""
+    d = r1_dict(tp=1, dp_attention=ranks, ep=ranks)
+    if ranks < 8:
+        d["model"] = "mixtral-8x7b"
+    d["workload"] = {"arrivals": {"kind": "poisson", "rate_per_s": rate},
+                     "input_tokens": {"kind": "lognormal", "mean": 1000, "cv": 0.5},
+                     "output_tokens": {"kind": "lognormal", "mean": 300, "cv": 0.5}}
+    d["duration_s"] = 40.0
+    d["warmup_s"] = 5.0
+    return deep(d, over)
+
+
+def deep(d: dict, over: dict) -> dict:
+    from conftest import deep_update
+
+    return deep_update(d, over)
+
+
+def test_a_lone_request_on_a_dep_replica_takes_the_priced_steps():
+    from sim.perf import Chunk, StepShape
+
+    d = deep(dep_dict(2), {"workload": {"arrivals": {"kind": "poisson", "rate_per_s": 0.02},
+                              "input_tokens": {"kind": "fixed", "value": 500},
+                              "output_tokens": {"kind": "fixed", "value": 20}}, "duration_s": 100.0, "warmup_s": 0.0})
+    sc = scenario_from_dict(d)
+    res = run(sc)
+    req = res.requests[res.requests.status == "completed"]
+    assert len(req) >= 1
+    pricing, _ = ranked({"tp": 1, "dp_attention": 2, "ep": 2}, model="mixtral-8x7b")
+    idle = StepShape()
+    prefill = pricing.iteration_s([StepShape(0, 0.0, 1, (Chunk(0, 500, True),)), idle])
+    decode_s = sum(pricing.iteration_s([StepShape(1, 500.0 + j), idle]) for j in range(1, 20))
+    r = req.iloc[0]
+    assert r.ttft_s == pytest.approx(prefill, rel=1e-9)
+    assert r.e2e_s == pytest.approx(prefill + decode_s, rel=1e-9)
+
+
+def test_a_dep_replica_holds_every_rank_s_kv_and_keeps_its_invariants():
+    sc = scenario_from_dict(dep_dict(8))
+    res = run(sc)
+    s = res.summary
+    assert s["kv_blocks_per_replica"] == 8 * sc.memory_plan().kv_blocks
+    assert s["requests_completed"] > 200 and 0 < s["kv_occupancy_mean"] < 1
+    assert s["batch_size_mean"] > 64          # beyond one rank's max_num_seqs: the ranks' batches add up
+    assert sc.gpus == 8
+
+
+def test_a_dep_replica_does_not_depend_on_the_order_of_its_ranks(monkeypatch):
+    from sim.engine import ranked_replica
+
+    first = run(scenario_from_dict(dep_dict(4, rate=6.0))).requests
+    # ties between equally loaded ranks go to the highest index instead of the lowest: the mirror image
+    real_submit = ranked_replica.RankedReplica.submit
+
+    def mirrored(self, r):
+        self.ranks.reverse()
+        try:
+            return real_submit(self, r)
+        finally:
+            self.ranks.reverse()
+
+    monkeypatch.setattr(ranked_replica.RankedReplica, "submit", mirrored)
+    second = run(scenario_from_dict(dep_dict(4, rate=6.0))).requests
+    for col in ("ttft_s", "e2e_s", "finish_s"):
+        np.testing.assert_allclose(first[col].to_numpy(), second[col].to_numpy(), rtol=0, atol=1e-12)
+
+
+def test_dep8_outruns_tp8_per_gpu_in_an_offline_burst_for_deepseek_r1():
+    # max throughput (a burst, as trtllm-bench runs it): DEP8 reads each sequence's latent KV on one
+    # GPU instead of eight, so it holds and serves far larger batches
+    burst = {"workload": {"arrivals": {"kind": "offline", "requests": 1500},
+                          "input_tokens": {"kind": "fixed", "value": 1000},
+                          "output_tokens": {"kind": "fixed", "value": 1000}},
+             "warmup_s": 0.0, "duration_s": 10.0, "serving": {"batching": {"max_num_seqs": 256}}}
+    dep = run(scenario_from_dict(deep(dep_dict(8), burst))).summary
+    tp = run(scenario_from_dict(deep(dep_dict(8), {**burst, "serving": {
+        "parallelism": {"tp": 8, "dp_attention": 1, "ep": 1}, "batching": {"max_num_seqs": 256}}}))).summary
+    assert dep["output_tok_per_s_per_gpu"] > 1.5 * tp["output_tok_per_s_per_gpu"]
+
+
+def test_dep_is_deterministic_and_refuses_what_it_cannot_price():
+    a = run(scenario_from_dict(dep_dict(4, rate=4.0))).summary
+    b = run(scenario_from_dict(dep_dict(4, rate=4.0))).summary
+    assert {k: v for k, v in a.items() if k not in ("wall_s", "sim_requests_per_wall_s")} == \
+        {k: v for k, v in b.items() if k not in ("wall_s", "sim_requests_per_wall_s")}
+    with pytest.raises(ValueError, match="speculative: with serving.parallelism.dp_attention=8, speculative"):
+        scenario_from_dict({**dep_dict(8), "speculative": {"method": "mtp", "k": 1, "acceptance": {"rate": 0.8}}})
+
+
+def test_redundant_experts_add_slots_that_ep_must_divide():
+    gb300 = {"gpu": "gb300"}
+    base = deep(r1_dict(tp=1, dp_attention=72, ep=72), {"hardware": gb300,
+                                                        "serving": {"precision": {"weights": "fp4", "kv_cache": "fp8"}}})
+    with pytest.raises(ValueError, match=r"ep=72 does not divide the model's 256 routed expert slots"):
+        scenario_from_dict(base)
+    sc = scenario_from_dict(deep(base, {"serving": {"parallelism": {"redundant_experts": 32}}}))
+    routed = R1.moe_layers * R1.moe.experts * R1.expert_params
+    rest = R1.params_total - routed
+    # 288 slots over 72 GPUs: 4 experts each
+    assert sc.memory_plan().weights_gb_per_gpu == pytest.approx((rest + routed * 288 / 256 / 72) * 0.5625 / 1e9)
+    with pytest.raises(ValueError, match=r"redundant_experts=32 needs expert parallelism"):
+        scenario_from_dict(r1_dict(tp=8, redundant_experts=32))
+    with pytest.raises(ValueError, match=r"redundant_experts=8: llama-3.1-8b has no experts"):
+        scenario_from_dict(base_dict(serving={"parallelism": {"redundant_experts": 8}}))
+    # copies spread an expert's tokens: the busiest shard reads at most its own 4 slots
+    from sim.perf import PerfCfg, RooflineStepModel
+    from sim.perf.ranks import RankedRoofline
+
+    layout = sc.serving.parallelism
+    rank = RooflineStepModel(R1, sc.hardware.gpu, 1, "fp4", "fp8", "fp4", PerfCfg())
+    pricing = RankedRoofline(rank, layout, "fp4", "fp4")
+    assert pricing.expert_bytes_read(1e6) == pytest.approx(R1.moe_layers * 4 * pricing.expert_bytes)

@@ -29,7 +29,7 @@ from sim.engine.kv_integral import DecodeRunLog
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationPlan
 from sim.engine.spec_runs import SpecRunLog, concatenated, integrals
-from sim.metrics.records import IterLog, LevelLog, Status
+from sim.metrics.records import IterLog, LevelLog
 from sim.perf.shape import (
     Chunk,
     ContextPath,
@@ -84,19 +84,21 @@ class Replica:
         self._run_end: tuple[int, float] = (0, 0.0)      # (steps, seconds) of that run, shortened by a cut
         self.proc = env.process(self._loop())
 
+    # ---- what the cluster reads ---------------------------------------------------------------
+    def schedulers(self) -> list[BatchScheduler]:
+        return [self.scheduler]
+
+    @property
+    def outstanding(self) -> int:
+        return self.scheduler.outstanding
+
     # ---- intake (called by the router) ------------------------------------------------------
     def submit(self, r: Request) -> bool:
         """Accept a routed request into the waiting queue, or reject it (returns False)."""
         r.replica = self.idx
-        sched = self.scheduler
-        reason = sched.reject_reason(r)
-        if reason:
-            r.status = Status.REJECTED
-            r.reject_reason = reason
-            r.finish_s = self.env.now
+        if not self.scheduler.intake(r, self.env.now):
             self.on_finish(r)
             return False
-        sched.enqueue(r, self.env.now)
         if self._wakeup is not None:
             if not self._wakeup.triggered:
                 self._wakeup.succeed()

@@ -121,6 +121,17 @@ class BatchScheduler:
             out.append((r.output_tokens - gen, gen, r.output_tokens))
         return out
 
+    def intake(self, r: Request, now: float) -> bool:
+        """Queue a routed request, or mark it rejected with its reason; whether it was queued."""
+        reason = self.reject_reason(r)
+        if reason:
+            r.status = Status.REJECTED
+            r.reject_reason = reason
+            r.finish_s = now
+            return False
+        self.enqueue(r, now)
+        return True
+
     def enqueue(self, r: Request, now: float) -> None:
         self.waiting.append(r)
         self.waiting_tokens += r.input_tokens

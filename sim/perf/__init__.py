@@ -36,12 +36,13 @@ __all__ = ["Chunk", "ContextPath", "DecodeCoeffs", "DecodeRun", "DraftedRun", "D
 def make_step_model(model: ModelSpec, gpu: GpuSpec, tp: int, weights: str, kv: str, compute: str,
                     cfg: PerfCfg, attention: str | None = None,
                     host_overlapped: bool = False, draft_model: ModelSpec | None = None, ep: int = 1,
-                    expert_imbalance: float = 1.0) -> RooflineStepModel | TableStepModel:
+                    expert_imbalance: float = 1.0, redundant_experts: int = 0) -> RooflineStepModel | TableStepModel:
     """The roofline, or the measured step-time table that `cfg.step_table` names (measured times
     include the engine's host work as it ran). A separate speculative `draft_model` runs on the same
     GPUs with the same parallelism and precisions; its steps are priced by its own roofline, without
     the per-iteration and per-sequence overheads the target's iteration already counts. `ep` and
-    `expert_imbalance`: the target's experts split over ep GPUs of its tensor-parallel group."""
+    `expert_imbalance`: the target's experts split over ep GPUs of its tensor-parallel group (with
+    `redundant_experts` extra slots)."""
     drafter = None
     if draft_model is not None:
         bare = cfg.model_copy(update={"iteration_overhead_s": 0.0, "per_seq_overhead_s": 0.0, "step_table": None})
@@ -49,4 +50,4 @@ def make_step_model(model: ModelSpec, gpu: GpuSpec, tp: int, weights: str, kv: s
     if cfg.step_table is not None:
         return TableStepModel(read_step_table(cfg.step_table), cfg.step_table, drafter)
     return RooflineStepModel(model, gpu, tp, weights, kv, compute, cfg, attention, host_overlapped, drafter,
-                             ep=ep, expert_imbalance=expert_imbalance)
+                             ep=ep, expert_imbalance=expert_imbalance, redundant_experts=redundant_experts)

@@ -71,6 +71,7 @@ class RankedBreakdown(NamedTuple):
     all_to_all_s: float
     overhead_s: float
     slowest_rank: int
+    util_s: float          # the busiest rank's binding resource at its large-kernel rate (power.py)
 
 
 class RankedRoofline:
@@ -89,8 +90,10 @@ class RankedRoofline:
         self.moe_layers = m.moe_layers
         self.imbalance = par.imbalance()
         self.stage_gpus = par.stage_gpus
-        # the busiest shard: experts / ep of its own, each split over moe_tp GPUs
-        self.shard_experts = self.experts / par.ep
+        # the busiest shard: slots / ep of its own (every expert once, plus redundant copies of busy
+        # ones, which spread an expert's tokens over its copies), each split over moe_tp GPUs
+        self.slots_per_expert = par.expert_slots(self.experts) / self.experts
+        self.shard_experts = par.expert_slots(self.experts) / par.ep
         self.expert_bytes = m.expert_params * BYTES_PER_ELEMENT[weights] / par.moe_tp
         self.expert_flops_per_token = 2.0 * m.moe_layers * self.k * m.expert_params / par.stage_gpus
         self.dispatch_bytes_per_copy = m.hidden * DISPATCH_BYTES.get(compute, 2.0)
@@ -102,7 +105,7 @@ class RankedRoofline:
     # ---- the shared expert layers ----------------------------------------------------------------
     def expert_bytes_read(self, total_tokens: float) -> float:
         """Expert weight bytes the busiest shard reads in a step over `total_tokens` tokens."""
-        touched = experts_touched(total_tokens, self.experts, self.k) / self.par.ep * self.imbalance
+        touched = experts_touched(total_tokens, self.experts, self.k) * self.slots_per_expert / self.par.ep * self.imbalance
         return self.moe_layers * min(self.shard_experts, touched) * self.expert_bytes
 
     def expert_flops(self, total_tokens: float, pure: bool = False) -> float:
@@ -140,9 +143,16 @@ class RankedRoofline:
         exp_flops = self.expert_flops(total)
         extra_read = rk.base_weight_bytes + exp_bytes if self.overlap else 0.0
         best = (-1.0, 0.0, 0.0, 0.0, -1)
+        util_s = 0.0
+        exp_flops_pure = self.expert_flops(total, pure=True)
         for i, (tokens, samples, pairs, kv_act) in enumerate(work):
             cmp = rk.dense_gemm_flops(tokens) + rk._lm_flops(samples) + rk.attn_flops_eq_per_pair * pairs + exp_flops
-            mem = rk.base_weight_bytes + exp_bytes + kv_act + extra_read + rk.half_bytes
+            mem = rk.base_weight_bytes + exp_bytes + kv_act + extra_read
+            if total:
+                cmp_pure = (rk.dense_gemm_flops(tokens, pure=True) + rk._lm_flops(samples, pure=True)
+                            + rk.attn_flops_pure_per_pair * pairs + exp_flops_pure)
+                util_s = max(util_s, cmp_pure / rk.flops_per_s, mem / rk.bytes_per_s)
+            mem += rk.half_bytes
             compute_s, memory_s = cmp / rk.flops_per_s, mem / rk.bytes_per_s
             ar_s = rk._comm_s(tokens) * self.allreduce_share
             t = max(compute_s, memory_s) + ar_s
@@ -153,7 +163,7 @@ class RankedRoofline:
         seqs = max(s.sequences for s in shapes)
         overhead_s = rk._overhead_s(seqs) + rk.layer_fixed_s
         body_s = max(gpu_s, a2a_s) if self.overlap else gpu_s + a2a_s
-        return RankedBreakdown(body_s + overhead_s, compute_s, memory_s, ar_s, a2a_s, overhead_s, slowest)
+        return RankedBreakdown(body_s + overhead_s, compute_s, memory_s, ar_s, a2a_s, overhead_s, slowest, util_s)
 
     def iteration_s(self, shapes: Sequence[StepShape]) -> float:
         return self.breakdown(shapes).step_s

@@ -171,13 +171,16 @@ class RooflineStepModel:
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, tp: int, weights: str, kv: str, compute: str,
                  cfg: PerfCfg, attention: str | None = None, host_overlapped: bool = False,
-                 drafter: RooflineStepModel | None = None, ep: int = 1, expert_imbalance: float = 1.0) -> None:
+                 drafter: RooflineStepModel | None = None, ep: int = 1, expert_imbalance: float = 1.0,
+                 redundant_experts: int = 0) -> None:
         self.model, self.gpu, self.tp, self.cfg = model, gpu, tp, cfg
         # Expert parallelism inside the tensor-parallel group (sim/parallelism.py): each GPU holds
         # experts / ep whole experts split over moe_tp = tp / ep GPUs, and its busiest shard gets
         # `imbalance` times the mean routed tokens.
         self.ep, self.moe_tp = ep, tp // ep
         self.imbalance = expert_imbalance if ep > 1 else 1.0
+        # expert slots per logical expert (redundant copies spread an expert's tokens over them)
+        self.slots_per_expert = 1.0 if model.moe is None else (model.moe.experts + redundant_experts) / model.moe.experts
         # A separate draft model (speculative decoding) prices the draft passes with its own shape.
         self.drafter = drafter
         # Host work hidden behind the GPU's previous iteration (overlap scheduling), or added to each.
@@ -245,7 +248,8 @@ class RooflineStepModel:
         e, k = moe.experts, moe.experts_per_token
         # the experts the busiest shard holds that the batch touches
         touched = experts_touched(tokens, e, k) if self.ep == 1 else \
-            min(e / self.ep, self.imbalance * experts_touched(tokens, e, k) / self.ep)
+            min(e * self.slots_per_expert / self.ep,
+                self.imbalance * experts_touched(tokens, e, k) * self.slots_per_expert / self.ep)
         return self.base_weight_bytes + self.model.moe_layers * touched * self.expert_bytes_per_layer
 
     def _gemm_flops(self, tokens: int, pure: bool = False) -> float:

@@ -1,0 +1,152 @@
+"""A replica of attention ranks that share expert layers (attention data parallelism, "DEP"), as a
+SimPy process.
+
+Each of the d ranks is a batch queue of its own, as in SGLang's and TensorRT-LLM's DP attention:
+its own scheduler (scheduler.py: admission, chunked prefill, preemption) over its own KV cache,
+with the scenario's batching limits per rank. A request goes to the rank with the fewest
+outstanding requests (ties to the lowest index). The ranks step together: every iteration, each
+rank plans its own work (an idle rank plans an empty batch and still runs the expert layers for
+the others), and the iteration lasts what `perf.ranks.RankedRoofline` prices for all ranks' batch
+shapes together (the slowest rank, the shared experts, the all-to-all), plus the longest KV swap.
+
+One event per iteration: a decode run is not yet advanced as one event here (the plain replica's
+closed form needs the ranks' upper envelope, next), so a DEP replica simulates more slowly than a
+tensor-parallel one. Speculative decoding is not combined with it yet (refused at validation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
+
+import simpy
+
+from sim.engine.kv_cache import KvCache
+from sim.engine.kv_integral import DecodeRunLog
+from sim.engine.request import Request
+from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationPlan
+from sim.engine.spec_runs import concatenated
+from sim.metrics.records import IterLog, LevelLog
+from sim.perf.ranks import RankedRoofline
+from sim.perf.shape import Chunk, StepShape
+
+_make = tuple.__new__
+
+
+class RankedReplica:
+    """d attention ranks stepping together (see the module docstring)."""
+
+    def __init__(self, env: simpy.Environment, idx: int, pricing: RankedRoofline, kvs: list[KvCache],
+                 limits: BatchLimits, *, on_finish: Callable[[Request], None], records: IterLog,
+                 levels: LevelLog) -> None:
+        self.env, self.idx, self.pricing = env, idx, pricing
+        self.step_model = pricing.rank        # for the (empty) decode-run integrals the cluster sums
+        self.kvs = kvs
+        # Each rank logs its levels privately; the replica logs the ranks' totals.
+        self.ranks = [BatchScheduler(kv, limits, LevelLog(), idx) for kv in kvs]
+        self.levels = levels
+        self._log_level, self._pack_level = levels.extend, levels.pack
+        self._noted = (0, 0)
+        self.on_finish = on_finish
+        self.records = records
+        self._record, self._pack_record = records.extend, records.pack
+        self.decode_runs = DecodeRunLog(kvs[0].block_tokens)   # stays empty: one event per iteration
+        self._wakeup: simpy.Event | None = None
+        self.proc = env.process(self._loop())
+
+    # ---- what the cluster reads -----------------------------------------------------------------
+    def schedulers(self) -> list[BatchScheduler]:
+        return self.ranks
+
+    @property
+    def outstanding(self) -> int:
+        return sum(s.outstanding for s in self.ranks)
+
+    @property
+    def kv_load_tokens(self) -> int:
+        return sum(kv.used_blocks * kv.block_tokens + s.waiting_tokens for kv, s in zip(self.kvs, self.ranks, strict=True))
+
+    def spec_run_integrals(self) -> tuple[Any, Any, Any, Any]:
+        return concatenated([])
+
+    # ---- intake -----------------------------------------------------------------------------------
+    def submit(self, r: Request) -> bool:
+        """Queue a routed request at the rank with the fewest outstanding requests, or reject it."""
+        r.replica = self.idx
+        loads = [s.outstanding for s in self.ranks]
+        sched = self.ranks[min(range(len(loads)), key=loads.__getitem__)]
+        if not sched.intake(r, self.env.now):
+            self.on_finish(r)
+            return False
+        self._note_levels()
+        if self._wakeup is not None and not self._wakeup.triggered:
+            self._wakeup.succeed()
+        return True
+
+    def _note_levels(self) -> None:
+        waiting = sum(len(s.waiting) for s in self.ranks)
+        running = sum(len(s.running) for s in self.ranks)
+        if (waiting, running) != self._noted:
+            self._noted = (waiting, running)
+            self._log_level(self._pack_level(self.env.now, self.idx, waiting, running))
+
+    # ---- the SimPy process ------------------------------------------------------------------------
+    def _loop(self) -> Generator[simpy.Event, Any, None]:
+        env, ranks = self.env, self.ranks
+        while True:
+            if not any(s.running or s.waiting for s in ranks):
+                self._wakeup = env.event()
+                yield self._wakeup
+                self._wakeup = None
+                continue
+            plans = [s.schedule(env.now) for s in ranks]
+            swap_s = self._free_stuck_ranks(plans)
+            t0, held = env.now, sum(kv.used_blocks for kv in self.kvs)
+            if all(p.idle for p in plans):
+                self._note_levels()
+                if swap_s:
+                    yield env.timeout(swap_s)
+                    self._record(self._pack_record(self.idx, t0, env.now, 0, 0, 0, 0, 0, swap_s, held, held * swap_s,
+                                                   self._noted[1], self._noted[0], 0.0, 0, 0, 0, 0.0))
+                continue
+            shapes = [self._shape(s, p) for s, p in zip(ranks, plans, strict=True)]
+            b = self.pricing.breakdown(shapes)
+            swap_s = max(swap_s, *(p.swap_s for p in plans))
+            yield env.timeout(b.step_s + swap_s)
+            self._end_iteration(plans, shapes, t0, held, b.util_s, swap_s)
+
+    def _free_stuck_ranks(self, plans: list[IterationPlan]) -> float:
+        """A rank whose partial prefills hold all its KV and none can grow frees its newest one
+        (as the plain replica does); returns the longest swap-out."""
+        swap_s = 0.0
+        for s, p in zip(self.ranks, plans, strict=True):
+            if p.idle and s.waiting and not s.running:
+                raise RuntimeError(f"replica {self.idx}: waiting request cannot be admitted into an empty rank")
+            if p.idle and s.running:
+                swap_s = max(swap_s, p.swap_s + s.preempt_last())
+        return swap_s
+
+    @staticmethod
+    def _shape(s: BatchScheduler, plan: IterationPlan) -> StepShape:
+        chunks = tuple([_make(Chunk, (r.prefilled, new, r.prefilled + new >= r.prefill_target)) for r, new in plan.chunks])
+        if plan.decode:
+            ds = s.decode_set
+            return _make(StepShape, (ds.size, ds.next_ctx_sum(), 1, chunks, None))
+        return _make(StepShape, (0, 0, 1, chunks, None))
+
+    def _end_iteration(self, plans: list[IterationPlan], shapes: list[StepShape], t0: float, held: int,
+                       util_s: float, swap_s: float) -> None:
+        now = self.env.now
+        prompt = recompute = sampled = 0
+        for s, p in zip(self.ranks, plans, strict=True):
+            done = s.finish_iteration(p, now)
+            prompt, recompute, sampled = prompt + done[0], recompute + done[1], sampled + done[2]
+        batch = sum(sh.sequences for sh in shapes)
+        self._note_levels()
+        waiting, running = self._noted
+        self._record(self._pack_record(self.idx, t0, now, 1, batch, prompt, recompute, sampled, swap_s, held,
+                                       held * (now - t0), running, waiting, util_s, 0, 0, 0, 0.0))
+        for s in self.ranks:
+            for r in s.finished:
+                self.on_finish(r)
+            s.finished.clear()
