@@ -101,9 +101,9 @@ class RankedReplica:
                 continue
             plans = [s.schedule(env.now) for s in ranks]
             swap_s = self._free_stuck_ranks(plans)
+            self._note_levels()                  # admissions and preemptions change the levels now
             t0, held = env.now, sum(kv.used_blocks for kv in self.kvs)
             if all(p.idle for p in plans):
-                self._note_levels()
                 if swap_s:
                     yield env.timeout(swap_s)
                     self._record(self._pack_record(self.idx, t0, env.now, 0, 0, 0, 0, 0, swap_s, held, held * swap_s,
