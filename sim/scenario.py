@@ -470,7 +470,8 @@ class Scenario(_Frozen):
             raise ValueError(
                 f"model does not fit: {m.name} needs {mem.weights_gb_per_gpu:.1f} GB of weights per GPU "
                 f"+ {mem.activation_gb_per_gpu:.1f} GB activations, but serving.kv_cache.gpu_memory_fraction="
-                f"{s.kv_cache.gpu_memory_fraction} of {g.hbm_gb} GB leaves no room for KV cache (raise tp or lower precision)"
+                f"{s.kv_cache.gpu_memory_fraction} of {g.hbm_gb} GB leaves no room for KV cache (raise tp or lower precision"
+                + (", or spread the experts over more GPUs with ep and dp_attention)" if m.moe else ")")
             )
         return self
 

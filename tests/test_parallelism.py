@@ -460,3 +460,23 @@ def test_redundant_experts_add_slots_that_ep_must_divide():
     rank = RooflineStepModel(R1, sc.hardware.gpu, 1, "fp4", "fp8", "fp4", PerfCfg())
     pricing = RankedRoofline(rank, layout, "fp4", "fp4")
     assert pricing.expert_bytes_read(1e6) == pytest.approx(R1.moe_layers * 4 * pricing.expert_bytes)
+
+
+def test_dep_levels_follow_little_s_law_and_queues_fill_by_rank():
+    res = run(scenario_from_dict(dep_dict(4, rate=20.0, duration_s=60.0, warmup_s=0.0)))
+    s, req = res.summary, res.requests
+    done = req[req.status == "completed"]
+    # mean waiting requests = arrival rate x mean time waiting (the window is the arrival period)
+    want = done["queue_s"].sum() / 60.0
+    assert s["queue_len_mean"] == pytest.approx(want, rel=0.05, abs=1e-3)
+    # a full rank's queue sends requests to another rank: with a bound of 2 per rank, nothing is
+    # refused while any rank has room (4 ranks hold 8 waiting)
+    tight = deep(dep_dict(4, rate=30.0), {"serving": {"batching": {"max_waiting": 2, "max_num_seqs": 8},
+                                                      "kv_cache": {"gpu_memory_fraction": 0.3}}})
+    res = run(scenario_from_dict(tight))
+    lv = res.levels
+    rejected = res.requests[res.requests.reject_reason == "queue_full"]
+    assert len(rejected) > 0
+    for t in rejected["arrival_s"].to_numpy()[:50]:
+        waiting = lv.loc[lv["t_s"] <= t, "waiting"].iloc[-1] if (lv["t_s"] <= t).any() else 0
+        assert waiting >= 8, (t, waiting)

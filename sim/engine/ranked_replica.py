@@ -4,7 +4,7 @@ SimPy process.
 Each of the d ranks is a batch queue of its own, as in SGLang's and TensorRT-LLM's DP attention:
 its own scheduler (scheduler.py: admission, chunked prefill, preemption) over its own KV cache,
 with the scenario's batching limits per rank. A request goes to the rank with the fewest
-outstanding requests (ties to the lowest index). The ranks step together: every iteration, each
+outstanding requests whose waiting queue has room (ties to the lowest index). The ranks step together: every iteration, each
 rank plans its own work (an idle rank plans an empty batch and still runs the expert layers for
 the others), and the iteration lasts what `perf.ranks.RankedRoofline` prices for all ranks' batch
 shapes together (the slowest rank, the shared experts, the all-to-all), plus the longest KV swap.
@@ -71,9 +71,12 @@ class RankedReplica:
 
     # ---- intake -----------------------------------------------------------------------------------
     def submit(self, r: Request) -> bool:
-        """Queue a routed request at the rank with the fewest outstanding requests, or reject it."""
+        """Queue a routed request at the rank with the fewest outstanding requests among those whose
+        waiting queue has room (the bound is per rank), or reject it."""
         r.replica = self.idx
-        loads = [s.outstanding for s in self.ranks]
+        limit = self.ranks[0].limits.max_waiting
+        loads = [(s.outstanding if limit is None or len(s.waiting) < limit else s.outstanding + (1 << 40))
+                 for s in self.ranks]
         sched = self.ranks[min(range(len(loads)), key=loads.__getitem__)]
         if not sched.intake(r, self.env.now):
             self.on_finish(r)

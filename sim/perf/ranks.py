@@ -139,6 +139,8 @@ class RankedRoofline:
             raise ValueError("speculative decoding with attention data parallelism is not priced yet")
         work = [rk.shape_work(s) for s in shapes]
         total = float(sum(w[0] for w in work))
+        if not total:          # only KV moving to or from the host: no forward pass (as the roofline)
+            return RankedBreakdown(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0)
         exp_bytes = self.expert_bytes_read(total) if total else 0.0
         exp_flops = self.expert_flops(total)
         extra_read = rk.base_weight_bytes + exp_bytes if self.overlap else 0.0
