@@ -48,3 +48,21 @@ def test_offline_burst_larger_than_the_queue_bound_is_served_whole():
     assert (res.requests["status"] == "completed").all()
     assert len(res.requests) == 5000
     # The bound still applies to online arrivals (see test_queue_full_rejections_are_counted).
+
+
+def test_a_request_sglang_admission_could_never_admit_is_rejected_on_arrival():
+    # SGLang admits only when prompt + output < free tokens (strict): a request needing exactly
+    # the whole cache would wait forever in an empty replica; it is refused as too large instead
+    d = base_dict(hardware={"gpu": tiny_kv_gpu(3000)},
+                  serving={"engine": "sglang",
+                           "kv_cache": {"activation_reserve_gb": 0, "gpu_memory_fraction": 1.0, "block_tokens": 1}})
+    sc = scenario_from_dict(d)
+    cap = sc.memory_plan().kv_capacity_tokens
+    d["workload"] = {"arrivals": {"kind": "poisson", "rate_per_s": 1.0},
+                     "input_tokens": {"kind": "fixed", "value": cap - 50},
+                     "output_tokens": {"kind": "fixed", "value": 50}}
+    req = run(scenario_from_dict(d)).requests
+    assert len(req) > 0 and (req["reject_reason"] == "exceeds_kv_capacity").all()
+    d["workload"]["input_tokens"]["value"] = cap - 51          # one token of room: served
+    req = run(scenario_from_dict(d)).requests
+    assert (req["status"] == "completed").all()

@@ -64,6 +64,10 @@ class AdmissionPolicy(Protocol):
 
     def admitted(self, r: Request) -> None: ...
 
+    def admits_when_empty(self, r: Request) -> bool:
+        """Would an empty replica ever admit `r`? (If not, it is rejected on arrival.)"""
+        ...
+
     def left(self, r: Request) -> None:
         """`r` finished (or was preempted) and no longer holds its reservation."""
         ...
@@ -86,6 +90,9 @@ class _NoHooks:
 
     def begin_round(self) -> None:
         pass
+
+    def admits_when_empty(self, r: Request) -> bool:
+        return True        # the scheduler's KV-capacity check on arrival is this policy's too
 
     def admitted(self, r: Request) -> None:
         pass
@@ -163,6 +170,11 @@ class Conservative(_NoHooks):
 
     def admitted(self, r: Request) -> None:
         self._round_tokens += min(r.output_tokens - r.generated, self.CLIP_TOKENS)
+
+    def admits_when_empty(self, r: Request) -> bool:
+        # SGLang's test is strict (need < free tokens): a request that needs the whole cache waits forever
+        need = r.input_tokens + min(r.output_tokens, self.CLIP_TOKENS)
+        return need < self.kv.total_blocks * self.kv.block_tokens
 
     def decoded(self, steps: int) -> None:
         self.steps += steps

@@ -103,7 +103,8 @@ class BatchScheduler:
         lim = self.limits
         if r.input_tokens + r.output_tokens > lim.max_context_tokens:
             return "context_too_long"
-        if self.kv.final_blocks(r.input_tokens, r.output_tokens) > self.kv.total_blocks:
+        if self.kv.final_blocks(r.input_tokens, r.output_tokens) > self.kv.total_blocks \
+                or not self.admission.admits_when_empty(r):
             return "exceeds_kv_capacity"
         if lim.mixed_prefill and r.input_tokens > lim.max_num_batched_tokens:
             # TensorRT-LLM without chunked context refuses such a prompt ("should not exceed max_num_tokens").
