@@ -71,9 +71,13 @@ def test_preemption_is_lifo_and_recompute_prefills_prompt_plus_generated():
     plan = s.schedule(0.1)                      # the next token needs a 4th block each: b goes
     assert plan.decode and s.decode_set.size == 1 and b.preemptions == 1 and a.preemptions == 0
     assert b.prefill_target == 48 + 1           # recompute: prompt + the token it had sampled
-    # The two blocks left after a's growth take b's first 32 tokens again in the same iteration.
+    # vLLM admits no waiting request in an iteration that had to preempt: b waits for the next one
+    assert plan.chunks == [] and b.status == Status.WAITING and list(s.waiting) == [b]
+    assert plan.swap_s == 0.0 and kv.used_blocks == 4
+    s.finish_iteration(plan, 0.2)
+    plan = s.schedule(0.2)                      # no preemption now: the two free blocks take b's first 32 tokens
     assert [(r.id, n) for r, n in plan.chunks] == [(1, 32)] and b.status == Status.RUNNING
-    assert plan.swap_s == 0.0 and kv.used_blocks == 6
+    assert kv.used_blocks == 6
 
 
 def test_swap_preemption_charges_the_transfer():

@@ -53,6 +53,8 @@ class AdmissionPolicy(Protocol):
     #: Whether "the head of the queue cannot be admitted" stays true while a decode run goes on
     #: (then the run can be one event); False when the policy's own state changes every step.
     stable_while_waiting: bool
+    #: Whether waiting requests may be admitted in an iteration that had to preempt.
+    admits_after_preemption: bool
 
     def begin_round(self) -> None:
         """A scheduling round starts (admissions in it are judged together)."""
@@ -87,6 +89,7 @@ class AdmissionPolicy(Protocol):
 
 class _NoHooks:
     stable_while_waiting = True
+    admits_after_preemption = True
 
     def begin_round(self) -> None:
         pass
@@ -112,6 +115,10 @@ class _NoHooks:
 
 class Optimistic(_NoHooks):
     name = "optimistic"
+    # vLLM V1 schedules waiting requests only when the running ones needed no preemption this step
+    # (vllm/v1/core/sched/scheduler.py, Scheduler.schedule: "if not preempted_reqs:"); admitting
+    # right after evicting only to evict again would thrash.
+    admits_after_preemption = False
 
     def allows(self, r: Request) -> bool:
         return True

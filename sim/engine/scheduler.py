@@ -207,10 +207,12 @@ class BatchScheduler:
             if plan.admitted:
                 self.note_levels(now)
                 return plan
+        preempted = False
         if ds.size:
             need = ds.blocks_needed(1)
             while need > kv.free_blocks:
                 plan.swap_s += self.preempt_last()
+                preempted = True
                 need = ds.blocks_needed(1)
             plan.decode = ds.size > 0
             kv.allocate(need)
@@ -228,7 +230,7 @@ class BatchScheduler:
             if new <= 0:
                 break
             budget -= new
-        if budget > 0:
+        if budget > 0 and (self.admission.admits_after_preemption or not preempted):
             self._admit_waiting(plan, budget, whole_prompts=False, now=now)
         self.note_levels(now)
         return plan
