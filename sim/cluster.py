@@ -142,9 +142,14 @@ class Cluster:
                     if r.in_decode:
                         r.generated = ds.generated(r)
 
+    def _jumping(self) -> list[Replica]:
+        """The replicas whose decode runs are one event each: their KV block-seconds and
+        utilization are summed after the run (a RankedReplica records both per iteration)."""
+        return [rep for rep in self.replicas if isinstance(rep, Replica)]
+
     def kv_block_seconds(self) -> tuple[np.ndarray, np.ndarray]:
         """(record indices, KV block-seconds) of every decode run, evaluated exactly."""
-        pairs = [block_seconds(rep.decode_runs, rep.step_model) for rep in self.replicas]
+        pairs = [block_seconds(rep.decode_runs, rep.step_model) for rep in self._jumping()]
         if not pairs:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
@@ -152,11 +157,11 @@ class Cluster:
     def spec_run_integrals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(record indices, KV block-seconds, utilization-seconds, draft seconds) of every
         speculative decode run (spec_runs.py)."""
-        return concatenated([rep.spec_run_integrals() for rep in self.replicas])
+        return concatenated([rep.spec_run_integrals() for rep in self._jumping()])
 
     def utilization_seconds(self) -> tuple[np.ndarray, np.ndarray]:
         """(record indices, utilization-seconds) of every decode run (power.py)."""
-        pairs = [decode_runs_utilization_s(rep.decode_runs, rep.step_model) for rep in self.replicas]
+        pairs = [decode_runs_utilization_s(rep.decode_runs, rep.step_model) for rep in self._jumping()]
         if not pairs:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])

@@ -4,10 +4,11 @@ SimPy process.
 Each of the d ranks is a batch queue of its own, as in SGLang's and TensorRT-LLM's DP attention:
 its own scheduler (scheduler.py: admission, chunked prefill, preemption) over its own KV cache,
 with the scenario's batching limits per rank. A request goes to the rank with the fewest
-outstanding requests whose waiting queue has room (ties to the lowest index). The ranks step together: every iteration, each
-rank plans its own work (an idle rank plans an empty batch and still runs the expert layers for
-the others), and the iteration lasts what `perf.ranks.RankedRoofline` prices for all ranks' batch
-shapes together (the slowest rank, the shared experts, the all-to-all), plus the longest KV swap.
+outstanding requests among those whose waiting queue has room (ties to the lowest index). The ranks
+step together: every iteration, each rank plans its own work (an idle rank plans an empty batch and
+still runs the expert layers for the others), and the iteration lasts what
+`perf.ranks.RankedRoofline` prices for all ranks' batch shapes together (the slowest rank, the
+shared experts, the all-to-all), plus the longest KV swap.
 
 One event per iteration: a decode run is not yet advanced as one event here (the plain replica's
 closed form needs the ranks' upper envelope, next), so a DEP replica simulates more slowly than a
@@ -22,13 +23,11 @@ from typing import Any
 import simpy
 
 from sim.engine.kv_cache import KvCache
-from sim.engine.kv_integral import DecodeRunLog
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationPlan
-from sim.engine.spec_runs import concatenated
 from sim.metrics.records import IterLog, LevelLog
 from sim.perf.ranks import RankedRoofline
-from sim.perf.shape import Chunk, StepShape
+from sim.perf.shape import StepShape
 
 _make = tuple.__new__
 
@@ -40,7 +39,6 @@ class RankedReplica:
                  limits: BatchLimits, *, on_finish: Callable[[Request], None], records: IterLog,
                  levels: LevelLog) -> None:
         self.env, self.idx, self.pricing = env, idx, pricing
-        self.step_model = pricing.rank        # for the (empty) decode-run integrals the cluster sums
         self.kvs = kvs
         # Each rank logs its levels privately; the replica logs the ranks' totals.
         self.ranks = [BatchScheduler(kv, limits, LevelLog(), idx) for kv in kvs]
@@ -50,7 +48,6 @@ class RankedReplica:
         self.on_finish = on_finish
         self.records = records
         self._record, self._pack_record = records.extend, records.pack
-        self.decode_runs = DecodeRunLog(kvs[0].block_tokens)   # stays empty: one event per iteration
         self._wakeup: simpy.Event | None = None
         self.proc = env.process(self._loop())
 
@@ -66,18 +63,14 @@ class RankedReplica:
     def kv_load_tokens(self) -> int:
         return sum(kv.used_blocks * kv.block_tokens + s.waiting_tokens for kv, s in zip(self.kvs, self.ranks, strict=True))
 
-    def spec_run_integrals(self) -> tuple[Any, Any, Any, Any]:
-        return concatenated([])
-
     # ---- intake -----------------------------------------------------------------------------------
     def submit(self, r: Request) -> bool:
         """Queue a routed request at the rank with the fewest outstanding requests among those whose
         waiting queue has room (the bound is per rank), or reject it."""
         r.replica = self.idx
         limit = self.ranks[0].limits.max_waiting
-        loads = [(s.outstanding if limit is None or len(s.waiting) < limit else s.outstanding + (1 << 40))
-                 for s in self.ranks]
-        sched = self.ranks[min(range(len(loads)), key=loads.__getitem__)]
+        with_room = [s for s in self.ranks if limit is None or len(s.waiting) < limit] or self.ranks
+        sched = min(with_room, key=lambda s: s.outstanding)     # the first of the least loaded
         if not sched.intake(r, self.env.now):
             self.on_finish(r)
             return False
@@ -131,7 +124,7 @@ class RankedReplica:
 
     @staticmethod
     def _shape(s: BatchScheduler, plan: IterationPlan) -> StepShape:
-        chunks = tuple([_make(Chunk, (r.prefilled, new, r.prefilled + new >= r.prefill_target)) for r, new in plan.chunks])
+        chunks = plan.chunk_shapes()
         if plan.decode:
             ds = s.decode_set
             return _make(StepShape, (ds.size, ds.next_ctx_sum(), 1, chunks, None))

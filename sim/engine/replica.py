@@ -31,7 +31,6 @@ from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationPlan
 from sim.engine.spec_runs import SpecRunLog, concatenated, integrals
 from sim.metrics.records import IterLog, LevelLog
 from sim.perf.shape import (
-    Chunk,
     ContextPath,
     DecodeRun,
     DraftedRun,
@@ -191,8 +190,7 @@ class Replica:
         """Seconds the planned iteration takes (its batch shape's step time plus KV transfers), its
         utilization-seconds (for power) and the seconds of draft work in it."""
         ds = self.scheduler.decode_set
-        chunks = tuple([_make(Chunk, (r.prefilled, new, r.prefilled + new >= r.prefill_target))
-                        for r, new in plan.chunks])
+        chunks = plan.chunk_shapes()
         draft_s = 0.0
         if plan.decode:
             ctx = ds.next_ctx_sum()

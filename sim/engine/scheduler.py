@@ -41,6 +41,7 @@ from sim.engine.kv_cache import KvCache
 from sim.engine.request import Request
 from sim.engine.spec_decode_set import SpecDecodeSet
 from sim.metrics.records import LevelLog, Status
+from sim.perf.shape import Chunk
 from sim.speculation import AcceptanceSampler
 
 
@@ -58,6 +59,12 @@ class IterationPlan:
     @property
     def idle(self) -> bool:
         return not self.chunks and not self.decode and not self.admitted
+
+    def chunk_shapes(self) -> tuple[Chunk, ...]:
+        """The prefill chunks as the step model prices them (prefix, new tokens, samples a token)."""
+        # tuple.__new__ skips the NamedTuple's Python-level __new__ (a few per iteration).
+        return tuple([tuple.__new__(Chunk, (r.prefilled, new, r.prefilled + new >= r.prefill_target))
+                      for r, new in self.chunks])
 
 
 @dataclass(frozen=True, slots=True)
