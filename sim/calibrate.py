@@ -7,7 +7,8 @@ time per sequence in an iteration (``per_seq_overhead_s``), and the shape effici
 perf/efficiency.py: GEMM tokens at half rate (``gemm_half_tokens``), per-kernel start-up as bytes
 per layer (``hbm_half_bytes_per_layer``), fixed time per layer and per MoE layer
 (``layer_overhead_s``, ``moe_layer_overhead_s``), and the attention kernels' share of their peak
-(``attention_efficiency``). The same few numbers serve every GPU and model:
+(``attention_efficiency``), and the share of the link rate the expert all-to-all of attention
+ranks reaches (``all_to_all_efficiency``). The same few numbers serve every GPU and model:
 no per-point special cases.
 
 Measurements are of two kinds:
@@ -47,12 +48,14 @@ from sim.yamlio import load_yaml
 
 DEFAULT_PARAMS = ("hbm_bw_efficiency", "compute_efficiency", "iteration_overhead_s", "per_seq_overhead_s",
                   "gemm_half_tokens", "hbm_half_bytes_per_layer", "layer_overhead_s", "moe_layer_overhead_s",
-                  "attention_efficiency")
+                  "attention_efficiency", "all_to_all_efficiency")
 #: (lower, upper, scale) per fittable parameter; the optimiser works on value / scale.
 BOUNDS: dict[str, tuple[float, float, float]] = {
     "hbm_bw_efficiency": (0.2, 0.95, 1.0),   # sustained HBM streaming stays below ~95% of the spec
     "compute_efficiency": (0.05, 1.0, 1.0),
     "comm_efficiency": (0.1, 1.0, 1.0),
+    "all_to_all_efficiency": (0.05, 1.0, 1.0),
+    "all_to_all_scale_out_efficiency": (0.05, 1.0, 1.0),
     "iteration_overhead_s": (0.0, 0.05, 1e-3),
     "per_seq_overhead_s": (0.0, 5e-4, 1e-5),
     "collective_latency_s": (0.0, 1e-4, 1e-5),
@@ -66,6 +69,9 @@ BOUNDS: dict[str, tuple[float, float, float]] = {
     "moe_layer_overhead_s": (0.0, 1e-3, 1e-5),
 }
 CONFIG_COLS = ("model", "gpu", "tp", "weights", "kv_cache", "compute")
+#: Optional layout columns of a measurement (absent: 1): attention data-parallel ranks and expert
+#: parallelism, as in TensorRT-LLM's "DEP4" = dp_attention 4, ep 4, tp 1 (sim/parallelism.py).
+LAYOUT_COLS = ("dp_attention", "ep")
 ADMISSIONS = ("optimistic", "no_evict", "conservative")
 ENGINES = ("vllm", "trtllm", "sglang")
 
@@ -74,7 +80,7 @@ ENGINES = ("vllm", "trtllm", "sglang")
 class Measurement:
     id: str
     kind: str                      # "step" or "throughput"
-    config: dict[str, Any]         # model, gpu, tp, weights, kv_cache, compute
+    config: dict[str, Any]         # model, gpu, tp, weights, kv_cache, compute (+ attention, dp_attention, ep)
     measured: float                # step_time_s, or output tokens/s per GPU
     decode_seqs: int = 0
     context_tokens: int = 0
@@ -99,7 +105,8 @@ def scenario_data(m: Measurement, perf: dict[str, Any]) -> dict[str, Any]:
         "hardware": {"gpu": c["gpu"], "price_usd_per_gpu_h": 1.0},
         "serving": {"precision": {"weights": c["weights"], "kv_cache": c["kv_cache"], "compute": c["compute"],
                                   **({"attention": c["attention"]} if c.get("attention") else {})},
-                    "parallelism": {"tp": int(c["tp"])},
+                    "parallelism": {"tp": int(c["tp"]),
+                                    **{k: int(c[k]) for k in LAYOUT_COLS if int(c.get(k, 1)) > 1}},
                     "batching": {"max_num_seqs": m.max_num_seqs, "max_num_batched_tokens": m.max_num_batched_tokens,
                                  **({"admission": m.admission} if m.admission else {}),
                                  **({"chunked_prefill": m.chunked_prefill} if m.chunked_prefill is not None else {})},
@@ -114,12 +121,16 @@ def scenario_data(m: Measurement, perf: dict[str, Any]) -> dict[str, Any]:
 
 def predict(m: Measurement, perf: dict[str, Any]) -> float:
     """The model's value for a measurement under perf parameters `perf`."""
-    from sim.runner import run, step_model_for
+    from sim.runner import ranked_pricing_for, run, step_model_for
 
     sc = scenario_from_dict(scenario_data(m, perf), source=f"measurement {m.id}")
     if m.kind == "step":
         chunks = [Chunk(0, m.prefill_tokens, True)] if m.prefill_tokens else []
-        return step_model_for(sc).iteration_s(decode_shape(m.decode_seqs, m.decode_seqs * m.context_tokens, chunks))
+        shape = decode_shape(m.decode_seqs, m.decode_seqs * m.context_tokens, chunks)
+        model = step_model_for(sc)
+        ranked = ranked_pricing_for(sc, model)
+        # with attention ranks, every rank runs the measured batch (decode_seqs is per rank)
+        return ranked.iteration_s([shape] * sc.serving.parallelism.dp_attention) if ranked else model.iteration_s(shape)
     return float(run(sc).summary["output_tok_per_s_per_gpu_makespan"])
 
 
@@ -280,6 +291,9 @@ def read_measurements_csv(path: str | Path) -> list[Measurement]:
         if "attention" in df.columns and row["attention"].strip():
             config["attention"] = row["attention"].strip()
         config["tp"] = int(_num(p, line, "tp", row["tp"], *RANGES["tp"]))
+        for col in LAYOUT_COLS:
+            if col in df.columns and row[col].strip():
+                config[col] = int(_num(p, line, col, row[col], *RANGES["tp"]))
         if kind == "step" and nums["decode_seqs"] == 0 and nums["prefill_tokens"] == 0:
             raise InputError(f"{p}: line {line}: a step row needs work: decode_seqs or prefill_tokens > 0")
         mid = row["id"].strip() if "id" in df.columns and row["id"].strip() else f"line{line}"
@@ -323,11 +337,12 @@ def _num(p: Path, line: int, col: str, raw: str, lo: float, hi: float, integer: 
 
 
 def reference_points() -> tuple[list[Measurement], list[dict[str, Any]], dict[str, Any]]:
-    """The bundled measured points (sim/data/measured_points.yaml): usable, skipped, header."""
+    """The bundled measured points (sim/data/measured_points.yaml): usable, skipped, header (the
+    header keeps the scenario checks under `scenario_checks`)."""
     data = load_yaml(resources.files("sim").joinpath("data", "measured_points.yaml").read_text(encoding="utf-8"))
     ms = [_reference_point(pt, data) for pt in data["points"]]
     header = {k: v for k, v in data.items() if k not in ("points", "skipped")}
-    return ms, data.get("skipped", []), header
+    return ms, data.get("skipped") or [], header
 
 
 def _reference_point(pt: dict[str, Any], data: dict[str, Any]) -> Measurement:
@@ -336,6 +351,7 @@ def _reference_point(pt: dict[str, Any], data: dict[str, Any]) -> Measurement:
     config = {c: pt[c] for c in CONFIG_COLS}
     if pt.get("attention"):
         config["attention"] = pt["attention"]
+    config.update({c: int(pt[c]) for c in LAYOUT_COLS if c in pt})
     engine = pt.get("engine", data.get("engine"))
     if pt.get("kind", "throughput") == "step":
         return Measurement(pt["id"], "step", config, float(pt["measured"]), decode_seqs=int(pt["decode_seqs"]),
@@ -365,10 +381,13 @@ def trtllm_bench_limits(config: dict[str, Any], input_tokens: int, output_tokens
     benchmark lengths when none are given (TensorRT-LLM tensorrt_llm/bench/build/tuning.py,
     calc_engine_setting and finetune_setting): the requests whose whole sequence fits the KV memory
     left after the weights (KV bytes per token counted over every layer and at least one KV head per
-    GPU), capped at 4,096 and rounded up; the token budget that many requests need to admit their
+    GPU, with the head size of the HF config or hidden / heads when it has none), capped at 4,096
+    and rounded up; the token budget that many requests need to admit their
     prompts at the benchmark's input/output ratio, capped at 32,768 and at least 2,048, rounded up.
     Memory is the catalog's HBM in GiB, as the tool counts it; bytes per element as the tool counts
-    them (`BENCH_BYTES`). A
+    them (`BENCH_BYTES`), times the elements the checkpoint stores (`_bench_param_count`). With attention data parallelism the tool is run with --tp = every GPU
+    (tp x dp_attention) and each attention rank applies the limits to its own batch (the engine's
+    max_batch_size and max_num_tokens are per rank), as the scenario's batching limits are. A
     checkpoint format the tool does not tune for (`checkpoint`, default from the weight precision)
     keeps TensorRT-LLM's defaults, 2,048 sequences and 8,192 tokens."""
     from sim.catalog import gpu_catalog, model_catalog
@@ -376,10 +395,16 @@ def trtllm_bench_limits(config: dict[str, Any], input_tokens: int, output_tokens
     if (checkpoint or DEFAULT_CHECKPOINT.get(config["weights"], "none")) not in TUNED_CHECKPOINTS:
         return TRTLLM_DEFAULT_LIMITS
 
-    model, gpu, tp = model_catalog()[config["model"]], gpu_catalog()[config["gpu"]], int(config["tp"])
+    model, gpu = model_catalog()[config["model"]], gpu_catalog()[config["gpu"]]
+    # The tool's --tp counts every GPU of the layout: "DEP4" is --tp 4 --ep 4 with attention DP.
+    tp = int(config["tp"]) * int(config.get("dp_attention", 1))
     gib = 1024.0 ** 3
-    weights_gib = model.params_total * BENCH_BYTES[config["weights"]] / gib
-    kv_gib_per_token = 2 * model.layers * max(tp, model.kv_heads) * model.head_dim * BENCH_BYTES[config["kv_cache"]] / gib
+    weights_gib = _bench_param_count(model, checkpoint or DEFAULT_CHECKPOINT.get(config["weights"], "none")) \
+        * BENCH_BYTES[config["weights"]] / gib
+    # The tool reads head_dim from the HF config, else hidden / heads: DeepSeek's (MLA) config has
+    # none, so it counts 7168 / 128 = 56 per head, not MLA's latent.
+    head_size = model.hidden // model.q_heads if model.attention.kind == "mla" else model.head_dim
+    kv_gib_per_token = 2 * model.layers * max(tp, model.kv_heads) * head_size * BENCH_BYTES[config["kv_cache"]] / gib
     free_gib = (gpu.hbm_gb * 1e9 / gib) * tp - weights_gib
     requests = max(1.0, free_gib * kv_fraction / (kv_gib_per_token * (input_tokens + output_tokens)))
     raw_bs = min(requests, 4096.0)
@@ -387,6 +412,17 @@ def trtllm_bench_limits(config: dict[str, Any], input_tokens: int, output_tokens
     max_bs = _round_up_tiered(raw_bs, ((256, 32), (1024, 128), (math.inf, 256)), floor=64)
     max_tokens = _round_up_tiered(raw_tokens, ((4096, 256), (8192, 512), (math.inf, 1024)), floor=2048)
     return max_bs, max(max_tokens, max_bs)
+
+
+def _bench_param_count(model: Any, checkpoint: str) -> float:
+    """The parameter count trtllm-bench reads from the checkpoint's safetensors headers (elements
+    stored). An NVFP4 checkpoint (ModelOpt) stores its quantized linear layers as two values per
+    byte plus one FP8 scale per 16 values, so it reports 1/2 + 1/16 of their parameters; the
+    embedding and the LM head stay 16-bit, one element each."""
+    if checkpoint != "nvfp4":
+        return float(model.params_total)
+    unquantized = 2.0 * model.lm_head_params          # the embedding table and the LM head
+    return (model.params_total - unquantized) * (0.5 + 1.0 / 16.0) + unquantized
 
 
 def _round_up_tiered(x: float, tiers: tuple[tuple[float, int], ...], floor: int) -> int:

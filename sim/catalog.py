@@ -268,13 +268,15 @@ class ModelSpec(_Frozen):
         """Growing KV bytes per token per GPU (full-attention layers only)."""
         return self.full_attention_layers * self.kv_bytes_per_token_per_layer(kv_precision, tp)
 
-    def sliding_kv_bytes_per_request(self, kv_precision: str, tp: int = 1) -> float:
-        """Fixed KV a request holds in sliding-window layers (window tokens each), per GPU."""
+    def sliding_kv_bytes_per_request(self, kv_precision: str, tp: int = 1, longest_request_tokens: int | None = None) -> float:
+        """Fixed KV a request holds in sliding-window layers, per GPU: the window's tokens in each,
+        or the longest request's tokens when no request can reach the window."""
         a = self.attention
         if not a.sliding_layers:
             return 0.0
         assert a.sliding_window is not None
-        return a.sliding_layers * a.sliding_window * self.kv_bytes_per_token_per_layer(kv_precision, tp)
+        tokens = a.sliding_window if longest_request_tokens is None else min(a.sliding_window, longest_request_tokens)
+        return a.sliding_layers * tokens * self.kv_bytes_per_token_per_layer(kv_precision, tp)
 
     def attn_flops_per_ctx_token(self) -> float:
         """Attention FLOPs per (query token, attended key) pair per layer: QK^T and PV.

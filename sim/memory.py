@@ -16,8 +16,10 @@ gated-MLP intermediates in BF16 (2 x (4 hidden + 2 ffn / tp) bytes per token, ff
 width times the expert imbalance for MoE models under ep) plus FP32 logits of the sampled rows (4 x vocab / tp per
 sequence), and a 1 GB floor for the CUDA context, graphs and workspace, unless the scenario sets
 `activation_reserve_gb`. KV per token counts the full-attention layers; a model with
-sliding-window layers also holds, per request, the window's KV in those layers, as a fixed number
-of extra blocks (`sliding_blocks`). Swapping a request moves all its layers' KV over the host link
+sliding-window layers also holds, per request, the window's KV in those layers (or the longest
+request's, when the workload's lengths are bounded below the window), as a fixed number of extra
+blocks (`sliding_blocks`) from its first token: an overestimate early in a request's life, since
+a real engine's window blocks grow with the context up to the window. Swapping a request moves all its layers' KV over the host link
 (`swap_bytes_per_token`).
 """
 
@@ -65,11 +67,13 @@ def weight_bytes_per_gpu(model: ModelSpec, par: Parallelism, weights: str) -> fl
 def memory_plan(model: ModelSpec, gpu: GpuSpec, *, par: Parallelism, weights: str, kv_cache: str, block_tokens: int,
                 gpu_memory_fraction: float, activation_reserve_gb: float | None, max_num_seqs: int,
                 max_num_batched_tokens: int, drafter_weight_bytes: float = 0.0,
-                drafter_kv_bytes_per_token: float = 0.0) -> MemoryPlan:
+                drafter_kv_bytes_per_token: float = 0.0, longest_request_tokens: int | None = None) -> MemoryPlan:
     """The memory split of one replica's GPUs (see the module docstring). A speculative drafter's
     weights (per GPU) count as weights, and its KV per token (per GPU) is held beside the target's
     in the same blocks (a block then holds both models' KV of its tokens, as vLLM's KV-cache groups
-    do)."""
+    do). `longest_request_tokens`: the most KV tokens any request of the workload can hold, when
+    the workload bounds it (fixed or uniform lengths), which caps what a request holds in
+    sliding-window layers."""
     m, tp = model, par.tp
     weights_gb = (weight_bytes_per_gpu(m, par, weights) + drafter_weight_bytes) / 1e9
     if activation_reserve_gb is not None:
@@ -85,7 +89,7 @@ def memory_plan(model: ModelSpec, gpu: GpuSpec, *, par: Parallelism, weights: st
     stage_share = par.stage_layers(m.layers) / m.layers
     kv_bpt = m.kv_bytes_per_token(kv_cache, tp) * stage_share + drafter_kv_bytes_per_token
     blocks = int(max(0.0, kv_gb) * 1e9 // (kv_bpt * block_tokens))
-    sliding = m.sliding_kv_bytes_per_request(kv_cache, tp) * stage_share
+    sliding = m.sliding_kv_bytes_per_request(kv_cache, tp, longest_request_tokens) * stage_share
     return MemoryPlan(
         weights_gb_per_gpu=weights_gb,
         activation_gb_per_gpu=act_gb,

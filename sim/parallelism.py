@@ -133,11 +133,10 @@ def check_layout(par: Parallelism, model: ModelSpec, gpu: GpuSpec) -> None:
 
 
 def check_simulated(par: Parallelism) -> None:
-    """Layouts the engine does not simulate yet (pipeline micro-batches come next): refused rather
-    than silently ignored."""
-    if par.pp > 1:
-        raise ValueError(f"serving.parallelism.pp={par.pp}: pipeline parallelism is not simulated yet; use tp, "
-                         "or replicas")
+    """Layouts the engine does not simulate: refused rather than silently ignored."""
+    if par.pp > 1 and par.dp_attention > 1:
+        raise ValueError(f"serving.parallelism.pp={par.pp} with dp_attention={par.dp_attention}: pipeline stages of "
+                         "attention ranks are not simulated; use pp with tp (and ep), or dp_attention without pp")
     if par.two_batch_overlap and par.dp_attention == 1:
         raise ValueError("serving.parallelism.two_batch_overlap overlaps the expert all-to-all of attention ranks: "
                          "it needs dp_attention > 1 (with one rank the experts' results are all-reduced as under "

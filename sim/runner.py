@@ -29,15 +29,28 @@ from sim.metrics import IterLog, LevelLog
 from sim.metrics.invariants import violations
 from sim.metrics.window import measurement_window
 from sim.perf import RooflineStepModel, TableStepModel, make_step_model
+from sim.perf.pipeline import PipelineStepModel
 from sim.perf.ranks import RankedRoofline
+from sim.perf.split import decode_step_split
 from sim.scenario import ClosedLoop, Offline, Scenario
 from sim.speculation import speculation_for
 from sim.traffic import closed_loop_client, open_loop_source
 from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams
 
 
-def step_model_for(sc: Scenario) -> RooflineStepModel | TableStepModel:
-    """The scenario's step-time model: the roofline, or the measured table it names."""
+def step_model_for(sc: Scenario) -> RooflineStepModel | TableStepModel | PipelineStepModel:
+    """The scenario's step-time model: the roofline, or the measured table it names; through
+    pipeline stages when pp > 1 (perf.pipeline)."""
+    model = replica_step_model(sc)
+    par = sc.serving.parallelism
+    if par.pp > 1:
+        assert isinstance(model, RooflineStepModel), "validation refuses step tables with pp"
+        return PipelineStepModel(model, par, model.links)
+    return model
+
+
+def replica_step_model(sc: Scenario) -> RooflineStepModel | TableStepModel:
+    """The roofline (or measured table) of one stage's tensor-parallel group over the whole model."""
     p, par = sc.serving.precision, sc.serving.parallelism
     # With attention ranks this is one rank's roofline: the experts are priced over the stage by
     # perf.ranks.RankedRoofline, not by it.
@@ -50,7 +63,7 @@ def step_model_for(sc: Scenario) -> RooflineStepModel | TableStepModel:
                            redundant_experts=0 if ranked else par.redundant_experts)
 
 
-def ranked_pricing_for(sc: Scenario, rank: RooflineStepModel | TableStepModel) -> RankedRoofline | None:
+def ranked_pricing_for(sc: Scenario, rank: RooflineStepModel | TableStepModel | PipelineStepModel) -> RankedRoofline | None:
     """The step pricing of attention ranks sharing expert layers, for dp_attention > 1."""
     par, p = sc.serving.parallelism, sc.serving.precision
     if par.dp_attention <= 1:
@@ -69,7 +82,8 @@ def replica_specs(sc: Scenario, seed: int | None = None) -> list[ReplicaSpec]:
                          chunked_prefill=s.batching.chunked_prefill, max_waiting=max_waiting,
                          preemption=s.batching.preemption, max_context_tokens=sc.model.max_context_tokens,
                          admission=s.batching.admission,
-                         mixed_prefill=not s.batching.chunked_prefill and s.batching.whole_prompts == "mixed")
+                         mixed_prefill=not s.batching.chunked_prefill and s.batching.whole_prompts == "mixed",
+                         kv_arrives=s.role == "decode")
     step_model = step_model_for(sc)
     return [ReplicaSpec(pool="default", role="mixed", count=s.replicas, gpus_per_replica=s.parallelism.gpus,
                         gpu=sc.hardware.gpu, step_model=step_model, memory=sc.memory_plan(), limits=limits,
@@ -102,7 +116,7 @@ class Simulation:
         return self.specs[0].memory
 
     @property
-    def step_model(self) -> RooflineStepModel | TableStepModel:
+    def step_model(self) -> RooflineStepModel | TableStepModel | PipelineStepModel:
         return self.specs[0].step_model  # type: ignore[return-value]
 
 
@@ -245,6 +259,11 @@ def execute(sim: Simulation, progress: Callable[[float], None] | None = None) ->
         summary["step_table_extrapolation"] = "; ".join(
             f"{axis} asked {lo:,.0f}..{hi:,.0f}, table covers {sim.step_model.coverage.grid[axis][0]:,.0f}.."
             f"{sim.step_model.coverage.grid[axis][1]:,.0f}" for axis, (lo, hi) in ext.items())
+    # Why the layout is as fast as it is: the terms of a decode step at the run's mean batch.
+    spec = sim.specs[0]
+    ctx = float(req["input_tokens"].mean() + req["output_tokens"].mean() / 2.0) if len(req) else 1.0
+    summary.update(decode_step_split(spec.step_model, spec.ranked, ranks,
+                                     float(summary.get("batch_size_mean") or 0.0) / ranks, ctx))
     summary["kv_blocks_per_replica"] = sim.memory.kv_blocks * ranks
     summary["kv_capacity_tokens_per_replica"] = sim.memory.kv_capacity_tokens * ranks
     wall = time.perf_counter() - t_wall

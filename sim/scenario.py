@@ -182,6 +182,13 @@ class Workload(_Frozen):
                 raise ValueError(f"workload needs either a trace or all of arrivals/input_tokens/output_tokens; missing {missing}")
         return self
 
+    def longest_request_tokens(self) -> int | None:
+        """The most tokens (prompt + output) any request can have, where the length distributions
+        bound it (fixed or uniform); None for unbounded ones and traces."""
+        bounds = [d.value if isinstance(d, FixedLen) else d.high if isinstance(d, UniformLen) else None
+                  for d in (self.input_tokens, self.output_tokens)]
+        return None if self.trace is not None or None in bounds else sum(b for b in bounds if b is not None)
+
 
 # ---- hardware, serving ----------------------------------------------------------------------
 
@@ -309,6 +316,10 @@ class Serving(_Frozen):
     kv_cache: KvCacheCfg = KvCacheCfg()
     router: Literal["round_robin", "least_outstanding", "least_kv_load"] = "least_outstanding"
     frontend: Frontend = Frontend()
+    role: Literal["mixed", "decode"] = Field(
+        default="mixed", description="mixed: the replicas prefill and decode; decode: a disaggregated decode "
+        "pool whose requests arrive with their prompt's KV and first token from a prefill pool (a prefill "
+        "pool is a mixed pool whose requests ask for one output token)")
 
     @model_validator(mode="before")
     @classmethod
@@ -428,6 +439,16 @@ class Scenario(_Frozen):
             if self.perf.step_table is not None:
                 raise ValueError("perf.step_table: a measured step table prices one batch; it cannot price "
                                  f"serving.parallelism.dp_attention={s.parallelism.dp_attention} ranks stepping together")
+        if s.role == "decode" and self.speculative is not None:
+            raise ValueError("speculative: a decode pool (serving.role: decode) with speculative decoding is not "
+                             "simulated")
+        if s.parallelism.pp > 1:
+            if self.speculative is not None:
+                raise ValueError(f"speculative: with serving.parallelism.pp={s.parallelism.pp}, speculative decoding "
+                                 "is not simulated (its draft passes are not priced through pipeline stages)")
+            if self.perf.step_table is not None:
+                raise ValueError("perf.step_table: a measured step table prices a whole replica's step; it cannot "
+                                 f"price serving.parallelism.pp={s.parallelism.pp} pipeline stages")
         p = s.precision
         if g.peak_flops(p.compute_precision) is None:
             raise ValueError(
@@ -500,7 +521,8 @@ class Scenario(_Frozen):
                            activation_reserve_gb=s.kv_cache.activation_reserve_gb,
                            max_num_seqs=s.batching.max_num_seqs,
                            max_num_batched_tokens=s.batching.max_num_batched_tokens,
-                           drafter_weight_bytes=drafter[0], drafter_kv_bytes_per_token=drafter[1])
+                           drafter_weight_bytes=drafter[0], drafter_kv_bytes_per_token=drafter[1],
+                           longest_request_tokens=self.workload.longest_request_tokens())
 
 
 def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:

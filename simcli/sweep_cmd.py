@@ -28,6 +28,7 @@ import pandas as pd
 
 from sim.errors import InputError
 from sim.metrics.registry import SWEEP_TABLE, metric
+from sim.perf.split import SPLIT_KEYS
 from sim.sweep import (
     PARETO_X,
     PARETO_Y,
@@ -199,8 +200,31 @@ def print_sweep(console: Any, sweep: SweepFile, result: SweepResult, out: Path, 
     console.print(t)
     if len(agg) > 40:
         console.print(f"... {len(agg) - 40} more points in aggregate.csv")
+    if any(c.startswith(SPLIT_AXES) for c in result.params):
+        console.print(step_split_table(agg, result.params))
     console.print(f"points run now: {ran}, resumed from earlier runs: {skipped}, failed: {len(result.failed)}")
     console.print(f"results: {escape(str(out))}")
+
+
+#: Axes that change where a step's time goes: a sweep over them also prints the step split.
+SPLIT_AXES = ("serving.parallelism.", "hardware.gpu", "serving.precision.")
+
+
+def step_split_table(agg: pd.DataFrame, params: list[str]) -> Any:
+    """Why the points differ: a decode step at each point's mean batch, in its parts (sim/perf/split.py)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title="decode step at the mean batch, in its parts (ms; the step takes the larger of compute "
+              "and memory, plus the rest)", header_style="bold")
+    for c in params:
+        t.add_column(escape(c.rsplit(".", 1)[-1]))
+    cols = [metric(name) for name in SPLIT_KEYS]
+    for m in cols:
+        t.add_column(escape(m.header), justify="right")
+    for _, r in agg.head(40).iterrows():
+        t.add_row(*[escape(str(r[c])) for c in params], *[m.display(r.get(f"{m.name}_mean")) for m in cols])
+    return t
 
 
 def cmd_sweep(args: argparse.Namespace, after_row: Callable[[dict[str, Any]], None] | None = None) -> int:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import ROOT, base_dict
 
-from sim.calibrate import Measurement, fit, predict, read_measurements_csv, reference_points
+from sim.calibrate import Measurement, fit, predict, read_measurements_csv, reference_points, scenario_data
 from sim.errors import InputError
 from sim.scenario import scenario_from_dict
 
@@ -53,7 +53,11 @@ def test_fit_recovers_compute_efficiency_from_simulated_throughput():
 
 def test_reference_points_and_calibrated_defaults_are_consistent():
     ms, skipped, header = reference_points()
-    assert len(ms) >= 20 and {m.kind for m in ms} == {"step", "throughput"} and len(skipped) >= 10 and all(s["reason"] for s in skipped)
+    assert len(ms) >= 38 and {m.kind for m in ms} == {"step", "throughput"} and all(s["reason"] for s in skipped)
+    # every DEP point of the perf overview is simulated (issue 11), none skipped
+    assert sum(1 for m in ms if m.config.get("dp_attention", 1) > 1) == 12 and not skipped
+    checks = header["scenario_checks"]
+    assert len(checks) == 3 and all((ROOT / c["scenario"]).is_file() and c["measured"] > 0 for c in checks)
     cal = yaml.safe_load((ROOT / "sim" / "data" / "calibration.yaml").read_text())
     sc = scenario_from_dict(base_dict())
     for k, v in cal["perf"].items():
@@ -120,16 +124,20 @@ def test_a_parameter_no_measurement_depends_on_is_held():
 
 
 def test_trtllm_bench_limits_by_hand():
-    """Llama-3.3-70B NVFP4 on one B200 at 1k/1k, as trtllm-bench sizes it: (180e9 B in GiB - 70.6e9
-    params x 0.5 B in GiB) x 0.95 / (2 x 80 layers x 8 heads x 128 x 1 B x 2048 tokens in GiB)
-    = about 412 requests -> batch 512 (rounded up to 128s), tokens 412 x 2 -> at least 2,048; an MXFP4
-    checkpoint keeps TensorRT-LLM's defaults."""
+    """Llama-3.3-70B NVFP4 on one B200 at 1k/1k, as trtllm-bench sizes it: (180e9 B in GiB - the
+    checkpoint's stored elements x 0.5 B in GiB) x 0.95 / (2 x 80 layers x 8 heads x 128 x 1 B x 2048
+    tokens in GiB) = about 453 requests -> batch 512 (rounded up to 128s), tokens 453 x 2 -> at least
+    2,048. The NVFP4 checkpoint stores its linear layers two values a byte plus an FP8 scale per 16
+    (1/2 + 1/16 elements per parameter) and the embedding and LM head whole. An MXFP4 checkpoint keeps
+    TensorRT-LLM's defaults."""
     from sim.calibrate import trtllm_bench_limits
     from sim.catalog import model_catalog
 
     cfg = {"model": "llama-3.3-70b", "gpu": "b200", "tp": 1, "weights": "fp4", "kv_cache": "fp8", "compute": "fp4"}
     gib = 1024.0 ** 3
-    free = 180e9 / gib - model_catalog()["llama-3.3-70b"].params_total * 0.5 / gib
+    m = model_catalog()["llama-3.3-70b"]
+    stored = (m.params_total - 2 * m.lm_head_params) * (0.5 + 1 / 16) + 2 * m.lm_head_params
+    free = 180e9 / gib - stored * 0.5 / gib
     requests = free * 0.95 / (2 * 80 * 8 * 128 * 1.0 * 2048 / gib)
     assert 384 < requests <= 512
     assert trtllm_bench_limits(cfg, 1024, 1024) == (512, 2048)
@@ -169,3 +177,37 @@ def test_measurements_sharing_an_id_are_predicted_each_with_a_pool():
     with inline_executor() as ex:
         f = fit(ms, ("compute_efficiency",), executor=ex)
     assert list(f.table["predicted"]) == pytest.approx([m.measured for m in ms], rel=0.03)
+
+
+def test_trtllm_bench_limits_of_a_dep_layout():
+    """DeepSeek-R1 FP8 as DEP8 on H200 at 1k/1k: the tool runs with --tp 8 (every GPU of the layout)
+    and counts DeepSeek's KV as 2 x 61 layers x max(8, 128) heads x 56 (hidden / heads: its HF config
+    has no head_dim) x 1 B per token: (8 x 141e9 B - 671e9 params x 1 B) in GiB x 0.95 / (that x 2000
+    tokens) = about 242 requests -> 256 sequences and 2,048 tokens, which each attention rank applies
+    to its own batch."""
+    from sim.calibrate import trtllm_bench_limits
+    from sim.catalog import model_catalog
+
+    m = model_catalog()["deepseek-r1"]
+    gib = 1024.0 ** 3
+    requests = (8 * 141e9 - m.params_total) / gib * 0.95 / (2 * 61 * 128 * 56 * 2000 / gib)
+    assert 224 < requests <= 256
+    cfg = {"model": "deepseek-r1", "gpu": "h200", "tp": 1, "dp_attention": 8, "ep": 8, "weights": "fp8",
+           "kv_cache": "fp8", "compute": "fp8"}
+    assert trtllm_bench_limits(cfg, 1000, 1000) == (256, 2048)
+
+
+def test_measurements_csv_takes_dep_layouts(tmp_path):
+    """Optional dp_attention and ep columns describe a DEP layout; the point simulates as one."""
+    header = HEADER.replace("compute,", "compute,dp_attention,ep,")
+    (tmp_path / "m.csv").write_text(header + "a,step,deepseek-r1,h200,1,fp8,fp8,fp8,8,8,64,2000,0,0.05\n"
+                                    + "b,step,deepseek-r1,h200,8,fp8,fp8,fp8,,,64,2000,0,0.05\n")
+    ms = read_measurements_csv(tmp_path / "m.csv")
+    assert ms[0].config["dp_attention"] == 8 and ms[0].config["ep"] == 8 and "dp_attention" not in ms[1].config
+    sc = scenario_from_dict(scenario_data(ms[0], {}))
+    assert (sc.serving.parallelism.dp_attention, sc.serving.parallelism.ep) == (8, 8)
+    # a step row's batch is per rank: 8 ranks of 64 cost more than one TP8 group of 64
+    assert predict(ms[0], {}) > 0 and predict(ms[0], {}) != predict(ms[1], {})
+    (tmp_path / "bad.csv").write_text(header + "a,step,deepseek-r1,h200,1,fp8,fp8,fp8,3,3,64,2000,0,0.05\n")
+    with pytest.raises(InputError, match="ep=3"):
+        read_measurements_csv(tmp_path / "bad.csv")

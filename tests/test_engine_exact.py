@@ -63,6 +63,25 @@ def test_lone_request_latency_is_sum_of_step_times(tp, inp, out, budget):
     assert row["queue_s"] == 0.0
 
 
+@pytest.mark.parametrize("inp,out", [(500, 50), (3000, 7), (777, 2), (10, 1)])
+def test_a_decode_pool_request_arrives_with_its_kv_and_only_decodes(inp, out):
+    """serving.role decode: the request brings its prompt's KV and first token; it joins the batch at
+    once (loading KV is no forward pass), so its latency here is the out - 1 decode steps, KV holding
+    inp + j tokens at step j; no prompt is processed, and only those tokens count as this pool's."""
+    d = lone(inp, out, serving={"role": "decode", "batching": {"max_num_seqs": 8, "max_num_batched_tokens": 64}})
+    sc, res = run_one(d, inp, out)
+    step = step_model(sc)
+    t = sum(step_s(step, 1, inp + j) for j in range(1, out))
+    row = res.requests.iloc[0]
+    assert row["status"] == "completed" and row["ttft_s"] == 0.0 and row["queue_s"] == 0.0
+    assert row["e2e_s"] == pytest.approx(t, rel=1e-12, abs=1e-12)
+    if out > 1:
+        assert row["tpot_s"] == pytest.approx(t / (out - 1), rel=1e-9)
+    assert row["sampled_tokens"] == out - 1
+    assert int(res.iterations["prompt_tokens"].sum()) == 0
+    assert int(res.iterations["output_tokens"].sum()) == out - 1
+
+
 def test_lone_request_without_chunked_prefill_is_one_prefill_iteration():
     inp, out = 5000, 20
     d = lone(inp, out, serving={"batching": {"max_num_seqs": 8, "max_num_batched_tokens": 1024,
@@ -97,6 +116,14 @@ CASES = {
     "moe_tp2": {"model": "mixtral-8x7b", "serving": {"parallelism": {"tp": 2}}},
     "sliding_fp8": {"model": "gpt-oss-120b", "hardware": {"gpu": "h200"},
                     "serving": {"precision": {"weights": "fp8", "kv_cache": "fp8"}}},
+    # an 8,192-token window that most contexts stay below: decode runs cross its knee
+    "window_below_knee": {"model": "llama-4-maverick", "hardware": {"gpu": "b200"},
+                          "serving": {"precision": {"weights": "fp4", "kv_cache": "fp8", "compute": "fp4"},
+                                      "parallelism": {"tp": 4}}},
+    "pipeline_pp2": {"serving": {"parallelism": {"tp": 1, "pp": 2}}},
+    "decode_pool_tight_kv": {"serving": {"role": "decode", "kv_cache": {"gpu_memory_fraction": 0.26}}},
+    "pipeline_pp4_tight_kv": {"serving": {"parallelism": {"tp": 1, "pp": 4},
+                                          "kv_cache": {"gpu_memory_fraction": 0.2}}},
 }
 
 

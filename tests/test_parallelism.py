@@ -79,7 +79,7 @@ def test_deepseek_r1_fp8_on_eight_h100_is_rejected_with_the_numbers():
     ({"tp": 1, "dp_attention": 3, "ep": 3}, r"ep=3 does not divide the model's 256 routed expert slots"),
     ({"tp": 16}, r"tp=16 exceeds the GPU's scale-up domain \(8 GPUs\); set serving.parallelism.tp_across_domains"),
     ({"pp": 62}, r"pp=62 exceeds the model's 61 layers"),
-    ({"tp": 8, "pp": 2}, r"pp=2: pipeline parallelism is not simulated yet"),
+    ({"tp": 1, "dp_attention": 2, "ep": 2, "pp": 2}, r"pp=2 with dp_attention=2: pipeline stages of attention ranks"),
     ({"tp": 8, "two_batch_overlap": True}, r"two_batch_overlap overlaps the expert all-to-all of attention ranks"),
     ({"tp": 8, "expert_imbalance": 0.9}, r"expert_imbalance"),
 ])
@@ -97,7 +97,7 @@ def test_dense_models_refuse_expert_and_attention_data_parallelism():
 
 def test_cli_refuses_an_unsimulated_layout_with_exit_2(tmp_path):
     path = tmp_path / "pp.yaml"
-    path.write_text(yaml.safe_dump(r1_dict(tp=8, pp=2)))
+    path.write_text(yaml.safe_dump(r1_dict(tp=1, dp_attention=2, ep=2, pp=2)))
     out = tmp_path / "out"
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), str(path), "--out", str(out)],
                        capture_output=True, text=True, cwd=ROOT)
@@ -276,12 +276,14 @@ def test_all_to_all_crosses_the_scale_out_network_beyond_the_domain():
     a8 = dep8.all_to_all_s(per_rank)
     a16 = dep16.all_to_all_s(per_rank * 2)
     assert a16 > a8 > 0.0
-    # in the bandwidth-bound limit: bytes over NVLink at comm_efficiency (8 GPUs, one domain)
+    # in the bandwidth-bound limit: bytes over NVLink at all_to_all_efficiency (8 GPUs, one domain)
     big = [1e6] * 8
-    rk = dep8.rank
+    cfg, h200 = dep8.rank.cfg, gpu_catalog()["h200"]
+    assert dep8.a2a_links.scale_up_b_s == pytest.approx(h200.scale_up_gb_s * 1e9 * cfg.all_to_all_efficiency)
+    assert dep8.a2a_links.scale_out_b_s == pytest.approx(h200.scale_out_gb_s * 1e9 * cfg.all_to_all_scale_out_efficiency)
     copies = dep8.imbalance * 8e6 * 8 / 8        # routed copies (top-8) the busiest of 8 GPUs receives
     # dispatch in FP8 with FP32 scales per 128 values (1.03125 B), combine in BF16 (2 B)
-    want = R1.moe_layers * copies * R1.hidden * (1.03125 + 2.0) * 7 / 8 / rk.links.scale_up_b_s
+    want = R1.moe_layers * copies * R1.hidden * (1.03125 + 2.0) * 7 / 8 / dep8.a2a_links.scale_up_b_s
     assert dep8.all_to_all_s(big) == pytest.approx(want, rel=1e-3)
 
 
@@ -308,8 +310,8 @@ def test_ranked_pricing_details():
     # experts split over 8 GPUs each (tp 8 x dp 2 over ep 2): every GPU of a shard receives its
     # tokens whole, imbalance x T x k / ep copies
     wide = build({"tp": 8, "dp_attention": 2, "ep": 2, "expert_imbalance": 1.0})
-    links = wide.rank.links._replace(step_latency_s=0.0, scale_out_latency_s=0.0)
-    wide.rank.links = links
+    links = wide.a2a_links._replace(step_latency_s=0.0, scale_out_latency_s=0.0)
+    wide.a2a_links = links
     from sim.perf.comm import all_to_all_s as a2a
     copies = 2 * 1000.0 * 8 / 2
     want = R1.moe_layers * (a2a(copies * R1.hidden * 1.03125, 16, links) + a2a(copies * R1.hidden * 2.0, 16, links))
@@ -480,3 +482,61 @@ def test_dep_levels_follow_little_s_law_and_queues_fill_by_rank():
     for t in rejected["arrival_s"].to_numpy()[:50]:
         waiting = lv.loc[lv["t_s"] <= t, "waiting"].iloc[-1] if (lv["t_s"] <= t).any() else 0
         assert waiting >= 8, (t, waiting)
+
+
+# ---- pipeline parallelism ------------------------------------------------------------------------
+
+def test_pipeline_bubble_fraction_for_m_micro_batches_and_p_stages():
+    """Serving keeps the pipeline full: a stage idles (p - m) / p of a cycle with m < p micro-batches,
+    none once m >= p, and with m = p only the exposed hand-overs."""
+    from sim.perf.pipeline import bubble_fraction, cycle_s
+
+    for p in (2, 4, 8):
+        for m in range(1, 2 * p + 1):
+            expected = (p - m) / p if m < p else 0.0
+            assert bubble_fraction(1e-3, 0.0, p, m) == pytest.approx(expected)
+    assert cycle_s(1e-3, 1e-4, 4, 4) == pytest.approx(4e-3 + 3e-4)
+    assert bubble_fraction(1e-3, 1e-4, 4, 4) == pytest.approx(3e-4 / 4.3e-3)
+    assert bubble_fraction(1e-3, 1e-4, 4, 8) == 0.0               # spare micro-batches hide the hand-overs
+
+
+def test_pipeline_iteration_is_p_micro_batches_through_the_largest_stage_plus_handovers():
+    from sim.perf import StepShape
+
+    sc = scenario_from_dict(base_dict(serving={"parallelism": {"tp": 1, "pp": 4}}))
+    pipe = step_model(sc)
+    inner = pipe.inner
+    share = 8 / 32                                                 # Llama-3.1-8B: 32 layers, 8 a stage
+    handover = stage_transfer_s(16 * 4096 * 2.0, True, inner.links)   # 16 tokens of a 64-sequence batch
+    assert pipe.iteration_s(StepShape(64, 64 * 700.0)) == pytest.approx(
+        4 * share * inner.iteration_s(StepShape(16, 16 * 700.0)) + 3 * handover, rel=1e-12)
+    assert pipe.bubble_fraction(StepShape(64, 64 * 700.0)) == pytest.approx(
+        3 * handover / pipe.iteration_s(StepShape(64, 64 * 700.0)), rel=1e-9)
+    run = pipe.decode_run(64)
+    assert run.step_s(64 * 700.0) == pytest.approx(pipe.iteration_s(StepShape(64, 64 * 700.0)), rel=1e-12)
+    # uneven micro-batches: the largest (ceil(B / p) sequences) sets the pace
+    assert pipe.iteration_s(StepShape(13, 13 * 700.0)) == pytest.approx(
+        4 * share * inner.iteration_s(StepShape(4, 4 * 700.0)) + 3 * stage_transfer_s(4 * 4096 * 2.0, True, inner.links),
+        rel=1e-12)
+
+
+def test_pipeline_stages_hold_their_share_and_cost_per_token_latency():
+    """pp splits the weights and KV like tp but does not shorten a decode step: a memory-bound
+    step reads every stage's weights once per micro-batch, so PP2 is slower per token than TP2 on the
+    same two GPUs, and both hold about half the weights per GPU."""
+    d = base_dict(model="llama-3.1-70b", hardware={"gpu": "h200"},
+                  serving={"precision": {"weights": "fp8", "kv_cache": "fp8"}},
+                  workload={"arrivals": {"kind": "poisson", "rate_per_s": 1.0}})
+    pp2 = scenario_from_dict({**d, "serving": {**d["serving"], "parallelism": {"tp": 1, "pp": 2}}})
+    tp2 = scenario_from_dict({**d, "serving": {**d["serving"], "parallelism": {"tp": 2}}})
+    assert pp2.memory_plan().weights_gb_per_gpu == pytest.approx(tp2.memory_plan().weights_gb_per_gpu, rel=0.02)
+    a, b = run(pp2).summary, run(tp2).summary
+    assert a["tpot_s_p50"] > b["tpot_s_p50"]
+    assert a["requests_completed"] == b["requests_completed"] > 0
+
+
+def test_pipeline_with_speculation_or_attention_ranks_is_refused():
+    with pytest.raises(ValueError, match=r"pp=2, speculative decoding is not simulated"):
+        scenario_from_dict(base_dict(serving={"parallelism": {"pp": 2}},
+                                     speculative={"method": "eagle", "k": 2,
+                                                  "acceptance": {"mean_accepted_length": {2: 1.89}}}))

@@ -45,6 +45,9 @@ class RankedReplica:
         self.levels = levels
         self._log_level, self._pack_level = levels.extend, levels.pack
         self._noted = (0, 0)
+        # the ranks' queues and running sets (never replaced), summed on every change of level
+        self._waitings = [s.waiting for s in self.ranks]
+        self._runnings = [s.running for s in self.ranks]
         self.on_finish = on_finish
         self.records = records
         self._record, self._pack_record = records.extend, records.pack
@@ -80,8 +83,8 @@ class RankedReplica:
         return True
 
     def _note_levels(self) -> None:
-        waiting = sum(len(s.waiting) for s in self.ranks)
-        running = sum(len(s.running) for s in self.ranks)
+        waiting = sum(map(len, self._waitings))
+        running = sum(map(len, self._runnings))
         if (waiting, running) != self._noted:
             self._noted = (waiting, running)
             self._log_level(self._pack_level(self.env.now, self.idx, waiting, running))

@@ -27,7 +27,7 @@ class Request:
         "id", "arrival_s", "input_tokens", "output_tokens", "replica", "status", "reject_reason",
         "generated", "prefill_target", "prefilled", "swapped_kv", "blocks", "admit_s", "first_token_s",
         "finish_s", "preemptions", "input_counted", "seq", "base", "finish_g", "in_decode", "on_done", "hash_ids",
-        "sampled_before_start", "sampled_before_end", "spec_cum", "spec_pos", "spec_member",
+        "sampled_before_start", "sampled_before_end", "spec_cum", "spec_pos", "spec_member", "pre_generated",
     )
 
     def __init__(self, rid: int, arrival_s: float, input_tokens: int, output_tokens: int,
@@ -41,6 +41,7 @@ class Request:
         self.status = Status.WAITING
         self.reject_reason = ""
         self.generated = 0          # output tokens sampled so far
+        self.pre_generated = 0      # of those, sampled before it reached this pool (a decode pool: 1)
         self.prefill_target = input_tokens  # tokens the current prefill must cover
         self.prefilled = 0          # tokens of prefill_target already in KV
         self.swapped_kv = 0         # KV tokens held in host memory after a swap preemption

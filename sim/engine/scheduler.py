@@ -77,6 +77,18 @@ class BatchLimits:
     max_context_tokens: int
     admission: str = "optimistic"    # admission.py: "optimistic", "no_evict" or "conservative"
     mixed_prefill: bool = False      # without chunking: whole prompts join the decodes' iteration
+    kv_arrives: bool = False         # a decode pool: each request arrives with its prompt's KV made
+    #                                  by a prefill pool elsewhere, and its first token
+
+
+def arrive_with_kv(r: Request) -> None:
+    """A request reaching a decode pool: a prefill pool has computed its prompt's KV and sampled its
+    first token, so it holds the prompt's KV ready to load (as a swapped-out request does, without
+    the transfer: the KV came with it) and has one token generated elsewhere."""
+    r.prefilled = r.prefill_target = r.input_tokens
+    r.swapped_kv = r.input_tokens
+    r.input_counted = r.input_tokens        # its prompt was processed by the prefill pool
+    r.generated = r.pre_generated = 1
 
 
 class BatchScheduler:
@@ -137,6 +149,8 @@ class BatchScheduler:
             r.reject_reason = reason
             r.finish_s = now
             return False
+        if self.limits.kv_arrives:
+            arrive_with_kv(r)
         self.enqueue(r, now)
         return True
 
@@ -267,10 +281,17 @@ class BatchScheduler:
                 blocks = kv.blocks_for(r.swapped_kv)
                 if kv.free_blocks - blocks < margin:
                     break
+                arrived = r.admit_s < 0        # a decode pool's request: its KV came with it
                 self._admit(r, now)
                 plan.admitted += 1
                 kv.allocate(blocks)
-                plan.swap_s += kv.transfer_s(r.swapped_kv)
+                if arrived and r.generated >= r.output_tokens:     # a decode pool's request with nothing to decode
+                    r.first_token_s = now
+                    r.swapped_kv = 0
+                    self._complete(r, blocks, now)
+                    continue
+                if not arrived:
+                    plan.swap_s += kv.transfer_s(r.swapped_kv)
                 if r.prefilled < r.prefill_target:     # swapped out mid-prefill: continue it now
                     r.blocks = blocks
                     r.swapped_kv = 0
@@ -347,6 +368,8 @@ class BatchScheduler:
         for r in plan.resumed:
             ds.add(r, r.swapped_kv)
             r.swapped_kv = 0
+            if r.first_token_s < 0:     # a decode pool's request joins the batch: its latency here starts
+                r.first_token_s = now
         if self.finished:
             self.note_levels(now)
         return prompt, recompute, sampled

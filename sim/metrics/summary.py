@@ -44,7 +44,9 @@ def requests_frame(reqs: Sequence[Any], sc: Scenario, window: Window) -> pd.Data
     admit = np.asarray(col("admit_s"), dtype=float)
     out = np.asarray(col("output_tokens"), dtype=np.int64)
     inp = np.asarray(col("input_tokens"), dtype=np.int64)
-    sampled = np.asarray(col("generated"), dtype=np.int64)
+    # Tokens sampled in this pool: a decode pool's requests bring their first token with them.
+    pre = np.asarray(col("pre_generated"), dtype=np.int64)
+    sampled = np.asarray(col("generated"), dtype=np.int64) - pre
     status = np.asarray([STATUS_NAMES[st] for st in col("status")], dtype=object)
     done = status == "completed"
     fe = sc.serving.frontend.overhead_s(inp.astype(float))
@@ -58,10 +60,10 @@ def requests_frame(reqs: Sequence[Any], sc: Scenario, window: Window) -> pd.Data
     else:
         in_window = (arrival >= window.start_s) & (arrival < window.end_s)
     met = done & (ttft <= sc.slo.ttft_s) & ((out <= 1) | (tpot <= sc.slo.tpot_s))
-    before_start = _sampled_before(np.asarray(col("sampled_before_start"), dtype=np.int64), sampled, finish,
-                                   window.start_s)
+    noted_start, noted_end = (np.asarray(col(c), dtype=np.int64) for c in ("sampled_before_start", "sampled_before_end"))
+    before_start = _sampled_before(np.where(noted_start >= 0, noted_start - pre, -1), sampled, finish, window.start_s)
     before_end = sampled if window.kind == "makespan" else _sampled_before(
-        np.asarray(col("sampled_before_end"), dtype=np.int64), sampled, finish, window.end_s)
+        np.where(noted_end >= 0, noted_end - pre, -1), sampled, finish, window.end_s)
     return pd.DataFrame({
         "request_id": np.asarray(col("id"), dtype=np.int64),
         "replica": np.asarray(col("replica"), dtype=np.int64),
@@ -106,7 +108,7 @@ def lifecycle_frame(records: Sequence[LifecycleRecord]) -> pd.DataFrame:
 
 _REQUEST_ATTRIBUTES = ("id", "replica", "arrival_s", "first_token_s", "finish_s", "admit_s", "input_tokens",
                        "output_tokens", "generated", "status", "reject_reason", "preemptions",
-                       "sampled_before_start", "sampled_before_end")
+                       "sampled_before_start", "sampled_before_end", "pre_generated")
 
 
 def _attribute_columns(objs: Sequence[Any], names: tuple[str, ...]) -> dict[str, list]:

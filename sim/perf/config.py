@@ -27,7 +27,11 @@ FALLBACK: dict[str, float] = {
     "collective_latency_s": 8e-6, "iteration_overhead_s": 1.5e-3, "per_seq_overhead_s": 0.0,
     "activation_traffic_factor": 1.0, "gemm_half_tokens": 0.0, "hbm_half_bytes_per_layer": 0.0,
     "layer_overhead_s": 0.0, "moe_layer_overhead_s": 0.0, "attention_efficiency": 0.0,
-    "host_overhead_s": 0.0, "host_overhead_per_seq_s": 0.0,
+    "host_overhead_s": 0.0, "host_overhead_per_seq_s": 0.0, "all_to_all_efficiency": 0.80,
+    # DeepEP V2 on Hopper with ConnectX-7 (400 Gb/s, 50 GB/s a GPU): dispatch 90 GB/s over 8 x 2 GPUs
+    # and 61 GB/s over 8 x 4, logical bandwidth with the in-node share included, so 45-46 GB/s over
+    # RDMA (deepseek-ai/DeepEP README, Performance).
+    "all_to_all_scale_out_efficiency": 0.90,
 }
 
 
@@ -46,6 +50,13 @@ class PerfCfg(InputModel):
     hbm_bw_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["hbm_bw_efficiency"], ge=1e-3, le=1)
     compute_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["compute_efficiency"], ge=1e-3, le=1)
     comm_efficiency: float = Field(default_factory=lambda: calibrated_defaults()["comm_efficiency"], ge=1e-3, le=1)
+    all_to_all_efficiency: float = Field(
+        default_factory=lambda: calibrated_defaults()["all_to_all_efficiency"], ge=1e-3, le=1,
+        description="fraction of the scale-up (NVLink) rate the expert all-to-all (dispatch and combine) reaches")
+    all_to_all_scale_out_efficiency: float = Field(
+        default_factory=lambda: calibrated_defaults()["all_to_all_scale_out_efficiency"], ge=1e-3, le=1,
+        description="fraction of the scale-out network's rate the expert all-to-all reaches across domains "
+        "(0.9: DeepEP's measured RDMA bandwidth)")
     collective_latency_s: float = Field(default_factory=lambda: calibrated_defaults()["collective_latency_s"], ge=0, le=1,
                                         description="latency per log2(tp) step of an all-reduce")
     iteration_overhead_s: float = Field(default_factory=lambda: calibrated_defaults()["iteration_overhead_s"], ge=0, le=10)

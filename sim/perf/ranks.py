@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 from sim.catalog import BYTES_PER_ELEMENT
 from sim.parallelism import Parallelism
-from sim.perf.comm import all_to_all_s
+from sim.perf.comm import Links, all_to_all_s
 from sim.perf.efficiency import experts_touched, gemm_efficiency, tokens_per_expert
 from sim.perf.roofline import RooflineStepModel
 from sim.perf.shape import StepShape
@@ -99,6 +99,14 @@ class RankedRoofline:
         self.dispatch_bytes_per_copy = m.hidden * DISPATCH_BYTES.get(compute, 2.0)
         self.combine_bytes_per_copy = m.hidden * COMBINE_BYTES
         self.overlap = par.two_batch_overlap
+        self._rank_flops: dict[tuple[int, int], tuple[float, float]] = {}
+        # The all-to-all reaches its own share of the links, not the all-reduce's: its many
+        # peer-to-peer messages are a different kernel (perf all_to_all_efficiency over NVLink,
+        # fitted; all_to_all_scale_out_efficiency over the network, DeepEP's measured RDMA rate).
+        g, cfg = rank.gpu, rank.cfg
+        self.a2a_links = Links(g.scale_up_gb_s * 1e9 * cfg.all_to_all_efficiency,
+                               g.scale_out_gb_s * 1e9 * cfg.all_to_all_scale_out_efficiency,
+                               g.scale_up_domain, cfg.collective_latency_s, g.scale_out_latency_s)
         # With attention ranks, the MoE layers' outputs return by the combine, not an all-reduce.
         self.allreduce_share = (m.layers + m.dense_layers) / (2 * m.layers) if par.dp_attention > 1 else 1.0
 
@@ -126,7 +134,7 @@ class RankedRoofline:
             return 0.0          # one rank: every GPU has every token, the experts' sum is an all-reduce
         sent = max(rank_tokens) / self.par.tp * self.k
         received = self.imbalance * total * self.k / self.par.ep
-        copies, links = max(sent, received), self.rank.links
+        copies, links = max(sent, received), self.a2a_links
         per_layer = (all_to_all_s(copies * self.dispatch_bytes_per_copy, self.stage_gpus, links)
                      + all_to_all_s(copies * self.combine_bytes_per_copy, self.stage_gpus, links))
         return self.moe_layers * per_layer
@@ -147,12 +155,17 @@ class RankedRoofline:
         best = (-1.0, 0.0, 0.0, 0.0, -1)
         util_s = 0.0
         exp_flops_pure = self.expert_flops(total, pure=True)
+        flops = self._rank_flops
         for i, (tokens, samples, pairs, kv_act) in enumerate(work):
-            cmp = rk.dense_gemm_flops(tokens) + rk._lm_flops(samples) + rk.attn_flops_eq_per_pair * pairs + exp_flops
+            f = flops.get((tokens, samples))
+            if f is None:   # a rank's GEMM and LM-head FLOPs depend on its counts alone: priced once
+                f = flops[(tokens, samples)] = (
+                    rk.dense_gemm_flops(tokens) + rk._lm_flops(samples),
+                    rk.dense_gemm_flops(tokens, pure=True) + rk._lm_flops(samples, pure=True))
+            cmp = f[0] + rk.attn_flops_eq_per_pair * pairs + exp_flops
             mem = rk.base_weight_bytes + exp_bytes + kv_act + extra_read
             if total:
-                cmp_pure = (rk.dense_gemm_flops(tokens, pure=True) + rk._lm_flops(samples, pure=True)
-                            + rk.attn_flops_pure_per_pair * pairs + exp_flops_pure)
+                cmp_pure = f[1] + rk.attn_flops_pure_per_pair * pairs + exp_flops_pure
                 util_s = max(util_s, cmp_pure / rk.flops_per_s, mem / rk.bytes_per_s)
             mem += rk.half_bytes
             compute_s, memory_s = cmp / rk.flops_per_s, mem / rk.bytes_per_s

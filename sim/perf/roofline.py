@@ -74,6 +74,7 @@ from sim.perf.shape import (
     PrefixPath,
     Segment,
     StepShape,
+    affine_segments,
     lin_sum,
     segments_run_s,
 )
@@ -155,6 +156,48 @@ class DecodeCoeffs:
                 + (m * sa + sb * (k + n_steps - 1) * m / 2.0 if m > 0 else 0.0))
 
 
+class WindowedRun:
+    """Decode steps of a model with sliding-window layers: each sequence's window layers attend
+    min(c, w) keys of its context c, so the batch reads min(S, B w) per window layer, summed
+    over the B sequences as if they were all on one side of w (exact when they are; otherwise an
+    upper bound, since sum min(c_i, w) <= min(S, B w)). Below the knee S = B w the window layers
+    read the whole context (`below`), above it w per sequence (`above`): two two-line forms
+    meeting at the knee, so the step stays piecewise affine in S with known breakpoints."""
+
+    __slots__ = ("below", "above", "knee", "affine")
+
+    def __init__(self, below: DecodeCoeffs, above: DecodeCoeffs, knee: float) -> None:
+        self.below, self.above, self.knee = below, above, knee
+        (xb, pb), (xa, pa) = below.affine, above.affine
+        left = [i for i, x in enumerate(xb) if x < knee]
+        right = [i for i, x in enumerate(xa) if x > knee]
+        xs = tuple(xb[i] for i in left) + (knee,) + tuple(xa[i] for i in right)
+        pieces = (tuple(pb[i] for i in left) + (pb[len(left)],) + (pa[len(xa) - len(right)],)
+                  + tuple(pa[i + 1] for i in right))
+        self.affine: Affine = (xs, pieces)
+
+    @property
+    def batch(self) -> int:
+        return self.above.batch
+
+    def step_s(self, ctx_sum: float) -> float:
+        return self.above.step_s(ctx_sum) if ctx_sum >= self.knee else self.below.step_s(ctx_sum)
+
+    def segments(self, path: ContextPath, n_steps: int) -> list[Segment]:
+        if n_steps > 0 and path.at(0) >= self.knee:       # usual for long contexts: one form
+            return self.above.segments(path, n_steps)
+        return affine_segments(self.affine, path, n_steps)
+
+    def run_s(self, path: ContextPath, n_steps: int) -> float:
+        if n_steps <= 0:
+            return 0.0
+        if path.at(0) >= self.knee:
+            return self.above.run_s(path, n_steps)
+        if isinstance(path, PrefixPath):
+            return path.run_s(self, n_steps)
+        return segments_run_s(self.segments(path, n_steps), path)
+
+
 class StepBreakdown(NamedTuple):
     """One iteration's time in parts: it takes max(compute_s, memory_s) + comm_s + overhead_s +
     draft_s (the side of the max that is smaller is hidden under the other)."""
@@ -232,11 +275,11 @@ class RooflineStepModel:
         per_token_s, fixed_s = allreduce_coeffs(m.hidden * 2.0, tp, self.links)
         self.comm_s_per_token = 2 * m.layers * per_token_s
         self.comm_fixed_s = 2 * m.layers * fixed_s
-        self._decode_cache: dict[tuple[int, int], DecodeCoeffs] = {}
+        self._decode_cache: dict[tuple[int, int], DecodeCoeffs | WindowedRun] = {}
         self._drafted_cache: dict[tuple[int, int, DraftWork], DraftedRun] = {}
-        self._decode1: dict[int, DecodeCoeffs] = {}   # one query token per sequence: the hot case
-        self._utilization_cache: dict[int, DecodeCoeffs] = {}
-        self._draft_pass_cache: dict[tuple[int, float, bool], DecodeCoeffs] = {}
+        self._decode1: dict[int, DecodeCoeffs | WindowedRun] = {}   # one query token per sequence: the hot case
+        self._utilization_cache: dict[int, DecodeCoeffs | WindowedRun] = {}
+        self._draft_pass_cache: dict[tuple[int, float, bool], DecodeCoeffs | WindowedRun] = {}
         self._spec_utilization_cache: dict[tuple[int, int, DraftWork | None], DecodeRun] = {}
 
     # ---- pieces --------------------------------------------------------------------------
@@ -315,7 +358,7 @@ class RooflineStepModel:
             c = self._decode_cache[key2] = self._decode_coeffs(batch, query_tokens_per_seq)
         return c
 
-    def draft_pass(self, batch: int, layer_share: float, pure: bool = False) -> DecodeCoeffs:
+    def draft_pass(self, batch: int, layer_share: float, pure: bool = False) -> DecodeCoeffs | WindowedRun:
         """One draft pass over `batch` decoding sequences running `layer_share` of the layers and
         the LM head (see the module docstring), or one decode step of the separate draft model
         (`pure`: its utilization form)."""
@@ -328,13 +371,27 @@ class RooflineStepModel:
         return c
 
     def _decode_coeffs(self, batch: int, query_tokens_per_seq: int, layer_share: float = 1.0,
-                       draft: bool = False, pure: bool = False) -> DecodeCoeffs:
+                       draft: bool = False, pure: bool = False) -> DecodeCoeffs | WindowedRun:
         """A decode step of `batch` sequences computing q tokens each; with `draft`, a draft pass:
         every per-layer term scaled by `layer_share`, the whole LM head, and as fixed time only the
         all-reduce and fixed per-layer costs of those layers (no iteration or per-sequence
         overhead). With `pure`, only the bytes and FLOPs at the large-kernel rates
-        (`utilization_s`): no shape efficiencies, no fixed time."""
-        f, w = layer_share, self.window
+        (`utilization_s`): no shape efficiencies, no fixed time. With sliding-window layers, the
+        two forms either side of the knee S = batch x window (`WindowedRun`)."""
+        above = self._decode_form(batch, query_tokens_per_seq, layer_share, draft, pure, windowed=True)
+        if not self.window:
+            return above
+        below = self._decode_form(batch, query_tokens_per_seq, layer_share, draft, pure, windowed=False)
+        return WindowedRun(below, above, float(batch * self.window))
+
+    def _decode_form(self, batch: int, query_tokens_per_seq: int, layer_share: float, draft: bool, pure: bool,
+                     windowed: bool) -> DecodeCoeffs:
+        """`_decode_coeffs` as one two-line form: the window layers attend `window` keys per
+        sequence (`windowed`, S >= batch x window) or the sequence's whole context (below it)."""
+        f = layer_share
+        w = self.window if windowed else 0
+        # Window layers that attend the whole context count with the full-attention layers.
+        growing_layers = self.full_layers if windowed else self.model.layers
         half_bytes = 0.0 if pure else self.half_bytes
         q = query_tokens_per_seq
         tokens = batch * q
@@ -342,13 +399,13 @@ class RooflineStepModel:
         mem0 = (f * (layer_weight_bytes + tokens * (self.model.layers * self.kv_layer_bytes + self.act_bytes_per_token)
                      + self.sliding_layers * self.kv_layer_bytes * batch * w + half_bytes)
                 + self.lm_head_bytes)
-        mem1 = f * self.full_layers * self.kv_layer_bytes
+        mem1 = f * growing_layers * self.kv_layer_bytes
         attn = self.attn_flops_pure_per_pair if pure else self.attn_flops_eq_per_pair
         cmp0 = (f * (self._gemm_flops(tokens, pure)
                      + attn * self.sliding_layers * tokens * w
                      - attn * self.full_layers * batch * (q * (q - 1) // 2))
                 + self._lm_flops(tokens, pure))
-        cmp1 = f * attn * self.full_layers * q
+        cmp1 = f * attn * growing_layers * q
         if pure:
             fixed_s = 0.0
         else:
@@ -420,8 +477,10 @@ class RooflineStepModel:
         samples = seqs * q
         pairs_full = q * float(shape.decode_ctx_sum) - seqs * (q * (q - 1) // 2)
         read_full = float(shape.decode_ctx_sum)
-        pairs_sl = float(tokens * w)
-        read_sl = float(seqs * w)
+        # A window layer reads min(c, w) of each decoding sequence's context: min(S, B w) for the
+        # batch (WindowedRun), each of its q query tokens attending those keys.
+        read_sl = float(min(seqs * w, shape.decode_ctx_sum)) if w else 0.0
+        pairs_sl = q * read_sl
         for ch in chunks:
             end = ch.prefix + ch.new
             tokens += ch.new
