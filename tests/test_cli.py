@@ -133,3 +133,34 @@ def test_bad_arguments(tmp_path, args, needle):
     r = cli(str(p), *args, cwd=tmp_path)
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_run_summary_and_a_parallelism_sweep_say_where_the_step_time_goes(tmp_path):
+    """Every run's summary splits a decode step at the mean batch into its parts (ms); a sweep over
+    the layout prints that split per point (issue 11: why one layout beats another)."""
+    p = write(tmp_path, base_dict(duration_s=20.0, serving={"parallelism": {"tp": 1, "pp": 2}}))
+    r = cli(str(p), "--out", str(tmp_path / "one"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "decode step at the mean batch" in r.stdout and "all-reduce / all-to-all / pipeline / fixed" in r.stdout
+    summary = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert summary["step_ms"] > 0 and summary["step_pipeline_ms"] > 0 and summary["step_all_to_all_ms"] == 0
+    sweep = {**base_dict(duration_s=20.0), "sweep": {"zip": {"serving.parallelism.tp": [1, 2],
+                                                             "serving.parallelism.pp": [2, 1]}}}
+    r = cli("sweep", str(write(tmp_path, sweep, "sw.yaml")), "--out", str(tmp_path / "sw"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "decode step at the mean batch, in its parts" in r.stdout and "pipeline" in r.stdout
+    agg = pd.read_csv(tmp_path / "sw" / "aggregate.csv")
+    assert (agg["step_compute_ms_mean"] > 0).all()
+
+
+def test_pipeline_and_decode_pool_refusals_exit_2(tmp_path):
+    spec = {"method": "eagle", "k": 2, "acceptance": {"mean_accepted_length": {2: 1.89}}}
+    table = tmp_path / "t.csv"
+    table.write_text("decode_seqs,context_tokens,prefill_tokens,step_time_s\n1,100,0,0.01\n")
+    for over, message in (({"serving": {"role": "decode"}, "speculative": spec}, "serving.role: decode"),
+                          ({"serving": {"parallelism": {"pp": 2}}, "perf": {"step_table": str(table)}},
+                           "pp=2 (pipeline stages)"),
+                          ({"serving": {"role": "prefill"}}, "serving.role")):
+        r = cli(str(write(tmp_path, base_dict(**over))), "--out", str(tmp_path / "o"), cwd=tmp_path)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / "o").exists()
