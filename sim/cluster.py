@@ -45,7 +45,7 @@ class ReplicaSpec:
     """One pool of identical replicas."""
 
     pool: str
-    role: str                     # "mixed": prefill and decode on the same replica
+    role: str                     # "mixed": prefill and decode on the same replica; "decode": KV arrives
     count: int
     gpus_per_replica: int
     gpu: GpuSpec                  # for power and price

@@ -85,7 +85,7 @@ def replica_specs(sc: Scenario, seed: int | None = None) -> list[ReplicaSpec]:
                          mixed_prefill=not s.batching.chunked_prefill and s.batching.whole_prompts == "mixed",
                          kv_arrives=s.role == "decode")
     step_model = step_model_for(sc)
-    return [ReplicaSpec(pool="default", role="mixed", count=s.replicas, gpus_per_replica=s.parallelism.gpus,
+    return [ReplicaSpec(pool="default", role=s.role, count=s.replicas, gpus_per_replica=s.parallelism.gpus,
                         gpu=sc.hardware.gpu, step_model=step_model, memory=sc.memory_plan(), limits=limits,
                         ranked=ranked_pricing_for(sc, step_model), ranks=s.parallelism.dp_attention,
                         watermark_fraction=s.kv_cache.watermark_fraction,

@@ -121,9 +121,13 @@ CASES = {
                           "serving": {"precision": {"weights": "fp4", "kv_cache": "fp8", "compute": "fp4"},
                                       "parallelism": {"tp": 4}}},
     "pipeline_pp2": {"serving": {"parallelism": {"tp": 1, "pp": 2}}},
-    "decode_pool_tight_kv": {"serving": {"role": "decode", "kv_cache": {"gpu_memory_fraction": 0.26}}},
-    "pipeline_pp4_tight_kv": {"serving": {"parallelism": {"tp": 1, "pp": 4},
-                                          "kv_cache": {"gpu_memory_fraction": 0.2}}},
+    "tight_kv_decode_pool": {"serving": {"role": "decode", "kv_cache": {"gpu_memory_fraction": 0.225}}},
+    "tight_kv_decode_pool_swap": {"serving": {"role": "decode", "kv_cache": {"gpu_memory_fraction": 0.225},
+                                              "batching": {"preemption": "swap"}}},
+    "decode_pool_trtllm": {"serving": {"role": "decode", "engine": "trtllm",
+                                       "batching": {"max_num_batched_tokens": 1024}}},
+    "tight_kv_pipeline_pp4": {"serving": {"parallelism": {"tp": 1, "pp": 4},
+                                          "kv_cache": {"gpu_memory_fraction": 0.075}}},
 }
 
 
@@ -150,6 +154,8 @@ def test_decode_jumps_equal_step_by_step(case):
     assert fast.iterations["output_tokens"].sum() == ref.iterations["output_tokens"].sum()
     if case.startswith("tight"):
         assert fast.summary["preemptions"] > 0, "the tight-KV case must exercise preemption"
+    if case.startswith("decode_pool"):     # a decode pool never refuses a prompt for the token budget
+        assert fast.summary["requests_rejected"] == 0
 
 
 def test_decode_run_matches_per_step_times():

@@ -500,24 +500,49 @@ def test_pipeline_bubble_fraction_for_m_micro_batches_and_p_stages():
     assert bubble_fraction(1e-3, 1e-4, 4, 8) == 0.0               # spare micro-batches hide the hand-overs
 
 
-def test_pipeline_iteration_is_p_micro_batches_through_the_largest_stage_plus_handovers():
+def test_pipeline_iteration_is_p_micro_batches_through_the_slowest_stage_plus_handovers():
     from sim.perf import StepShape
 
     sc = scenario_from_dict(base_dict(serving={"parallelism": {"tp": 1, "pp": 4}}))
     pipe = step_model(sc)
     inner = pipe.inner
     share = 8 / 32                                                 # Llama-3.1-8B: 32 layers, 8 a stage
+
+    def lm_s(samples):                                             # the last stage runs the LM head whole
+        return max(inner._lm_flops(samples) / inner.flops_per_s, inner.lm_head_bytes / inner.bytes_per_s)
+
     handover = stage_transfer_s(16 * 4096 * 2.0, True, inner.links)   # 16 tokens of a 64-sequence batch
-    assert pipe.iteration_s(StepShape(64, 64 * 700.0)) == pytest.approx(
-        4 * share * inner.iteration_s(StepShape(16, 16 * 700.0)) + 3 * handover, rel=1e-12)
-    assert pipe.bubble_fraction(StepShape(64, 64 * 700.0)) == pytest.approx(
-        3 * handover / pipe.iteration_s(StepShape(64, 64 * 700.0)), rel=1e-9)
+    want = 4 * (share * inner.iteration_s(StepShape(16, 16 * 700.0)) + (1 - share) * lm_s(16)) + 3 * handover
+    assert pipe.iteration_s(StepShape(64, 64 * 700.0)) == pytest.approx(want, rel=1e-12)
+    assert pipe.bubble_fraction(StepShape(64, 64 * 700.0)) == pytest.approx(3 * handover / want, rel=1e-9)
     run = pipe.decode_run(64)
-    assert run.step_s(64 * 700.0) == pytest.approx(pipe.iteration_s(StepShape(64, 64 * 700.0)), rel=1e-12)
+    assert run.step_s(64 * 700.0) == pytest.approx(want, rel=1e-12)
     # uneven micro-batches: the largest (ceil(B / p) sequences) sets the pace
     assert pipe.iteration_s(StepShape(13, 13 * 700.0)) == pytest.approx(
-        4 * share * inner.iteration_s(StepShape(4, 4 * 700.0)) + 3 * stage_transfer_s(4 * 4096 * 2.0, True, inner.links),
-        rel=1e-12)
+        4 * (share * inner.iteration_s(StepShape(4, 4 * 700.0)) + (1 - share) * lm_s(4))
+        + 3 * stage_transfer_s(4 * 4096 * 2.0, True, inner.links), rel=1e-12)
+    # fewer sequences than stages: the cycle is unchanged, the GPUs work on the one micro-batch
+    one = StepShape(1, 700.0)
+    stage = share * inner.iteration_s(one) + (1 - share) * lm_s(1)
+    assert pipe.bubble_fraction(one) == pytest.approx(1 - stage / pipe.iteration_s(one), rel=1e-9)
+    assert 0.74 < pipe.bubble_fraction(one) < 0.76
+    assert pipe.decode_utilization(1).step_s(700.0) == pytest.approx(pipe.utilization_s(one), rel=1e-12)
+    assert pipe.utilization_s(one) < 0.3 * pipe.utilization_s(StepShape(4, 4 * 700.0))
+
+
+def test_pipeline_handovers_leave_the_domain_only_at_its_edge():
+    """TP4 x PP4 on 8-GPU nodes: stages 0-1 on node 0, 2-3 on node 1: one of three boundaries
+    crosses InfiniBand; TP8 x PP2: the one boundary crosses."""
+    from sim.perf.pipeline import PipelineStepModel
+
+    d = base_dict(model="llama-3.1-70b", serving={"precision": {"weights": "fp8", "kv_cache": "fp8"}})
+    pipes = [step_model(scenario_from_dict({**d, "serving": {**d["serving"], "parallelism": par}}))
+             for par in ({"tp": 4, "pp": 4}, {"tp": 8, "pp": 2}, {"tp": 2, "pp": 4})]
+    assert all(isinstance(p, PipelineStepModel) for p in pipes)
+    assert [p.crossings for p in pipes] == [1, 1, 0]
+    p44 = pipes[0]
+    out, inside = (stage_transfer_s(10 * 8192 * 2.0 / 4, same, p44.links) for same in (False, True))
+    assert p44.exposed_handover_s(10) == pytest.approx(out + 2 * inside)
 
 
 def test_pipeline_stages_hold_their_share_and_cost_per_token_latency():

@@ -125,8 +125,9 @@ class BatchScheduler:
         if self.kv.final_blocks(r.input_tokens, r.output_tokens) > self.kv.total_blocks \
                 or not self.admission.admits_when_empty(r):
             return "exceeds_kv_capacity"
-        if lim.mixed_prefill and r.input_tokens > lim.max_num_batched_tokens:
-            # TensorRT-LLM without chunked context refuses such a prompt ("should not exceed max_num_tokens").
+        if lim.mixed_prefill and not lim.kv_arrives and r.input_tokens > lim.max_num_batched_tokens:
+            # TensorRT-LLM without chunked context refuses such a prompt ("should not exceed max_num_tokens");
+            # a decode pool never prefills it.
             return "prompt_exceeds_token_budget"
         if lim.max_waiting is not None and len(self.waiting) >= lim.max_waiting:
             return "queue_full"

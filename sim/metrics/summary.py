@@ -49,7 +49,8 @@ def requests_frame(reqs: Sequence[Any], sc: Scenario, window: Window) -> pd.Data
     sampled = np.asarray(col("generated"), dtype=np.int64) - pre
     status = np.asarray([STATUS_NAMES[st] for st in col("status")], dtype=object)
     done = status == "completed"
-    fe = sc.serving.frontend.overhead_s(inp.astype(float))
+    # The front end (tokenization, scheduling) runs where the prompt enters: not in a decode pool.
+    fe = 0.0 if sc.serving.role == "decode" else sc.serving.frontend.overhead_s(inp.astype(float))
     with np.errstate(invalid="ignore", divide="ignore"):
         ttft = np.where(first >= 0, first - arrival + fe, nan)
         e2e = np.where(done, finish - arrival + fe, nan)
@@ -216,7 +217,7 @@ def throughput(it: pd.DataFrame, req: pd.DataFrame, window: Window, gpus: float)
     fin = req["finish_s"].to_numpy(dtype=float)
     s["makespan_s"] = float(np.nanmax(fin) - req["arrival_s"].min()) if np.isfinite(fin).any() else float("nan")
     all_done = req["status"] == "completed"
-    s["output_tok_per_s_per_gpu_makespan"] = (float(req.loc[all_done, "output_tokens"].sum()) / s["makespan_s"] / gpus
+    s["output_tok_per_s_per_gpu_makespan"] = (float(req.loc[all_done, "sampled_tokens"].sum()) / s["makespan_s"] / gpus
                                               if s["makespan_s"] > 0 and gpus else float("nan"))
     return s
 

@@ -10,7 +10,9 @@ the same time, so the step takes max(compute, memory) plus the rest:
     step = max(compute_ms, memory_ms) + allreduce_ms + all_to_all_ms + pipeline_ms + overhead_ms
 
 (with two-batch overlap the all-to-all hides under the compute, and the step is the larger of the
-two plus the fixed rest). A measured step table has no terms: it gives none.
+two plus the fixed rest). A measured step table has no terms: it gives none. The representative
+step has no draft work (speculative decoding's share is `spec_draft_time_share`), and the mean
+batch counts idle time as batch 0, so at light load it is below the batch a busy step has.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ import math
 from sim.perf.pipeline import PipelineStepModel
 from sim.perf.ranks import RankedRoofline
 from sim.perf.roofline import RooflineStepModel
-from sim.perf.shape import StepShape
+from sim.perf.shape import StepModel, StepShape
 
 #: The summary keys `decode_step_split` returns, all in milliseconds.
 SPLIT_KEYS = ("step_ms", "step_compute_ms", "step_memory_ms", "step_allreduce_ms", "step_all_to_all_ms",
               "step_pipeline_ms", "step_overhead_ms")
 
 
-def decode_step_split(model: object, ranked: RankedRoofline | None, ranks: int, batch_per_rank: float,
+def decode_step_split(model: StepModel, ranked: RankedRoofline | None, ranks: int, batch_per_rank: float,
                       ctx_tokens: float) -> dict[str, float]:
     """The terms (ms) of a decode step of `batch_per_rank` sequences on each of `ranks` ranks at
     `ctx_tokens` of context each (module docstring); NaN for a measured step table."""
