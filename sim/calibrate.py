@@ -131,7 +131,13 @@ def predict(m: Measurement, perf: dict[str, Any]) -> float:
         ranked = ranked_pricing_for(sc, model)
         # with attention ranks, every rank runs the measured batch (decode_seqs is per rank)
         return ranked.iteration_s([shape] * sc.serving.parallelism.dp_attention) if ranked else model.iteration_s(shape)
-    return float(run(sc).summary["output_tok_per_s_per_gpu_makespan"])
+    res = run(sc)
+    if not res.summary["requests_completed"]:
+        reasons = res.requests["reject_reason"].value_counts()
+        why = ", ".join(f"{n} {reason}" for reason, n in reasons.items() if reason) or "none finished"
+        raise InputError(f"measurement {m.id}: the simulated benchmark completes no request ({why}); check its "
+                         "lengths against the model's context, the KV cache and the token budget")
+    return float(res.summary["output_tok_per_s_per_gpu_makespan"])
 
 
 @dataclass
@@ -259,6 +265,9 @@ def fit(ms: list[Measurement], params: tuple[str, ...] = DEFAULT_PARAMS,
 
 STEP_COLS = ("decode_seqs", "context_tokens", "prefill_tokens", "step_time_s")
 THROUGHPUT_COLS = ("input_tokens", "output_tokens", "requests", "output_tok_per_s_per_gpu")
+#: Every column a measurements CSV may have (docs/model-assumptions.md, "Calibrating to your own measurements").
+CSV_COLUMNS = ("id", "kind", *CONFIG_COLS, "attention", *LAYOUT_COLS, *STEP_COLS, *THROUGHPUT_COLS,
+               "max_num_seqs", "max_num_batched_tokens", "engine", "admission")
 
 
 def read_measurements_csv(path: str | Path) -> list[Measurement]:
@@ -268,6 +277,10 @@ def read_measurements_csv(path: str | Path) -> list[Measurement]:
     missing = [c for c in ("kind", *CONFIG_COLS) if c not in df.columns]
     if missing:
         raise InputError(f"{p}: missing column(s) {missing}; has {list(df.columns)}")
+    unknown = [c for c in df.columns if c not in CSV_COLUMNS]
+    if unknown:
+        raise InputError(f"{p}: unknown column(s) {unknown}; the columns are {list(CSV_COLUMNS)} (names are "
+                         "case-sensitive)")
     out = []
     for i, row in df.iterrows():
         line = int(i) + 2

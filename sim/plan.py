@@ -273,13 +273,17 @@ def load_plan(path: str | Path, overrides: dict[str, Any] | None = None,
     sc = scenario_from_dict(base, source=str(p), base_dir=base_dir)
     knob = load_knob(sc)
     load = {} if spec.rate is None else {knob.path: spec.rate}
+    roles = set()
     for i, cand in enumerate(spec.candidates or [{}]):
         try:
-            scenario_from_dict(apply_params(base, {**cand, **load}), source=str(p), base_dir=base_dir)
+            roles.add(scenario_from_dict(apply_params(base, {**cand, **load}), source=str(p), base_dir=base_dir).serving.role)
         except InputError as err:
             where = f"plan.candidates[{i}]" if spec.candidates else "the scenario"
             at = f" at --rate {spec.rate:g} ({knob.path})" if load else ""
             raise InputError(f"{err} (in {where}{at})") from None
+    if len(roles) > 1:
+        raise InputError(f"{p}: plan.candidates mix serving.role values {sorted(roles)}: a decode pool's GPUs leave out "
+                         "the prefill pool's, so its cost does not compare with a mixed pool's; plan one role at a time")
     return PlanFile(base, sc, spec, base_dir, str(p))
 
 

@@ -211,3 +211,19 @@ def test_measurements_csv_takes_dep_layouts(tmp_path):
     (tmp_path / "bad.csv").write_text(header + "a,step,deepseek-r1,h200,1,fp8,fp8,fp8,3,3,64,2000,0,0.05\n")
     with pytest.raises(InputError, match="ep=3"):
         read_measurements_csv(tmp_path / "bad.csv")
+
+
+def test_unknown_columns_and_benchmarks_that_complete_nothing_are_refused(tmp_path):
+    """A mis-cased or misspelt column would silently fit another layout; a throughput row whose
+    requests can never run would stop the fit with a traceback: both are named, exit 2."""
+    header = HEADER.replace("compute,", "compute,EP,")
+    (tmp_path / "case.csv").write_text(header + "a,step,deepseek-r1,h200,8,fp8,fp8,fp8,8,64,2000,0,0.05\n")
+    with pytest.raises(InputError, match=r"unknown column\(s\) \['EP'\]"):
+        read_measurements_csv(tmp_path / "case.csv")
+    (tmp_path / "long.csv").write_text(
+        "id,kind,model,gpu,tp,weights,kv_cache,compute,input_tokens,output_tokens,requests,output_tok_per_s_per_gpu\n"
+        "a,throughput,llama-3.1-8b,h100-sxm,1,bf16,bf16,bf16,200000,100,5,1500\n")
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "calibrate", str(tmp_path / "long.csv"), "--out",
+                        str(tmp_path / "p.yaml")], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2 and "completes no request (5 context_too_long)" in p.stderr
+    assert "Traceback" not in p.stderr and not (tmp_path / "p.yaml").exists()

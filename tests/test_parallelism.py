@@ -500,7 +500,7 @@ def test_pipeline_bubble_fraction_for_m_micro_batches_and_p_stages():
     assert bubble_fraction(1e-3, 1e-4, 4, 8) == 0.0               # spare micro-batches hide the hand-overs
 
 
-def test_pipeline_iteration_is_p_micro_batches_through_the_slowest_stage_plus_handovers():
+def test_pipeline_cycle_is_the_slowest_stages_load_or_a_micro_batchs_round_trip():
     from sim.perf import StepShape
 
     sc = scenario_from_dict(base_dict(serving={"parallelism": {"tp": 1, "pp": 4}}))
@@ -511,23 +511,43 @@ def test_pipeline_iteration_is_p_micro_batches_through_the_slowest_stage_plus_ha
     def lm_s(samples):                                             # the last stage runs the LM head whole
         return max(inner._lm_flops(samples) / inner.flops_per_s, inner.lm_head_bytes / inner.bytes_per_s)
 
-    handover = stage_transfer_s(16 * 4096 * 2.0, True, inner.links)   # 16 tokens of a 64-sequence batch
-    want = 4 * (share * inner.iteration_s(StepShape(16, 16 * 700.0)) + (1 - share) * lm_s(16)) + 3 * handover
+    def cycle(b, m):
+        t = inner.iteration_s(StepShape(b, b * 700.0))
+        handovers = 3 * stage_transfer_s(b * 4096 * 2.0, True, inner.links)
+        return max(m * (share * (t - lm_s(b)) + lm_s(b)), t + handovers), t, handovers
+
+    # 64 sequences: 4 micro-batches of 16; the hand-overs and the LM head's extra turn compete
+    want, t16, h16 = cycle(16, 4)
     assert pipe.iteration_s(StepShape(64, 64 * 700.0)) == pytest.approx(want, rel=1e-12)
-    assert pipe.bubble_fraction(StepShape(64, 64 * 700.0)) == pytest.approx(3 * handover / want, rel=1e-9)
-    run = pipe.decode_run(64)
-    assert run.step_s(64 * 700.0) == pytest.approx(want, rel=1e-12)
+    assert pipe.decode_run(64).step_s(64 * 700.0) == pytest.approx(want, rel=1e-12)
+    assert want >= t16 + h16 * 0.999
     # uneven micro-batches: the largest (ceil(B / p) sequences) sets the pace
-    assert pipe.iteration_s(StepShape(13, 13 * 700.0)) == pytest.approx(
-        4 * (share * inner.iteration_s(StepShape(4, 4 * 700.0)) + (1 - share) * lm_s(4))
-        + 3 * stage_transfer_s(4 * 4096 * 2.0, True, inner.links), rel=1e-12)
-    # fewer sequences than stages: the cycle is unchanged, the GPUs work on the one micro-batch
+    assert pipe.iteration_s(StepShape(13, 13 * 700.0)) == pytest.approx(cycle(4, 4)[0], rel=1e-12)
+    # one sequence: its round trip through the whole model once, not p times the slowest stage
     one = StepShape(1, 700.0)
-    stage = share * inner.iteration_s(one) + (1 - share) * lm_s(1)
-    assert pipe.bubble_fraction(one) == pytest.approx(1 - stage / pipe.iteration_s(one), rel=1e-9)
-    assert 0.74 < pipe.bubble_fraction(one) < 0.76
+    want1, t1, h1 = cycle(1, 1)
+    assert pipe.iteration_s(one) == pytest.approx(t1 + h1, rel=1e-12) == pytest.approx(want1, rel=1e-12)
+    stage1 = share * (t1 - lm_s(1)) + lm_s(1)
+    assert pipe.bubble_fraction(one) == pytest.approx(1 - stage1 / (t1 + h1), rel=1e-9)
+    assert 0.6 < pipe.bubble_fraction(one) < 0.75
     assert pipe.decode_utilization(1).step_s(700.0) == pytest.approx(pipe.utilization_s(one), rel=1e-12)
     assert pipe.utilization_s(one) < 0.3 * pipe.utilization_s(StepShape(4, 4 * 700.0))
+
+
+def test_a_pipeline_decode_run_prices_every_step_as_its_iterations():
+    """The decode run's pieces (the larger of the two cycle forms, cut where they cross) sum to the
+    step-by-step cycles, along a context path that crosses the forms."""
+    from sim.perf import LinearPath, StepShape, steps_within
+
+    for par in ({"tp": 1, "pp": 4}, {"tp": 2, "pp": 2}):
+        pipe = step_model(scenario_from_dict(base_dict(serving={"parallelism": par})))
+        for batch in (1, 3, 16, 57):
+            run = pipe.decode_run(batch)
+            for first in (0.0, 5_000.0, 400_000.0):
+                path = LinearPath(first, float(batch))
+                brute = sum(pipe.iteration_s(StepShape(batch, first + batch * j)) for j in range(400))
+                assert run.run_s(path, 400) == pytest.approx(brute, rel=1e-9)
+                assert steps_within(run, path, 400, run.run_s(path, 123)) == 123
 
 
 def test_pipeline_handovers_leave_the_domain_only_at_its_edge():
@@ -542,7 +562,7 @@ def test_pipeline_handovers_leave_the_domain_only_at_its_edge():
     assert [p.crossings for p in pipes] == [1, 1, 0]
     p44 = pipes[0]
     out, inside = (stage_transfer_s(10 * 8192 * 2.0 / 4, same, p44.links) for same in (False, True))
-    assert p44.exposed_handover_s(10) == pytest.approx(out + 2 * inside)
+    assert p44.handovers_s(10) == pytest.approx(out + 2 * inside)
 
 
 def test_pipeline_stages_hold_their_share_and_cost_per_token_latency():

@@ -177,3 +177,16 @@ def test_plan_python_api_returns_the_answer(tmp_path):
     assert (0, 2, True) in seen and (0, 1, False) in seen
     assert len(result.evaluations) == 2 * len(seen)
     assert result.answer()["load_knob"] == "workload.arrivals.rate_per_s"
+
+
+def test_a_plan_refuses_to_compare_decode_pools_with_mixed_pools(tmp_path):
+    """A decode pool leaves out its prefill GPUs: its $/M would always look cheaper."""
+    from conftest import base_dict
+
+    from sim.errors import InputError
+    from sim.plan import load_plan
+
+    d = {**base_dict(), "plan": {"candidates": [{}, {"serving.role": "decode"}]}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(d))
+    with pytest.raises(InputError, match="mix serving.role values"):
+        load_plan(tmp_path / "p.yaml")

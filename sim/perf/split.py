@@ -9,6 +9,9 @@ the same time, so the step takes max(compute, memory) plus the rest:
 
     step = max(compute_ms, memory_ms) + allreduce_ms + all_to_all_ms + pipeline_ms + overhead_ms
 
+(through pipeline stages: the cycle is a micro-batch's round trip, and pipeline_ms its hand-overs,
+or the slowest stage's load, every part then scaled to it and the hand-overs hidden).
+
 (with two-batch overlap the all-to-all hides under the compute, and the step is the larger of the
 two plus the fixed rest). A measured step table has no terms: it gives none. The representative
 step has no draft work (speculative decoding's share is `spec_draft_time_share`), and the mean
@@ -42,13 +45,15 @@ def decode_step_split(model: StepModel, ranked: RankedRoofline | None, ranks: in
                    step_allreduce_ms=br.allreduce_s, step_all_to_all_ms=br.all_to_all_s, step_pipeline_ms=0.0,
                    step_overhead_ms=br.overhead_s)
     elif isinstance(model, PipelineStepModel):
-        micro = model.micro_batch(shape)
-        inner = model.inner.breakdown(micro)
-        f = model.factor
-        handover = model.exposed_handover_s(micro.decode_tokens)
-        out.update(step_ms=model.iteration_s(shape), step_compute_ms=f * inner.compute_s,
-                   step_memory_ms=f * inner.memory_s, step_allreduce_ms=f * inner.comm_s, step_all_to_all_ms=0.0,
-                   step_pipeline_ms=handover, step_overhead_ms=f * inner.overhead_s)
+        # The cycle is a micro-batch's round trip (the model once, plus the hand-overs) or the
+        # slowest stage's load (its parts scaled to the cycle, the hand-overs hidden under it).
+        inner = model.inner.breakdown(model.micro_batch(shape))
+        t_model, _, handovers_s, _ = model.cycle_parts(shape)
+        cycle = model.iteration_s(shape)
+        f, pipe = (1.0, handovers_s) if cycle <= t_model + handovers_s else (cycle / t_model, 0.0)
+        out.update(step_ms=cycle, step_compute_ms=f * inner.compute_s, step_memory_ms=f * inner.memory_s,
+                   step_allreduce_ms=f * inner.comm_s, step_all_to_all_ms=0.0, step_pipeline_ms=pipe,
+                   step_overhead_ms=f * inner.overhead_s)
     elif isinstance(model, RooflineStepModel):
         one = model.breakdown(shape)
         out.update(step_ms=model.iteration_s(shape), step_compute_ms=one.compute_s, step_memory_ms=one.memory_s,
