@@ -10,6 +10,8 @@ ranks plus expert parallelism), with the batch size and token budget trtllm-benc
 attention rank); output tokens/s per GPU over the makespan. A step
 point is one decode step at batch 1; its measured and simulated values are tokens/s per user
 (1 / step time). Points the simulator cannot express yet are listed as skipped, with the reason.
+Then the scenario checks (measured_points.yaml, scenario_checks): decode pools of disaggregated
+deployments simulated from scenario files, not fitted (`--skip-scenarios` leaves them out).
 
 To make a wrong point understandable, each row also shows the mean batch the simulation reached
 (per attention rank for DEP layouts) and the step-time breakdown of a decode step at that batch and
