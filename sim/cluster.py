@@ -113,7 +113,8 @@ class Cluster:
                 i = len(replicas)
                 if spec.ranked is not None:
                     replicas.append(RankedReplica(env, i, spec.ranked, [spec.kv_cache() for _ in range(spec.ranks)],
-                                                  spec.limits, on_finish=on_finish, records=records, levels=levels))
+                                                  spec.limits, on_finish=on_finish, records=records, levels=levels,
+                                                  speculation=spec.speculation))
                 else:
                     replicas.append(Replica(env, i, spec.step_model, spec.kv_cache(), spec.limits, on_finish=on_finish,
                                             records=records, levels=levels, marks=marks, allow_jumps=allow_jumps,

@@ -498,14 +498,14 @@ class Scenario(_Frozen):
         par = s.parallelism
         # (applies, the setting, why drafts are not priced with it, why a step table cannot price it)
         limits = ((par.dp_attention > 1, f"serving.parallelism.dp_attention={par.dp_attention}",
-                   "its drafts are not priced across ranks", "ranks stepping together"),
+                   "", "ranks stepping together"),
                   (par.pp > 1, f"serving.parallelism.pp={par.pp}",
                    "its draft passes are not priced through pipeline stages", "pipeline stages"),
-                  (s.role == "decode", "serving.role: decode", "a decode pool's drafter is not modelled", ""))
+                  (s.role == "decode", "serving.role: decode", "", ""))
         for applies, setting, no_drafts, no_table in limits:
             if not applies:
                 continue
-            if self.speculative is not None:
+            if no_drafts and self.speculative is not None:
                 raise ValueError(f"speculative: with {setting}, speculative decoding is not simulated ({no_drafts})")
             if no_table and self.perf.step_table is not None:
                 raise ValueError(f"perf.step_table: a measured step table prices one batch of one replica; it cannot "

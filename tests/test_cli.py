@@ -160,7 +160,7 @@ def test_pipeline_and_decode_pool_refusals_exit_2(tmp_path):
     spec = {"method": "eagle", "k": 2, "acceptance": {"mean_accepted_length": {2: 1.89}}}
     table = tmp_path / "t.csv"
     table.write_text("decode_seqs,context_tokens,prefill_tokens,step_time_s\n1,100,0,0.01\n")
-    for over, message in (({"serving": {"role": "decode"}, "speculative": spec}, "serving.role: decode"),
+    for over, message in (({"serving": {"parallelism": {"pp": 2}}, "speculative": spec}, "pp=2, speculative"),
                           ({"serving": {"parallelism": {"pp": 2}}, "perf": {"step_table": str(table)}},
                            "pp=2 (pipeline stages)"),
                           ({"serving": {"role": "prefill"}}, "serving.role")):

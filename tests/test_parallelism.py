@@ -435,8 +435,45 @@ def test_dep_is_deterministic_and_refuses_what_it_cannot_price():
     b = run(scenario_from_dict(dep_dict(4, rate=4.0))).summary
     assert {k: v for k, v in a.items() if k not in ("wall_s", "sim_requests_per_wall_s")} == \
         {k: v for k, v in b.items() if k not in ("wall_s", "sim_requests_per_wall_s")}
-    with pytest.raises(ValueError, match="speculative: with serving.parallelism.dp_attention=8, speculative"):
-        scenario_from_dict({**dep_dict(8), "speculative": {"method": "mtp", "k": 1, "acceptance": {"rate": 0.8}}})
+    table = ROOT / "tests" / "does-not-matter.csv"
+    with pytest.raises(ValueError, match="perf.step_table"):
+        scenario_from_dict({**dep_dict(8), "perf": {"step_table": str(table)}})
+
+
+MTP = {"method": "mtp", "k": 1, "acceptance": {"rate": 0.8}}
+
+
+def test_dep_with_mtp_drafts_on_every_rank():
+    """DEP8 DeepSeek-R1 with its MTP module: each rank verifies its own drafts (mean accepted length
+    1 + 0.8 at k = 1), the draft passes are priced for all ranks (one MoE layer's share of a
+    one-token step through the shared experts, plus each rank's LM head), and a user's tokens come
+    faster than without MTP; deterministic."""
+    sc = scenario_from_dict({**dep_dict(8, rate=4.0), "speculative": MTP})
+    a, b = run(sc), run(sc)
+    assert a.summary["spec_mean_accepted_length"] == pytest.approx(1.8, abs=0.03)
+    assert digest_frames(a) == digest_frames(b)
+    plain = run(scenario_from_dict(dep_dict(8, rate=4.0))).summary
+    assert a.summary["tpot_s_mean"] < 0.75 * plain["tpot_s_mean"]
+    assert 0 < a.summary["spec_draft_time_share"] < 0.1
+    # the draft pass: layer_share of the one-token step without its fixed time, plus the LM head
+    from sim.perf import StepShape
+    from sim.runner import ranked_pricing_for, step_model_for
+    from sim.speculation import draft_work
+
+    rk = step_model_for(sc)
+    rr = ranked_pricing_for(sc, rk)
+    assert sc.speculative is not None and rr is not None
+    shapes = [StepShape(32, 32 * 1500.0, 2, (), draft_work(sc.speculative, sc.model))] * 8
+    one = rr.breakdown([StepShape(32, 32 * 1500.0)] * 8)
+    lm = max(rk._lm_flops(32) / rk.flops_per_s, rk.lm_head_bytes / rk.bytes_per_s)
+    layer_share = shapes[0].draft.layer_share
+    br = rr.breakdown(shapes)
+    assert br.draft_s == pytest.approx(layer_share * (one.step_s - one.overhead_s) + lm, rel=1e-12)
+    assert br.step_s == pytest.approx(rr.breakdown([s._replace(draft=None) for s in shapes]).step_s + br.draft_s)
+
+
+def digest_frames(res) -> tuple:
+    return (tuple(res.requests["e2e_s"].round(12).tolist()), tuple(res.iterations["output_tokens"].tolist()))
 
 
 def test_redundant_experts_add_slots_that_ep_must_divide():

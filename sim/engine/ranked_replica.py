@@ -10,9 +10,11 @@ still runs the expert layers for the others), and the iteration lasts what
 `perf.ranks.RankedRoofline` prices for all ranks' batch shapes together (the slowest rank, the
 shared experts, the all-to-all), plus the longest KV swap.
 
-One event per iteration: a decode run is not yet advanced as one event here (the plain replica's
-closed form needs the ranks' upper envelope, next), so a DEP replica simulates more slowly than a
-tensor-parallel one. Speculative decoding is not combined with it yet (refused at validation).
+One event per iteration: a decode run is not advanced as one event here (at rack scale some rank
+admits or finishes a request almost every step), so a DEP replica simulates more slowly than a
+tensor-parallel one. With speculative decoding every rank drafts and verifies its own sequences
+(each with its own draws of accepted lengths, as on a plain replica) and the iteration starts with
+the draft passes, priced for all ranks together (`RankedRoofline.draft_pass_s`).
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import simpy
 from sim.engine.kv_cache import KvCache
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationPlan
+from sim.engine.spec_decode_set import SpecDecodeSet
 from sim.metrics.records import IterLog, LevelLog
 from sim.perf.ranks import RankedRoofline
 from sim.perf.shape import StepShape
+from sim.speculation import Speculation
 
 _make = tuple.__new__
 
@@ -37,11 +41,15 @@ class RankedReplica:
 
     def __init__(self, env: simpy.Environment, idx: int, pricing: RankedRoofline, kvs: list[KvCache],
                  limits: BatchLimits, *, on_finish: Callable[[Request], None], records: IterLog,
-                 levels: LevelLog) -> None:
+                 levels: LevelLog, speculation: Speculation | None = None) -> None:
         self.env, self.idx, self.pricing = env, idx, pricing
         self.kvs = kvs
         # Each rank logs its levels privately; the replica logs the ranks' totals.
-        self.ranks = [BatchScheduler(kv, limits, LevelLog(), idx) for kv in kvs]
+        sampler = speculation.sampler if speculation else None
+        self.ranks = [BatchScheduler(kv, limits, LevelLog(), idx, sampler) for kv in kvs]
+        self._spec = speculation is not None
+        self._q = speculation.k + 1 if speculation else 1
+        self._draft = speculation.draft if speculation else None
         self.levels = levels
         self._log_level, self._pack_level = levels.extend, levels.pack
         self._noted = (0, 0)
@@ -112,7 +120,7 @@ class RankedReplica:
             b = self.pricing.breakdown(shapes)
             swap_s = max(swap_s, *(p.swap_s for p in plans))
             yield env.timeout(b.step_s + swap_s)
-            self._end_iteration(plans, shapes, t0, held, b.util_s, swap_s)
+            self._end_iteration(plans, shapes, t0, held, b.util_s, swap_s, b.draft_s)
 
     def _free_stuck_ranks(self, plans: list[IterationPlan]) -> float:
         """A rank whose partial prefills hold all its KV and none can grow frees its newest one
@@ -125,26 +133,38 @@ class RankedReplica:
                 swap_s = max(swap_s, p.swap_s + s.preempt_last())
         return swap_s
 
-    @staticmethod
-    def _shape(s: BatchScheduler, plan: IterationPlan) -> StepShape:
+    def _shape(self, s: BatchScheduler, plan: IterationPlan) -> StepShape:
         chunks = plan.chunk_shapes()
         if plan.decode:
             ds = s.decode_set
-            return _make(StepShape, (ds.size, ds.next_ctx_sum(), 1, chunks, None))
+            return _make(StepShape, (ds.size, ds.next_ctx_sum(), self._q, chunks, self._draft))
         return _make(StepShape, (0, 0, 1, chunks, None))
 
     def _end_iteration(self, plans: list[IterationPlan], shapes: list[StepShape], t0: float, held: int,
-                       util_s: float, swap_s: float) -> None:
+                       util_s: float, swap_s: float, draft_s: float) -> None:
         now = self.env.now
         prompt = recompute = sampled = 0
+        spec_seqs = accepted = proposed = 0
         for s, p in zip(self.ranks, plans, strict=True):
+            ds = s.decode_set
+            decoding = ds.size if (self._spec and p.decode) else 0
+            if decoding:
+                # each verification samples one token of the target's own; the rest are accepted drafts
+                accepted += ds.tokens_sampled(1) - decoding
             done = s.finish_iteration(p, now)
             prompt, recompute, sampled = prompt + done[0], recompute + done[1], sampled + done[2]
+            if isinstance(ds, SpecDecodeSet):
+                # drafts proposed: k per verification, less what finishing requests' last steps left
+                proposed += decoding * (self._q - 1) - ds.unproposed
+                ds.unproposed = 0
+                spec_seqs += decoding
+                ds.drop_history()        # one event per iteration: no decode run reads past steps
         batch = sum(sh.sequences for sh in shapes)
         self._note_levels()
         waiting, running = self._noted
         self._record(self._pack_record(self.idx, t0, now, 1, batch, prompt, recompute, sampled, swap_s, held,
-                                       held * (now - t0), running, waiting, util_s, 0, 0, 0, 0.0))
+                                       held * (now - t0), running, waiting, util_s, spec_seqs, proposed, accepted,
+                                       draft_s))
         for s in self.ranks:
             for r in s.finished:
                 self.on_finish(r)

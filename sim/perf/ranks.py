@@ -72,6 +72,7 @@ class RankedBreakdown(NamedTuple):
     overhead_s: float
     slowest_rank: int
     util_s: float          # the busiest rank's binding resource at its large-kernel rate (power.py)
+    draft_s: float = 0.0   # speculative draft passes before the verification (in step_s)
 
 
 class RankedRoofline:
@@ -141,10 +142,34 @@ class RankedRoofline:
 
     # ---- a step --------------------------------------------------------------------------------------
     def breakdown(self, shapes: Sequence[StepShape]) -> RankedBreakdown:
-        """One step of the ranks' batches (one StepShape per rank, empty for an idle rank)."""
+        """One step of the ranks' batches (one StepShape per rank, empty for an idle rank); with
+        speculative decoding, the draft passes first (`draft_s`), then the verification."""
+        draft = next((s.draft for s in shapes if s.draft is not None and s.draft.passes > 0 and s.decode_seqs), None)
+        b = self._verification(shapes)
+        if draft is None:
+            return b
+        draft_s = draft.passes * self.draft_pass_s(shapes, draft.layer_share)
+        return b._replace(step_s=b.step_s + draft_s, draft_s=draft_s)
+
+    def draft_pass_s(self, shapes: Sequence[StepShape], layer_share: float) -> float:
+        """One draft pass over every rank's decoding sequences (one token each): with a separate
+        draft model, its own step on each rank's batch, the slowest rank's; with a draft layer of
+        the target (EAGLE, DeepSeek's MTP: for a MoE target a layer whose experts are shared like
+        the target's), `layer_share` of a one-token step of all ranks through the shared experts
+        and the all-to-all, plus each rank's whole LM head, the slowest rank's."""
         rk = self.rank
-        if any(s.draft is not None for s in shapes):
-            raise ValueError("speculative decoding with attention data parallelism is not priced yet")
+        if rk.drafter is not None:
+            return max((rk.drafter.decode_run(s.decode_seqs).step_s(s.decode_ctx_sum) for s in shapes if s.decode_seqs),
+                       default=0.0)
+        one_token = [StepShape(s.decode_seqs, s.decode_ctx_sum) for s in shapes]
+        body = self._verification(one_token)
+        lm_s = max((max(rk._lm_flops(s.decode_seqs) / rk.flops_per_s, rk.lm_head_bytes / rk.bytes_per_s)
+                    for s in shapes if s.decode_seqs), default=0.0)
+        return layer_share * (body.step_s - body.overhead_s) + lm_s
+
+    def _verification(self, shapes: Sequence[StepShape]) -> RankedBreakdown:
+        """The step without its draft work (module docstring)."""
+        rk = self.rank
         work = [rk.shape_work(s) for s in shapes]
         total = float(sum(w[0] for w in work))
         if not total:          # only KV moving to or from the host: no forward pass (as the roofline)
