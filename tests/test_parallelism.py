@@ -622,3 +622,16 @@ def test_pipeline_with_speculation_or_attention_ranks_is_refused():
         scenario_from_dict(base_dict(serving={"parallelism": {"pp": 2}},
                                      speculative={"method": "eagle", "k": 2,
                                                   "acceptance": {"mean_accepted_length": {2: 1.89}}}))
+
+
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+def test_dep_with_drafts_under_kv_pressure_keeps_its_invariants(preemption):
+    """EAGLE drafts on four Mixtral ranks with little KV: requests are preempted and resumed on their
+    rank, every invariant holds (the run checks them), and the accepted length is the model's."""
+    d = dep_dict(4, rate=20.0, duration_s=30.0)
+    d = deep(d, {"hardware": {"gpu": "h100-sxm"},
+                 "serving": {"kv_cache": {"gpu_memory_fraction": 0.2}, "batching": {"preemption": preemption}},
+                 "speculative": {"method": "eagle", "k": 2, "acceptance": {"rate": 0.7}}})
+    s = run(scenario_from_dict(d)).summary
+    assert s["preemptions"] > 0 and s["requests_completed"] > 0
+    assert s["spec_mean_accepted_length"] == pytest.approx(1 + 0.7 + 0.49, abs=0.03)
