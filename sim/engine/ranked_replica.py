@@ -27,7 +27,7 @@ import simpy
 from sim.engine.kv_cache import KvCache
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationPlan
-from sim.engine.spec_decode_set import SpecDecodeSet
+from sim.engine.spec_decode_set import SPEC_HISTORY_STEPS, SpecDecodeSet
 from sim.metrics.records import IterLog, LevelLog
 from sim.perf.ranks import RankedRoofline
 from sim.perf.shape import StepShape
@@ -158,7 +158,8 @@ class RankedReplica:
                 proposed += decoding * (self._q - 1) - ds.unproposed
                 ds.unproposed = 0
                 spec_seqs += decoding
-                ds.drop_history()        # one event per iteration: no decode run reads past steps
+                if ds.g - ds.origin > SPEC_HISTORY_STEPS:    # no decode run here reads past steps
+                    ds.drop_history()
         batch = sum(sh.sequences for sh in shapes)
         self._note_levels()
         waiting, running = self._noted

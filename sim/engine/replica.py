@@ -28,6 +28,7 @@ from sim.engine.kv_cache import KvCache
 from sim.engine.kv_integral import DecodeRunLog
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationPlan
+from sim.engine.spec_decode_set import SPEC_HISTORY_STEPS
 from sim.engine.spec_runs import SpecRunLog, concatenated, integrals
 from sim.metrics.records import IterLog, LevelLog
 from sim.perf.shape import (
@@ -43,9 +44,6 @@ from sim.perf.shape import (
 from sim.speculation import Speculation
 
 NAN = float("nan")
-#: Done steps the speculative decode set keeps before its runs' integrals are evaluated and the
-#: steps dropped (24 bytes each; the array doubles as it grows, so at most about 50 MB per replica).
-SPEC_HISTORY_STEPS = 1 << 20
 
 
 # Builds a NamedTuple from a tuple without its Python-level __new__: these are created a few times

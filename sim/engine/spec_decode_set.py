@@ -39,6 +39,12 @@ _INITIAL = 4096
 CTX, HELD, TOK = 0, 1, 2
 
 
+#: Done steps the speculative decode set keeps before they are dropped (its owner evaluates the
+#: integrals of the runs over them first); 24 bytes each, and the array doubles as it grows, so at
+#: most about 50 MB per decode set. Dropping copies the steps ahead: done this rarely, its cost per
+#: step stays negligible.
+SPEC_HISTORY_STEPS = 1 << 20
+
 class Membership(NamedTuple):
     """A member's stay in the set (Request.spec_member)."""
 

@@ -47,11 +47,10 @@ from sim.perf.shape import (
     ContextPath,
     DecodeRun,
     DraftWork,
-    PrefixPath,
     Segment,
     StepShape,
     affine_segments,
-    segments_run_s,
+    pieces_run_s,
 )
 
 #: Bytes per element of the hidden state handed between stages (BF16 activations).
@@ -132,11 +131,7 @@ class PipelineRun:
         return affine_segments(self.affine, path, n_steps)
 
     def run_s(self, path: ContextPath, n_steps: int) -> float:
-        if n_steps <= 0:
-            return 0.0
-        if isinstance(path, PrefixPath):
-            return path.run_s(self, n_steps)
-        return segments_run_s(self.segments(path, n_steps), path)
+        return pieces_run_s(self, path, n_steps) if n_steps > 0 else 0.0
 
 
 class PipelineStepModel:
@@ -182,11 +177,6 @@ class PipelineStepModel:
         outside = self.crossings * stage_transfer_s(nbytes, False, self.links)
         return outside + (self.stages - 1 - self.crossings) * stage_transfer_s(nbytes, True, self.links)
 
-    def lm_head_s(self, samples: int, pure: bool = False) -> float:
-        """The LM head of `samples` sampled positions, which the last stage runs on top of its layers."""
-        m = self.inner
-        return max(m._lm_flops(samples, pure) / m.flops_per_s, m.lm_head_bytes / m.bytes_per_s) if samples else 0.0
-
     def slowest_stage_form(self, filled: int, lm_s: float) -> Form:
         """filled x t_max as a form of t_model: filled x (s x t_model + (1 - s) x t_lm)."""
         s = self.stage_share
@@ -196,7 +186,7 @@ class PipelineStepModel:
         """(t_model of the largest micro-batch, its LM head, its hand-overs, filled micro-batches)."""
         micro = self.micro_batch(shape)
         samples = micro.decode_tokens + sum(1 for c in micro.chunks if c.samples)
-        return (self.inner.iteration_s(micro), self.lm_head_s(samples),
+        return (self.inner.iteration_s(micro), self.inner.lm_head_s(samples),
                 self.handovers_s(micro.decode_tokens + micro.prefill_tokens), self.filled(shape))
 
     def bubble_fraction(self, shape: StepShape) -> float:
@@ -222,9 +212,9 @@ class PipelineStepModel:
         samples = micro.decode_tokens + sum(1 for c in micro.chunks if c.samples)
         t, u = self.inner.iteration_with_utilization_s(micro)
         m = self.filled(shape)
-        f, add = self.slowest_stage_form(m, self.lm_head_s(samples))
+        f, add = self.slowest_stage_form(m, self.inner.lm_head_s(samples))
         cycle = max(f * t + add, t + self.handovers_s(tokens))
-        fu, addu = self.slowest_stage_form(m, self.lm_head_s(samples, pure=True))
+        fu, addu = self.slowest_stage_form(m, self.inner.lm_head_s(samples, pure=True))
         return cycle, fu * u + addu
 
     def decode_run(self, batch: int, query_tokens_per_seq: int = 1, draft: DraftWork | None = None) -> DecodeRun:
@@ -244,7 +234,7 @@ class PipelineStepModel:
         if run is None:
             b = -(-batch // self.stages)
             m = min(self.stages, batch)
-            slowest = self.slowest_stage_form(m, self.lm_head_s(b, pure=utilization))
+            slowest = self.slowest_stage_form(m, self.inner.lm_head_s(b, pure=utilization))
             if utilization:
                 run = PipelineRun(self.inner.decode_utilization(b), batch, b / batch, (slowest,))
             else:

@@ -163,8 +163,7 @@ class RankedRoofline:
                        default=0.0)
         one_token = [StepShape(s.decode_seqs, s.decode_ctx_sum) for s in shapes]
         body = self._verification(one_token)
-        lm_s = max((max(rk._lm_flops(s.decode_seqs) / rk.flops_per_s, rk.lm_head_bytes / rk.bytes_per_s)
-                    for s in shapes if s.decode_seqs), default=0.0)
+        lm_s = max((rk.lm_head_s(s.decode_seqs) for s in shapes), default=0.0)
         return layer_share * (body.step_s - body.overhead_s) + lm_s
 
     def _verification(self, shapes: Sequence[StepShape]) -> RankedBreakdown:

@@ -71,12 +71,11 @@ from sim.perf.shape import (
     DraftedRun,
     DraftWork,
     LinearPath,
-    PrefixPath,
     Segment,
     StepShape,
     affine_segments,
     lin_sum,
-    segments_run_s,
+    pieces_run_s,
 )
 
 
@@ -139,9 +138,7 @@ class DecodeCoeffs:
         if n_steps <= 0:
             return 0.0
         if not isinstance(path, LinearPath):
-            if isinstance(path, PrefixPath):
-                return path.run_s(self, n_steps)
-            return segments_run_s(self.segments(path, n_steps), path)
+            return pieces_run_s(self, path, n_steps)
         b = path.slope
         am, bm = self.m0 + self.m1 * path.first, self.m1 * b
         ac, bc = self.c0 + self.c1 * path.first, self.c1 * b
@@ -193,9 +190,7 @@ class WindowedRun:
             return 0.0
         if path.at(0) >= self.knee:
             return self.above.run_s(path, n_steps)
-        if isinstance(path, PrefixPath):
-            return path.run_s(self, n_steps)
-        return segments_run_s(self.segments(path, n_steps), path)
+        return pieces_run_s(self, path, n_steps)
 
 
 class StepBreakdown(NamedTuple):
@@ -323,6 +318,13 @@ class RooflineStepModel:
         if samples <= 0:
             return 0.0
         return samples * self.lm_flops_per_sample / gemm_efficiency(samples, 0.0 if pure else self.cfg.gemm_half_tokens)
+
+    def lm_head_s(self, samples: int, pure: bool = False) -> float:
+        """The LM head over `samples` sampled positions on its own: its FLOPs or its weight read,
+        the larger (a pipeline's last stage, a draft pass of attention ranks)."""
+        if samples <= 0:
+            return 0.0
+        return max(self._lm_flops(samples, pure) / self.flops_per_s, self.lm_head_bytes / self.bytes_per_s)
 
     def _comm_s(self, tokens: int) -> float:
         """Tensor-parallel all-reduce time of an iteration over `tokens` tokens."""

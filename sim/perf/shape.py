@@ -437,6 +437,14 @@ def segments_run_s(segments: Sequence[Segment], path: ContextPath) -> float:
     return sum(a * (hi - lo) + b * path.total(lo, hi) for lo, hi, a, b in segments)
 
 
+def pieces_run_s(run: DecodeRun, path: ContextPath, n_steps: int) -> float:
+    """Seconds of n steps of a run along a path without a closed form of its own: a prefix path
+    sums the run's cached pieces, any other its segments."""
+    if isinstance(path, PrefixPath):
+        return path.run_s(run, n_steps)
+    return segments_run_s(run.segments(path, n_steps), path)
+
+
 def steps_within(run: DecodeRun, path: ContextPath, n_max: int, elapsed_s: float) -> int:
     """Largest n <= n_max with run.run_s(path, n) <= elapsed_s."""
     return steps_bracket(run, path, n_max, elapsed_s)[0]

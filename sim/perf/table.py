@@ -47,12 +47,11 @@ from sim.perf.shape import (
     DraftedRun,
     DraftWork,
     LinearPath,
-    PrefixPath,
     Segment,
     StepModel,
     StepShape,
     lin_sum,
-    segments_run_s,
+    pieces_run_s,
 )
 
 COLUMNS = ("decode_seqs", "context_tokens", "prefill_tokens", "step_time_s")
@@ -158,10 +157,8 @@ class PiecewiseDecode:
             return 0.0
         bt = float(self.batch)
         self.coverage.note("context_tokens", path.at(0) / bt, path.at(n_steps - 1) / bt)
-        if isinstance(path, PrefixPath):
-            return path.run_s(self, n_steps)
         if not isinstance(path, LinearPath):
-            return segments_run_s(self.segments(path, n_steps), path)
+            return pieces_run_s(self, path, n_steps)
         first, slope = path.first, path.slope
         if slope <= 0:                      # every step at the same context
             k = self._segment(first)
