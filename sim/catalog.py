@@ -81,6 +81,9 @@ class GpuSpec(_Frozen):
                                   description="scale-out network bandwidth per GPU, one direction, GB/s (a 400 Gb/s NIC = 50)")
     scale_out_latency_s: float = Field(default=3.7e-6, ge=0, le=1,
                                        description="scale-out network latency of a small message, s")
+    gpus_per_node: int = Field(default=8, ge=1, le=1_000, description="GPUs per server (host CPUs, DRAM, NVMe)")
+    host_dram_gb_per_node: float | None = Field(default=None, gt=0, le=1_000_000,
+                                                description="host DRAM per server, GB (a KV tier's default capacity)")
     tdp_w: float = Field(gt=0, le=100_000)
     idle_w: float = Field(ge=0, le=100_000)
     all_in_kw: float | None = Field(default=None, gt=0, le=1_000, description="per-GPU share of node power, kW")

@@ -32,6 +32,7 @@ from sim.engine.replica import Replica
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits
 from sim.engine.spec_runs import concatenated
+from sim.kv_hierarchy import HierarchyBuilder
 from sim.memory import MemoryPlan
 from sim.metrics.records import IterLog, LevelLog, LifecycleRecord
 from sim.perf.ranks import RankedRoofline
@@ -57,13 +58,17 @@ class ReplicaSpec:
     speculation: Speculation | None = None   # speculative decoding on these replicas
     ranked: RankedRoofline | None = None     # attention ranks sharing expert layers (dp_attention > 1)
     ranks: int = 1                           # attention ranks per replica, each with its own KV cache
+    tiers: HierarchyBuilder | None = None    # prefix caching and the KV tiers below HBM
 
-    def kv_cache(self) -> KvCache:
+    def kv_cache(self, replica: int = 0) -> KvCache:
         m = self.memory
-        return KvCache(m.kv_blocks, m.block_tokens, sliding_blocks=m.sliding_blocks,
-                       watermark_fraction=self.watermark_fraction, swap_bytes_per_token=m.swap_bytes_per_token,
-                       host_link_bytes_per_s=self.host_link_bytes_per_s,
-                       lookahead_tokens=self.speculation.k if self.speculation else 0)
+        kv = KvCache(m.kv_blocks, m.block_tokens, sliding_blocks=m.sliding_blocks,
+                     watermark_fraction=self.watermark_fraction, swap_bytes_per_token=m.swap_bytes_per_token,
+                     host_link_bytes_per_s=self.host_link_bytes_per_s,
+                     lookahead_tokens=self.speculation.k if self.speculation else 0)
+        if self.tiers is not None:
+            kv.tiers = self.tiers.build(replica)
+        return kv
 
 
 #: A replica of either kind: one batch (Replica) or attention ranks stepping together (RankedReplica).
@@ -112,11 +117,11 @@ class Cluster:
             for _ in range(spec.count):
                 i = len(replicas)
                 if spec.ranked is not None:
-                    replicas.append(RankedReplica(env, i, spec.ranked, [spec.kv_cache() for _ in range(spec.ranks)],
+                    replicas.append(RankedReplica(env, i, spec.ranked, [spec.kv_cache(i) for _ in range(spec.ranks)],
                                                   spec.limits, on_finish=on_finish, records=records, levels=levels,
                                                   speculation=spec.speculation))
                 else:
-                    replicas.append(Replica(env, i, spec.step_model, spec.kv_cache(), spec.limits, on_finish=on_finish,
+                    replicas.append(Replica(env, i, spec.step_model, spec.kv_cache(i), spec.limits, on_finish=on_finish,
                                             records=records, levels=levels, marks=marks, allow_jumps=allow_jumps,
                                             speculation=spec.speculation))
                 lifecycle.append(LifecycleRecord(i, spec.pool, spec.gpus_per_replica, 0.0, 0.0, float("inf"),

@@ -24,6 +24,7 @@ from sim import metrics
 from sim.cluster import AnyReplica, Cluster, ReplicaSpec
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits
+from sim.kv_hierarchy import HierarchyBuilder
 from sim.memory import MemoryPlan
 from sim.metrics import IterLog, LevelLog
 from sim.metrics.invariants import violations
@@ -31,11 +32,12 @@ from sim.metrics.window import measurement_window
 from sim.perf import RooflineStepModel, TableStepModel, make_step_model
 from sim.perf.pipeline import PipelineStepModel
 from sim.perf.ranks import RankedRoofline
+from sim.perf.shape import Chunk, StepShape
 from sim.perf.split import decode_step_split
 from sim.scenario import ClosedLoop, Offline, Scenario
 from sim.speculation import speculation_for
-from sim.traffic import closed_loop_client, open_loop_source
-from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams
+from sim.traffic import closed_loop_client, open_loop_source, session_source
+from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams, session_plans
 
 
 def step_model_for(sc: Scenario) -> RooflineStepModel | TableStepModel | PipelineStepModel:
@@ -85,13 +87,23 @@ def replica_specs(sc: Scenario, seed: int | None = None) -> list[ReplicaSpec]:
                          mixed_prefill=not s.batching.chunked_prefill and s.batching.whole_prompts == "mixed",
                          kv_arrives=s.role == "decode")
     step_model = step_model_for(sc)
+    kv = s.kv_cache
+    tiers = HierarchyBuilder(sc, recompute_estimate(replica_step_model(sc))) if kv.prefix_caching or kv.tiers else None
     return [ReplicaSpec(pool="default", role=s.role, count=s.replicas, gpus_per_replica=s.parallelism.gpus,
                         gpu=sc.hardware.gpu, step_model=step_model, memory=sc.memory_plan(), limits=limits,
                         ranked=ranked_pricing_for(sc, step_model), ranks=s.parallelism.dp_attention,
                         watermark_fraction=s.kv_cache.watermark_fraction,
                         host_link_bytes_per_s=sc.hardware.gpu.host_link_gb_s * 1e9,
                         speculation=speculation_for(sc.speculative, sc.model, sc.seed if seed is None else seed)
-                        if sc.speculative else None)]
+                        if sc.speculative else None, tiers=tiers)]
+
+
+def recompute_estimate(step: RooflineStepModel | TableStepModel) -> Callable[[int, int], float]:
+    """Seconds to prefill n prompt tokens after `prefix` cached ones, alone in an iteration: what
+    loading those tokens' KV must beat (kv_tiers.KvHierarchy.lookup)."""
+    def recompute_s(prefix: int, n: int) -> float:
+        return step.iteration_s(StepShape(0, 0, 1, (Chunk(prefix, n, False),), None))
+    return recompute_s
 
 
 @dataclass
@@ -173,7 +185,12 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
         env.timeout(t).callbacks.append(partial(_note, cluster, attr))
     sim = Simulation(sc, seed, env, cluster, specs, [], records, levels)
     arrivals = sc.workload.arrivals
-    if isinstance(arrivals, ClosedLoop):
+    kv = sc.serving.kv_cache
+    if sc.workload.sessions is not None:
+        env.process(session_source(env, cluster.submit, session_plans(sc, streams), sc.workload.sessions,
+                                   kv.prefix_chunk_tokens if kv.prefix_caching else None, sc.duration_s,
+                                   sim.requests, count().__next__))
+    elif isinstance(arrivals, ClosedLoop):
         lengths = ClosedLoopLengths(sc, streams)
         ids = count()
         for _ in range(arrivals.clients):

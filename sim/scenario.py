@@ -161,6 +161,35 @@ class Trace(_Frozen):
     path: DataPath
     rate_scale: float = Field(default=1.0, ge=1e-6, le=MAX_RATE_SCALE, description="2.0 replays twice as fast")
     start_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S, description="skip this much of the trace's start")
+    spread_s: float | None = Field(
+        default=None, ge=0, le=MAX_DURATION_S,
+        description="the trace's timestamp resolution: requests sharing a timestamp arrive spread uniformly over "
+        "the next spread_s seconds (before rate_scale); default: the median gap between distinct timestamps for "
+        "Mooncake traces (quantized to ticks of about 3 s), 0 for Azure ones")
+
+
+class Sessions(_Frozen):
+    """Multi-turn chat sessions: each turn's prompt is the system prompt, every earlier turn (user
+    message and answer) and the new user message, so the context grows turn by turn; the next
+    turn is sent a think time after the last token of the answer."""
+
+    rate_per_s: float = Field(gt=0, le=MAX_RATE_PER_S, description="new sessions per second (Poisson)")
+    turns: LengthDist = Field(description="turns per session")
+    think_time_s: float = Field(default=0.0, ge=0, le=MAX_DURATION_S, description="mean think time between turns (exponential)")
+    system_prompt_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    system_prompts: int = Field(default=1, ge=1, le=1_000_000, description="distinct system prompts; each session picks one uniformly")
+    user_tokens: LengthDist = Field(description="tokens of each turn's new user message")
+    output_tokens: LengthDist
+
+
+class SharedPrefix(_Frozen):
+    """A shared-prefix model for workloads without prompt hashes (Azure traces, synthetic lengths):
+    a share of the requests start with one of a few common prefixes (system prompts, few-shot
+    examples), the rest of every prompt is its own."""
+
+    tokens: int = Field(ge=1, le=MAX_TOKENS, description="length of each shared prefix (cut at the prompt's length)")
+    prefixes: int = Field(default=1, ge=1, le=1_000_000, description="distinct shared prefixes, picked uniformly")
+    fraction: float = Field(default=1.0, ge=0, le=1, description="share of requests that start with one")
 
 
 class Workload(_Frozen):
@@ -168,9 +197,20 @@ class Workload(_Frozen):
     input_tokens: LengthDist | None = None
     output_tokens: LengthDist | None = None
     trace: Trace | None = None
+    sessions: Sessions | None = None
+    shared_prefix: SharedPrefix | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> Workload:
+        if self.sessions is not None:
+            given = [k for k in ("arrivals", "input_tokens", "output_tokens", "trace", "shared_prefix")
+                     if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"workload.sessions gives the arrivals and lengths: drop {given}")
+            return self
+        if self.shared_prefix is not None and self.trace is not None and self.trace.format == "mooncake":
+            raise ValueError("workload.shared_prefix: a Mooncake trace carries its prompts' hash_ids; the model is "
+                             "for workloads without them")
         if self.trace is not None:
             if self.input_tokens is not None or self.output_tokens is not None:
                 raise ValueError("workload.trace gives the lengths: drop input_tokens/output_tokens")
@@ -187,6 +227,8 @@ class Workload(_Frozen):
         bound it (fixed or uniform); None for unbounded ones and traces."""
         bounds = [d.value if isinstance(d, FixedLen) else d.high if isinstance(d, UniformLen) else None
                   for d in (self.input_tokens, self.output_tokens)]
+        if self.sessions is not None:
+            return None
         return None if self.trace is not None or None in bounds else sum(b for b in bounds if b is not None)
 
 
@@ -273,6 +315,26 @@ class Batching(_Frozen):
         return self
 
 
+TIER_ORDER = ("host_dram", "nvme", "remote")
+
+
+class KvTier(_Frozen):
+    """A KV-cache tier below HBM (sim/engine/kv_tiers.py). Unset fields take the defaults of
+    sim/data/kv_tiers.yaml and the GPU catalog, with their sources."""
+
+    kind: Literal["host_dram", "nvme", "remote"]
+    capacity_gb: float | None = Field(default=None, gt=0, le=1e9, description="per node (host_dram, nvme) or for the "
+                                      "whole pool (remote), GB (1e9 bytes)")
+    read_gb_s: float | None = Field(default=None, gt=0, le=1e6, description="tier -> GPU, GB/s, per GPU or per node (link)")
+    write_gb_s: float | None = Field(default=None, gt=0, le=1e6, description="GPU -> tier, GB/s, per GPU or per node (link)")
+    latency_s: float | None = Field(default=None, ge=0, le=1.0, description="added to every transfer")
+    link: Literal["per_gpu", "per_node"] | None = Field(
+        default=None, description="per_gpu: each GPU has its own link (PCIe, C2C, NIC); per_node: one shared by the node's GPUs")
+    write: Literal["through", "on_evict"] | None = Field(
+        default=None, description="chunks enter when the tier above gets them (through) or when it evicts them")
+    capex_usd_per_gb: float | None = Field(default=None, ge=0, le=10_000, description="purchase price, priced in TCO mode")
+
+
 class KvCacheCfg(_Frozen):
     block_tokens: int = Field(default=16, ge=1, le=4096)
     gpu_memory_fraction: float = Field(default=0.90, gt=0, le=1)
@@ -280,6 +342,26 @@ class KvCacheCfg(_Frozen):
         default=None, ge=0, description="per-GPU memory kept for activations; default derived from the batch"
     )
     watermark_fraction: float = Field(default=0.01, ge=0, lt=1)
+    prefix_caching: bool = Field(default=False, description="reuse prompt prefixes: HBM automatic prefix caching, "
+                                 "then the tiers below")
+    prefix_chunk_tokens: int = Field(default=512, ge=1, le=65_536, description="tokens per hashed prefix chunk "
+                                     "(Mooncake's hash_ids: 512)")
+    prefix_load: Literal["overlap", "stall"] = Field(
+        default="overlap", description="overlap: a request waits for its loads while the batch runs on; stall: the "
+        "iteration that admits it waits")
+    tiers: list[KvTier] = Field(default_factory=list, max_length=3, description="tiers below HBM, fastest first")
+
+    @model_validator(mode="after")
+    def _tiers_in_order(self) -> KvCacheCfg:
+        kinds = [t.kind for t in self.tiers]
+        ranks = [TIER_ORDER.index(k) for k in kinds]
+        if ranks != sorted(set(ranks)):
+            raise ValueError(f"serving.kv_cache.tiers: {kinds} are out of order or repeated; list each kind once, "
+                             f"fastest first: {' -> '.join(TIER_ORDER)}")
+        if self.prefix_caching and self.prefix_chunk_tokens % self.block_tokens:
+            raise ValueError(f"serving.kv_cache.prefix_chunk_tokens={self.prefix_chunk_tokens} must be a multiple of "
+                             f"block_tokens={self.block_tokens} (a chunk is whole KV blocks)")
+        return self
 
 
 class Frontend(_Frozen):
@@ -433,6 +515,8 @@ class Scenario(_Frozen):
                              "at t = 0, so a warm-up would exclude them all; the window is the makespan")
         check_layout(s.parallelism, m, g)
         self._check_simulated_combinations()
+        from sim.kv_hierarchy import check_kv_hierarchy      # it builds on this module
+        check_kv_hierarchy(self)
         p = s.precision
         if g.peak_flops(p.compute_precision) is None:
             raise ValueError(

@@ -7,6 +7,11 @@
   backs off before retrying, as HTTP clients do on a 429/503: 10 ms after the first rejection in a
   row, doubling up to 1 s (or its think time, if longer). Without the back-off, 1,000 clients on a
   queue of 10 would retry a million times per simulated second.
+* Sessions: each multi-turn session (workload.session_plans) starts at its time and sends its
+  turns one after another: a turn a think time after the previous answer's last token, its prompt
+  the whole conversation so far plus the new message. A rejected turn (a full queue, or a
+  conversation grown past the model's context) ends the session; no turn starts after the
+  scenario's duration.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import simpy
 
 from sim.engine.request import Request
 from sim.metrics.records import Status
-from sim.scenario import ClosedLoop
-from sim.workload import ClosedLoopLengths, OpenLoopRequests, think_time_s
+from sim.scenario import ClosedLoop, Sessions
+from sim.workload import ClosedLoopLengths, OpenLoopRequests, SessionPlan, session_chain, think_time_s
 
 Submit = Callable[[Request], bool]
 
@@ -71,3 +76,37 @@ def closed_loop_client(env: simpy.Environment, submit: Submit, spec: ClosedLoop,
             rejected_in_a_row = 0
         if pause > 0:
             yield env.timeout(pause)
+
+
+def session_source(env: simpy.Environment, submit: Submit, plans: list[SessionPlan], spec: Sessions,
+                   chunk_tokens: int | None, stop_s: float, out: list[Request],
+                   next_id: Callable[[], int]) -> Generator[simpy.Event, Any, None]:
+    """Start each session's process at its start time."""
+    for plan in plans:
+        dt = plan.start_s - env.now
+        if dt > 0:
+            yield env.timeout(dt)
+        env.process(session_turns(env, submit, plan, spec, chunk_tokens, stop_s, out, next_id))
+
+
+def session_turns(env: simpy.Environment, submit: Submit, plan: SessionPlan, spec: Sessions,
+                  chunk_tokens: int | None, stop_s: float, out: list[Request],
+                  next_id: Callable[[], int]) -> Generator[simpy.Event, Any, None]:
+    """One session's turns (module docstring)."""
+    history = spec.system_prompt_tokens
+    for user, answer, think_s in zip(plan.user_tokens, plan.output_tokens, plan.think_s, strict=True):
+        if env.now >= stop_s:
+            return
+        prompt = history + user
+        chain = None if chunk_tokens is None else \
+            session_chain(plan, spec.system_prompt_tokens, prompt + answer - 1, chunk_tokens)
+        done = env.event()
+        r = Request(next_id(), env.now, prompt, answer, on_done=_succeed(done), hash_ids=chain)
+        out.append(r)
+        submit(r)
+        yield done
+        if r.status == Status.REJECTED:
+            return
+        history = prompt + answer
+        if think_s > 0:
+            yield env.timeout(think_s)

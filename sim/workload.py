@@ -12,7 +12,18 @@
 * Traces: Azure LLM inference CSV (2023 and 2024 share the columns TIMESTAMP, ContextTokens,
   GeneratedTokens) and Mooncake JSONL (timestamp in ms, input_length, output_length, hash_ids).
   ``rate_scale`` divides inter-arrival times (2.0 replays twice as fast); ``start_s`` skips the
-  head of the trace.
+  head of the trace. Coarse timestamps (Mooncake's conversation trace has ticks of about 3 s) are
+  spread: the requests of one tick arrive at uniform random instants within it (``spread_s``).
+* Prefix hash chains (for prefix caching, sim/engine/kv_tiers.py): a request's KV is a chain of
+  chunks, each named by an integer that stands for the chunk and everything before it. Mooncake
+  traces give them (``hash_ids``, 512-token blocks; the last, partial block is dropped). Otherwise
+  a request's chunks are its own, except a shared prefix (``workload.shared_prefix``: one of P
+  prefixes of T tokens, for a share of the requests) or, in multi-turn sessions, the system prompt
+  and the session's earlier turns. Names are namespaced integers (``chunk_name``).
+* Sessions (``workload.sessions``): sessions start as a Poisson process; each draws its turn count,
+  system prompt, user-message and answer lengths and think times up front (so two configurations
+  see the same sessions); a turn's prompt is the system prompt, all earlier messages and answers,
+  and its new message (traffic.py sends the turns).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from sim.csvio import read_csv
 from sim.errors import InputError, one_line
 from sim.scenario import (
     MAX_TOKENS,
+    SharedPrefix,
     ClosedLoop,
     Diurnal,
     EmpiricalLen,
@@ -45,7 +57,8 @@ from sim.scenario import (
     UniformLen,
 )
 
-STREAMS = ("arrivals", "input_tokens", "output_tokens", "think_time", "routing")
+STREAMS = ("arrivals", "input_tokens", "output_tokens", "think_time", "routing", "prefixes", "sessions",
+           "trace_spread")
 
 
 def rng_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -276,15 +289,66 @@ def read_trace(spec: Trace) -> pd.DataFrame:
     return read_azure_trace(spec.path) if spec.format == "azure" else read_mooncake_trace(spec.path)
 
 
-def trace_requests(spec: Trace, duration_s: float) -> OpenLoopRequests:
+def trace_spread_s(spec: Trace, arrival_s: np.ndarray) -> float:
+    """The trace's timestamp resolution: as given, else for Mooncake the median gap between
+    distinct timestamps, for Azure 0 (its timestamps are fine-grained)."""
+    if spec.spread_s is not None:
+        return spec.spread_s
+    if spec.format != "mooncake":
+        return 0.0
+    distinct = np.unique(arrival_s)
+    return float(np.median(np.diff(distinct))) if len(distinct) > 1 else 0.0
+
+
+def spread_arrivals(t: np.ndarray, spread_s: float, rng: np.random.Generator) -> np.ndarray:
+    """Each arrival moved to a uniform random instant in [t, t + spread_s), order by the result."""
+    if spread_s <= 0 or len(t) == 0:
+        return t
+    return t + rng.random(len(t)) * spread_s
+
+
+def check_hash_chains(path: str, hashes: list[tuple[int, ...] | None]) -> None:
+    """Every row has hash_ids, and no hash sits at two positions (a chain names a chunk and all
+    that comes before it, so one hash cannot start at two offsets)."""
+    position: dict[int, int] = {}
+    for row, chain in enumerate(hashes):
+        if chain is None:
+            raise InputError(f"{path}: request {row + 1} has no 'hash_ids'; prefix caching "
+                             "(serving.kv_cache.prefix_caching) needs them on every line")
+        for k, h in enumerate(chain):
+            seen = position.setdefault(h, k)
+            if seen != k:
+                raise InputError(f"{path}: request {row + 1}: hash id {h} at position {k} was at position {seen} "
+                                 "in an earlier request; hash chains contradict each other")
+
+
+def trace_requests(spec: Trace, duration_s: float, chunk_tokens: int | None = None,
+                   rng: np.random.Generator | None = None) -> OpenLoopRequests:
+    """The trace's requests in [start_s, start_s + duration_s x rate_scale), spread within their
+    timestamp ticks; with `chunk_tokens` (prefix caching) each carries its hash chain."""
     df = read_trace(spec)
-    t = (df["arrival_s"].to_numpy() - spec.start_s) / spec.rate_scale
+    raw = df["arrival_s"].to_numpy()
+    if rng is not None:
+        raw = spread_arrivals(raw, trace_spread_s(spec, raw), rng)
+    order = np.argsort(raw, kind="stable")
+    t = (raw[order] - spec.start_s) / spec.rate_scale
     keep = (t >= 0) & (t < duration_s)
     # A request that asks for no output still gets its prompt processed and one token back
     # (serving engines sample at least once); count it as 1 output token.
-    out = np.maximum(1, df["output_tokens"].to_numpy()[keep])
-    hashes = df["hash_ids"][keep].tolist() if "hash_ids" in df else None
-    return OpenLoopRequests(t[keep], df["input_tokens"].to_numpy()[keep], out, hashes)
+    out = np.maximum(1, df["output_tokens"].to_numpy()[order][keep])
+    inp = df["input_tokens"].to_numpy()[order][keep]
+    hashes = None
+    if chunk_tokens is not None:
+        if "hash_ids" not in df:
+            hashes = [None] * int(keep.sum())
+        else:
+            all_hashes = df["hash_ids"].tolist()
+            check_hash_chains(spec.path, all_hashes)
+            kept = [all_hashes[i] for i in order[keep]]
+            hashes = [None if c is None else c[:n // chunk_tokens] for c, n in zip(kept, inp.tolist(), strict=True)]
+    elif "hash_ids" in df:
+        hashes = [df["hash_ids"].iloc[i] for i in order[keep]]
+    return OpenLoopRequests(t[keep], inp, out, hashes)
 
 
 # ---- the scenario's workload ------------------------------------------------------------------
@@ -292,14 +356,97 @@ def trace_requests(spec: Trace, duration_s: float) -> OpenLoopRequests:
 def open_loop_requests(sc: Scenario, streams: dict[str, np.random.Generator]) -> OpenLoopRequests:
     """All requests of an open-loop scenario (synthetic or trace), drawn up front."""
     w = sc.workload
+    kv = sc.serving.kv_cache
+    ct = kv.prefix_chunk_tokens if kv.prefix_caching else None
     if w.trace is not None:
-        return trace_requests(w.trace, sc.duration_s)
+        reqs = trace_requests(w.trace, sc.duration_s, ct, streams["trace_spread"])
+        if ct is not None and w.trace.format == "azure":
+            reqs = OpenLoopRequests(reqs.arrival_s, reqs.input_tokens, reqs.output_tokens,
+                                    prefix_chains(reqs.input_tokens, ct, w.shared_prefix, streams["prefixes"]))
+        elif ct is not None and reqs.hash_ids is not None and any(c is None for c in reqs.hash_ids):
+            raise InputError(f"{w.trace.path}: the trace has no 'hash_ids'; prefix caching "
+                             "(serving.kv_cache.prefix_caching) needs them on every line")
+        return reqs
     assert w.arrivals is not None and w.input_tokens is not None and w.output_tokens is not None
     t = draw_arrivals(streams["arrivals"], w.arrivals, sc.duration_s)
     n = len(t)
     inp = LengthSampler(w.input_tokens, streams["input_tokens"], "workload.input_tokens").draw(n)
     out = LengthSampler(w.output_tokens, streams["output_tokens"], "workload.output_tokens").draw(n)
-    return OpenLoopRequests(t, inp, out)
+    chains = prefix_chains(inp, ct, w.shared_prefix, streams["prefixes"]) if ct is not None else None
+    return OpenLoopRequests(t, inp, out, chains)
+
+
+# ---- prefix hash chains ---------------------------------------------------------------------------
+
+#: Namespaces of generated chunk names (Mooncake's own ids are small non-negative integers).
+OWN, SHARED, SYSTEM, SESSION = 1, 2, 3, 4
+CHUNK_BITS = 24          # chunk positions below 2**24 (8.6 billion tokens at 512 per chunk)
+
+
+def chunk_name(space: int, owner: int, position: int) -> int:
+    """The integer naming chunk `position` of `owner` (a request, shared prefix, system prompt or
+    session) in one namespace; never equal to another namespace's or a Mooncake id."""
+    return (space << 58) | (owner << CHUNK_BITS) | position
+
+
+def prefix_chains(inp: np.ndarray, chunk_tokens: int, shared: SharedPrefix | None,
+                  rng: np.random.Generator) -> list[tuple[int, ...] | None]:
+    """Each prompt's full chunks: a shared prefix's (when the model gives it one), then its own."""
+    n = len(inp)
+    full = (inp // chunk_tokens).tolist()
+    if shared is not None:
+        picks = rng.integers(0, shared.prefixes, n).tolist()
+        uses = (rng.random(n) < shared.fraction).tolist()
+        shared_chunks = shared.tokens // chunk_tokens
+    chains: list[tuple[int, ...] | None] = []
+    for i in range(n):
+        k_shared = min(shared_chunks, full[i]) if shared is not None and uses[i] else 0
+        head = [chunk_name(SHARED, picks[i], k) for k in range(k_shared)] if k_shared else []
+        chains.append(tuple(head + [chunk_name(OWN, i, k) for k in range(k_shared, full[i])]))
+    return chains
+
+
+# ---- multi-turn sessions ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """One session, drawn up front: when it starts, its system prompt, and per turn the new user
+    message's tokens, the answer's tokens and the think time after it."""
+
+    sid: int
+    start_s: float
+    system_prompt: int
+    user_tokens: tuple[int, ...]
+    output_tokens: tuple[int, ...]
+    think_s: tuple[float, ...]
+
+
+def session_plans(sc: Scenario, streams: dict[str, np.random.Generator]) -> list[SessionPlan]:
+    spec = sc.workload.sessions
+    assert spec is not None
+    starts = poisson_arrivals(streams["arrivals"], spec.rate_per_s, sc.duration_s)
+    n = len(starts)
+    turns = LengthSampler(spec.turns, streams["sessions"], "workload.sessions.turns").draw(n)
+    prompts = streams["sessions"].integers(0, spec.system_prompts, n)
+    total = int(turns.sum())
+    users = LengthSampler(spec.user_tokens, streams["input_tokens"], "workload.sessions.user_tokens").draw(total)
+    outs = LengthSampler(spec.output_tokens, streams["output_tokens"], "workload.sessions.output_tokens").draw(total)
+    thinks = streams["think_time"].exponential(spec.think_time_s, total) if spec.think_time_s > 0 else np.zeros(total)
+    plans, j = [], 0
+    for i in range(n):
+        k = int(turns[i])
+        plans.append(SessionPlan(i, float(starts[i]), int(prompts[i]), tuple(users[j:j + k].tolist()),
+                                 tuple(outs[j:j + k].tolist()), tuple(thinks[j:j + k].tolist())))
+        j += k
+    return plans
+
+
+def session_chain(plan: SessionPlan, system_tokens: int, kv_tokens: int, chunk_tokens: int) -> tuple[int, ...]:
+    """The chunks of a session's first kv_tokens tokens: the system prompt's own (shared by every
+    session with that prompt) while a chunk lies inside it, the session's after."""
+    sys_full = system_tokens // chunk_tokens
+    return tuple(chunk_name(SYSTEM, plan.system_prompt, k) if k < sys_full else chunk_name(SESSION, plan.sid, k)
+                 for k in range(kv_tokens // chunk_tokens))
 
 
 class ClosedLoopLengths:
@@ -307,13 +454,27 @@ class ClosedLoopLengths:
 
     def __init__(self, sc: Scenario, streams: dict[str, np.random.Generator]) -> None:
         w = sc.workload
+        kv = sc.serving.kv_cache
         self._i = 0
         self._hashes: list[tuple[int, ...] | None] | None = None
+        #: With prefix caching: the chunk size, and what names each drawn request's own chunks.
+        self._chunk = kv.prefix_chunk_tokens if kv.prefix_caching else None
+        self._shared, self._prefix_rng, self._drawn = w.shared_prefix, streams["prefixes"], 0
         if w.trace is not None:
             df = read_trace(w.trace)
             self._inp = df["input_tokens"].to_numpy()
             self._out = np.maximum(1, df["output_tokens"].to_numpy())
             self._hashes = df["hash_ids"].tolist() if "hash_ids" in df else None
+            if self._chunk is not None:
+                if self._hashes is None:
+                    if w.trace.format == "mooncake":
+                        raise InputError(f"{w.trace.path}: the trace has no 'hash_ids'; prefix caching "
+                                         "(serving.kv_cache.prefix_caching) needs them on every line")
+                    self._hashes = prefix_chains(self._inp, self._chunk, self._shared, self._prefix_rng)
+                else:
+                    check_hash_chains(w.trace.path, self._hashes)
+                    self._hashes = [c[:n // self._chunk] if c is not None else None
+                                    for c, n in zip(self._hashes, self._inp.tolist(), strict=True)]
             self._samplers = None
         else:
             assert w.input_tokens is not None and w.output_tokens is not None
@@ -328,6 +489,12 @@ class ClosedLoopLengths:
         self._inp = self._samplers[0].draw(4096)
         self._out = self._samplers[1].draw(4096)
         self._i = 0
+        if self._chunk is not None:
+            chains = prefix_chains(self._inp, self._chunk, self._shared, self._prefix_rng)
+            # the chunks of request j of this batch are named by its number among all drawn
+            self._hashes = [tuple(chunk_name(OWN, self._drawn + j, h & ((1 << CHUNK_BITS) - 1))
+                                  if h >> 58 == OWN else h for h in c) for j, c in enumerate(chains) if c is not None]
+            self._drawn += len(self._inp)
 
     def next(self) -> tuple[int, int, tuple[int, ...] | None]:
         """(input tokens, output tokens, prompt block hashes or None) of the next request."""

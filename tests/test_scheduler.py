@@ -54,7 +54,7 @@ def test_chunked_prefill_admits_fcfs_within_the_token_budget():
     assert [(r.id, n) for r, n in plan.chunks] == [(0, 40), (1, 24)]   # b is cut to fit 64 tokens
     assert plan.admitted == 2 and list(s.waiting) == [c] and a.admit_s == 1.0
     assert s.kv.used_blocks == 3 + 2
-    prompt, recompute, sampled = s.finish_iteration(plan, now=2.0)
+    prompt, recompute, sampled, _ = s.finish_iteration(plan, now=2.0)
     assert (prompt, recompute, sampled) == (64, 0, 1) and a.first_token_s == 2.0 and s.finished == []
     plan = s.schedule(now=2.0)                   # a decodes, b continues, c is admitted
     assert plan.decode and [(r.id, n) for r, n in plan.chunks] == [(1, 16), (2, 10)]

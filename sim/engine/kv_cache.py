@@ -7,10 +7,19 @@ shorter than the window). `watermark_fraction` of the blocks is kept free when a
 as vLLM does, so running sequences can grow. A preempted request's KV can be swapped to host memory
 over the GPU-host link: bytes / link bandwidth, serially with the iteration that triggers it.
 
+With prefix caching (kv_tiers.py) some free blocks still hold cached prefix chunks: an allocation
+takes blocks that hold none first, then evicts cached chunks, least recently used first, and
+hands them to the tiers below.
+
 Plain Python, no SimPy: the scheduler calls it, and tests use it alone.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sim.engine.kv_tiers import KvHierarchy
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -21,7 +30,8 @@ class KvCache:
     """Block accounting of one replica (capacity from the memory plan)."""
 
     __slots__ = ("total_blocks", "block_tokens", "sliding_blocks", "watermark_blocks", "used_blocks",
-                 "free_blocks", "swap_bytes_per_token", "host_link_bytes_per_s", "lookahead_tokens")
+                 "free_blocks", "swap_bytes_per_token", "host_link_bytes_per_s", "lookahead_tokens", "tiers",
+                 "now")
 
     def __init__(self, total_blocks: int, block_tokens: int, *, sliding_blocks: int = 0,
                  watermark_fraction: float = 0.0, swap_bytes_per_token: float = 0.0,
@@ -39,12 +49,27 @@ class KvCache:
         #: event). Read them freely; change them only through allocate() and release().
         self.used_blocks = 0
         self.free_blocks = total_blocks
+        #: The prefix cache and the tiers below (None: no prefix caching), and the scheduler's clock
+        #: (when its evictions happen).
+        self.tiers: KvHierarchy | None = None
+        self.now = 0.0
 
     # ---- level ------------------------------------------------------------------------------
     def allocate(self, blocks: int) -> None:
-        """Take `blocks` free blocks (the scheduler checked they are free)."""
+        """Take `blocks` free blocks (the scheduler checked they are free), evicting cached prefix
+        chunks from them if blocks holding none do not suffice."""
         if blocks > self.free_blocks or blocks < 0:
             raise RuntimeError(f"KV allocator: {blocks} blocks asked, {self.free_blocks} free")
+        tiers = self.tiers
+        if tiers is not None:
+            short = blocks - (self.free_blocks - tiers.hbm.cached_free_blocks)
+            if short > 0:
+                tiers.evicted_from_hbm(tiers.hbm.evict(short), self.now)
+        self.used_blocks += blocks
+        self.free_blocks -= blocks
+
+    def take_cached(self, blocks: int) -> None:
+        """Cached prefix blocks a request starts using again: free, but not evicted."""
         self.used_blocks += blocks
         self.free_blocks -= blocks
 

@@ -107,6 +107,13 @@ class RankedReplica:
                 self._wakeup = None
                 continue
             plans = [s.schedule(env.now) for s in ranks]
+            if any(s.loading for s in ranks) and all(p.computes_nothing for p in plans):
+                # nothing to compute until a prefix load ends or a request arrives
+                self._wakeup = env.event()
+                ready_s = min(s.next_ready_s() for s in ranks)
+                yield self._wakeup | env.timeout(max(0.0, ready_s - env.now))
+                self._wakeup = None
+                continue
             swap_s = self._free_stuck_ranks(plans)
             self._note_levels()                  # admissions and preemptions change the levels now
             t0, held = env.now, sum(kv.used_blocks for kv in self.kvs)
@@ -114,11 +121,11 @@ class RankedReplica:
                 if swap_s:
                     yield env.timeout(swap_s)
                     self._record(self._pack_record(self.idx, t0, env.now, 0, 0, 0, 0, 0, swap_s, held, held * swap_s,
-                                                   self._noted[1], self._noted[0], 0.0, 0, 0, 0, 0.0))
+                                                   self._noted[1], self._noted[0], 0.0, 0, 0, 0, 0.0, 0))
                 continue
             shapes = [self._shape(s, p) for s, p in zip(ranks, plans, strict=True)]
             b = self.pricing.breakdown(shapes)
-            swap_s = max(swap_s, *(p.swap_s for p in plans))
+            swap_s = max(swap_s, *(p.swap_s + p.load_wait_s for p in plans))
             yield env.timeout(b.step_s + swap_s)
             self._end_iteration(plans, shapes, t0, held, b.util_s, swap_s, b.draft_s)
 
@@ -129,7 +136,7 @@ class RankedReplica:
         for s, p in zip(self.ranks, plans, strict=True):
             if p.idle and s.waiting and not s.running:
                 raise RuntimeError(f"replica {self.idx}: waiting request cannot be admitted into an empty rank")
-            if p.idle and s.running:
+            if p.idle and s.running and not s.loading:
                 swap_s = max(swap_s, p.swap_s + s.preempt_last())
         return swap_s
 
@@ -143,7 +150,7 @@ class RankedReplica:
     def _end_iteration(self, plans: list[IterationPlan], shapes: list[StepShape], t0: float, held: int,
                        util_s: float, swap_s: float, draft_s: float) -> None:
         now = self.env.now
-        prompt = recompute = sampled = 0
+        prompt = recompute = sampled = cached = 0
         spec_seqs = accepted = proposed = 0
         for s, p in zip(self.ranks, plans, strict=True):
             ds = s.decode_set
@@ -152,7 +159,8 @@ class RankedReplica:
                 # each verification samples one token of the target's own; the rest are accepted drafts
                 accepted += ds.tokens_sampled(1) - decoding
             done = s.finish_iteration(p, now)
-            prompt, recompute, sampled = prompt + done[0], recompute + done[1], sampled + done[2]
+            prompt, recompute, sampled, cached = (prompt + done[0], recompute + done[1], sampled + done[2],
+                                                  cached + done[3])
             if isinstance(ds, SpecDecodeSet):
                 # drafts proposed: k per verification, less what finishing requests' last steps left
                 proposed += decoding * (self._q - 1) - ds.unproposed
@@ -165,7 +173,7 @@ class RankedReplica:
         waiting, running = self._noted
         self._record(self._pack_record(self.idx, t0, now, 1, batch, prompt, recompute, sampled, swap_s, held,
                                        held * (now - t0), running, waiting, util_s, spec_seqs, proposed, accepted,
-                                       draft_s))
+                                       draft_s, cached))
         for s in self.ranks:
             for r in s.finished:
                 self.on_finish(r)

@@ -145,6 +145,9 @@ class Replica:
                         yield from self._decode_run(run, path, n, total_s)
                         continue
             plan = sched.schedule(env.now)
+            if sched.loading and plan.computes_nothing:
+                yield from self._await_loads()
+                continue
             if plan.idle:
                 yield from self._free_stuck_prefill(plan)
                 continue
@@ -152,6 +155,13 @@ class Replica:
             step_s, util_s, draft_s = self._iteration_s(plan)
             yield env.timeout(step_s)
             self._end_iteration(plan, t0, held, util_s, draft_s)
+
+    def _await_loads(self) -> Generator[simpy.Event, Any, None]:
+        """Nothing to compute until a prefix load ends or a request arrives: wait for either."""
+        env = self.env
+        self._wakeup = env.event()
+        yield self._wakeup | env.timeout(max(0.0, self.scheduler.next_ready_s() - env.now))
+        self._wakeup = None
 
     def _steps_before_mark(self, run: DecodeRun, path: ContextPath, n: int) -> tuple[int, float]:
         """Steps of a decode run that end strictly before the next mark (all n if none), and
@@ -182,7 +192,7 @@ class Replica:
             held = self.kv.used_blocks
             yield env.timeout(swap_s)
             self._record(self._pack_record(self.idx, t0, env.now, 0, 0, 0, 0, 0, swap_s, held, held * swap_s,
-                                           len(sched.running), len(sched.waiting), 0.0, 0, 0, 0, 0.0))
+                                           len(sched.running), len(sched.waiting), 0.0, 0, 0, 0, 0.0, 0))
 
     def _iteration_s(self, plan: IterationPlan) -> tuple[float, float, float]:
         """Seconds the planned iteration takes (its batch shape's step time plus KV transfers), its
@@ -190,6 +200,7 @@ class Replica:
         ds = self.scheduler.decode_set
         chunks = plan.chunk_shapes()
         draft_s = 0.0
+        transfer_s = plan.swap_s + plan.load_wait_s
         if plan.decode:
             ctx = ds.next_ctx_sum()
             shape = _make(StepShape, (ds.size, ctx, self._q, chunks, self._draft))
@@ -198,11 +209,11 @@ class Replica:
                 if isinstance(run, DraftedRun):
                     step_s, draft_s = run.step_parts(ctx)
                     if not chunks:      # a decode-only step: its cached run, as a decode run prices it
-                        return step_s + plan.swap_s, self.spec_run_utilization(ds.size).step_s(ctx), draft_s
+                        return step_s + transfer_s, self.spec_run_utilization(ds.size).step_s(ctx), draft_s
         else:
             shape = _make(StepShape, (0, 0, 1, chunks, None))
         step_s, util_s = self.step_model.iteration_with_utilization_s(shape)
-        return step_s + plan.swap_s, util_s, draft_s
+        return step_s + transfer_s, util_s, draft_s
 
     def spec_run(self, batch: int) -> DecodeRun:
         """A speculative step of `batch` sequences: drafts and verification (cached by batch)."""
@@ -232,11 +243,11 @@ class Replica:
             # each verification samples one token of the target's own; the rest are accepted drafts
             spec_seqs, accepted = decoding, ds.tokens_sampled(1) - decoding
         now = self.env.now
-        prompt, recompute, sampled = sched.finish_iteration(plan, now)
+        prompt, recompute, sampled, cached = sched.finish_iteration(plan, now)
         proposed = self._proposed(spec_seqs)
-        self._record(self._pack_record(self.idx, t0, now, 1, batch, prompt, recompute, sampled, plan.swap_s,
-                                       held, held * (now - t0), len(sched.running), len(sched.waiting), util_s,
-                                       spec_seqs, proposed, accepted, draft_s))
+        self._record(self._pack_record(self.idx, t0, now, 1, batch, prompt, recompute, sampled,
+                                       plan.swap_s + plan.load_wait_s, held, held * (now - t0), len(sched.running),
+                                       len(sched.waiting), util_s, spec_seqs, proposed, accepted, draft_s, cached))
         if sched.finished:
             self._hand_back_finished()
         # Where decode runs are rare, single steps fill the history too (the check is two lookups).
@@ -326,6 +337,6 @@ class Replica:
         self._record(self._pack_record(self.idx, t0, t0 + total_s, n, batch, 0, 0, sampled, 0.0, peak, NAN,
                                        len(sched.running), len(sched.waiting), NAN,
                                        spec_seqs, self._proposed(spec_seqs), sampled - spec_seqs if self._spec else 0,
-                                       NAN if self._spec else 0.0))
+                                       NAN if self._spec else 0.0, 0))
         if sched.finished:
             self._hand_back_finished()

@@ -28,6 +28,7 @@ class Request:
         "generated", "prefill_target", "prefilled", "swapped_kv", "blocks", "admit_s", "first_token_s",
         "finish_s", "preemptions", "input_counted", "seq", "base", "finish_g", "in_decode", "on_done", "hash_ids",
         "sampled_before_start", "sampled_before_end", "spec_cum", "spec_pos", "spec_member", "pre_generated",
+        "pinned", "cached_tokens", "loaded_tokens", "load_s", "ready_s", "swap_chunks",
     )
 
     def __init__(self, rid: int, arrival_s: float, input_tokens: int, output_tokens: int,
@@ -56,7 +57,13 @@ class Request:
         self.finish_g = 0           # decode set: G at which the last token is sampled
         self.in_decode = False
         self.on_done = on_done
-        self.hash_ids = hash_ids    # prompt KV block hashes from a trace (Mooncake), for prefix reuse
+        self.hash_ids = hash_ids    # hashes of its KV's full chunks (kv_tiers.py), for prefix reuse
+        self.pinned: list[int] = []  # prefix chunks it uses in the HBM prefix cache (shared blocks)
+        self.cached_tokens = 0      # prompt tokens taken from a cache at its first admission (HBM or loaded)
+        self.loaded_tokens = 0      # of those, loaded from a tier below HBM
+        self.load_s = 0.0           # seconds it waited for those loads
+        self.ready_s = 0.0          # when its loads end (while loading)
+        self.swap_chunks = 0        # room it holds in the host tier while swapped out
         # Output tokens sampled before the measurement window's start / end, noted at those
         # instants if the request was in the system then (-1: it was not).
         self.sampled_before_start = -1

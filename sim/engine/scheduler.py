@@ -19,6 +19,12 @@ The policy follows vLLM's scheduler (V1 with chunked prefill, V0 without):
 * when a decode step needs a block and none is free, the most recently admitted running request
   is preempted (LIFO): `recompute` frees its blocks and prefills prompt + generated tokens again
   later; `swap` copies its KV to host memory and back when it is resumed;
+* with prefix caching (kv_tiers.py), a request admitted for the first time takes the head of its
+  prompt from the caches: chunks resident in HBM are shared, chunks in a lower tier are loaded over
+  its link (when that beats recomputing them). Its prefill starts after them. A load either
+  overlaps the batch (the request waits, `loading`, while the others run) or stalls the iteration
+  that admits it. Chunks a request computes join the HBM cache (and the write-through tiers); when
+  it leaves, they stay cached in free blocks until an allocation evicts them;
 * the waiting queue is bounded (`max_waiting`, online traffic only: an offline burst is queued
   whole); a request is rejected, with its reason, when the queue is full, when prompt + output
   exceed the model's context, when it could not fit in the KV cache even alone, or (mixed whole
@@ -55,10 +61,16 @@ class IterationPlan:
     decode: bool = False
     swap_s: float = 0.0
     admitted: int = 0
+    load_wait_s: float = 0.0   # the iteration waits this long for its link transfers (loads, swaps)
 
     @property
     def idle(self) -> bool:
         return not self.chunks and not self.decode and not self.admitted
+
+    @property
+    def computes_nothing(self) -> bool:
+        """No prefill, decode, resumed swap or transfer: only admissions whose loads are in flight."""
+        return not self.chunks and not self.decode and not self.resumed and not self.swap_s and not self.load_wait_s
 
     def chunk_shapes(self) -> tuple[Chunk, ...]:
         """The prefill chunks as the step model prices them (prefix, new tokens, samples a token)."""
@@ -91,6 +103,10 @@ def arrive_with_kv(r: Request) -> None:
     r.generated = r.pre_generated = 1
 
 
+def _seq_of(r: Request) -> int:
+    return r.seq
+
+
 class BatchScheduler:
     """The queues and running set of one replica, and the vLLM-style policy over them."""
 
@@ -116,6 +132,11 @@ class BatchScheduler:
         self.waiting_tokens = 0
         self.outstanding = 0                     # accepted and not finished: waiting + running
         self._seq = 0
+        # Prefix caching and the tiers below HBM (None: neither).
+        self.tiers = kv.tiers
+        self.prefix = kv.tiers if kv.tiers is not None and kv.tiers.prefix_caching else None
+        self.loading: list[Request] = []         # admitted, waiting for their loads (overlapped loads)
+        self._transfer_end = 0.0                 # the latest link transfer this round waits for
 
     # ---- intake ---------------------------------------------------------------------------
     def reject_reason(self, r: Request) -> str:
@@ -194,19 +215,22 @@ class BatchScheduler:
         if victim.in_decode:
             blocks = self.decode_set.held_blocks(victim)
             kv = self.decode_set.remove(victim)
-            self.kv.release(blocks)
-            if self.swap:
-                victim.swapped_kv = kv
-                swap_s = self.kv.transfer_s(kv)
+            self._release(victim, blocks, kv)
+            if self.swap and self._swap_out(victim, kv):
+                swap_s = self._swap_s(kv)
             else:
                 victim.prefill_target = victim.input_tokens + victim.generated
                 victim.prefilled = 0
+        elif victim in self.loading:
+            self.loading.remove(victim)
+            self._release(victim, victim.blocks + self._pinned_blocks(victim), 0)
+            victim.prefilled = 0
         else:
             self.prefilling.remove(victim)
-            self.kv.release(victim.blocks)
-            if self.swap and victim.prefilled:
+            self._release(victim, victim.blocks + self._pinned_blocks(victim), victim.prefilled)
+            if self.swap and victim.prefilled and self._swap_out(victim, victim.prefilled):
                 victim.swapped_kv = victim.prefilled
-                swap_s = self.kv.transfer_s(victim.prefilled)
+                swap_s = self._swap_s(victim.prefilled)
             else:
                 victim.prefilled = 0
         victim.blocks = 0
@@ -217,16 +241,75 @@ class BatchScheduler:
         self.admission.preempted()
         return swap_s
 
+    def _swap_out(self, r: Request, kv_tokens: int) -> bool:
+        """Room for a swapped-out request's KV in host memory: unbounded without tiers, else held
+        in the first tier (evicting cached chunks); False if it cannot fit (then it is recomputed)."""
+        tiers = self.tiers
+        if tiers is None or not tiers.stores:
+            r.swapped_kv = kv_tokens
+            return True
+        chunks = -(-kv_tokens // tiers.chunk_tokens)
+        gone = tiers.stores[0].reserve(chunks, self.kv.now)
+        if gone is None:
+            return False
+        tiers.pass_down(0, [], gone, self.kv.now)
+        r.swap_chunks = chunks
+        r.swapped_kv = kv_tokens
+        return True
+
+    def _swap_s(self, kv_tokens: int) -> float:
+        """Seconds a swap transfer adds to the iteration: serial over the host link without tiers,
+        else booked on the first tier's link (the iteration waits for the latest transfer)."""
+        tiers = self.tiers
+        if tiers is None or not tiers.stores:
+            return self.kv.transfer_s(kv_tokens)
+        now = self.kv.now
+        end = tiers.links[0].write(now, kv_tokens * self.kv.swap_bytes_per_token)
+        self._transfer_end = max(self._transfer_end, end)
+        return 0.0
+
+    def _swap_in_s(self, r: Request) -> float:
+        tiers = self.tiers
+        if tiers is None or not tiers.stores:
+            return self.kv.transfer_s(r.swapped_kv)
+        now = self.kv.now
+        end = tiers.links[0].read(now, r.swapped_kv * self.kv.swap_bytes_per_token)
+        tiers.stores[0].unreserve(r.swap_chunks, now)
+        r.swap_chunks = 0
+        self._transfer_end = max(self._transfer_end, end)
+        return 0.0
+
+    def transfer_wait_s(self, now: float) -> float:
+        """Seconds from now until the link transfers booked since the last call end (then reset)."""
+        end, self._transfer_end = self._transfer_end, 0.0
+        return max(0.0, end - now)
+
+    def _loads_ready(self, now: float) -> None:
+        """Requests whose loads have ended continue their prefill, in admission order."""
+        ready = [r for r in self.loading if r.ready_s <= now]
+        if ready:
+            self.loading = [r for r in self.loading if r.ready_s > now]
+            self.prefilling.extend(ready)
+            self.prefilling.sort(key=_seq_of)
+
+    def next_ready_s(self) -> float:
+        """When the next overlapped load ends (inf if none)."""
+        return min((r.ready_s for r in self.loading), default=float("inf"))
+
     # ---- one iteration --------------------------------------------------------------------------
     def schedule(self, now: float) -> IterationPlan:
         """Decide the next iteration. Allocates the blocks it needs and preempts when a decode
         step cannot get blocks."""
         plan = IterationPlan()
         lim, ds, kv = self.limits, self.decode_set, self.kv
+        kv.now = now
+        if self.loading:
+            self._loads_ready(now)
         self.admission.begin_round()
         if not lim.chunked_prefill and not lim.mixed_prefill:
             self._admit_waiting(plan, lim.max_num_batched_tokens, whole_prompts=True, now=now)
             if plan.admitted:
+                plan.load_wait_s = self.transfer_wait_s(now)
                 self.note_levels(now)
                 return plan
         preempted = False
@@ -242,6 +325,7 @@ class BatchScheduler:
             if lim.mixed_prefill:
                 self._admit_waiting(plan, lim.max_num_batched_tokens - ds.size * self.q, whole_prompts=True, now=now,
                                     alone_ok=not plan.decode)
+            plan.load_wait_s = self.transfer_wait_s(now)
             self.note_levels(now)
             return plan
         budget = lim.max_num_batched_tokens - ds.size * self.q
@@ -254,6 +338,7 @@ class BatchScheduler:
             budget -= new
         if budget > 0 and (self.admission.admits_after_preemption or not preempted):
             self._admit_waiting(plan, budget, whole_prompts=False, now=now)
+        plan.load_wait_s = self.transfer_wait_s(now)
         self.note_levels(now)
         return plan
 
@@ -292,7 +377,7 @@ class BatchScheduler:
                     self._complete(r, blocks, now)
                     continue
                 if not arrived:
-                    plan.swap_s += kv.transfer_s(r.swapped_kv)
+                    plan.swap_s += self._swap_in_s(r)
                 if r.prefilled < r.prefill_target:     # swapped out mid-prefill: continue it now
                     r.blocks = blocks
                     r.swapped_kv = 0
@@ -300,6 +385,12 @@ class BatchScheduler:
                     budget -= max(0, self._add_chunk(plan, r, budget, kv.free_blocks))
                 else:
                     plan.resumed.append(r)
+                continue
+            if self.prefix is not None and r.hash_ids and r.prefilled == 0:
+                taken = self._admit_with_prefix(plan, r, budget, whole_prompts, alone_ok, margin, now)
+                if taken < 0:
+                    break
+                budget -= taken
                 continue
             new = r.prefill_target - r.prefilled
             if whole_prompts:
@@ -320,6 +411,49 @@ class BatchScheduler:
             plan.chunks.append((r, new))
             budget -= new
 
+    def _admit_with_prefix(self, plan: IterationPlan, r: Request, budget: int, whole_prompts: bool,
+                           alone_ok: bool, margin: int, now: float) -> int:
+        """Admit r taking the head of its prompt from the caches (see the module docstring): the
+        prompt tokens of the budget its first chunk takes, or -1 if it cannot be admitted now."""
+        kv, tiers = self.kv, self.prefix
+        assert tiers is not None and r.hash_ids is not None
+        hit = tiers.lookup(r.hash_ids, r.prefill_target, now)
+        skip = hit.chunks * tiers.chunk_tokens
+        cached = tiers.pin_blocks(hit) + tiers.load_blocks(hit)
+        waits = bool(hit.loads) and tiers.overlap_loads
+        new = 0 if waits else r.prefill_target - skip
+        if whole_prompts:
+            if new > budget and (plan.admitted or not alone_ok):
+                return -1
+        elif not waits:
+            new = min(new, budget, kv.fit_tokens(skip, kv.free_blocks - margin - cached))
+            if new <= 0:
+                return -1
+        blocks = kv.growth_blocks(skip, new) if new else 0
+        if kv.free_blocks - cached - blocks < margin:
+            return -1
+        self._admit(r, now)
+        plan.admitted += 1
+        hbm = tiers.hbm
+        kv.take_cached(sum([hbm.pin(h) for h in hit.hbm]))
+        kv.allocate(tiers.load_blocks(hit) + blocks)
+        r.pinned, end = tiers.commit(hit, now)
+        r.prefilled = skip
+        if not r.input_counted:     # its first admission: what it takes from caches is cached input
+            r.cached_tokens = skip
+            r.loaded_tokens = skip - len(hit.hbm) * tiers.chunk_tokens
+            r.load_s = end - now
+        r.blocks = blocks
+        if waits:
+            r.ready_s = end
+            self.loading.append(r)
+            return 0
+        if hit.loads:
+            self._transfer_end = max(self._transfer_end, end)
+        self.prefilling.append(r)
+        plan.chunks.append((r, new))
+        return new
+
     # ---- effects of a finished iteration ----------------------------------------------------------
     def _complete(self, r: Request, blocks: int, now: float) -> None:
         r.status = Status.DONE
@@ -329,18 +463,68 @@ class BatchScheduler:
         if not self.running and not self.waiting:
             self.admission.idle()
         self.outstanding -= 1
-        self.kv.release(blocks)
+        self._release(r, blocks, r.input_tokens + r.output_tokens - 1)
         self.finished.append(r)
+
+    def _release(self, r: Request, blocks: int, kv_tokens: int) -> None:
+        """Free the `blocks` blocks a leaving request holds (`kv_tokens` of KV). With prefix
+        caching, its shared chunks are unpinned and its own full chunks stay cached in free blocks."""
+        tiers = self.prefix
+        if tiers is None:
+            self.kv.release(blocks)
+            return
+        hbm = tiers.hbm
+        own = blocks - len(r.pinned) * hbm.chunk_blocks
+        freed = sum([hbm.unpin(h) for h in r.pinned])
+        r.pinned = []
+        self.kv.release(own + freed)
+        chain = r.hash_ids
+        if chain:
+            full = min(len(chain), kv_tokens // tiers.chunk_tokens)
+            kept = []
+            for h in chain[:full]:
+                if h not in hbm.refs:
+                    hbm.add_free(h)
+                    kept.append(h)
+            tiers.computed(kept, self.kv.now)
+            hbm.occupancy.note(self.kv.now, len(hbm.refs))
+
+    def _pinned_blocks(self, r: Request) -> int:
+        """Blocks of the shared prefix chunks a request uses (held through the prefix cache)."""
+        return len(r.pinned) * self.prefix.hbm.chunk_blocks if self.prefix is not None else 0
+
+    def _cache_computed(self, r: Request) -> None:
+        """A prefill finished: its full chunks after those it took from caches join the HBM cache,
+        pinned by it (and the write-through tiers). A chunk another request cached meanwhile stays
+        the request's own, and so do the chunks after it."""
+        tiers, chain = self.prefix, r.hash_ids
+        if tiers is None or not chain:
+            return
+        hbm = tiers.hbm
+        full = min(len(chain), r.prefilled // tiers.chunk_tokens)
+        new = []
+        for h in chain[len(r.pinned):full]:
+            if h in hbm.refs:
+                break
+            hbm.add_pinned(h)
+            r.pinned.append(h)
+            new.append(h)
+        r.blocks -= len(new) * hbm.chunk_blocks      # those blocks are held through the cache now
+        if new:
+            tiers.computed(new, self.kv.now)
+            hbm.occupancy.note(self.kv.now, len(hbm.refs))
 
     def _finish_decode_steps(self, now: float) -> None:
         for r, blocks in self.decode_set.pop_finished():
             self._complete(r, blocks, now)
 
-    def finish_iteration(self, plan: IterationPlan, now: float) -> tuple[int, int, int]:
+    def finish_iteration(self, plan: IterationPlan, now: float) -> tuple[int, int, int, int]:
         """Apply an iteration's effects when it ends at `now`: (prompt tokens processed for the
-        first time, prompt tokens recomputed, tokens sampled). Finished requests go to `finished`."""
-        prompt = recompute = sampled = 0
+        first time, prompt tokens recomputed, tokens sampled, prompt tokens taken from a prefix
+        cache). Finished requests go to `finished`."""
+        prompt = recompute = sampled = cached = 0
         ds = self.decode_set
+        self.kv.now = now
         if plan.decode:
             sampled += ds.tokens_sampled(1)
             ds.advance(1)
@@ -348,6 +532,8 @@ class BatchScheduler:
             self._finish_decode_steps(now)
         for r, new in plan.chunks:
             first = r.prefilled
+            if r.cached_tokens and not r.input_counted:    # its first chunk after a cache hit
+                cached += r.cached_tokens
             r.prefilled += new
             counted = min(r.prefilled, r.input_tokens)
             fresh = max(0, counted - max(first, r.input_counted))
@@ -357,12 +543,13 @@ class BatchScheduler:
             if r.prefilled < r.prefill_target:
                 continue
             self.prefilling.remove(r)
+            self._cache_computed(r)
             r.generated += 1
             sampled += 1
             if r.first_token_s < 0:
                 r.first_token_s = now
             if r.generated >= r.output_tokens:
-                self._complete(r, r.blocks, now)
+                self._complete(r, r.blocks + self._pinned_blocks(r), now)
             else:
                 r.blocks = 0
                 ds.add(r, r.prefilled)
@@ -373,13 +560,13 @@ class BatchScheduler:
                 r.first_token_s = now
         if self.finished:
             self.note_levels(now)
-        return prompt, recompute, sampled
+        return prompt, recompute, sampled, cached
 
     # ---- decode runs ------------------------------------------------------------------------------
     def decode_run_stable(self) -> bool:
         """Decode-only and nothing could be admitted: only arrivals, completions or a block
         shortage change the batch, so decode steps until then can run as one event."""
-        if self.prefilling or self.decode_set.size == 0:
+        if self.prefilling or self.loading or self.decode_set.size == 0:
             return False
         if not self.waiting:
             return True
@@ -409,6 +596,7 @@ class BatchScheduler:
         """Apply n decode-only steps that end at `now`: (tokens sampled, KV blocks held during the
         last step). Finished requests go to `finished`."""
         ds = self.decode_set
+        self.kv.now = now
         self.kv.allocate(ds.blocks_needed(n_steps))
         peak = self.kv.used_blocks
         sampled = ds.tokens_sampled(n_steps)

@@ -46,7 +46,7 @@ class IterRecord(NamedTuple):
     prompt_tokens: int        # prompt tokens processed for the first time (at t_end_s)
     recompute_tokens: int     # prefill redone after a preemption
     output_tokens: int        # tokens sampled
-    swap_s: float             # seconds of KV transfer to or from host memory included in the span
+    swap_s: float             # seconds of KV transfer (swaps, stalled prefix loads) included in the span
     kv_blocks_peak: int       # KV blocks held during the event's last iteration (its maximum)
     kv_block_s: float         # KV blocks held, integrated over the span (block-seconds)
     running: int              # running set after the event
@@ -56,6 +56,7 @@ class IterRecord(NamedTuple):
     proposed_tokens: int      # speculative decoding: draft tokens proposed
     accepted_tokens: int      # speculative decoding: draft tokens accepted (sampled tokens beyond one per step)
     draft_s: float            # speculative decoding: seconds of draft work included in the span
+    cached_tokens: int        # prompt tokens taken from a prefix cache (HBM or loaded), first admissions
 
 
 class LevelRecord(NamedTuple):

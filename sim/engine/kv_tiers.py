@@ -1,0 +1,374 @@
+"""The KV-cache hierarchy below a replica's batch: prefix chunks kept in HBM after their requests
+leave, in host DRAM, on NVMe and in a remote pool, and the links that move them.
+
+A prompt is a chain of chunks of `chunk_tokens` tokens, each named by a hash that also covers
+every token before it (vLLM's block hashes, Mooncake's `hash_ids`), so a chunk present anywhere is
+a hit only if every chunk before it is a hit too; reuse stops at the first miss.
+
+* HBM (`HbmPrefixCache`, vLLM's automatic prefix caching, SGLang's radix cache): a chunk's KV
+  blocks stay where its request computed them. While running requests use a chunk it is pinned
+  (reference-counted, shared: a second request with the same prefix uses the same blocks). When
+  none does, its blocks count as free but keep their content, least recently used first in line
+  for reuse: an allocation takes blocks that hold no cached chunk first, then evicts cached chunks
+  in LRU order (SGLang evicts its radix tree's LRU leaves only when it needs memory).
+* Lower tiers (`TierStore`): LRU sets of chunk hashes with a capacity in chunks. A chunk enters a
+  tier by write-through (when it is computed; Dynamo KVBM's host tier is a write-through cache) or
+  when the tier above evicts it (write-on-evict). A store may be shared: a node's host memory by the
+  replicas on that node, a remote pool by the whole cluster.
+* Links (`Link`): each direction is a FIFO server. A transfer of B bytes that starts when the
+  direction frees up takes latency + B / bandwidth, so concurrent loads queue behind each other.
+  Directions are independent (PCIe and network links are full duplex), so writes never delay loads.
+
+A lookup (`KvHierarchy.lookup`) finds the hit chunks and, per lower tier, whether loading them is
+faster than recomputing them; `commit` pins, loads and books the transfers. The scheduler calls
+these at admission (scheduler.py); everything here is plain Python, no SimPy.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+
+class Link:
+    """One link's two directions (read: tier to GPU, write: GPU to tier), each a FIFO server."""
+
+    __slots__ = ("name", "read_bytes_per_s", "write_bytes_per_s", "latency_s", "read_free_s", "write_free_s",
+                 "read_bytes", "write_bytes", "read_busy_s", "write_busy_s")
+
+    def __init__(self, name: str, read_bytes_per_s: float, write_bytes_per_s: float, latency_s: float) -> None:
+        self.name = name
+        self.read_bytes_per_s = read_bytes_per_s
+        self.write_bytes_per_s = write_bytes_per_s
+        self.latency_s = latency_s
+        self.read_free_s = 0.0          # when each direction finishes what it has been given
+        self.write_free_s = 0.0
+        self.read_bytes = 0.0           # totals for the metrics
+        self.write_bytes = 0.0
+        self.read_busy_s = 0.0
+        self.write_busy_s = 0.0
+
+    def read_end_s(self, now: float, nbytes: float) -> float:
+        """When a read of nbytes given now would end (nothing booked)."""
+        return max(now, self.read_free_s) + self.latency_s + nbytes / self.read_bytes_per_s
+
+    def read(self, now: float, nbytes: float) -> float:
+        """Book a read of nbytes from now; returns when it ends."""
+        busy = self.latency_s + nbytes / self.read_bytes_per_s
+        end = max(now, self.read_free_s) + busy
+        self.read_free_s = end
+        self.read_bytes += nbytes
+        self.read_busy_s += busy
+        return end
+
+    def write(self, now: float, nbytes: float) -> float:
+        """Book a write of nbytes from now; returns when it ends."""
+        busy = self.latency_s + nbytes / self.write_bytes_per_s
+        end = max(now, self.write_free_s) + busy
+        self.write_free_s = end
+        self.write_bytes += nbytes
+        self.write_busy_s += busy
+        return end
+
+
+class OccupancyLog:
+    """A level over time: (instant, value) at every change, for a time-weighted mean over a window."""
+
+    __slots__ = ("times", "values")
+
+    def __init__(self) -> None:
+        self.times: list[float] = [0.0]
+        self.values: list[float] = [0.0]
+
+    def note(self, now: float, value: float) -> None:
+        if now == self.times[-1]:
+            self.values[-1] = value
+        else:
+            self.times.append(now)
+            self.values.append(value)
+
+    def mean(self, start_s: float, end_s: float) -> float:
+        """Time-weighted mean over [start_s, end_s)."""
+        if end_s <= start_s:
+            return 0.0
+        total = 0.0
+        ts, vs = self.times, self.values
+        for i, t in enumerate(ts):
+            t_next = ts[i + 1] if i + 1 < len(ts) else end_s
+            lo, hi = max(t, start_s), min(t_next, end_s)
+            if hi > lo:
+                total += vs[i] * (hi - lo)
+        return total / (end_s - start_s)
+
+
+class TierStore:
+    """A tier below HBM: an LRU set of chunk hashes, at most `capacity_chunks` of them, some of its
+    room possibly reserved for swapped-out requests' KV."""
+
+    __slots__ = ("name", "index", "capacity_chunks", "write_through", "lru", "reserved_chunks", "occupancy",
+                 "evicted", "written_chunks")
+
+    def __init__(self, name: str, index: int, capacity_chunks: int, write_through: bool) -> None:
+        self.name = name
+        self.index = index                     # 0 = the tier right below HBM
+        self.capacity_chunks = capacity_chunks
+        self.write_through = write_through     # chunks enter when the tier above gets them (else when it evicts them)
+        self.lru: OrderedDict[int, None] = OrderedDict()
+        self.reserved_chunks = 0               # room held by swapped-out requests
+        self.occupancy = OccupancyLog()
+        self.evicted = 0
+        self.written_chunks = 0
+
+    def __contains__(self, h: int) -> bool:
+        return h in self.lru
+
+    @property
+    def used_chunks(self) -> int:
+        return len(self.lru) + self.reserved_chunks
+
+    def touch(self, h: int) -> None:
+        self.lru.move_to_end(h)
+
+    def _evict_for(self, chunks: int) -> list[int]:
+        over = len(self.lru) + self.reserved_chunks + chunks - self.capacity_chunks
+        gone = [self.lru.popitem(last=False)[0] for _ in range(max(0, over))]
+        self.evicted += len(gone)
+        return gone
+
+    def insert(self, hashes: Sequence[int], now: float) -> tuple[list[int], list[int]]:
+        """Add chunks (most recent last; those present become most recent), evicting LRU chunks to
+        make room: (chunks that entered, chunks evicted). If more are new than the tier can hold,
+        the most recent of them enter."""
+        lru = self.lru
+        new = []
+        for h in hashes:
+            if h in lru:
+                lru.move_to_end(h)
+            else:
+                new.append(h)
+        room = self.capacity_chunks - self.reserved_chunks
+        if not new or room <= 0:
+            return [], []
+        if len(new) > room:
+            new = new[-room:]
+        gone = self._evict_for(len(new))
+        for h in new:
+            lru[h] = None
+        self.written_chunks += len(new)
+        self.occupancy.note(now, self.used_chunks)
+        return new, gone
+
+    def reserve(self, chunks: int, now: float) -> list[int] | None:
+        """Hold room for a swapped-out request's KV, evicting cached chunks: those evicted, or None
+        if it cannot fit even in an empty tier."""
+        if chunks > self.capacity_chunks - self.reserved_chunks:
+            return None
+        gone = self._evict_for(chunks)
+        self.reserved_chunks += chunks
+        self.occupancy.note(now, self.used_chunks)
+        return gone
+
+    def unreserve(self, chunks: int, now: float) -> None:
+        self.reserved_chunks -= chunks
+        self.occupancy.note(now, self.used_chunks)
+
+
+class HbmPrefixCache:
+    """Prefix chunks in one replica's (or attention rank's) GPU KV cache: pinned while running
+    requests use them, otherwise free-but-cached in LRU order (see the module docstring)."""
+
+    __slots__ = ("chunk_blocks", "refs", "free_lru", "evicted", "occupancy")
+
+    def __init__(self, chunk_blocks: int) -> None:
+        self.chunk_blocks = chunk_blocks
+        self.refs: dict[int, int] = {}                  # hash -> running requests using it (>= 0)
+        self.free_lru: OrderedDict[int, None] = OrderedDict()   # hashes no request uses, LRU first
+        self.evicted = 0
+        self.occupancy = OccupancyLog()                 # chunks held (pinned or cached)
+
+    @property
+    def cached_free_blocks(self) -> int:
+        return len(self.free_lru) * self.chunk_blocks
+
+    def __contains__(self, h: int) -> bool:
+        return h in self.refs
+
+    def pin(self, h: int) -> int:
+        """A request starts using a resident chunk; returns the blocks that leave the free pool."""
+        n = self.refs[h]
+        self.refs[h] = n + 1
+        if n == 0:
+            del self.free_lru[h]
+            return self.chunk_blocks
+        return 0
+
+    def add_pinned(self, h: int) -> None:
+        """A chunk a request just computed or loaded (its blocks are already allocated)."""
+        self.refs[h] = 1
+
+    def unpin(self, h: int) -> int:
+        """A request stops using a chunk; returns the blocks that become free (but stay cached)."""
+        n = self.refs[h] - 1
+        self.refs[h] = n
+        if n == 0:
+            self.free_lru[h] = None
+            return self.chunk_blocks
+        return 0
+
+    def add_free(self, h: int) -> None:
+        """A finished request's chunk whose blocks it just released: cached, unpinned, most recent."""
+        self.refs[h] = 0
+        self.free_lru[h] = None
+
+    def evict(self, blocks: int) -> list[int]:
+        """Drop LRU unpinned chunks until `blocks` blocks are reclaimed; the chunks dropped."""
+        chunks = -(-blocks // self.chunk_blocks)
+        gone = []
+        for _ in range(min(chunks, len(self.free_lru))):
+            h = self.free_lru.popitem(last=False)[0]
+            del self.refs[h]
+            gone.append(h)
+        self.evicted += len(gone)
+        return gone
+
+
+@dataclass(slots=True)
+class PrefixHit:
+    """What a lookup found for a request's prompt: chunks resident in HBM, then per lower tier the
+    run of chunks to load from it; `recompute_chunks` hits that loading would not beat."""
+
+    hbm: list[int] = field(default_factory=list)
+    loads: list[tuple[TierStore, list[int]]] = field(default_factory=list)
+    load_end_s: float = 0.0
+    recompute_chunks: int = 0
+
+    @property
+    def chunks(self) -> int:
+        return len(self.hbm) + sum(len(c) for _, c in self.loads)
+
+
+class KvHierarchy:
+    """One replica's (or attention rank's) view of the hierarchy: its HBM prefix cache, the lower
+    tiers' stores (possibly shared) and its links to them."""
+
+    def __init__(self, chunk_tokens: int, block_tokens: int, chunk_bytes: float, stores: Sequence[TierStore],
+                 links: Sequence[Link], *, overlap_loads: bool,
+                 recompute_s: Callable[[int, int], float], prefix_caching: bool = True) -> None:
+        self.prefix_caching = prefix_caching     # False: the tiers only take swapped-out requests' KV
+        self.chunk_tokens = chunk_tokens
+        self.hbm = HbmPrefixCache(chunk_tokens // block_tokens)
+        self.chunk_bytes = chunk_bytes           # KV bytes of one chunk over the replica's GPUs
+        self.stores = list(stores)
+        self.links = list(links)                 # links[i]: to stores[i]
+        self.overlap_loads = overlap_loads
+        self.recompute_s = recompute_s           # (prefix tokens, new tokens) -> seconds of prefill
+        # Counters (tokens)
+        self.lookup_tokens = 0
+        self.hit_tokens_hbm = 0
+        self.hit_tokens_tier = [0] * len(self.stores)
+        self.recomputed_hit_tokens = 0
+
+    # ---- lookup -----------------------------------------------------------------------------------
+    def usable_chunks(self, chain: Sequence[int], prompt_tokens: int) -> int:
+        """Chunks of the chain a prompt can take from a cache: full chunks only, and never the last
+        prompt token (the engine recomputes it to sample the first output token)."""
+        return min(len(chain), (prompt_tokens - 1) // self.chunk_tokens)
+
+    def lookup(self, chain: Sequence[int], prompt_tokens: int, now: float) -> PrefixHit:
+        """The longest run of hit chunks at the head of the chain, each in HBM or in the fastest
+        tier holding it; a run of loads from one tier that would not beat recomputing it ends the
+        hit there (nothing is changed)."""
+        usable = self.usable_chunks(chain, prompt_tokens)
+        hbm = self.hbm.refs
+        stores = self.stores
+        in_hbm: list[int] = []                      # positions resident in HBM
+        runs: list[list] = []                       # [store, first position, end position]
+        i = 0
+        while i < usable:
+            h = chain[i]
+            if h in hbm:
+                in_hbm.append(i)
+            else:
+                store = next((s for s in stores if h in s.lru), None)
+                if store is None:
+                    break
+                if runs and runs[-1][0] is store and runs[-1][2] == i:
+                    runs[-1][2] = i + 1
+                else:
+                    runs.append([store, i, i + 1])
+            i += 1
+        cut, end = i, now
+        booked: dict[int, float] = {}               # bytes this lookup already puts on each link
+        for store, a, b in runs:
+            link = self.links[store.index]
+            nbytes = booked.get(store.index, 0.0) + (b - a) * self.chunk_bytes
+            load_end = link.read_end_s(now, nbytes)
+            if load_end - now >= self.recompute_s(a * self.chunk_tokens, (b - a) * self.chunk_tokens):
+                cut = a
+                break
+            booked[store.index] = nbytes
+            end = max(end, load_end)
+        hit = PrefixHit()
+        hit.hbm = [chain[p] for p in in_hbm if p < cut]
+        hit.loads = [(store, list(chain[a:b])) for store, a, b in runs if b <= cut]
+        hit.load_end_s = end
+        hit.recompute_chunks = i - cut
+        return hit
+
+    def pin_blocks(self, hit: PrefixHit) -> int:
+        """Blocks the HBM hits take out of the free pool (chunks no running request uses yet)."""
+        refs = self.hbm.refs
+        return sum(self.hbm.chunk_blocks for h in hit.hbm if refs[h] == 0)
+
+    def load_blocks(self, hit: PrefixHit) -> int:
+        return sum(len(c) for _, c in hit.loads) * self.hbm.chunk_blocks
+
+    # ---- effects --------------------------------------------------------------------------------
+    def commit(self, hit: PrefixHit, now: float) -> tuple[list[int], float]:
+        """Pin the HBM hits and book the loads (their blocks are allocated by the caller first);
+        returns the chunks the request now uses and when its loads end."""
+        pinned = []
+        for h in hit.hbm:
+            pinned.append(h)
+        end = now
+        for store, chunks in hit.loads:
+            end = max(end, self.links[store.index].read(now, len(chunks) * self.chunk_bytes))
+            for h in chunks:
+                store.touch(h)
+                self.hbm.add_pinned(h)
+                pinned.append(h)
+            self.hit_tokens_tier[store.index] += len(chunks) * self.chunk_tokens
+        self.hit_tokens_hbm += len(hit.hbm) * self.chunk_tokens
+        self.recomputed_hit_tokens += hit.recompute_chunks * self.chunk_tokens
+        self.hbm.occupancy.note(now, len(self.hbm.refs))
+        return pinned, end
+
+    def computed(self, chunks: Sequence[int], now: float) -> None:
+        """Chunks a request has just computed in HBM: the first tier takes them if written through."""
+        if chunks and self.stores and self.stores[0].write_through:
+            self.enter(0, chunks, now)
+
+    def evicted_from_hbm(self, chunks: list[int], now: float) -> None:
+        """HBM dropped these chunks: a write-on-evict first tier takes them (a write-through one
+        already has them, or evicted them itself)."""
+        self.hbm.occupancy.note(now, len(self.hbm.refs))
+        if chunks and self.stores and not self.stores[0].write_through:
+            self.enter(0, chunks, now)
+
+    def enter(self, k: int, chunks: Sequence[int], now: float) -> None:
+        """Chunks enter tier k over its link; what enters goes on to a write-through tier below,
+        what it evicts to a write-on-evict one."""
+        store = self.stores[k]
+        entered, gone = store.insert(chunks, now)
+        if entered:
+            self.links[k].write(now, len(entered) * self.chunk_bytes)
+        self.pass_down(k, entered, gone, now)
+
+    def pass_down(self, k: int, entered: list[int], gone: list[int], now: float) -> None:
+        if k + 1 < len(self.stores):
+            nxt = self.stores[k + 1].write_through
+            if nxt and entered:
+                self.enter(k + 1, entered, now)
+            elif not nxt and gone:
+                self.enter(k + 1, gone, now)
