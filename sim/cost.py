@@ -12,6 +12,14 @@
   share were sold elsewhere: the full-load figure of this batch behaviour.
 * $ per million SLO-meeting output tokens: the same cost over the output tokens that SLO-meeting
   requests sampled in the window (a subset of all tokens sampled in it, so never cheaper).
+* Per token class, as API providers price them: uncached input, cached input (served from a prefix
+  cache) and output tokens get $/M prices in the ratios of ``cost.token_price_ratios`` (default
+  DeepSeek's API list) that together recover the cost: p_c = k x ratio_c with
+  k = cost / sum_c(ratio_c x tokens_c).
+* KV tiers below HBM (TCO mode): their capacity is bought too. Each tier's capacity per GPU it
+  serves (a node's over the node's GPUs, a remote pool's over the deployment's) x capex_usd_per_gb,
+  amortized over the TCO's years, is added to the $/GPU-h (``kv_tiers_usd_per_gpu_h``). In rental
+  mode a node's DRAM and drives come with the rented GPUs and a remote pool is not priced.
 * Power, one convention for hosting, electricity, energy, J/token and tokens/MW: a GPU's all-in
   power is its chip (idle + (TDP - idle) x utilization of its binding resource, sim/power.py; or x
   busy fraction with ``cost.power_model: busy``) plus its share of the rest of the node
@@ -27,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from sim.catalog import GpuSpec
+from sim.kv_hierarchy import resolve_tiers, tier_capacity_gb_per_gpu
 from sim.power import chip_power_w
 from sim.scenario import Scenario
 
@@ -51,6 +60,16 @@ def power_fraction(sc: Scenario, s: dict[str, Any]) -> float:
     return s["gpu_busy_fraction"] if sc.cost.power_model == "busy" else s["gpu_utilization"]
 
 
+def kv_tiers_usd_per_gpu_h(sc: Scenario) -> float:
+    """The KV tiers' capacity, amortized, per GPU-hour (TCO mode; 0 in rental mode)."""
+    c = sc.cost
+    if c.mode != "tco" or not sc.serving.kv_cache.tiers:
+        return 0.0
+    assert c.tco is not None
+    usd = sum(tier_capacity_gb_per_gpu(sc, p) * p.capex_usd_per_gb for p in resolve_tiers(sc))
+    return usd / (c.tco.amortization_years * HOURS_PER_YEAR)
+
+
 def price_usd_per_gpu_h(sc: Scenario, power_frac: float) -> float:
     c, g = sc.cost, sc.hardware.gpu
     if c.mode == "tco":
@@ -59,7 +78,7 @@ def price_usd_per_gpu_h(sc: Scenario, power_frac: float) -> float:
         capex = c.tco.capex_usd_per_gpu / (c.tco.amortization_years * HOURS_PER_YEAR)
         hosting = c.tco.hosting_usd_per_kw_month * kw / HOURS_PER_MONTH
         energy = power_w_per_gpu(sc, power_frac) / 1000.0 * c.pue * c.electricity_usd_per_kwh
-        return capex + hosting + energy + c.tco.other_opex_usd_per_gpu_h
+        return capex + hosting + energy + c.tco.other_opex_usd_per_gpu_h + kv_tiers_usd_per_gpu_h(sc)
     if sc.hardware.price_usd_per_gpu_h is not None:
         return sc.hardware.price_usd_per_gpu_h
     price = getattr(g.prices_usd_per_gpu_h, c.price_tier)
@@ -69,6 +88,18 @@ def price_usd_per_gpu_h(sc: Scenario, power_frac: float) -> float:
 
 def _per_m(usd: float, tokens: float) -> float:
     return usd / tokens * 1e6 if tokens > 0 else float("inf")
+
+
+def token_class_prices(sc: Scenario, usd: float, s: dict[str, Any]) -> dict[str, float]:
+    """$/M of uncached input, cached input and output tokens in the price list's ratios, together
+    recovering the cost (module docstring)."""
+    ratio = sc.cost.token_price_ratios
+    cached = s.get("cached_input_tokens", 0)
+    tokens = {"uncached_input": s["input_tokens"] - cached, "cached_input": cached, "output": s["output_tokens"]}
+    ratios = {"uncached_input": ratio.input, "cached_input": ratio.cached_input, "output": ratio.output}
+    weighted = sum(ratios[c] * tokens[c] for c in tokens)
+    k = usd / weighted if weighted > 0 else float("inf")
+    return {f"usd_per_m_{c}_tokens_priced": k * ratios[c] * 1e6 for c in tokens}
 
 
 def cost_summary(sc: Scenario, s: dict[str, Any]) -> dict[str, float]:
@@ -92,6 +123,8 @@ def cost_summary(sc: Scenario, s: dict[str, Any]) -> dict[str, float]:
         "usd_per_m_total_tokens": _per_m(usd, total_tok),
         "usd_per_m_total_tokens_if_idle_resold": _per_m(usd * busy, total_tok),
         "usd_per_m_slo_output_tokens": _per_m(usd, s["goodput_output_tokens"]),
+        **token_class_prices(sc, usd, s),
+        "kv_tiers_usd_per_gpu_h": kv_tiers_usd_per_gpu_h(sc),
         "power_w_per_gpu": power_w,
         "chip_power_w_per_gpu": chip_power_w(sc.hardware.gpu, frac),
         "energy_kwh": facility_j / 3.6e6,

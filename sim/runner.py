@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from itertools import count
 from typing import Any
 
@@ -27,6 +27,7 @@ from sim.engine.scheduler import BatchLimits
 from sim.kv_hierarchy import HierarchyBuilder
 from sim.memory import MemoryPlan
 from sim.metrics import IterLog, LevelLog
+from sim.metrics.hierarchy import hierarchy_summary
 from sim.metrics.invariants import violations
 from sim.metrics.window import measurement_window
 from sim.perf import RooflineStepModel, TableStepModel, make_step_model
@@ -101,6 +102,7 @@ def replica_specs(sc: Scenario, seed: int | None = None) -> list[ReplicaSpec]:
 def recompute_estimate(step: RooflineStepModel | TableStepModel) -> Callable[[int, int], float]:
     """Seconds to prefill n prompt tokens after `prefix` cached ones, alone in an iteration: what
     loading those tokens' KV must beat (kv_tiers.KvHierarchy.lookup)."""
+    @lru_cache(maxsize=65536)     # prefixes and lengths are whole chunks: few distinct pairs
     def recompute_s(prefix: int, n: int) -> float:
         return step.iteration_s(StepShape(0, 0, 1, (Chunk(prefix, n, False),), None))
     return recompute_s
@@ -265,6 +267,9 @@ def execute(sim: Simulation, progress: Callable[[float], None] | None = None) ->
     # Every attention rank holds its own KV blocks: a replica holds dp_attention times a GPU's plan.
     ranks = sc.serving.parallelism.dp_attention
     summary: dict[str, Any] = metrics.summarize(sc, req, it, lv, life, window, sim.memory.kv_blocks * ranks)
+    tiers = sim.specs[0].tiers
+    if tiers is not None:
+        summary.update(hierarchy_summary(tiers, req, sim.requests, window))
     summary.update(cost_mod.cost_summary(sc, summary))
     broken = violations(summary, sc.serving.batching.max_num_seqs * ranks, int(req["output_tokens_in_window"].sum()))
     if broken:

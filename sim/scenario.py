@@ -428,6 +428,16 @@ class Tco(_Frozen):
     other_opex_usd_per_gpu_h: float = Field(default=0.0, ge=0, le=10_000)
 
 
+class TokenPriceRatios(_Frozen):
+    """Relative prices of the three token classes, as an API price list sets them; only their
+    ratios matter. Default: DeepSeek's API list for deepseek-chat, $ per 1M tokens: input on a
+    cache miss 0.27, on a cache hit 0.07, output 1.10 (api-docs.deepseek.com/quick_start/pricing-details-usd)."""
+
+    input: float = Field(default=0.27, gt=0, le=1e6, description="uncached input (a cache miss)")
+    cached_input: float = Field(default=0.07, ge=0, le=1e6, description="input served from a prefix cache (a hit)")
+    output: float = Field(default=1.10, gt=0, le=1e6)
+
+
 class Cost(_Frozen):
     mode: Literal["rental", "tco"] = "rental"
     price_tier: Literal["hyperscaler", "neocloud", "rental"] = "rental"
@@ -437,6 +447,9 @@ class Cost(_Frozen):
         default="utilization", description="chip power follows the binding resource's utilization (sim/power.py), "
         "or the busy fraction (every busy second at TDP)")
     tco: Tco | None = None
+    token_price_ratios: TokenPriceRatios = Field(
+        default_factory=TokenPriceRatios, description="how the cost splits over uncached input, cached input and "
+        "output tokens for the per-class $/M figures")
 
     @model_validator(mode="after")
     def _check(self) -> Cost:

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from sim.errors import InputError
-from sim.metrics.registry import RUN_TABLE, SPEC_TABLE, row_cells
+from sim.metrics.registry import RUN_TABLE, SPEC_TABLE, kv_table, row_cells
 from sim.runner import Result
 from simcli.common import RESULTS_DIR, parse_set, progress_bar
 from simcli.output import FolderId, atomic_dir, check_out_dir, make_console, show_progress, write_json
@@ -59,7 +59,8 @@ def print_summary(result: Result, out_dir: Path, console: Any) -> None:
     t.add_column("unit")
     targets = f"TTFT <= {sc.slo.ttft_s:g} s, TPOT <= {sc.slo.tpot_s:g} s"
     context = {"slo_attainment": f" ({targets})", "slo_met": f" (p{sc.slo.percentile:g} of each within: {targets})"}
-    rows = RUN_TABLE + (SPEC_TABLE if sc.speculative is not None else ())
+    rows = RUN_TABLE + (SPEC_TABLE if sc.speculative is not None else ()) + \
+        (kv_table(s) if "tier_hbm_prefix_gb_mean" in s else ())
     for label, names in rows:
         if names[0].startswith("spec_speedup") and names[0] not in s:
             continue                       # only with --compare-no-spec

@@ -35,7 +35,7 @@ class Link:
     """One link's two directions (read: tier to GPU, write: GPU to tier), each a FIFO server."""
 
     __slots__ = ("name", "read_bytes_per_s", "write_bytes_per_s", "latency_s", "read_free_s", "write_free_s",
-                 "read_bytes", "write_bytes", "read_busy_s", "write_busy_s")
+                 "read_bytes", "write_bytes", "read_busy_s", "write_busy_s", "reads", "writes")
 
     def __init__(self, name: str, read_bytes_per_s: float, write_bytes_per_s: float, latency_s: float) -> None:
         self.name = name
@@ -48,6 +48,9 @@ class Link:
         self.write_bytes = 0.0
         self.read_busy_s = 0.0
         self.write_busy_s = 0.0
+        #: Every transfer as (start, end, bytes), per direction, for the metrics over a window.
+        self.reads: list[tuple[float, float, float]] = []
+        self.writes: list[tuple[float, float, float]] = []
 
     def read_end_s(self, now: float, nbytes: float) -> float:
         """When a read of nbytes given now would end (nothing booked)."""
@@ -60,6 +63,7 @@ class Link:
         self.read_free_s = end
         self.read_bytes += nbytes
         self.read_busy_s += busy
+        self.reads.append((end - busy, end, nbytes))
         return end
 
     def write(self, now: float, nbytes: float) -> float:
@@ -69,6 +73,7 @@ class Link:
         self.write_free_s = end
         self.write_bytes += nbytes
         self.write_busy_s += busy
+        self.writes.append((end - busy, end, nbytes))
         return end
 
 
@@ -240,6 +245,7 @@ class PrefixHit:
 
     hbm: list[int] = field(default_factory=list)
     loads: list[tuple[TierStore, list[int]]] = field(default_factory=list)
+    tier_tokens: list[int] = field(default_factory=list)     # tokens loaded per tier (filled by commit)
     load_end_s: float = 0.0
     recompute_chunks: int = 0
 
@@ -279,7 +285,7 @@ class KvHierarchy:
         """The longest run of hit chunks at the head of the chain, each in HBM or in the fastest
         tier holding it; a run of loads from one tier that would not beat recomputing it ends the
         hit there (nothing is changed)."""
-        usable = self.usable_chunks(chain, prompt_tokens)
+        usable = min(len(chain), (prompt_tokens - 1) // self.chunk_tokens)
         hbm = self.hbm.refs
         stores = self.stores
         in_hbm: list[int] = []                      # positions resident in HBM
@@ -290,14 +296,21 @@ class KvHierarchy:
             if h in hbm:
                 in_hbm.append(i)
             else:
-                store = next((s for s in stores if h in s.lru), None)
-                if store is None:
+                for store in stores:
+                    if h in store.lru:
+                        break
+                else:
                     break
                 if runs and runs[-1][0] is store and runs[-1][2] == i:
                     runs[-1][2] = i + 1
                 else:
                     runs.append([store, i, i + 1])
             i += 1
+        if not runs:                                # HBM hits only (or none): nothing to load
+            hit = PrefixHit()
+            hit.hbm = [chain[p] for p in in_hbm]
+            hit.load_end_s = now
+            return hit
         cut, end = i, now
         booked: dict[int, float] = {}               # bytes this lookup already puts on each link
         for store, a, b in runs:
@@ -328,9 +341,8 @@ class KvHierarchy:
     def commit(self, hit: PrefixHit, now: float) -> tuple[list[int], float]:
         """Pin the HBM hits and book the loads (their blocks are allocated by the caller first);
         returns the chunks the request now uses and when its loads end."""
-        pinned = []
-        for h in hit.hbm:
-            pinned.append(h)
+        pinned = list(hit.hbm)
+        hit.tier_tokens = [0] * len(self.stores)
         end = now
         for store, chunks in hit.loads:
             end = max(end, self.links[store.index].read(now, len(chunks) * self.chunk_bytes))
@@ -339,6 +351,7 @@ class KvHierarchy:
                 self.hbm.add_pinned(h)
                 pinned.append(h)
             self.hit_tokens_tier[store.index] += len(chunks) * self.chunk_tokens
+            hit.tier_tokens[store.index] += len(chunks) * self.chunk_tokens
         self.hit_tokens_hbm += len(hit.hbm) * self.chunk_tokens
         self.recomputed_hit_tokens += hit.recompute_chunks * self.chunk_tokens
         self.hbm.occupancy.note(now, len(self.hbm.refs))

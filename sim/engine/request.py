@@ -28,7 +28,7 @@ class Request:
         "generated", "prefill_target", "prefilled", "swapped_kv", "blocks", "admit_s", "first_token_s",
         "finish_s", "preemptions", "input_counted", "seq", "base", "finish_g", "in_decode", "on_done", "hash_ids",
         "sampled_before_start", "sampled_before_end", "spec_cum", "spec_pos", "spec_member", "pre_generated",
-        "pinned", "cached_tokens", "loaded_tokens", "load_s", "ready_s", "swap_chunks",
+        "pinned", "cached_tokens", "loaded_tokens", "load_s", "ready_s", "swap_chunks", "tier_tokens",
     )
 
     def __init__(self, rid: int, arrival_s: float, input_tokens: int, output_tokens: int,
@@ -64,6 +64,7 @@ class Request:
         self.load_s = 0.0           # seconds it waited for those loads
         self.ready_s = 0.0          # when its loads end (while loading)
         self.swap_chunks = 0        # room it holds in the host tier while swapped out
+        self.tier_tokens: list[int] | None = None   # of the loaded tokens, how many came from each tier
         # Output tokens sampled before the measurement window's start / end, noted at those
         # instants if the request was in the system then (-1: it was not).
         self.sampled_before_start = -1

@@ -442,6 +442,7 @@ class BatchScheduler:
         if not r.input_counted:     # its first admission: what it takes from caches is cached input
             r.cached_tokens = skip
             r.loaded_tokens = skip - len(hit.hbm) * tiers.chunk_tokens
+            r.tier_tokens = hit.tier_tokens
             r.load_s = end - now
         r.blocks = blocks
         if waits:
@@ -474,20 +475,27 @@ class BatchScheduler:
             self.kv.release(blocks)
             return
         hbm = tiers.hbm
-        own = blocks - len(r.pinned) * hbm.chunk_blocks
-        freed = sum([hbm.unpin(h) for h in r.pinned])
+        cb = hbm.chunk_blocks
+        refs, free_lru = hbm.refs, hbm.free_lru
+        freed = 0
+        for h in r.pinned:               # unpinned: free, still cached, most recently used last
+            n = refs[h] - 1
+            refs[h] = n
+            if n == 0:
+                free_lru[h] = None
+                freed += cb
+        own = blocks - len(r.pinned) * cb
         r.pinned = []
         self.kv.release(own + freed)
         chain = r.hash_ids
         if chain:
-            full = min(len(chain), kv_tokens // tiers.chunk_tokens)
-            kept = []
-            for h in chain[:full]:
-                if h not in hbm.refs:
-                    hbm.add_free(h)
-                    kept.append(h)
-            tiers.computed(kept, self.kv.now)
-            hbm.occupancy.note(self.kv.now, len(hbm.refs))
+            kept = [h for h in chain[:min(len(chain), kv_tokens // tiers.chunk_tokens)] if h not in refs]
+            for h in kept:
+                refs[h] = 0
+                free_lru[h] = None
+            if kept:
+                tiers.computed(kept, self.kv.now)
+            hbm.occupancy.note(self.kv.now, len(refs))
 
     def _pinned_blocks(self, r: Request) -> int:
         """Blocks of the shared prefix chunks a request uses (held through the prefix cache)."""
@@ -501,14 +509,15 @@ class BatchScheduler:
         if tiers is None or not chain:
             return
         hbm = tiers.hbm
+        refs = hbm.refs
         full = min(len(chain), r.prefilled // tiers.chunk_tokens)
         new = []
         for h in chain[len(r.pinned):full]:
-            if h in hbm.refs:
+            if h in refs:
                 break
-            hbm.add_pinned(h)
-            r.pinned.append(h)
+            refs[h] = 1
             new.append(h)
+        r.pinned.extend(new)
         r.blocks -= len(new) * hbm.chunk_blocks      # those blocks are held through the cache now
         if new:
             tiers.computed(new, self.kv.now)

@@ -51,6 +51,9 @@ def format_value(v: Any, digits: int = 3) -> str:
     return f"{v:,.{digits}f}" if abs(v) < 1000 else f"{v:,.0f}"
 
 
+#: Tier kinds below HBM, as people name them.
+TIER_LABEL = {"host_dram": "host DRAM", "nvme": "NVMe", "remote": "remote pool"}
+
 _LATENCY = [(f"{base}_{p}", f"{label} {p}", unit, digits, scale)
             for base, label, unit, digits, scale in (("ttft_s", "TTFT", "s", 3, 1.0), ("tpot_s", "TPOT", "ms", 1, 1000.0),
                                                      ("e2e_s", "E2E latency", "s", 3, 1.0),
@@ -119,6 +122,32 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("step_pipeline_ms", "decode step: pipeline hand-overs", "ms", 2, column="pipeline ms"),
     Metric("step_overhead_ms", "decode step: fixed overheads (iteration, sequences, layers)", "ms", 2,
            column="fixed ms"),
+    # the KV hierarchy (prefix caching, tiers below HBM): sim/metrics/hierarchy.py
+    Metric("prefix_hit_rate", "prompt tokens taken from a prefix cache", "fraction", better="higher",
+           column="prefix hits"),
+    Metric("prefix_hit_rate_hbm", "prompt tokens hit in HBM", "fraction", better="higher", column="HBM hits"),
+    *(Metric(f"prefix_hit_rate_{k}", f"prompt tokens loaded from {TIER_LABEL[k]}", "fraction", better="higher",
+             column=f"{k} hits") for k in TIER_LABEL),
+    Metric("cached_input_tokens", "input tokens served from cache", "tokens", 0),
+    Metric("computed_input_tokens", "input tokens computed", "tokens", 0),
+    Metric("cached_input_fraction", "input tokens served from cache", "fraction", better="higher"),
+    *(Metric(f"ttft_{part}_s_{p}", f"TTFT {label} {p}", "s", 3, 1.0, "lower")
+      for part, label in (("queue", "queueing"), ("load", "prefix load"), ("prefill", "prefill"))
+      for p in ("mean", "p50", "p90", "p99")),
+    *(Metric(f"link_{k}_{d}_gb", f"{TIER_LABEL[k]} link, {d}s", "GB", 1) for k in TIER_LABEL for d in ("read", "write")),
+    *(Metric(f"link_{k}_{d}_utilization", f"{TIER_LABEL[k]} link busy, {d}s", "fraction")
+      for k in TIER_LABEL for d in ("read", "write")),
+    Metric("tier_hbm_prefix_gb_mean", "prefix chunks resident in HBM (time mean)", "GB", 1),
+    *(Metric(f"tier_{k}_occupancy_gb_mean", f"{TIER_LABEL[k]} occupancy (time mean)", "GB", 1) for k in TIER_LABEL),
+    *(Metric(f"tier_{k}_occupancy_fraction", f"{TIER_LABEL[k]} occupancy (time mean)", "fraction")
+      for k in TIER_LABEL),
+    Metric("usd_per_m_uncached_input_tokens_priced", "price per million uncached input tokens", "$/M tokens",
+           better="lower", column="$/M input"),
+    Metric("usd_per_m_cached_input_tokens_priced", "price per million cached input tokens", "$/M tokens",
+           better="lower", column="$/M cached in"),
+    Metric("usd_per_m_output_tokens_priced", "price per million output tokens (with input priced)", "$/M tokens",
+           better="lower", column="$/M out (split)"),
+    Metric("kv_tiers_usd_per_gpu_h", "KV tiers' capacity, amortized", "$/GPU-hour", 3, better="lower"),
     # capacity plans
     Metric("min_replicas", "min replicas", "replicas", 0, better="lower", column="min replicas"),
     Metric("max_load_per_replica", "max load/replica", "", better="higher"),
@@ -173,6 +202,29 @@ SPEC_TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("speedup vs no speculation: mean TPOT / tokens/s/GPU", ("spec_speedup_tpot", "spec_speedup_tok_per_s_per_gpu")),
     ("cost vs no speculation ($/M output tokens)", ("spec_cost_ratio",)),
 )
+
+def kv_table(summary: dict[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Rows added to the run summary when the scenario has prefix caching or tiers below HBM
+    (those of the tiers it has)."""
+    tiers = [k for k in TIER_LABEL if f"tier_{k}_occupancy_gb_mean" in summary]
+    rows: list[tuple[str, tuple[str, ...]]] = []
+    if "prefix_hit_rate" in summary:
+        rows += [("prefix hits: all / HBM" + "".join(f" / {TIER_LABEL[k]}" for k in tiers),
+                  ("prefix_hit_rate", "prefix_hit_rate_hbm", *(f"prefix_hit_rate_{k}" for k in tiers))),
+                 ("input tokens from cache / computed", ("cached_input_tokens", "computed_input_tokens"))]
+    rows += [("TTFT p50: queueing / prefix load / prefill", ("ttft_queue_s_p50", "ttft_load_s_p50", "ttft_prefill_s_p50")),
+             ("TTFT p99: queueing / prefix load / prefill", ("ttft_queue_s_p99", "ttft_load_s_p99", "ttft_prefill_s_p99"))]
+    rows += [(f"{TIER_LABEL[k]}: occupancy / link reads / writes",
+              (f"tier_{k}_occupancy_gb_mean", f"link_{k}_read_gb", f"link_{k}_write_gb")) for k in tiers]
+    rows += [(f"{TIER_LABEL[k]} link busy: reads / writes",
+              (f"link_{k}_read_utilization", f"link_{k}_write_utilization")) for k in tiers]
+    rows += [("price per million tokens: uncached input / cached input / output",
+              ("usd_per_m_uncached_input_tokens_priced", "usd_per_m_cached_input_tokens_priced",
+               "usd_per_m_output_tokens_priced"))]
+    if summary.get("kv_tiers_usd_per_gpu_h"):
+        rows += [("KV tiers' capacity in the price", ("kv_tiers_usd_per_gpu_h",))]
+    return tuple(rows)
+
 
 #: Columns of the sweep table (mean ± 95% CI per point).
 SWEEP_TABLE: tuple[str, ...] = ("ttft_s_p99", "tpot_s_p50", "not_served_fraction", "slo_attainment",

@@ -56,6 +56,7 @@ def requests_frame(reqs: Sequence[Any], sc: Scenario, window: Window) -> pd.Data
         e2e = np.where(done, finish - arrival + fe, nan)
         tpot = np.where(done & (out > 1), (finish - first) / (out - 1), nan)
     queue = np.where(admit >= 0, admit - arrival, nan)
+    load = np.asarray(col("load_s"), dtype=float)
     if window.kind == "makespan":
         in_window = arrival >= window.start_s
     else:
@@ -79,6 +80,13 @@ def requests_frame(reqs: Sequence[Any], sc: Scenario, window: Window) -> pd.Data
         "e2e_s": e2e,
         "finish_s": np.where(finish >= 0, finish, nan),
         "preemptions": np.asarray(col("preemptions"), dtype=np.int64),
+        # Prefix caching: prompt tokens taken from a cache at the first admission (HBM or loaded
+        # from a tier below), of those loaded, and the seconds waited for the loads; the time to
+        # first token is front end + queue + load + prefill.
+        "cached_tokens": np.asarray(col("cached_tokens"), dtype=np.int64),
+        "loaded_tokens": np.asarray(col("loaded_tokens"), dtype=np.int64),
+        "load_s": np.where(admit >= 0, load, nan),
+        "prefill_s": np.where(first >= 0, first - admit - load, nan),
         "sampled_tokens": sampled,
         "output_tokens_in_window": before_end - before_start,
         "in_window": in_window,
@@ -109,7 +117,8 @@ def lifecycle_frame(records: Sequence[LifecycleRecord]) -> pd.DataFrame:
 
 _REQUEST_ATTRIBUTES = ("id", "replica", "arrival_s", "first_token_s", "finish_s", "admit_s", "input_tokens",
                        "output_tokens", "generated", "status", "reject_reason", "preemptions",
-                       "sampled_before_start", "sampled_before_end", "pre_generated")
+                       "sampled_before_start", "sampled_before_end", "pre_generated", "cached_tokens",
+                       "loaded_tokens", "load_s")
 
 
 def _attribute_columns(objs: Sequence[Any], names: tuple[str, ...]) -> dict[str, list]:
@@ -201,11 +210,16 @@ def throughput(it: pd.DataFrame, req: pd.DataFrame, window: Window, gpus: float)
     """Tokens sampled or processed in W, and their rates."""
     _, _, counts = record_shares(it, window)
     out_tok = int(it["output_tokens"].to_numpy()[counts].sum())
-    in_tok = int(it["prompt_tokens"].to_numpy()[counts].sum())
+    computed = int(it["prompt_tokens"].to_numpy()[counts].sum())
+    cached = int(it["cached_tokens"].to_numpy()[counts].sum())
+    in_tok = computed + cached
     w = window.length_s
     s: dict[str, Any] = {
         "output_tokens": out_tok,
         "input_tokens": in_tok,
+        "computed_input_tokens": computed,
+        "cached_input_tokens": cached,
+        "cached_input_fraction": cached / in_tok if in_tok else float("nan"),
         "recompute_tokens": int(it["recompute_tokens"].to_numpy()[counts].sum()),
         "output_tok_per_s": _rate(out_tok, w),
         "input_tok_per_s": _rate(in_tok, w),

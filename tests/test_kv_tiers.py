@@ -1,0 +1,257 @@
+"""The KV-cache hierarchy (issue 12): prefix caching in HBM, tiers below it, their links, the
+workloads that reuse prefixes, and the metrics and prices they produce."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import base_dict
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sim.engine import scheduler as sched_mod
+from sim.engine.kv_tiers import HbmPrefixCache, Link, OccupancyLog, TierStore
+from sim.perf.shape import Chunk, StepShape
+from sim.runner import build, execute, run, step_model_for
+from sim.scenario import scenario_from_dict
+from sim.workload import SHARED, chunk_name
+
+GB = 1e9
+
+
+def tiered(**over) -> dict:
+    """Llama-3.1-8B on one H100 with prefix caching and a host DRAM tier (200 GB)."""
+    d = base_dict(serving={"kv_cache": {"prefix_caching": True,
+                                        "tiers": [{"kind": "host_dram", "capacity_gb": 200}]}})
+    d = {**d, **{k: v for k, v in over.items() if k != "serving"}}
+    if "serving" in over:
+        d["serving"] = {**d["serving"], **over["serving"]}
+    return d
+
+
+# ---- the pieces ----------------------------------------------------------------------------------
+
+def test_link_is_a_fifo_server_per_direction():
+    link = Link("host_dram", read_bytes_per_s=10 * GB, write_bytes_per_s=5 * GB, latency_s=1e-3)
+    assert link.read(0.0, 10 * GB) == pytest.approx(1.001)
+    assert link.read(0.5, 10 * GB) == pytest.approx(2.002)      # queued behind the first read
+    assert link.write(0.5, 5 * GB) == pytest.approx(1.501)      # the other direction is free
+    assert link.read_bytes == 20 * GB and link.write_bytes == 5 * GB
+
+
+def test_tier_store_evicts_least_recently_used_first():
+    s = TierStore("host_dram", 0, capacity_chunks=3, write_through=True)
+    s.insert([1, 2, 3], 0.0)
+    s.touch(1)                                   # 2 is now the least recently used
+    entered, gone = s.insert([4], 1.0)
+    assert entered == [4] and gone == [2]
+    entered, gone = s.insert([3, 5], 2.0)        # 3 is refreshed, so 1 goes
+    assert entered == [5] and gone == [1]
+    assert list(s.lru) == [4, 3, 5]
+
+
+def test_hbm_cache_evicts_unpinned_chunks_in_lru_order():
+    c = HbmPrefixCache(chunk_blocks=4)
+    for h in (10, 11, 12):
+        c.add_free(h)
+    assert c.pin(11) == 4                        # leaves the free pool
+    assert c.unpin(11) == 4                      # back, most recently used
+    c.add_pinned(13)                             # pinned chunks are never evicted
+    assert c.evict(8) == [10, 12]
+    assert set(c.refs) == {11, 13} and c.cached_free_blocks == 4
+
+
+@given(capacity=st.integers(1, 20),
+       ops=st.lists(st.tuples(st.sampled_from(["insert", "reserve", "unreserve"]),
+                              st.lists(st.integers(0, 40), min_size=1, max_size=8)), max_size=60))
+def test_tier_occupancy_never_exceeds_capacity(capacity, ops):
+    s = TierStore("nvme", 0, capacity, write_through=False)
+    held: list[int] = []
+    for t, (op, hashes) in enumerate(ops):
+        if op == "insert":
+            s.insert(hashes, float(t))
+        elif op == "reserve":
+            if s.reserve(len(hashes), float(t)) is not None:
+                held.append(len(hashes))
+        elif held:
+            s.unreserve(held.pop(), float(t))
+        assert s.used_chunks <= capacity
+        assert len(set(s.lru)) == len(s.lru)
+    assert max(s.occupancy.values) <= capacity
+
+
+def test_occupancy_mean_is_time_weighted():
+    log = OccupancyLog()
+    log.note(1.0, 4)
+    log.note(3.0, 2)
+    assert log.mean(0.0, 4.0) == pytest.approx((0 * 1 + 4 * 2 + 2 * 1) / 4)
+
+
+# ---- exact latency of a load ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("load", ["overlap", "stall"])
+def test_ttft_of_a_prefix_in_host_memory_is_load_plus_remaining_prefill(load):
+    """One request, 4,608 prompt tokens whose first 4,096 (eight 512-token chunks) sit in host
+    DRAM: TTFT = latency + bytes / bandwidth + the prefill of the last 512 tokens, exactly."""
+    d = tiered(workload={"arrivals": {"kind": "offline", "requests": 1},
+                         "input_tokens": {"kind": "fixed", "value": 4608},
+                         "output_tokens": {"kind": "fixed", "value": 2},
+                         "shared_prefix": {"tokens": 4096}})
+    d["serving"]["kv_cache"]["prefix_load"] = load
+    sc = scenario_from_dict(d)
+    sim = build(sc)
+    hier = sim.cluster.replicas[0].kv.tiers
+    chain = [chunk_name(SHARED, 0, k) for k in range(8)]
+    hier.stores[0].insert(chain, 0.0)
+    res = execute(sim)
+    r = res.requests.iloc[0]
+    link = hier.links[0]
+    load_s = link.latency_s + 8 * hier.chunk_bytes / link.read_bytes_per_s
+    prefill_s = step_model_for(sc).iteration_s(StepShape(0, 0, 1, (Chunk(4096, 512, True),), None))
+    assert r["cached_tokens"] == 4096 and r["loaded_tokens"] == 4096
+    assert r["load_s"] == pytest.approx(load_s, rel=1e-12)
+    assert r["ttft_s"] == pytest.approx(load_s + prefill_s, rel=1e-12)
+    assert res.summary["prefix_hit_rate_host_dram"] == pytest.approx(4096 / 4608)
+
+
+def test_a_load_slower_than_recomputing_is_recomputed():
+    """A tier so slow that loading loses to prefilling: the hit is recomputed instead."""
+    d = tiered(workload={"arrivals": {"kind": "offline", "requests": 1},
+                         "input_tokens": {"kind": "fixed", "value": 4608},
+                         "output_tokens": {"kind": "fixed", "value": 2},
+                         "shared_prefix": {"tokens": 4096}})
+    d["serving"]["kv_cache"]["tiers"] = [{"kind": "host_dram", "capacity_gb": 200, "read_gb_s": 0.01}]
+    sim = build(scenario_from_dict(d))
+    sim.cluster.replicas[0].kv.tiers.stores[0].insert([chunk_name(SHARED, 0, k) for k in range(8)], 0.0)
+    r = execute(sim).requests.iloc[0]
+    assert r["cached_tokens"] == 0 and r["load_s"] == 0.0
+
+
+# ---- reuse in whole runs -------------------------------------------------------------------------------
+
+def shared_prefix_run(**over):
+    d = tiered(workload={"arrivals": {"kind": "poisson", "rate_per_s": 8.0},
+                         "input_tokens": {"kind": "uniform", "low": 1500, "high": 3000},
+                         "output_tokens": {"kind": "fixed", "value": 40},
+                         "shared_prefix": {"tokens": 1024, "prefixes": 3, "fraction": 0.8}}, **over)
+    return scenario_from_dict(d)
+
+
+def test_shared_prefixes_hit_in_hbm_and_save_prefill():
+    with_cache = run(shared_prefix_run())
+    d = tiered()
+    d["serving"]["kv_cache"] = {}
+    s = with_cache.summary
+    assert s["prefix_hit_rate_hbm"] > 0.2
+    assert s["cached_input_tokens"] > 0
+    assert s["input_tokens"] == s["computed_input_tokens"] + s["cached_input_tokens"]
+    assert s["usd_per_m_cached_input_tokens_priced"] < s["usd_per_m_uncached_input_tokens_priced"]
+
+
+def _blocks_check(monkeypatch):
+    """After every iteration, the KV blocks in use are exactly the running requests' own blocks
+    plus the pinned prefix chunks' (blocks are conserved), and cached chunks fit in the free ones."""
+    seen = []
+
+    def check(self):
+        p = self.prefix
+        cb = p.hbm.chunk_blocks
+        own = sum((self.decode_set.held_blocks(r) - len(r.pinned) * cb) if r.in_decode else r.blocks
+                  for r in self.running.values())
+        pinned = sum(1 for v in p.hbm.refs.values() if v > 0)
+        assert own + pinned * cb == self.kv.used_blocks
+        assert p.hbm.cached_free_blocks <= self.kv.free_blocks
+        seen.append(1)
+
+    for name in ("finish_iteration", "finish_decode_run"):
+        orig = getattr(sched_mod.BatchScheduler, name)
+
+        def wrapped(self, *a, _orig=orig, **k):
+            out = _orig(self, *a, **k)
+            check(self)
+            return out
+        monkeypatch.setattr(sched_mod.BatchScheduler, name, wrapped)
+    return seen
+
+
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+def test_blocks_are_conserved_under_pressure(monkeypatch, preemption):
+    """A small KV cache (many evictions and preemptions), a tiny host tier (swaps that do not fit
+    fall back to recompute): blocks add up after every iteration, and all are free at the end."""
+    d = tiered(serving={"batching": {"max_num_seqs": 64, "max_num_batched_tokens": 4096,
+                                     "preemption": preemption},
+                        "kv_cache": {"prefix_caching": True, "gpu_memory_fraction": 0.25,
+                                     "tiers": [{"kind": "host_dram", "capacity_gb": 2}, {"kind": "nvme"}]}},
+               workload={"arrivals": {"kind": "poisson", "rate_per_s": 12.0},
+                         "input_tokens": {"kind": "uniform", "low": 1000, "high": 6000},
+                         "output_tokens": {"kind": "uniform", "low": 50, "high": 400},
+                         "shared_prefix": {"tokens": 2048, "prefixes": 4, "fraction": 0.7}})
+    seen = _blocks_check(monkeypatch)
+    sim = build(scenario_from_dict(d))
+    res = execute(sim)
+    assert seen and res.summary["requests_completed"] == res.summary["requests_arrived"]
+    kv = sim.cluster.replicas[0].kv
+    assert kv.used_blocks == 0 and not any(kv.tiers.hbm.refs.values())
+    for store in kv.tiers.stores:
+        assert max(store.occupancy.values) <= store.capacity_chunks and store.reserved_chunks == 0
+
+
+def test_jump_mode_equals_step_mode():
+    sc = shared_prefix_run()
+    cols = ["arrival_s", "ttft_s", "e2e_s", "cached_tokens", "loaded_tokens", "load_s", "preemptions"]
+    jumped = execute(build(sc)).requests[cols]
+    stepped = execute(build(sc, allow_jumps=False)).requests[cols]
+    pd.testing.assert_frame_equal(jumped, stepped, check_exact=False, rtol=1e-9, atol=1e-12)
+
+
+def test_same_seed_same_results():
+    sc = shared_prefix_run()
+    a, b = run(sc), run(sc)
+    pd.testing.assert_frame_equal(a.requests, b.requests)
+    assert {k: v for k, v in a.summary.items() if k not in ("wall_s", "sim_requests_per_wall_s")} == \
+        {k: v for k, v in b.summary.items() if k not in ("wall_s", "sim_requests_per_wall_s")}
+
+
+# ---- sessions ---------------------------------------------------------------------------------------------
+
+def test_sessions_grow_their_context_and_reuse_it():
+    d = tiered(workload={"sessions": {"rate_per_s": 0.5, "turns": {"kind": "fixed", "value": 4},
+                                      "think_time_s": 5.0, "system_prompt_tokens": 1024,
+                                      "user_tokens": {"kind": "fixed", "value": 300},
+                                      "output_tokens": {"kind": "fixed", "value": 200}}})
+    res = run(scenario_from_dict(d))
+    req = res.requests
+    assert set(req["input_tokens"]) <= {1024 + 300 + 500 * t for t in range(4)}
+    later = req[req["input_tokens"] > 1324]
+    assert len(later) and (later["cached_tokens"] >= 1024).all()
+    assert res.summary["prefix_hit_rate"] > 0.4
+
+
+# ---- input checks ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kv, needle", [
+    ({"tiers": [{"kind": "host_dram", "capacity_gb": 0}]}, "capacity_gb"),
+    ({"tiers": [{"kind": "nvme", "read_gb_s": -1}]}, "read_gb_s"),
+    ({"tiers": [{"kind": "nvme"}, {"kind": "host_dram", "capacity_gb": 10}]}, "out of order"),
+    ({"tiers": [{"kind": "remote"}]}, "capacity_gb"),
+    ({"prefix_caching": True, "prefix_chunk_tokens": 100}, "multiple of block_tokens"),
+])
+def test_bad_tiers_are_refused(kv, needle):
+    d = base_dict(serving={"kv_cache": kv})
+    with pytest.raises(Exception, match=needle):
+        scenario_from_dict(d)
+
+
+def test_mooncake_spread_stays_within_ticks(tmp_path):
+    from sim.workload import rng_streams, trace_requests
+    from sim.scenario import Trace
+    p = tmp_path / "t.jsonl"
+    rows = [f'{{"timestamp": {t}, "input_length": 600, "output_length": 5, "hash_ids": [{i}, {i + 100}]}}'
+            for i, t in enumerate([0, 0, 0, 3000, 3000, 6000])]
+    p.write_text("\n".join(rows), encoding="utf-8")
+    reqs = trace_requests(Trace(format="mooncake", path=str(p)), 100.0, 512, rng_streams(1)["trace_spread"])
+    t = np.sort(reqs.arrival_s)
+    assert (t[:3] < 3.0).all() and ((t[3:5] >= 3.0) & (t[3:5] < 6.0)).all() and t[5] >= 6.0
+    assert len(set(t[:3])) == 3
+    assert all(len(c) == 1 for c in reqs.hash_ids)     # 600 tokens: one full 512-token block
