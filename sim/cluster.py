@@ -13,7 +13,16 @@ lowest replica index so runs are deterministic):
 * ``round_robin``: replicas in turn;
 * ``least_outstanding``: fewest requests waiting + running (join-shortest-queue);
 * ``least_kv_load``: fewest tokens of load: KV tokens allocated (blocks x block size) plus
-  prompt tokens waiting (join-shortest-queue by tokens).
+  prompt tokens waiting (join-shortest-queue by tokens);
+* ``cache_aware`` (with prefix caching): the cache-aware policy of the SGLang and vLLM routers. If
+  the busiest replica has more than 64 requests over the idlest and more than 1.5 times as many,
+  the least loaded one; else the replica holding the longest head of the prompt's chunk chain in
+  HBM (any attention rank's), when that covers at least 30% of the prompt; else the least loaded.
+  The real routers mirror each replica's cache in a radix tree of the requests sent there; here
+  the router reads the replicas' HBM prefix caches themselves (as Dynamo's KV router does from
+  the workers' KV events). Defaults --cache-threshold 0.3, --balance-abs-threshold 64,
+  --balance-rel-threshold 1.5: docs.gpustack.ai, "Model Deployment Routing" (vllm-router v0.1.15,
+  sglang-gateway v0.3.1), and SMG's load-balancing docs.
 """
 
 from __future__ import annotations
@@ -92,6 +101,45 @@ def pick_least_kv_load(replicas: Sequence[AnyReplica]) -> int:
     return _argmin([r.kv_load_tokens for r in replicas])
 
 
+#: cache_aware's thresholds (module docstring).
+CACHE_THRESHOLD = 0.3
+BALANCE_ABS_THRESHOLD = 64
+BALANCE_REL_THRESHOLD = 1.5
+
+
+def cached_head_chunks(replica: AnyReplica, chain: Sequence[int], usable: int) -> int:
+    """Chunks at the head of `chain` resident in the replica's HBM (its best attention rank)."""
+    best = 0
+    for sched in replica.schedulers():
+        tiers = sched.prefix
+        if tiers is None:
+            continue
+        refs = tiers.hbm.refs
+        n = 0
+        while n < usable and chain[n] in refs:
+            n += 1
+        best = max(best, n)
+    return best
+
+
+def pick_cache_aware(replicas: Sequence[AnyReplica], r: Request) -> int:
+    loads = [rep.outstanding for rep in replicas]
+    least = _argmin(loads)
+    busiest = max(loads)
+    if busiest - loads[least] > BALANCE_ABS_THRESHOLD and busiest > BALANCE_REL_THRESHOLD * loads[least]:
+        return least
+    chain = r.hash_ids
+    tiers = replicas[0].schedulers()[0].prefix
+    if not chain or tiers is None:
+        return least
+    usable = min(len(chain), (r.input_tokens - 1) // tiers.chunk_tokens)
+    hits = [cached_head_chunks(rep, chain, usable) for rep in replicas]
+    best = max(range(len(hits)), key=lambda i: (hits[i], -loads[i], -i))
+    if hits[best] * tiers.chunk_tokens >= CACHE_THRESHOLD * r.input_tokens:
+        return best
+    return least
+
+
 ROUTERS: dict[str, Callable[[Sequence[AnyReplica]], int]] = {
     "least_outstanding": pick_least_outstanding,
     "least_kv_load": pick_least_kv_load,
@@ -103,7 +151,7 @@ class Cluster:
                  lifecycle: list[LifecycleRecord] | None = None) -> None:
         self.env, self.replicas, self.router = env, replicas, router
         self.lifecycle = lifecycle if lifecycle is not None else []
-        self._pick = None if router == "round_robin" else ROUTERS[router]
+        self._pick = None if router in ("round_robin", "cache_aware") else ROUTERS[router]
         self._rr = 0
 
     @classmethod
@@ -172,8 +220,10 @@ class Cluster:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
 
-    def route(self) -> AnyReplica:
-        if self._pick is None:
+    def route(self, r: Request) -> AnyReplica:
+        if self.router == "cache_aware":
+            i = pick_cache_aware(self.replicas, r)
+        elif self._pick is None:
             i = pick_round_robin(self.replicas, self._rr)
             self._rr += 1
         else:
@@ -181,4 +231,4 @@ class Cluster:
         return self.replicas[i]
 
     def submit(self, r: Request) -> bool:
-        return self.route().submit(r)
+        return self.route(r).submit(r)

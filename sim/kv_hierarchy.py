@@ -83,6 +83,9 @@ def resolve_tiers(sc: Scenario) -> list[TierParams]:
 def check_kv_hierarchy(sc: Scenario) -> None:
     """What the hierarchy cannot be combined with, and tiers that lack a size (ValueError)."""
     kv = sc.serving.kv_cache
+    if sc.serving.router == "cache_aware" and not kv.prefix_caching:
+        raise ValueError("serving.router='cache_aware' routes by the prompts' cached prefixes: set "
+                         "serving.kv_cache.prefix_caching: true")
     if not kv.prefix_caching and not kv.tiers:
         return
     what = "serving.kv_cache.prefix_caching" if kv.prefix_caching else "serving.kv_cache.tiers"

@@ -396,7 +396,7 @@ class Serving(_Frozen):
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
     batching: Batching = Batching()
     kv_cache: KvCacheCfg = KvCacheCfg()
-    router: Literal["round_robin", "least_outstanding", "least_kv_load"] = "least_outstanding"
+    router: Literal["round_robin", "least_outstanding", "least_kv_load", "cache_aware"] = "least_outstanding"
     frontend: Frontend = Frontend()
     role: Literal["mixed", "decode"] = Field(
         default="mixed", description="mixed: the replicas prefill and decode; decode: a disaggregated decode "
@@ -528,7 +528,7 @@ class Scenario(_Frozen):
                              "at t = 0, so a warm-up would exclude them all; the window is the makespan")
         check_layout(s.parallelism, m, g)
         self._check_simulated_combinations()
-        from sim.kv_hierarchy import check_kv_hierarchy      # it builds on this module
+        from sim.kv_hierarchy import check_kv_hierarchy  # it builds on this module
         check_kv_hierarchy(self)
         p = s.precision
         if g.peak_flops(p.compute_precision) is None:

@@ -41,7 +41,6 @@ from sim.csvio import read_csv
 from sim.errors import InputError, one_line
 from sim.scenario import (
     MAX_TOKENS,
-    SharedPrefix,
     ClosedLoop,
     Diurnal,
     EmpiricalLen,
@@ -53,6 +52,7 @@ from sim.scenario import (
     Piecewise,
     Poisson,
     Scenario,
+    SharedPrefix,
     Trace,
     UniformLen,
 )
@@ -337,7 +337,7 @@ def trace_requests(spec: Trace, duration_s: float, chunk_tokens: int | None = No
     # (serving engines sample at least once); count it as 1 output token.
     out = np.maximum(1, df["output_tokens"].to_numpy()[order][keep])
     inp = df["input_tokens"].to_numpy()[order][keep]
-    hashes = None
+    hashes: list[tuple[int, ...] | None] | None = None
     if chunk_tokens is not None:
         if "hash_ids" not in df:
             hashes = [None] * int(keep.sum())

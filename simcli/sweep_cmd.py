@@ -192,7 +192,7 @@ def print_sweep(console: Any, sweep: SweepFile, result: SweepResult, out: Path, 
     for m in cols:
         t.add_column(escape(m.header), justify="right")
     for _, r in agg.head(40).iterrows():
-        cells = [escape(str(r[c])) for c in result.params]
+        cells = [escape(display_cell(r[c])) for c in result.params]
         for m in cols:
             mean, ci = r.get(f"{m.name}_mean"), r.get(f"{m.name}_ci95")
             cells.append(m.display(mean) + ("" if ci is None or pd.isna(ci) else f" ± {m.display(ci)}"))
@@ -202,28 +202,56 @@ def print_sweep(console: Any, sweep: SweepFile, result: SweepResult, out: Path, 
         console.print(f"... {len(agg) - 40} more points in aggregate.csv")
     if any(c.startswith(SPLIT_AXES) for c in result.params):
         console.print(step_split_table(agg, result.params))
+    if any(c.startswith(KV_AXES) for c in result.params):
+        console.print(figures_table(agg, result.params, KV_SWEEP_KEYS,
+                                    "the KV hierarchy: prefix hits, where TTFT goes, and what each token class costs"))
     console.print(f"points run now: {ran}, resumed from earlier runs: {skipped}, failed: {len(result.failed)}")
     console.print(f"results: {escape(str(out))}")
+
+
+def display_cell(v: Any) -> str:
+    """A swept value as a table cell: a list of KV tiers by their kinds ("HBM only" when empty)."""
+    if isinstance(v, str) and v.startswith("["):
+        try:
+            items = json.loads(v)
+        except ValueError:
+            return v
+        if isinstance(items, list) and all(isinstance(i, dict) and "kind" in i for i in items):
+            return " + ".join(["HBM", *(str(i["kind"]) for i in items)]) if items else "HBM only"
+    return str(v)
 
 
 #: Axes that change where a step's time goes: a sweep over them also prints the step split.
 SPLIT_AXES = ("serving.parallelism.", "hardware.gpu", "serving.precision.")
 
 
+#: Axes that change the KV hierarchy: a sweep over them also prints its figures.
+KV_AXES = ("serving.kv_cache.",)
+KV_SWEEP_KEYS = ("prefix_hit_rate", "prefix_hit_rate_hbm", "prefix_hit_rate_host_dram", "prefix_hit_rate_nvme",
+                 "prefix_hit_rate_remote", "ttft_queue_s_p50",
+                 "ttft_load_s_p50", "ttft_prefill_s_p50", "usd_per_m_uncached_input_tokens_priced",
+                 "usd_per_m_cached_input_tokens_priced", "usd_per_m_output_tokens_priced")
+
+
 def step_split_table(agg: pd.DataFrame, params: list[str]) -> Any:
     """Why the points differ: a decode step at each point's mean batch, in its parts (sim/perf/split.py)."""
+    return figures_table(agg, params, SPLIT_KEYS, "decode step at the mean batch, in its parts (ms; the step takes "
+                         "the larger of compute and memory, plus the rest)")
+
+
+def figures_table(agg: pd.DataFrame, params: list[str], keys: tuple[str, ...], title: str) -> Any:
+    """Each point's means of `keys` (those the points have), one row per point."""
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title="decode step at the mean batch, in its parts (ms; the step takes the larger of compute "
-              "and memory, plus the rest)", header_style="bold")
+    t = Table(title=title, header_style="bold")
     for c in params:
         t.add_column(escape(c.rsplit(".", 1)[-1]))
-    cols = [metric(name) for name in SPLIT_KEYS]
+    cols = [metric(name) for name in keys if f"{name}_mean" in agg]
     for m in cols:
         t.add_column(escape(m.header), justify="right")
     for _, r in agg.head(40).iterrows():
-        t.add_row(*[escape(str(r[c])) for c in params], *[m.display(r.get(f"{m.name}_mean")) for m in cols])
+        t.add_row(*[escape(display_cell(r[c])) for c in params], *[m.display(r.get(f"{m.name}_mean")) for m in cols])
     return t
 
 

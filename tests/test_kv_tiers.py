@@ -244,8 +244,8 @@ def test_bad_tiers_are_refused(kv, needle):
 
 
 def test_mooncake_spread_stays_within_ticks(tmp_path):
-    from sim.workload import rng_streams, trace_requests
     from sim.scenario import Trace
+    from sim.workload import rng_streams, trace_requests
     p = tmp_path / "t.jsonl"
     rows = [f'{{"timestamp": {t}, "input_length": 600, "output_length": 5, "hash_ids": [{i}, {i + 100}]}}'
             for i, t in enumerate([0, 0, 0, 3000, 3000, 6000])]
@@ -255,3 +255,94 @@ def test_mooncake_spread_stays_within_ticks(tmp_path):
     assert (t[:3] < 3.0).all() and ((t[3:5] >= 3.0) & (t[3:5] < 6.0)).all() and t[5] >= 6.0
     assert len(set(t[:3])) == 3
     assert all(len(c) == 1 for c in reqs.hash_ids)     # 600 tokens: one full 512-token block
+
+
+# ---- the CLI on bad input: exit 2, one line naming the field, nothing written ---------------------------------
+
+def _refused(tmp_path, capsys, data: dict, needle: str) -> None:
+    import yaml
+
+    from simcli.main import main
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(data), encoding="utf-8")
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["run", str(p), "--quiet", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert needle in err, err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("tiers, needle", [
+    ([{"kind": "host_dram", "capacity_gb": 0}], "capacity_gb"),
+    ([{"kind": "host_dram", "capacity_gb": 100, "write_gb_s": 0}], "write_gb_s"),
+    ([{"kind": "remote", "capacity_gb": 100}, {"kind": "nvme"}], "out of order"),
+    ([{"kind": "nvme"}, {"kind": "nvme"}], "out of order"),
+])
+def test_cli_refuses_bad_tiers(tmp_path, capsys, tiers, needle):
+    _refused(tmp_path, capsys, base_dict(serving={"kv_cache": {"prefix_caching": True, "tiers": tiers}}), needle)
+
+
+def _mooncake(tmp_path, rows: list[str]) -> dict:
+    p = tmp_path / "trace.jsonl"
+    p.write_text("\n".join(rows), encoding="utf-8")
+    d = base_dict(serving={"kv_cache": {"prefix_caching": True}})
+    d["workload"] = {"trace": {"format": "mooncake", "path": str(p)}}
+    return d
+
+
+def test_cli_refuses_a_mooncake_trace_without_hashes(tmp_path, capsys):
+    d = _mooncake(tmp_path, ['{"timestamp": 0, "input_length": 900, "output_length": 5, "hash_ids": [1, 2]}',
+                             '{"timestamp": 10, "input_length": 900, "output_length": 5}'])
+    _refused(tmp_path, capsys, d, "has no 'hash_ids'")
+
+
+def test_cli_refuses_contradicting_hash_chains(tmp_path, capsys):
+    d = _mooncake(tmp_path, ['{"timestamp": 0, "input_length": 1100, "output_length": 5, "hash_ids": [1, 2, 3]}',
+                             '{"timestamp": 10, "input_length": 1100, "output_length": 5, "hash_ids": [2, 1, 4]}'])
+    _refused(tmp_path, capsys, d, "hash id 2 at position 0 was at position 1")
+
+
+def test_cli_refuses_a_mooncake_chunk_other_than_512(tmp_path, capsys):
+    d = _mooncake(tmp_path, ['{"timestamp": 0, "input_length": 900, "output_length": 5, "hash_ids": [1, 2]}'])
+    d["serving"]["kv_cache"]["prefix_chunk_tokens"] = 256
+    _refused(tmp_path, capsys, d, "prefix_chunk_tokens=256")
+
+
+def test_cli_refuses_prefix_caching_in_a_decode_pool(tmp_path, capsys):
+    d = base_dict(serving={"role": "decode", "kv_cache": {"prefix_caching": True}})
+    _refused(tmp_path, capsys, d, "decode pool")
+
+
+def test_cli_prints_the_hierarchy_rows(tmp_path, capsys):
+    import yaml
+
+    from simcli.main import main
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(tiered(workload={"arrivals": {"kind": "poisson", "rate_per_s": 4.0},
+                                                 "input_tokens": {"kind": "fixed", "value": 2000},
+                                                 "output_tokens": {"kind": "fixed", "value": 20},
+                                                 "shared_prefix": {"tokens": 1024}})), encoding="utf-8")
+    assert main(["run", str(p), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "prefix hits: all / HBM / host DRAM" in out and "TTFT p50: queueing / prefix load / prefill" in out
+    assert "price per million tokens: uncached input / cached input / output" in out
+
+
+def test_cache_aware_routing_keeps_a_conversation_where_its_kv_is():
+    d = tiered(workload={"sessions": {"rate_per_s": 1.0, "turns": {"kind": "fixed", "value": 5},
+                                      "think_time_s": 3.0, "system_prompt_tokens": 512, "system_prompts": 8,
+                                      "user_tokens": {"kind": "fixed", "value": 400},
+                                      "output_tokens": {"kind": "fixed", "value": 100}}})
+    d["serving"]["replicas"] = 4
+    spread = run(scenario_from_dict(d)).summary
+    d["serving"]["router"] = "cache_aware"
+    aware = run(scenario_from_dict(d)).summary
+    assert aware["prefix_hit_rate_hbm"] > spread["prefix_hit_rate_hbm"] + 0.2
+    assert aware["requests_completed"] == spread["requests_completed"]
+
+
+def test_cache_aware_routing_needs_prefix_caching():
+    d = base_dict(serving={"router": "cache_aware"})
+    with pytest.raises(Exception, match="prefix_caching"):
+        scenario_from_dict(d)

@@ -53,6 +53,7 @@ def format_value(v: Any, digits: int = 3) -> str:
 
 #: Tier kinds below HBM, as people name them.
 TIER_LABEL = {"host_dram": "host DRAM", "nvme": "NVMe", "remote": "remote pool"}
+TIER_SHORT = {"host_dram": "DRAM", "nvme": "NVMe", "remote": "remote"}
 
 _LATENCY = [(f"{base}_{p}", f"{label} {p}", unit, digits, scale)
             for base, label, unit, digits, scale in (("ttft_s", "TTFT", "s", 3, 1.0), ("tpot_s", "TPOT", "ms", 1, 1000.0),
@@ -127,11 +128,12 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
            column="prefix hits"),
     Metric("prefix_hit_rate_hbm", "prompt tokens hit in HBM", "fraction", better="higher", column="HBM hits"),
     *(Metric(f"prefix_hit_rate_{k}", f"prompt tokens loaded from {TIER_LABEL[k]}", "fraction", better="higher",
-             column=f"{k} hits") for k in TIER_LABEL),
+             column=f"{TIER_SHORT[k]} hits") for k in TIER_LABEL),
     Metric("cached_input_tokens", "input tokens served from cache", "tokens", 0),
     Metric("computed_input_tokens", "input tokens computed", "tokens", 0),
-    Metric("cached_input_fraction", "input tokens served from cache", "fraction", better="higher"),
-    *(Metric(f"ttft_{part}_s_{p}", f"TTFT {label} {p}", "s", 3, 1.0, "lower")
+    Metric("cached_input_fraction", "input tokens served from cache", "fraction", better="higher",
+           column="cached input"),
+    *(Metric(f"ttft_{part}_s_{p}", f"TTFT {label} {p}", "s", 3, 1.0, "lower", column=f"{part} {p} (s)")
       for part, label in (("queue", "queueing"), ("load", "prefix load"), ("prefill", "prefill"))
       for p in ("mean", "p50", "p90", "p99")),
     *(Metric(f"link_{k}_{d}_gb", f"{TIER_LABEL[k]} link, {d}s", "GB", 1) for k in TIER_LABEL for d in ("read", "write")),
@@ -146,7 +148,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("usd_per_m_cached_input_tokens_priced", "price per million cached input tokens", "$/M tokens",
            better="lower", column="$/M cached in"),
     Metric("usd_per_m_output_tokens_priced", "price per million output tokens (with input priced)", "$/M tokens",
-           better="lower", column="$/M out (split)"),
+           better="lower", column="$/M out (priced)"),
     Metric("kv_tiers_usd_per_gpu_h", "KV tiers' capacity, amortized", "$/GPU-hour", 3, better="lower"),
     # capacity plans
     Metric("min_replicas", "min replicas", "replicas", 0, better="lower", column="min replicas"),
