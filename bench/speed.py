@@ -1,7 +1,7 @@
 """Speed benchmark: simulate 100,000 requests (Azure-conversation lengths) across 8 replicas of
 Llama-3.1-8B on H100 and print wall time, simulated requests per wall second and peak memory.
 
-    python bench/speed.py [--requests 100000] [--rate 60] [--no-jumps] [--speculative] [--dep72]
+    python bench/speed.py [--requests 100000] [--rate 60] [--no-jumps] [--speculative] [--dep72] [--mooncake]
 
 Arrivals are Poisson at --rate requests/s; prompt and output lengths are resampled from the
 bundled Azure LLM inference 2023 conversation trace. Single process, single core.
@@ -9,7 +9,10 @@ bundled Azure LLM inference 2023 conversation trace. Single process, single core
 each request's accepted lengths drawn from its own stream). `--dep72` instead simulates one 72-GPU
 DEP replica of DeepSeek-R1 in FP4 on a GB300 NVL72 rack (72 attention ranks sharing EP72 experts
 with 32 redundant slots, two-batch overlap), Poisson at --rate (default 100/s here) with the same
-trace lengths.
+trace lengths. `--mooncake` replays the bundled Mooncake conversation trace (12,031 requests over an
+hour, prompts of 12,035 tokens on average) with prefix reuse over HBM, host DRAM and NVMe, as
+scenarios/mooncake_prefix_tiers_h200.yaml does (Llama-3.1-70B FP8, four TP2 replicas on one H200
+node); --requests and --rate do not apply to it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sim.runner import build, execute  # noqa: E402
-from sim.scenario import scenario_from_dict  # noqa: E402
+from sim.scenario import load_scenario, scenario_from_dict  # noqa: E402
 
 TRACE = "bundled:AzureLLMInferenceTrace_conv.csv"
 
@@ -68,13 +71,18 @@ def main() -> None:
     ap.add_argument("--no-jumps", action="store_true", help="one event per decode step (reference mode)")
     ap.add_argument("--speculative", action="store_true", help="EAGLE speculative decoding, k = 3, acceptance 0.7")
     ap.add_argument("--dep72", action="store_true", help="one DEP72 replica of DeepSeek-R1 on a GB300 NVL72 rack")
+    ap.add_argument("--mooncake", action="store_true",
+                    help="the Mooncake conversation trace with prefix reuse over HBM, host DRAM and NVMe")
     args = ap.parse_args()
-    if args.dep72:
+    if args.mooncake:
+        sc = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "mooncake_prefix_tiers_h200.yaml")
+    elif args.dep72:
         sc = scenario_from_dict(dep72_scenario(args.requests, args.rate or 100.0))
     else:
         sc = scenario_from_dict(scenario(args.requests, args.rate or 60.0, args.speculative))
     t0 = time.perf_counter()
     sim = build(sc, allow_jumps=not args.no_jumps)
+    t_built = time.perf_counter()
     res = execute(sim)
     wall = time.perf_counter() - t0
     n = len(res.requests)
@@ -86,7 +94,10 @@ def main() -> None:
     print(f"output tokens simulated   {int(res.requests['output_tokens'].sum()):,}")
     print(f"iteration records         {events:,} ({res.iterations['steps'].sum():,} decode/mixed steps)")
     print(f"wall time (build + run)   {wall:.2f} s")
-    print(f"simulated requests/wall-s {n / wall:,.0f}")
+    print(f"simulated requests/wall-s {n / wall:,.0f} ({n / (wall - (t_built - t0)):,.0f} without the build, "
+          f"{t_built - t0:.2f} s: reading the trace, drawing the workload)")
+    if "prefix_hit_rate" in s:
+        print(f"prefix hits               {s['prefix_hit_rate']:.3f} of prompt tokens (HBM {s['prefix_hit_rate_hbm']:.3f})")
     print(f"peak memory (max RSS)     {peak_mb:,.0f} MB")
     print(f"GPU busy fraction         {s['gpu_busy_fraction']:.3f}; mean batch {s['batch_size_mean']:.1f} seqs")
 

@@ -62,9 +62,10 @@ class KvCache:
             raise RuntimeError(f"KV allocator: {blocks} blocks asked, {self.free_blocks} free")
         tiers = self.tiers
         if tiers is not None:
-            short = blocks - (self.free_blocks - tiers.hbm.cached_free_blocks)
+            hbm = tiers.hbm
+            short = blocks - (self.free_blocks - len(hbm.free_lru) * hbm.chunk_blocks)
             if short > 0:
-                tiers.evicted_from_hbm(tiers.hbm.evict(short), self.now)
+                tiers.evicted_from_hbm(hbm.evict(short), self.now)
         self.used_blocks += blocks
         self.free_blocks -= blocks
 

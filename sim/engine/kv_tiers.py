@@ -27,8 +27,11 @@ these at admission (scheduler.py); everything here is plain Python, no SimPy.
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import islice
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 class Link:
@@ -97,14 +100,10 @@ class OccupancyLog:
         """Time-weighted mean over [start_s, end_s)."""
         if end_s <= start_s:
             return 0.0
-        total = 0.0
-        ts, vs = self.times, self.values
-        for i, t in enumerate(ts):
-            t_next = ts[i + 1] if i + 1 < len(ts) else end_s
-            lo, hi = max(t, start_s), min(t_next, end_s)
-            if hi > lo:
-                total += vs[i] * (hi - lo)
-        return total / (end_s - start_s)
+        t = np.asarray(self.times)
+        nxt = np.append(t[1:], max(end_s, t[-1]))
+        span = np.clip(np.minimum(nxt, end_s) - np.maximum(t, start_s), 0.0, None)
+        return float(np.dot(np.asarray(self.values, dtype=float), span) / (end_s - start_s))
 
 
 class TierStore:
@@ -137,8 +136,13 @@ class TierStore:
 
     def _evict_for(self, chunks: int) -> list[int]:
         over = len(self.lru) + self.reserved_chunks + chunks - self.capacity_chunks
-        gone = [self.lru.popitem(last=False)[0] for _ in range(max(0, over))]
-        self.evicted += len(gone)
+        if over <= 0:
+            return []
+        lru = self.lru
+        gone = list(islice(lru, over))          # the least recently used first
+        for h in gone:
+            del lru[h]
+        self.evicted += over
         return gone
 
     def insert(self, hashes: Sequence[int], now: float) -> tuple[list[int], list[int]]:
@@ -146,22 +150,21 @@ class TierStore:
         make room: (chunks that entered, chunks evicted). If more are new than the tier can hold,
         the most recent of them enter."""
         lru = self.lru
-        new = []
-        for h in hashes:
-            if h in lru:
-                lru.move_to_end(h)
-            else:
-                new.append(h)
+        new = [h for h in hashes if h not in lru]
+        if len(new) < len(hashes):
+            move = lru.move_to_end
+            for h in hashes:
+                if h in lru:
+                    move(h)
         room = self.capacity_chunks - self.reserved_chunks
         if not new or room <= 0:
             return [], []
         if len(new) > room:
             new = new[-room:]
         gone = self._evict_for(len(new))
-        for h in new:
-            lru[h] = None
+        lru.update(dict.fromkeys(new))
         self.written_chunks += len(new)
-        self.occupancy.note(now, self.used_chunks)
+        self.occupancy.note(now, len(lru) + self.reserved_chunks)
         return new, gone
 
     def reserve(self, chunks: int, now: float) -> list[int] | None:
@@ -228,12 +231,11 @@ class HbmPrefixCache:
 
     def evict(self, blocks: int) -> list[int]:
         """Drop LRU unpinned chunks until `blocks` blocks are reclaimed; the chunks dropped."""
-        chunks = -(-blocks // self.chunk_blocks)
-        gone = []
-        for _ in range(min(chunks, len(self.free_lru))):
-            h = self.free_lru.popitem(last=False)[0]
-            del self.refs[h]
-            gone.append(h)
+        free_lru, refs = self.free_lru, self.refs
+        gone = list(islice(free_lru, -(-blocks // self.chunk_blocks)))    # the least recently used first
+        for h in gone:
+            del free_lru[h]
+            del refs[h]
         self.evicted += len(gone)
         return gone
 
@@ -376,7 +378,8 @@ class KvHierarchy:
         entered, gone = store.insert(chunks, now)
         if entered:
             self.links[k].write(now, len(entered) * self.chunk_bytes)
-        self.pass_down(k, entered, gone, now)
+        if k + 1 < len(self.stores) and (entered or gone):
+            self.pass_down(k, entered, gone, now)
 
     def pass_down(self, k: int, entered: list[int], gone: list[int], now: float) -> None:
         if k + 1 < len(self.stores):

@@ -58,7 +58,7 @@ class Request:
         self.in_decode = False
         self.on_done = on_done
         self.hash_ids = hash_ids    # hashes of its KV's full chunks (kv_tiers.py), for prefix reuse
-        self.pinned: list[int] = []  # prefix chunks it uses in the HBM prefix cache (shared blocks)
+        self.pinned: list[int] | tuple[()] = ()  # prefix chunks it uses in the HBM prefix cache (shared blocks)
         self.cached_tokens = 0      # prompt tokens taken from a cache at its first admission (HBM or loaded)
         self.loaded_tokens = 0      # of those, loaded from a tier below HBM
         self.load_s = 0.0           # seconds it waited for those loads

@@ -309,7 +309,8 @@ class BatchScheduler:
         if not lim.chunked_prefill and not lim.mixed_prefill:
             self._admit_waiting(plan, lim.max_num_batched_tokens, whole_prompts=True, now=now)
             if plan.admitted:
-                plan.load_wait_s = self.transfer_wait_s(now)
+                if self._transfer_end:
+                    plan.load_wait_s = self.transfer_wait_s(now)
                 self.note_levels(now)
                 return plan
         preempted = False
@@ -325,7 +326,8 @@ class BatchScheduler:
             if lim.mixed_prefill:
                 self._admit_waiting(plan, lim.max_num_batched_tokens - ds.size * self.q, whole_prompts=True, now=now,
                                     alone_ok=not plan.decode)
-            plan.load_wait_s = self.transfer_wait_s(now)
+            if self._transfer_end:
+                plan.load_wait_s = self.transfer_wait_s(now)
             self.note_levels(now)
             return plan
         budget = lim.max_num_batched_tokens - ds.size * self.q
@@ -338,7 +340,8 @@ class BatchScheduler:
             budget -= new
         if budget > 0 and (self.admission.admits_after_preemption or not preempted):
             self._admit_waiting(plan, budget, whole_prompts=False, now=now)
-        plan.load_wait_s = self.transfer_wait_s(now)
+        if self._transfer_end:
+            plan.load_wait_s = self.transfer_wait_s(now)
         self.note_levels(now)
         return plan
 
@@ -464,7 +467,10 @@ class BatchScheduler:
         if not self.running and not self.waiting:
             self.admission.idle()
         self.outstanding -= 1
-        self._release(r, blocks, r.input_tokens + r.output_tokens - 1)
+        if self.prefix is None:
+            self.kv.release(blocks)
+        else:
+            self._release(r, blocks, r.input_tokens + r.output_tokens - 1)
         self.finished.append(r)
 
     def _release(self, r: Request, blocks: int, kv_tokens: int) -> None:
@@ -485,7 +491,7 @@ class BatchScheduler:
                 free_lru[h] = None
                 freed += cb
         own = blocks - len(r.pinned) * cb
-        r.pinned = []
+        r.pinned = ()
         self.kv.release(own + freed)
         chain = r.hash_ids
         if chain:
@@ -517,7 +523,7 @@ class BatchScheduler:
                 break
             refs[h] = 1
             new.append(h)
-        r.pinned.extend(new)
+        r.pinned = [*r.pinned, *new]
         r.blocks -= len(new) * hbm.chunk_blocks      # those blocks are held through the cache now
         if new:
             tiers.computed(new, self.kv.now)
@@ -558,7 +564,7 @@ class BatchScheduler:
             if r.first_token_s < 0:
                 r.first_token_s = now
             if r.generated >= r.output_tokens:
-                self._complete(r, r.blocks + self._pinned_blocks(r), now)
+                self._complete(r, r.blocks + self._pinned_blocks(r) if r.pinned else r.blocks, now)
             else:
                 r.blocks = 0
                 ds.add(r, r.prefilled)
