@@ -27,9 +27,9 @@ these at admission (scheduler.py); everything here is plain Python, no SimPy.
 from __future__ import annotations
 
 from collections import OrderedDict
-from itertools import islice
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
