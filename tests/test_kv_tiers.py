@@ -368,3 +368,22 @@ def test_cache_aware_routing_needs_prefix_caching():
     d = base_dict(serving={"router": "cache_aware"})
     with pytest.raises(Exception, match="prefix_caching"):
         scenario_from_dict(d)
+
+
+@pytest.mark.parametrize("capacity_gb", [0.05, 500.0])
+def test_swap_uses_the_host_tier_and_its_capacity(capacity_gb):
+    """Swapped-out KV goes over the host tier's link into its room; when the tier cannot hold a
+    request's KV at all, the request is recomputed instead."""
+    d = base_dict(serving={"kv_cache": {"gpu_memory_fraction": 0.3, "tiers": [{"kind": "host_dram",
+                                                                                  "capacity_gb": capacity_gb}]},
+                           "batching": {"max_num_seqs": 64, "max_num_batched_tokens": 4096, "preemption": "swap"}},
+                  workload={"arrivals": {"kind": "poisson", "rate_per_s": 20.0},
+                            "input_tokens": {"kind": "uniform", "low": 1500, "high": 3000},
+                            "output_tokens": {"kind": "uniform", "low": 100, "high": 800}})
+    s = run(scenario_from_dict(d)).summary
+    assert s["preemptions"] > 0
+    if capacity_gb < 1:
+        assert s["recompute_tokens"] > 0 and s["link_host_dram_write_gb"] == 0
+    else:
+        assert s["recompute_tokens"] == 0 and s["link_host_dram_write_gb"] > 0
+        assert s["link_host_dram_read_gb"] == pytest.approx(s["link_host_dram_write_gb"], rel=0.2)
