@@ -174,6 +174,10 @@ class Cluster:
                                             speculation=spec.speculation))
                 lifecycle.append(LifecycleRecord(i, spec.pool, spec.gpus_per_replica, 0.0, 0.0, float("inf"),
                                                  float("inf")))
+        if router == "cache_aware":
+            for rep in replicas:
+                if isinstance(rep, RankedReplica):
+                    rep.rank_by_cache = True
         return cls(env, replicas, router, lifecycle)
 
     def note_sampled(self, attr: str) -> None:

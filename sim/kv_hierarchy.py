@@ -58,13 +58,16 @@ def resolve_tier(sc: Scenario, t: KvTier, i: int) -> TierParams:
         d.setdefault("write_gb_s", g.host_link_gb_s)
         sources.setdefault("capacity_gb", g.sources.get("host_dram_gb_per_node", "GPU catalog"))
         sources.setdefault("read_gb_s", g.sources.get("host_link_gb_s", "GPU catalog"))
+        sources.setdefault("write_gb_s", sources["read_gb_s"])
     elif t.kind == "remote":
         d.setdefault("read_gb_s", g.scale_out_gb_s)
         d.setdefault("write_gb_s", g.scale_out_gb_s)
         sources.setdefault("read_gb_s", g.sources.get("scale_out_gb_s", "GPU catalog"))
+        sources.setdefault("write_gb_s", sources["read_gb_s"])
     given = t.model_dump(exclude_none=True)
     for k in given:
-        sources[k] = "scenario"
+        if k != "kind":
+            sources[k] = "scenario"
     d.update(given)
     if d.get("capacity_gb") is None:
         why = f"GPU {g.name!r} has no host_dram_gb_per_node in the catalog" if t.kind == "host_dram" \
@@ -86,6 +89,17 @@ def check_kv_hierarchy(sc: Scenario) -> None:
     if sc.serving.router == "cache_aware" and not kv.prefix_caching:
         raise ValueError("serving.router='cache_aware' routes by the prompts' cached prefixes: set "
                          "serving.kv_cache.prefix_caching: true")
+    # shared_prefix, prefix_chunk_tokens and prefix_load do nothing without prefix caching, and
+    # tiers then hold only swapped-out KV: all are allowed, so that a scenario can switch prefix
+    # caching off from the command line (--set serving.kv_cache.prefix_caching=false).
+    shared = sc.workload.shared_prefix
+    if kv.prefix_caching and shared is not None and shared.tokens < kv.prefix_chunk_tokens:
+        raise ValueError(f"workload.shared_prefix.tokens={shared.tokens} is shorter than one prefix chunk "
+                         f"(serving.kv_cache.prefix_chunk_tokens={kv.prefix_chunk_tokens}): nothing could be shared")
+    sessions = sc.workload.sessions
+    if sessions is not None and sessions.system_prompt_tokens >= sc.model.max_context_tokens:
+        raise ValueError(f"workload.sessions.system_prompt_tokens={sessions.system_prompt_tokens} leaves no room in "
+                         f"{sc.model.name}'s context of {sc.model.max_context_tokens:,} tokens")
     if not kv.prefix_caching and not kv.tiers:
         return
     what = "serving.kv_cache.prefix_caching" if kv.prefix_caching else "serving.kv_cache.tiers"
@@ -99,7 +113,12 @@ def check_kv_hierarchy(sc: Scenario) -> None:
     if kv.prefix_caching and trace is not None and trace.format == "mooncake" and kv.prefix_chunk_tokens != 512:
         raise ValueError(f"serving.kv_cache.prefix_chunk_tokens={kv.prefix_chunk_tokens}: a Mooncake trace's "
                          "hash_ids name 512-token blocks; set 512")
-    resolve_tiers(sc)
+    par = sc.serving.parallelism
+    chunk_gb = kv.prefix_chunk_tokens * sc.memory_plan().kv_bytes_per_token_per_gpu * par.tp * par.pp / 1e9
+    for i, p in enumerate(resolve_tiers(sc)):
+        if p.capacity_gb * (1 if p.kind == "remote" else nodes_per_replica(sc)) < chunk_gb:
+            raise ValueError(f"serving.kv_cache.tiers[{i}].capacity_gb={p.capacity_gb:g} holds less than one "
+                             f"{kv.prefix_chunk_tokens}-token chunk of this model's KV ({chunk_gb:.3g} GB)")
 
 
 def nodes_per_replica(sc: Scenario) -> int:
@@ -112,11 +131,15 @@ def replicas_per_node(sc: Scenario) -> int:
 
 
 def tier_capacity_gb_per_gpu(sc: Scenario, p: TierParams) -> float:
-    """The tier's capacity per GPU it serves (for pricing): a node's over its GPUs, a remote pool's
-    over every GPU of the deployment."""
+    """The tier's capacity bought per GPU of the deployment (for pricing): every node store the
+    replicas use (one per node's worth of replicas; a replica wider than a node has each of its
+    nodes'), or the remote pool, over the deployment's GPUs. A deployment that fills part of a
+    node pays for the node's whole tier."""
+    gpus = sc.serving.replicas * sc.serving.parallelism.gpus
     if p.kind == "remote":
-        return p.capacity_gb / (sc.serving.replicas * sc.serving.parallelism.gpus)
-    return p.capacity_gb / sc.hardware.gpu.gpus_per_node
+        return p.capacity_gb / gpus
+    stores = -(-sc.serving.replicas // replicas_per_node(sc))
+    return p.capacity_gb * nodes_per_replica(sc) * stores / gpus
 
 
 class HierarchyBuilder:
@@ -126,10 +149,13 @@ class HierarchyBuilder:
     def __init__(self, sc: Scenario, recompute_s: Callable[[int, int], float]) -> None:
         kv = sc.serving.kv_cache
         mem = sc.memory_plan()
-        self.tp = sc.serving.parallelism.tp
+        par = sc.serving.parallelism
+        # An attention rank's KV is spread over its tp GPUs in each of its pp stages, each GPU with
+        # its own per-GPU link.
+        self.gpus = par.tp * par.pp
         self.chunk_tokens = kv.prefix_chunk_tokens
         self.block_tokens = kv.block_tokens
-        self.chunk_bytes = kv.prefix_chunk_tokens * mem.kv_bytes_per_token_per_gpu * self.tp
+        self.chunk_bytes = kv.prefix_chunk_tokens * mem.kv_bytes_per_token_per_gpu * self.gpus
         self.params = resolve_tiers(sc)
         self.overlap = kv.prefix_load == "overlap"
         self.prefix_caching = kv.prefix_caching
@@ -156,13 +182,12 @@ class HierarchyBuilder:
 
     def _link(self, k: int, p: TierParams, replica: int) -> Link:
         if p.link == "per_gpu":
-            return Link(p.kind, p.read_gb_s * 1e9 * self.tp, p.write_gb_s * 1e9 * self.tp, p.latency_s)
-        key = (k, self._group(p, replica))
+            return Link(p.kind, p.read_gb_s * 1e9 * self.gpus, p.write_gb_s * 1e9 * self.gpus, p.latency_s)
+        key = (k, replica // self.per_node)          # one per node (a remote pool's too: each node's NIC)
         link = self._node_links.get(key)
         if link is None:
-            scale = 1 if p.kind == "remote" else self.nodes
-            link = self._node_links[key] = Link(p.kind, p.read_gb_s * 1e9 * scale, p.write_gb_s * 1e9 * scale,
-                                                p.latency_s)
+            link = self._node_links[key] = Link(p.kind, p.read_gb_s * 1e9 * self.nodes,
+                                                p.write_gb_s * 1e9 * self.nodes, p.latency_s)
         return link
 
     def build(self, replica: int) -> KvHierarchy:

@@ -18,7 +18,8 @@ Definitions and stopping rules (also in docs/capacity-planning.md):
   highest load that met the SLO. Stops after ``max_evaluations`` in any case.
 
 The load knob depends on the workload: arrival rate (Poisson, Gamma), mean rate (diurnal),
-trace speed-up (``workload.trace.rate_scale``) or number of clients (closed loop).
+trace speed-up (``workload.trace.rate_scale``), number of clients (closed loop) or new sessions
+per second (``workload.sessions.rate_per_s``).
 """
 
 from __future__ import annotations
@@ -87,11 +88,13 @@ def load_knob(sc: Scenario) -> LoadKnob:
         return LoadKnob("workload.trace.rate_scale", False, "x trace speed", w.trace.rate_scale, MAX_RATE_SCALE)
     # A rate's ceiling: the schema's, and the one that keeps the run's requests within bounds.
     max_rate = min(MAX_RATE_PER_S, MAX_REQUESTS / sc.duration_s)
+    if w.sessions is not None:
+        return LoadKnob("workload.sessions.rate_per_s", False, "sessions/s", w.sessions.rate_per_s, max_rate)
     if isinstance(a, Poisson | GammaArrivals):
         return LoadKnob("workload.arrivals.rate_per_s", False, "requests/s", a.rate_per_s, max_rate)
     if isinstance(a, Diurnal):
         return LoadKnob("workload.arrivals.mean_rate_per_s", False, "requests/s (mean)", a.mean_rate_per_s, max_rate)
-    kinds = "poisson, gamma, diurnal, closed_loop or a trace"
+    kinds = "poisson, gamma, diurnal, closed_loop, sessions or a trace"
     if isinstance(a, Piecewise):
         raise InputError(f"plan: workload.arrivals.kind 'piecewise' has no single load knob; plan with {kinds}")
     if isinstance(a, Offline):

@@ -228,7 +228,7 @@ MAX_TRACE_MS = 10 ** 12
 
 def read_mooncake_trace(path: str | Path) -> pd.DataFrame:
     """Mooncake JSONL -> DataFrame(arrival_s, input_tokens, output_tokens[, hash_ids])."""
-    t, inp, out, hashes = [], [], [], []
+    t, inp, out, hashes, linenos = [], [], [], [], []
     try:
         with open(path, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
@@ -253,10 +253,13 @@ def read_mooncake_trace(path: str | Path) -> pd.DataFrame:
         inp.append(int(row["input_length"]))
         out.append(int(row["output_length"]))
         hashes.append(_hash_ids(path, lineno, row.get("hash_ids")))
+        linenos.append(lineno)
     if not t:
         raise InputError(f"{path}: the trace holds no requests")
     # hash_ids are carried to the requests for prefix reuse.
-    return _trace_frame(np.asarray(t) - min(t), np.asarray(inp), np.asarray(out), hash_ids=hashes)
+    df = _trace_frame(np.asarray(t) - min(t), np.asarray(inp), np.asarray(out), hash_ids=hashes,
+                      line=np.asarray(linenos))
+    return df
 
 
 def _hash_ids(path: str | Path, lineno: int, v: object) -> tuple[int, ...] | None:
@@ -277,11 +280,13 @@ def _check_col(path, raw: pd.Series, bad: pd.Series, col: str, what: str) -> Non
 
 
 def _trace_frame(t: np.ndarray, inp: np.ndarray, out: np.ndarray,
-                 hash_ids: list[tuple[int, ...] | None] | None = None) -> pd.DataFrame:
+                 hash_ids: list[tuple[int, ...] | None] | None = None, line: np.ndarray | None = None) -> pd.DataFrame:
     df = pd.DataFrame({"arrival_s": t.astype(float), "input_tokens": inp.astype(np.int64),
                        "output_tokens": out.astype(np.int64)})
     if hash_ids is not None:
         df["hash_ids"] = pd.Series(hash_ids, dtype=object)
+    if line is not None:
+        df["line"] = line
     return df.sort_values("arrival_s", kind="stable").reset_index(drop=True)
 
 
@@ -307,19 +312,24 @@ def spread_arrivals(t: np.ndarray, spread_s: float, rng: np.random.Generator) ->
     return t + rng.random(len(t)) * spread_s
 
 
-def check_hash_chains(path: str, hashes: list[tuple[int, ...] | None]) -> None:
-    """Every row has hash_ids, and no hash sits at two positions (a chain names a chunk and all
-    that comes before it, so one hash cannot start at two offsets)."""
-    position: dict[int, int] = {}
+def check_hash_chains(path: str, hashes: list[tuple[int, ...] | None], lines: list[int] | None = None) -> None:
+    """Every row has hash_ids, and the chains agree: a hash names a chunk and everything before it,
+    so it always sits at the same position after the same hash. `lines`: each row's line in the
+    file (for the messages)."""
+    where: dict[int, tuple[int, int | None, int]] = {}     # hash -> (position, hash before it, line)
     for row, chain in enumerate(hashes):
+        line = lines[row] if lines is not None else row + 1
         if chain is None:
-            raise InputError(f"{path}: request {row + 1} has no 'hash_ids'; prefix caching "
+            raise InputError(f"{path}: line {line} has no 'hash_ids'; prefix caching "
                              "(serving.kv_cache.prefix_caching) needs them on every line")
+        before = None
         for k, h in enumerate(chain):
-            seen = position.setdefault(h, k)
-            if seen != k:
-                raise InputError(f"{path}: request {row + 1}: hash id {h} at position {k} was at position {seen} "
-                                 "in an earlier request; hash chains contradict each other")
+            seen = where.setdefault(h, (k, before, line))
+            if seen[:2] != (k, before):
+                then = "earlier on the same line" if seen[2] == line else f"on line {seen[2]}"
+                raise InputError(f"{path}: line {line}: hash id {h} at position {k} after {before} was at position "
+                                 f"{seen[0]} after {seen[1]} {then}; hash chains contradict each other")
+            before = h
 
 
 def trace_requests(spec: Trace, duration_s: float, chunk_tokens: int | None = None,
@@ -343,7 +353,7 @@ def trace_requests(spec: Trace, duration_s: float, chunk_tokens: int | None = No
             hashes = [None] * int(keep.sum())
         else:
             all_hashes = df["hash_ids"].tolist()
-            check_hash_chains(spec.path, all_hashes)
+            check_hash_chains(spec.path, all_hashes, df["line"].tolist() if "line" in df else None)
             kept = [all_hashes[i] for i in order[keep]]
             hashes = [None if c is None else c[:n // chunk_tokens] for c, n in zip(kept, inp.tolist(), strict=True)]
     elif "hash_ids" in df:
@@ -460,6 +470,7 @@ class ClosedLoopLengths:
         #: With prefix caching: the chunk size, and what names each drawn request's own chunks.
         self._chunk = kv.prefix_chunk_tokens if kv.prefix_caching else None
         self._shared, self._prefix_rng, self._drawn = w.shared_prefix, streams["prefixes"], 0
+        self._fresh_chains = False
         if w.trace is not None:
             df = read_trace(w.trace)
             self._inp = df["input_tokens"].to_numpy()
@@ -470,9 +481,11 @@ class ClosedLoopLengths:
                     if w.trace.format == "mooncake":
                         raise InputError(f"{w.trace.path}: the trace has no 'hash_ids'; prefix caching "
                                          "(serving.kv_cache.prefix_caching) needs them on every line")
-                    self._hashes = prefix_chains(self._inp, self._chunk, self._shared, self._prefix_rng)
+                    # An Azure row sent again on the next lap is a new prompt of the same length:
+                    # its chunks are drawn afresh each time (next()).
+                    self._fresh_chains = True
                 else:
-                    check_hash_chains(w.trace.path, self._hashes)
+                    check_hash_chains(w.trace.path, self._hashes, df["line"].tolist() if "line" in df else None)
                     self._hashes = [c[:n // self._chunk] if c is not None else None
                                     for c, n in zip(self._hashes, self._inp.tolist(), strict=True)]
             self._samplers = None
@@ -505,6 +518,13 @@ class ClosedLoopLengths:
                 self._refill()
         i = self._i
         self._i += 1
+        if self._fresh_chains:
+            assert self._chunk is not None
+            chain = prefix_chains(self._inp[i:i + 1], self._chunk, self._shared, self._prefix_rng)[0] or ()
+            chain = tuple(chunk_name(OWN, self._drawn, h & ((1 << CHUNK_BITS) - 1)) if h >> 58 == OWN else h
+                          for h in chain)
+            self._drawn += 1
+            return int(self._inp[i]), int(self._out[i]), chain
         return int(self._inp[i]), int(self._out[i]), None if self._hashes is None else self._hashes[i]
 
 

@@ -10,8 +10,10 @@ from typing import Any
 import yaml
 
 from sim.errors import InputError
+from sim.kv_hierarchy import resolve_tiers
 from sim.metrics.registry import RUN_TABLE, SPEC_TABLE, kv_table, row_cells
 from sim.runner import Result
+from sim.scenario import KvTier
 from simcli.common import RESULTS_DIR, parse_set, progress_bar
 from simcli.output import FolderId, atomic_dir, check_out_dir, make_console, show_progress, write_json
 
@@ -28,9 +30,14 @@ def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int, 
         sc = result.scenario
         # The scenario as run: catalog specs filled in, and the seed actually used.
         resolved = {**sc.model_dump(mode="json"), "seed": seed}
+        tiers = resolve_tiers(sc)
+        if tiers:       # the tiers as run: their defaults filled in (and where each came from, in run.json)
+            resolved["serving"]["kv_cache"]["tiers"] = [{k: getattr(t, k) for k in KvTier.model_fields} for t in tiers]
         (tmp / "scenario.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
         meta = {"scenario": sc.name, "scenario_file": scenario_path, "seed": result.seed, "version": __version__,
                 "created_utc": datetime.now(UTC).isoformat(timespec="seconds"), "wall_s": result.wall_s}
+        if tiers:
+            meta["kv_tier_sources"] = {t.kind: dict(t.sources) for t in tiers}
         write_json(tmp / "run.json", meta)
         write_json(tmp / "summary.json", {**result.summary, "seed": result.seed})
         result.requests.to_parquet(tmp / "requests.parquet", index=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import base_dict
+from conftest import ROOT, base_dict
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -253,16 +253,33 @@ def test_sessions_grow_their_context_and_reuse_it():
 # ---- input checks ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kv, needle", [
-    ({"tiers": [{"kind": "host_dram", "capacity_gb": 0}]}, "capacity_gb"),
-    ({"tiers": [{"kind": "nvme", "read_gb_s": -1}]}, "read_gb_s"),
+    ({"prefix_caching": True, "tiers": [{"kind": "host_dram", "capacity_gb": 0}]}, "capacity_gb"),
+    ({"prefix_caching": True, "tiers": [{"kind": "nvme", "read_gb_s": -1}]}, "read_gb_s"),
     ({"tiers": [{"kind": "nvme"}, {"kind": "host_dram", "capacity_gb": 10}]}, "out of order"),
-    ({"tiers": [{"kind": "remote"}]}, "capacity_gb"),
+    ({"prefix_caching": True, "tiers": [{"kind": "remote"}]}, "capacity_gb"),
     ({"prefix_caching": True, "prefix_chunk_tokens": 100}, "multiple of block_tokens"),
+    ({"prefix_caching": True, "tiers": [{"kind": "host_dram", "capacity_gb": 0.01}]}, "less than one"),
 ])
 def test_bad_tiers_are_refused(kv, needle):
     d = base_dict(serving={"kv_cache": kv})
     with pytest.raises(Exception, match=needle):
         scenario_from_dict(d)
+
+
+def test_shared_prefix_shorter_than_a_chunk_is_refused():
+    d = base_dict(serving={"kv_cache": {"prefix_caching": True}})
+    d["workload"]["shared_prefix"] = {"tokens": 300}
+    with pytest.raises(Exception, match="shorter than one prefix chunk"):
+        scenario_from_dict(d)
+
+
+@pytest.mark.parametrize("path", ["scenarios/mooncake_prefix_tiers_h200.yaml", "scenarios/multiturn_offload_h100.yaml"])
+def test_prefix_caching_switches_off_from_the_command_line(tmp_path, capsys, path):
+    from simcli.main import main
+    out = tmp_path / "out"
+    assert main(["run", str(ROOT / path), "--quiet", "--out", str(out), "--set", "serving.kv_cache.prefix_caching=false",
+                 "--set", "serving.router=least_outstanding", "--set", "duration_s=30", "--set", "warmup_s=0"]) == 0
+    assert (out / "summary.json").exists()
 
 
 def test_mooncake_spread_stays_within_ticks(tmp_path):
@@ -322,7 +339,13 @@ def test_cli_refuses_a_mooncake_trace_without_hashes(tmp_path, capsys):
 def test_cli_refuses_contradicting_hash_chains(tmp_path, capsys):
     d = _mooncake(tmp_path, ['{"timestamp": 0, "input_length": 1100, "output_length": 5, "hash_ids": [1, 2, 3]}',
                              '{"timestamp": 10, "input_length": 1100, "output_length": 5, "hash_ids": [2, 1, 4]}'])
-    _refused(tmp_path, capsys, d, "hash id 2 at position 0 was at position 1")
+    _refused(tmp_path, capsys, d, "line 2: hash id 2 at position 0 after None was at position 1 after 1 on line 1")
+
+
+def test_cli_refuses_a_hash_named_after_two_different_prefixes(tmp_path, capsys):
+    d = _mooncake(tmp_path, ['{"timestamp": 0, "input_length": 1600, "output_length": 5, "hash_ids": [1, 2, 3, 4]}',
+                             '{"timestamp": 10, "input_length": 1600, "output_length": 5, "hash_ids": [9, 2, 3, 4]}'])
+    _refused(tmp_path, capsys, d, "hash id 2 at position 1 after 9 was at position 1 after 1")
 
 
 def test_cli_refuses_a_mooncake_chunk_other_than_512(tmp_path, capsys):
@@ -370,7 +393,7 @@ def test_cache_aware_routing_needs_prefix_caching():
         scenario_from_dict(d)
 
 
-@pytest.mark.parametrize("capacity_gb", [0.05, 500.0])
+@pytest.mark.parametrize("capacity_gb", [0.1, 500.0])
 def test_swap_uses_the_host_tier_and_its_capacity(capacity_gb):
     """Swapped-out KV goes over the host tier's link into its room; when the tier cannot hold a
     request's KV at all, the request is recomputed instead."""
@@ -382,8 +405,109 @@ def test_swap_uses_the_host_tier_and_its_capacity(capacity_gb):
                             "output_tokens": {"kind": "uniform", "low": 100, "high": 800}})
     s = run(scenario_from_dict(d)).summary
     assert s["preemptions"] > 0
-    if capacity_gb < 1:
-        assert s["recompute_tokens"] > 0 and s["link_host_dram_write_gb"] == 0
+    if capacity_gb < 1:         # one 512-token chunk's room: only partial prefills fit, the rest is recomputed
+        assert s["recompute_tokens"] > 0 and s["link_host_dram_write_gb"] < 1
     else:
         assert s["recompute_tokens"] == 0 and s["link_host_dram_write_gb"] > 0
         assert s["link_host_dram_read_gb"] == pytest.approx(s["link_host_dram_write_gb"], rel=0.2)
+
+
+def test_a_chunk_still_being_loaded_is_waited_for():
+    """Request B hits the chunks request A is still loading: B's first token comes after they
+    arrive, not before."""
+    from sim.engine.request import Request
+    d = tiered(workload={"arrivals": {"kind": "offline", "requests": 1},
+                         "input_tokens": {"kind": "fixed", "value": 4608},
+                         "output_tokens": {"kind": "fixed", "value": 2},
+                         "shared_prefix": {"tokens": 4096}})
+    d["serving"]["kv_cache"]["tiers"] = [{"kind": "host_dram", "capacity_gb": 200, "read_gb_s": 4}]
+    sim = build(scenario_from_dict(d))
+    chain = tuple(chunk_name(SHARED, 0, k) for k in range(8))
+    sim.cluster.replicas[0].kv.tiers.stores[0].insert(list(chain), 0.0)
+
+    def late():
+        yield sim.env.timeout(0.01)
+        r = Request(999, sim.env.now, 4608, 2, hash_ids=(*chain, 12345))
+        sim.requests.append(r)
+        sim.cluster.submit(r)
+    sim.env.process(late())
+    req = execute(sim).requests
+    a, b = req.iloc[0], req.iloc[1]
+    assert a["loaded_tokens"] == 4096 and b["cached_tokens"] == 4096 and b["loaded_tokens"] == 0
+    assert b["arrival_s"] + b["ttft_s"] > a["load_s"]          # after A's load arrived
+    assert b["load_s"] == pytest.approx(a["load_s"] - 0.01)     # B waited for the rest of it
+
+
+@pytest.mark.parametrize("whole_prompts", ["separate", "mixed"])
+def test_whole_prompts_stall_for_their_loads(whole_prompts):
+    """Without chunked prefill a prompt runs whole in the iteration that admits it: a load stalls
+    that iteration (never a request left loading and then preempted)."""
+    d = tiered(workload={"arrivals": {"kind": "offline", "requests": 4},
+                         "input_tokens": {"kind": "fixed", "value": 4608},
+                         "output_tokens": {"kind": "fixed", "value": 200},
+                         "shared_prefix": {"tokens": 4096, "fraction": 0.5}})
+    d["serving"]["batching"].update({"chunked_prefill": False, "whole_prompts": whole_prompts,
+                                     "max_num_batched_tokens": 8192})
+    sim = build(scenario_from_dict(d))
+    sim.cluster.replicas[0].kv.tiers.stores[0].insert([chunk_name(SHARED, 0, k) for k in range(8)], 0.0)
+    req = execute(sim).requests
+    assert (req["preemptions"] == 0).all()
+    loaded = req[req["loaded_tokens"] > 0]
+    assert len(loaded) and (loaded["load_s"] > 0).all()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_write_on_evict_host_tier_takes_what_hbm_evicts(seed):
+    d = tiered(seed=seed, serving={"kv_cache": {"prefix_caching": True, "gpu_memory_fraction": 0.3,
+                                                 "tiers": [{"kind": "host_dram", "capacity_gb": 1, "write": "on_evict"}]},
+                                   "batching": {"max_num_seqs": 64, "max_num_batched_tokens": 4096}},
+               workload={"arrivals": {"kind": "poisson", "rate_per_s": 12.0},
+                         "input_tokens": {"kind": "uniform", "low": 1500, "high": 3000},
+                         "output_tokens": {"kind": "uniform", "low": 50, "high": 400},
+                         "shared_prefix": {"tokens": 1024, "prefixes": 20, "fraction": 0.9}})
+    s = run(scenario_from_dict(d)).summary
+    assert s["requests_completed"] == s["requests_arrived"]
+    assert s["link_host_dram_write_gb"] > 0 and s["prefix_hit_rate_host_dram"] > 0
+
+
+def test_a_chunk_is_read_from_a_tier_only_after_its_write_ends():
+    """With a write link of 1 MB/s, chunks written through to DRAM are not there to be read for a
+    long time: their hits are recomputed instead (loading would wait for the write)."""
+    def summary(write_gb_s):
+        d = tiered(serving={"kv_cache": {"prefix_caching": True, "gpu_memory_fraction": 0.3, "tiers": [
+                       {"kind": "host_dram", "capacity_gb": 100, "write_gb_s": write_gb_s}]},
+                            "batching": {"max_num_seqs": 64, "max_num_batched_tokens": 4096}},
+                   workload={"arrivals": {"kind": "poisson", "rate_per_s": 12.0},
+                             "input_tokens": {"kind": "uniform", "low": 1500, "high": 3000},
+                             "output_tokens": {"kind": "uniform", "low": 50, "high": 400},
+                             "shared_prefix": {"tokens": 1024, "prefixes": 40, "fraction": 0.9}})
+        return run(scenario_from_dict(d)).summary
+    fast, slow = summary(64.0), summary(0.001)
+    assert fast["prefix_hit_rate_host_dram"] > 0.05
+    assert slow["prefix_hit_rate_host_dram"] < fast["prefix_hit_rate_host_dram"] / 5
+
+
+def test_sessions_plan_by_their_rate():
+    from sim.plan import load_knob
+    d = tiered(workload={"sessions": {"rate_per_s": 0.5, "turns": {"kind": "fixed", "value": 3},
+                                      "user_tokens": {"kind": "fixed", "value": 300},
+                                      "output_tokens": {"kind": "fixed", "value": 100}}})
+    knob = load_knob(scenario_from_dict(d))
+    assert knob.path == "workload.sessions.rate_per_s" and knob.value == 0.5
+
+
+def test_a_run_writes_its_tiers_as_run_and_their_sources(tmp_path):
+    import json
+
+    import yaml
+
+    from simcli.main import main
+    out = tmp_path / "out"
+    assert main(["run", str(ROOT / "scenarios/multiturn_offload_h100.yaml"), "--quiet", "--out", str(out),
+                 "--set", "duration_s=30", "--set", "warmup_s=0"]) == 0
+    tier = yaml.safe_load((out / "scenario.resolved.yaml").read_text())["serving"]["kv_cache"]["tiers"][0]
+    assert tier == {"kind": "host_dram", "capacity_gb": 512.0, "read_gb_s": 64.0, "write_gb_s": 64.0,
+                    "latency_s": 5e-06, "link": "per_gpu", "write": "through", "capex_usd_per_gb": 10.0}
+    sources = json.loads((out / "run.json").read_text())["kv_tier_sources"]["host_dram"]
+    assert sources["capacity_gb"] == "scenario" and "PCIe Gen5" in sources["read_gb_s"]
+    assert set(sources) == set(tier) - {"kind"}

@@ -111,7 +111,7 @@ class TierStore:
     room possibly reserved for swapped-out requests' KV."""
 
     __slots__ = ("name", "index", "capacity_chunks", "write_through", "lru", "reserved_chunks", "occupancy",
-                 "evicted", "written_chunks")
+                 "evicted", "written_chunks", "ready")
 
     def __init__(self, name: str, index: int, capacity_chunks: int, write_through: bool) -> None:
         self.name = name
@@ -119,6 +119,9 @@ class TierStore:
         self.capacity_chunks = capacity_chunks
         self.write_through = write_through     # chunks enter when the tier above gets them (else when it evicts them)
         self.lru: OrderedDict[int, None] = OrderedDict()
+        #: When each chunk's write into the tier ends: it can be read from then on (its room is
+        #: taken from the start of the write).
+        self.ready: dict[int, float] = {}
         self.reserved_chunks = 0               # room held by swapped-out requests
         self.occupancy = OccupancyLog()
         self.evicted = 0
@@ -138,10 +141,11 @@ class TierStore:
         over = len(self.lru) + self.reserved_chunks + chunks - self.capacity_chunks
         if over <= 0:
             return []
-        lru = self.lru
+        lru, ready = self.lru, self.ready
         gone = list(islice(lru, over))          # the least recently used first
         for h in gone:
             del lru[h]
+            ready.pop(h, None)
         self.evicted += over
         return gone
 
@@ -184,14 +188,16 @@ class TierStore:
 
 class HbmPrefixCache:
     """Prefix chunks in one replica's (or attention rank's) GPU KV cache: pinned while running
-    requests use them, otherwise free-but-cached in LRU order (see the module docstring)."""
+    requests use them, otherwise free-but-cached in LRU order (see the module docstring). A chunk
+    still being loaded from a tier has a ready time: a request that hits it waits for it."""
 
-    __slots__ = ("chunk_blocks", "refs", "free_lru", "evicted", "occupancy")
+    __slots__ = ("chunk_blocks", "refs", "free_lru", "ready", "evicted", "occupancy")
 
     def __init__(self, chunk_blocks: int) -> None:
         self.chunk_blocks = chunk_blocks
         self.refs: dict[int, int] = {}                  # hash -> running requests using it (>= 0)
         self.free_lru: OrderedDict[int, None] = OrderedDict()   # hashes no request uses, LRU first
+        self.ready: dict[int, float] = {}               # hash -> when its load ends (loads in flight)
         self.evicted = 0
         self.occupancy = OccupancyLog()                 # chunks held (pinned or cached)
 
@@ -231,29 +237,32 @@ class HbmPrefixCache:
 
     def evict(self, blocks: int) -> list[int]:
         """Drop LRU unpinned chunks until `blocks` blocks are reclaimed; the chunks dropped."""
-        free_lru, refs = self.free_lru, self.refs
+        free_lru, refs, ready = self.free_lru, self.refs, self.ready
         gone = list(islice(free_lru, -(-blocks // self.chunk_blocks)))    # the least recently used first
         for h in gone:
             del free_lru[h]
             del refs[h]
+            if ready:
+                ready.pop(h, None)
         self.evicted += len(gone)
         return gone
 
 
 @dataclass(slots=True)
 class PrefixHit:
-    """What a lookup found for a request's prompt: chunks resident in HBM, then per lower tier the
-    run of chunks to load from it; `recompute_chunks` hits that loading would not beat."""
+    """What a lookup found for a request's prompt: chunks resident in HBM (and when the last of
+    them still being loaded arrives), then per lower tier the run of chunks to load from it, and
+    when those loads would end."""
 
     hbm: list[int] = field(default_factory=list)
-    loads: list[tuple[TierStore, list[int]]] = field(default_factory=list)
+    loads: list[tuple[TierStore, list[int], float]] = field(default_factory=list)   # (tier, chunks, readable from)
     tier_tokens: list[int] = field(default_factory=list)     # tokens loaded per tier (filled by commit)
     load_end_s: float = 0.0
-    recompute_chunks: int = 0
+    hbm_ready_s: float = 0.0
 
     @property
     def chunks(self) -> int:
-        return len(self.hbm) + sum(len(c) for _, c in self.loads)
+        return len(self.hbm) + sum(len(c) for _, c, _ in self.loads)
 
 
 class KvHierarchy:
@@ -267,26 +276,18 @@ class KvHierarchy:
         self.chunk_tokens = chunk_tokens
         self.hbm = HbmPrefixCache(chunk_tokens // block_tokens)
         self.chunk_bytes = chunk_bytes           # KV bytes of one chunk over the replica's GPUs
+        self.bytes_per_token = chunk_bytes / chunk_tokens
         self.stores = list(stores)
         self.links = list(links)                 # links[i]: to stores[i]
         self.overlap_loads = overlap_loads
         self.recompute_s = recompute_s           # (prefix tokens, new tokens) -> seconds of prefill
-        # Counters (tokens)
-        self.lookup_tokens = 0
-        self.hit_tokens_hbm = 0
-        self.hit_tokens_tier = [0] * len(self.stores)
-        self.recomputed_hit_tokens = 0
 
     # ---- lookup -----------------------------------------------------------------------------------
-    def usable_chunks(self, chain: Sequence[int], prompt_tokens: int) -> int:
-        """Chunks of the chain a prompt can take from a cache: full chunks only, and never the last
-        prompt token (the engine recomputes it to sample the first output token)."""
-        return min(len(chain), (prompt_tokens - 1) // self.chunk_tokens)
-
     def lookup(self, chain: Sequence[int], prompt_tokens: int, now: float) -> PrefixHit:
         """The longest run of hit chunks at the head of the chain, each in HBM or in the fastest
         tier holding it; a run of loads from one tier that would not beat recomputing it ends the
-        hit there (nothing is changed)."""
+        hit there (nothing is changed). Full chunks only, and never the prompt's last token (the
+        engine recomputes it to sample the first output token)."""
         usable = min(len(chain), (prompt_tokens - 1) // self.chunk_tokens)
         hbm = self.hbm.refs
         stores = self.stores
@@ -308,27 +309,25 @@ class KvHierarchy:
                 else:
                     runs.append([store, i, i + 1])
             i += 1
-        if not runs:                                # HBM hits only (or none): nothing to load
-            hit = PrefixHit()
-            hit.hbm = [chain[p] for p in in_hbm]
-            hit.load_end_s = now
-            return hit
-        cut, end = i, now
+        hit = PrefixHit(load_end_s=now)
+        cut = i
         booked: dict[int, float] = {}               # bytes this lookup already puts on each link
         for store, a, b in runs:
             link = self.links[store.index]
             nbytes = booked.get(store.index, 0.0) + (b - a) * self.chunk_bytes
-            load_end = link.read_end_s(now, nbytes)
+            written = store.ready
+            start = max(now, max(written.get(chain[p], 0.0) for p in range(a, b)))   # its writes must end
+            load_end = link.read_end_s(start, nbytes)
             if load_end - now >= self.recompute_s(a * self.chunk_tokens, (b - a) * self.chunk_tokens):
                 cut = a
                 break
             booked[store.index] = nbytes
-            end = max(end, load_end)
-        hit = PrefixHit()
+            hit.load_end_s = max(hit.load_end_s, load_end)
+            hit.loads.append((store, list(chain[a:b]), start))
         hit.hbm = [chain[p] for p in in_hbm if p < cut]
-        hit.loads = [(store, list(chain[a:b])) for store, a, b in runs if b <= cut]
-        hit.load_end_s = end
-        hit.recompute_chunks = i - cut
+        ready = self.hbm.ready
+        if ready:
+            hit.hbm_ready_s = max((ready.get(h, 0.0) for h in hit.hbm), default=0.0)
         return hit
 
     def pin_blocks(self, hit: PrefixHit) -> int:
@@ -337,26 +336,38 @@ class KvHierarchy:
         return sum(self.hbm.chunk_blocks for h in hit.hbm if refs[h] == 0)
 
     def load_blocks(self, hit: PrefixHit) -> int:
-        return sum(len(c) for _, c in hit.loads) * self.hbm.chunk_blocks
+        return sum(len(c) for _, c, _ in hit.loads) * self.hbm.chunk_blocks
 
     # ---- effects --------------------------------------------------------------------------------
     def commit(self, hit: PrefixHit, now: float) -> tuple[list[int], float]:
-        """Pin the HBM hits and book the loads (their blocks are allocated by the caller first);
-        returns the chunks the request now uses and when its loads end."""
+        """Pin the HBM hits and book the loads, before the caller allocates the loaded chunks'
+        blocks (an allocation may evict from the tiers, and the loads are already under way);
+        returns the chunks the request now uses and when the last of its KV is there."""
+        hbm = self.hbm
         pinned = list(hit.hbm)
         hit.tier_tokens = [0] * len(self.stores)
-        end = now
-        for store, chunks in hit.loads:
-            end = max(end, self.links[store.index].read(now, len(chunks) * self.chunk_bytes))
+        end = max(now, hit.hbm_ready_s)
+        for store, chunks, start in hit.loads:
+            t = self.links[store.index].read(start, len(chunks) * self.chunk_bytes)
+            end = max(end, t)
+            lru = store.lru
             for h in chunks:
-                store.touch(h)
-                self.hbm.add_pinned(h)
-                pinned.append(h)
-            self.hit_tokens_tier[store.index] += len(chunks) * self.chunk_tokens
+                if h in lru:
+                    lru.move_to_end(h)
+                hbm.add_pinned(h)
+                hbm.ready[h] = t
+            pinned.extend(chunks)
             hit.tier_tokens[store.index] += len(chunks) * self.chunk_tokens
-        self.hit_tokens_hbm += len(hit.hbm) * self.chunk_tokens
-        self.recomputed_hit_tokens += hit.recompute_chunks * self.chunk_tokens
-        self.hbm.occupancy.note(now, len(self.hbm.refs))
+            # Read from a tier further down, a chunk passes through the write-through tiers above
+            # it (onboarding from disk goes through host memory).
+            for k in range(store.index):
+                if self.stores[k].write_through:
+                    entered, gone = self.stores[k].insert(chunks, now)
+                    upper = self.stores[k].ready
+                    for h in entered:
+                        upper[h] = t
+                    self.pass_down(k, entered, gone, now)
+        hbm.occupancy.note(now, len(hbm.refs))
         return pinned, end
 
     def computed(self, chunks: Sequence[int], now: float) -> None:
@@ -377,7 +388,10 @@ class KvHierarchy:
         store = self.stores[k]
         entered, gone = store.insert(chunks, now)
         if entered:
-            self.links[k].write(now, len(entered) * self.chunk_bytes)
+            end = self.links[k].write(now, len(entered) * self.chunk_bytes)
+            ready = store.ready
+            for h in entered:
+                ready[h] = end
         if k + 1 < len(self.stores) and (entered or gone):
             self.pass_down(k, entered, gone, now)
 

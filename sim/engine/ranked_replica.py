@@ -36,6 +36,28 @@ from sim.speculation import Speculation
 _make = tuple.__new__
 
 
+def cache_aware_rank(ranks: list[BatchScheduler], r: Request) -> BatchScheduler | None:
+    """The rank whose HBM holds the longest head of r's chunk chain, when that covers at least the
+    cache-aware router's threshold of the prompt (ties: the least loaded, then the first); None
+    otherwise."""
+    from sim.cluster import CACHE_THRESHOLD     # the router's policy, applied within the replica
+    tiers = ranks[0].prefix
+    chain = r.hash_ids
+    if tiers is None or not chain:
+        return None
+    usable = min(len(chain), (r.input_tokens - 1) // tiers.chunk_tokens)
+    best, best_key = None, (0, 0)
+    for s in ranks:
+        refs = s.prefix.hbm.refs if s.prefix is not None else {}
+        n = 0
+        while n < usable and chain[n] in refs:
+            n += 1
+        key = (n, -s.outstanding)
+        if best is None or key > best_key:
+            best, best_key = s, key
+    return best if best_key[0] * tiers.chunk_tokens >= CACHE_THRESHOLD * r.input_tokens else None
+
+
 class RankedReplica:
     """d attention ranks stepping together (see the module docstring)."""
 
@@ -60,6 +82,9 @@ class RankedReplica:
         self.records = records
         self._record, self._pack_record = records.extend, records.pack
         self._wakeup: simpy.Event | None = None
+        #: With the cache-aware router, a request goes to the rank holding most of its prompt's
+        #: head (cluster.py), as the router picks the replica.
+        self.rank_by_cache = False
         self.proc = env.process(self._loop())
 
     # ---- what the cluster reads -----------------------------------------------------------------
@@ -82,6 +107,8 @@ class RankedReplica:
         limit = self.ranks[0].limits.max_waiting
         with_room = [s for s in self.ranks if limit is None or len(s.waiting) < limit] or self.ranks
         sched = min(with_room, key=lambda s: s.outstanding)     # the first of the least loaded
+        if self.rank_by_cache and r.hash_ids:
+            sched = cache_aware_rank(with_room, r) or sched
         if not sched.intake(r, self.env.now):
             self.on_finish(r)
             return False
@@ -109,6 +136,7 @@ class RankedReplica:
             plans = [s.schedule(env.now) for s in ranks]
             if any(s.loading for s in ranks) and all(p.computes_nothing for p in plans):
                 # nothing to compute until a prefix load ends or a request arrives
+                self._note_levels()
                 self._wakeup = env.event()
                 ready_s = min(s.next_ready_s() for s in ranks)
                 yield self._wakeup | env.timeout(max(0.0, ready_s - env.now))

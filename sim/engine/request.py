@@ -29,6 +29,7 @@ class Request:
         "finish_s", "preemptions", "input_counted", "seq", "base", "finish_g", "in_decode", "on_done", "hash_ids",
         "sampled_before_start", "sampled_before_end", "spec_cum", "spec_pos", "spec_member", "pre_generated",
         "pinned", "cached_tokens", "loaded_tokens", "load_s", "ready_s", "swap_chunks", "tier_tokens",
+        "pending_cached",
     )
 
     def __init__(self, rid: int, arrival_s: float, input_tokens: int, output_tokens: int,
@@ -59,7 +60,8 @@ class Request:
         self.on_done = on_done
         self.hash_ids = hash_ids    # hashes of its KV's full chunks (kv_tiers.py), for prefix reuse
         self.pinned: list[int] | tuple[()] = ()  # prefix chunks it uses in the HBM prefix cache (shared blocks)
-        self.cached_tokens = 0      # prompt tokens taken from a cache at its first admission (HBM or loaded)
+        self.cached_tokens = 0      # prompt tokens served for the first time from a cache (HBM or loaded)
+        self.pending_cached = 0     # of those, taken at its last admission and not counted yet
         self.loaded_tokens = 0      # of those, loaded from a tier below HBM
         self.load_s = 0.0           # seconds it waited for those loads
         self.ready_s = 0.0          # when its loads end (while loading)

@@ -264,7 +264,7 @@ class BatchScheduler:
         if tiers is None or not tiers.stores:
             return self.kv.transfer_s(kv_tokens)
         now = self.kv.now
-        end = tiers.links[0].write(now, kv_tokens * self.kv.swap_bytes_per_token)
+        end = tiers.links[0].write(now, kv_tokens * tiers.bytes_per_token)
         self._transfer_end = max(self._transfer_end, end)
         return 0.0
 
@@ -273,7 +273,7 @@ class BatchScheduler:
         if tiers is None or not tiers.stores:
             return self.kv.transfer_s(r.swapped_kv)
         now = self.kv.now
-        end = tiers.links[0].read(now, r.swapped_kv * self.kv.swap_bytes_per_token)
+        end = tiers.links[0].read(now, r.swapped_kv * tiers.bytes_per_token)
         tiers.stores[0].unreserve(r.swap_chunks, now)
         r.swap_chunks = 0
         self._transfer_end = max(self._transfer_end, end)
@@ -422,8 +422,11 @@ class BatchScheduler:
         assert tiers is not None and r.hash_ids is not None
         hit = tiers.lookup(r.hash_ids, r.prefill_target, now)
         skip = hit.chunks * tiers.chunk_tokens
-        cached = tiers.pin_blocks(hit) + tiers.load_blocks(hit)
-        waits = bool(hit.loads) and tiers.overlap_loads
+        load_blocks = tiers.load_blocks(hit)
+        cached = tiers.pin_blocks(hit) + load_blocks
+        # With whole prompts the prompt runs in the iteration that admits it: its loads stall it.
+        in_flight = bool(hit.loads) or hit.hbm_ready_s > now
+        waits = in_flight and tiers.overlap_loads and self.limits.chunked_prefill
         new = 0 if waits else r.prefill_target - skip
         if whole_prompts:
             if new > budget and (plan.admitted or not alone_ok):
@@ -439,12 +442,14 @@ class BatchScheduler:
         plan.admitted += 1
         hbm = tiers.hbm
         kv.take_cached(sum([hbm.pin(h) for h in hit.hbm]))
-        kv.allocate(tiers.load_blocks(hit) + blocks)
-        r.pinned, end = tiers.commit(hit, now)
+        r.pinned, end = tiers.commit(hit, now)   # the loads are under way before blocks are taken
+        kv.allocate(load_blocks + blocks)
         r.prefilled = skip
-        if not r.input_counted:     # its first admission: what it takes from caches is cached input
-            r.cached_tokens = skip
-            r.loaded_tokens = skip - len(hit.hbm) * tiers.chunk_tokens
+        # Prompt tokens served for the first time from a cache count as cached input when the
+        # request's next chunk ends (after a recompute, only those it had not computed before).
+        r.pending_cached = max(0, min(skip, r.input_tokens) - r.input_counted)
+        if r.admit_s == now and r.preemptions == 0:     # its first admission: what it loaded, and how long
+            r.loaded_tokens = sum(hit.tier_tokens)
             r.tier_tokens = hit.tier_tokens
             r.load_s = end - now
         r.blocks = blocks
@@ -452,7 +457,7 @@ class BatchScheduler:
             r.ready_s = end
             self.loading.append(r)
             return 0
-        if hit.loads:
+        if end > now:
             self._transfer_end = max(self._transfer_end, end)
         self.prefilling.append(r)
         plan.chunks.append((r, new))
@@ -547,8 +552,10 @@ class BatchScheduler:
             self._finish_decode_steps(now)
         for r, new in plan.chunks:
             first = r.prefilled
-            if r.cached_tokens and not r.input_counted:    # its first chunk after a cache hit
-                cached += r.cached_tokens
+            if r.pending_cached:        # its first chunk after a cache hit
+                cached += r.pending_cached
+                r.cached_tokens += r.pending_cached
+                r.pending_cached = 0
             r.prefilled += new
             counted = min(r.prefilled, r.input_tokens)
             fresh = max(0, counted - max(first, r.input_counted))
@@ -592,6 +599,10 @@ class BatchScheduler:
         r = self.waiting[0]
         if not self.admission.allows(r):      # reservations change only when a request finishes
             return True
+        if self.prefix is not None and r.hash_ids and not r.swapped_kv:
+            # What it would take from the caches, and so the blocks and tokens it needs, can change
+            # with every block a decode step takes (evicting cached chunks): decide step by step.
+            return False
         if self.limits.mixed_prefill and not r.swapped_kv \
                 and r.prefill_target - r.prefilled > self.limits.max_num_batched_tokens - self.decode_set.size * self.q:
             return True                         # its whole prompt fits beside the decodes only after a finish
