@@ -40,7 +40,7 @@ def cache_aware_rank(ranks: list[BatchScheduler], r: Request) -> BatchScheduler 
     """The rank whose HBM holds the longest head of r's chunk chain, when that covers at least the
     cache-aware router's threshold of the prompt (ties: the least loaded, then the first); None
     otherwise."""
-    from sim.cluster import CACHE_THRESHOLD     # the router's policy, applied within the replica
+    from sim.cluster import CACHE_THRESHOLD  # the router's policy, applied within the replica
     tiers = ranks[0].prefix
     chain = r.hash_ids
     if tiers is None or not chain:
