@@ -111,7 +111,7 @@ class TierStore:
     room possibly reserved for swapped-out requests' KV."""
 
     __slots__ = ("name", "index", "capacity_chunks", "write_through", "lru", "reserved_chunks", "occupancy",
-                 "evicted", "written_chunks", "ready")
+                 "evicted", "written_chunks", "ready", "ready_until")
 
     def __init__(self, name: str, index: int, capacity_chunks: int, write_through: bool) -> None:
         self.name = name
@@ -122,6 +122,7 @@ class TierStore:
         #: When each chunk's write into the tier ends: it can be read from then on (its room is
         #: taken from the start of the write).
         self.ready: dict[int, float] = {}
+        self.ready_until = 0.0                 # the latest of those (none later: all are readable)
         self.reserved_chunks = 0               # room held by swapped-out requests
         self.occupancy = OccupancyLog()
         self.evicted = 0
@@ -191,13 +192,14 @@ class HbmPrefixCache:
     requests use them, otherwise free-but-cached in LRU order (see the module docstring). A chunk
     still being loaded from a tier has a ready time: a request that hits it waits for it."""
 
-    __slots__ = ("chunk_blocks", "refs", "free_lru", "ready", "evicted", "occupancy")
+    __slots__ = ("chunk_blocks", "refs", "free_lru", "ready", "ready_until", "evicted", "occupancy")
 
     def __init__(self, chunk_blocks: int) -> None:
         self.chunk_blocks = chunk_blocks
         self.refs: dict[int, int] = {}                  # hash -> running requests using it (>= 0)
         self.free_lru: OrderedDict[int, None] = OrderedDict()   # hashes no request uses, LRU first
         self.ready: dict[int, float] = {}               # hash -> when its load ends (loads in flight)
+        self.ready_until = 0.0                          # the latest of those
         self.evicted = 0
         self.occupancy = OccupancyLog()                 # chunks held (pinned or cached)
 
@@ -315,8 +317,10 @@ class KvHierarchy:
         for store, a, b in runs:
             link = self.links[store.index]
             nbytes = booked.get(store.index, 0.0) + (b - a) * self.chunk_bytes
-            written = store.ready
-            start = max(now, max(written.get(chain[p], 0.0) for p in range(a, b)))   # its writes must end
+            start = now
+            if store.ready_until > now:             # some writes into the tier are still under way
+                written = store.ready
+                start = max(now, max(written.get(h, 0.0) for h in chain[a:b]))   # its writes must end
             load_end = link.read_end_s(start, nbytes)
             if load_end - now >= self.recompute_s(a * self.chunk_tokens, (b - a) * self.chunk_tokens):
                 cut = a
@@ -325,9 +329,12 @@ class KvHierarchy:
             hit.load_end_s = max(hit.load_end_s, load_end)
             hit.loads.append((store, list(chain[a:b]), start))
         hit.hbm = [chain[p] for p in in_hbm if p < cut]
-        ready = self.hbm.ready
-        if ready:
+        hbm_cache = self.hbm
+        if hbm_cache.ready_until > now:             # some loads into HBM are still under way
+            ready = hbm_cache.ready
             hit.hbm_ready_s = max((ready.get(h, 0.0) for h in hit.hbm), default=0.0)
+        elif hbm_cache.ready:
+            hbm_cache.ready.clear()
         return hit
 
     def pin_blocks(self, hit: PrefixHit) -> int:
@@ -356,6 +363,7 @@ class KvHierarchy:
                     lru.move_to_end(h)
                 hbm.add_pinned(h)
                 hbm.ready[h] = t
+            hbm.ready_until = max(hbm.ready_until, t)
             pinned.extend(chunks)
             hit.tier_tokens[store.index] += len(chunks) * self.chunk_tokens
             # Read from a tier further down, a chunk passes through the write-through tiers above
@@ -363,9 +371,10 @@ class KvHierarchy:
             for k in range(store.index):
                 if self.stores[k].write_through:
                     entered, gone = self.stores[k].insert(chunks, now)
-                    upper = self.stores[k].ready
+                    upper = self.stores[k]
                     for h in entered:
-                        upper[h] = t
+                        upper.ready[h] = t
+                    upper.ready_until = max(upper.ready_until, t)
                     self.pass_down(k, entered, gone, now)
         hbm.occupancy.note(now, len(hbm.refs))
         return pinned, end
@@ -392,6 +401,7 @@ class KvHierarchy:
             ready = store.ready
             for h in entered:
                 ready[h] = end
+            store.ready_until = max(store.ready_until, end)
         if k + 1 < len(self.stores) and (entered or gone):
             self.pass_down(k, entered, gone, now)
 

@@ -601,8 +601,12 @@ class BatchScheduler:
             return True
         if self.prefix is not None and r.hash_ids and not r.swapped_kv:
             # What it would take from the caches, and so the blocks and tokens it needs, can change
-            # with every block a decode step takes (evicting cached chunks): decide step by step.
-            return False
+            # with every block a decode step takes (evicting cached chunks). It needs at least one
+            # block whatever it hits (none if it would only wait for chunks others are loading),
+            # and free blocks only fall during a run: the run is stable if even that does not fit,
+            # else decide step by step.
+            least = 0 if self.prefix.hbm.ready_until > self.kv.now else 1
+            return self.kv.free_blocks - least < self.kv.watermark_blocks
         if self.limits.mixed_prefill and not r.swapped_kv \
                 and r.prefill_target - r.prefilled > self.limits.max_num_batched_tokens - self.decode_set.size * self.q:
             return True                         # its whole prompt fits beside the decodes only after a finish
