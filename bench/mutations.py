@@ -7,7 +7,9 @@ pytest, and prints whether a test failed ("caught"). The mutations are the ones 
 review found the suite blind to: a queue length of zero, halved KV occupancy and busy fraction,
 least_kv_load routed as least_outstanding, free swap transfers, goodput counting every request, and
 decode runs' KV block-seconds forgetting the blocks held before the run; and, since the fidelity
-issue, chip power ignoring the utilization model and small GEMMs running at full rate.
+issue, chip power ignoring the utilization model and small GEMMs running at full rate; and, since
+the KV hierarchy, a tier evicting its newest chunks, free prefix loads, cached input priced as
+uncached, and shared prefix chunks released twice.
 Exit status 1 if any mutation goes unnoticed.
 """
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_metrics.py", "tests/test_cost.py", "tests/test_router.py", "tests/test_scheduler.py",
-         "tests/test_queueing.py", "tests/test_power.py", "tests/test_efficiency.py"]
+         "tests/test_queueing.py", "tests/test_power.py", "tests/test_efficiency.py", "tests/test_kv_tiers.py"]
 #: name -> (file, original text, mutated text)
 MUTATIONS = {
     "queue length = 0": ("sim/metrics/summary.py", '"queue_len_mean": level_integral(lv, "waiting", window) / replica_s,',
@@ -46,6 +48,17 @@ MUTATIONS = {
     "goodput counts every request": ("sim/metrics/summary.py",
                                      'good_tokens = int(req.loc[req["met_slo"], "output_tokens_in_window"].sum())',
                                      'good_tokens = int(req["output_tokens_in_window"].sum())'),
+    # the KV hierarchy (issue 12)
+    "tier evicts its most recent chunks": ("sim/engine/kv_tiers.py",
+                                           "gone = list(islice(lru, over))          # the least recently used first",
+                                           "gone = list(islice(reversed(lru), over))"),
+    "prefix loads are free": ("sim/engine/kv_tiers.py", "busy = self.latency_s + nbytes / self.read_bytes_per_s",
+                              "busy = 0.0"),
+    "cached input priced as uncached": ("sim/cost.py",
+                                        '"cached_input": ratio.cached_input, "output": ratio.output}',
+                                        '"cached_input": ratio.input, "output": ratio.output}'),
+    "shared chunks cost their blocks twice": ("sim/engine/scheduler.py", "        own = blocks - len(r.pinned) * cb",
+                                              "        own = blocks"),
 }
 
 

@@ -147,6 +147,14 @@ def test_shared_prefixes_hit_in_hbm_and_save_prefill():
     assert s["cached_input_tokens"] > 0
     assert s["input_tokens"] == s["computed_input_tokens"] + s["cached_input_tokens"]
     assert s["usd_per_m_cached_input_tokens_priced"] < s["usd_per_m_uncached_input_tokens_priced"]
+    # the three classes pay the whole cost, in the price list's ratios (0.27 / 0.07 / 1.10)
+    paid = (s["usd_per_m_uncached_input_tokens_priced"] * s["computed_input_tokens"]
+            + s["usd_per_m_cached_input_tokens_priced"] * s["cached_input_tokens"]
+            + s["usd_per_m_output_tokens_priced"] * s["output_tokens"]) / 1e6
+    assert paid == pytest.approx(s["cost_usd"], rel=1e-12)
+    assert s["usd_per_m_cached_input_tokens_priced"] / s["usd_per_m_uncached_input_tokens_priced"] == \
+        pytest.approx(0.07 / 0.27)
+    assert s["usd_per_m_output_tokens_priced"] / s["usd_per_m_uncached_input_tokens_priced"] == pytest.approx(1.10 / 0.27)
 
 
 def _blocks_check(monkeypatch):
@@ -511,3 +519,20 @@ def test_a_run_writes_its_tiers_as_run_and_their_sources(tmp_path):
     sources = json.loads((out / "run.json").read_text())["kv_tier_sources"]["host_dram"]
     assert sources["capacity_gb"] == "scenario" and "PCIe Gen5" in sources["read_gb_s"]
     assert set(sources) == set(tier) - {"kind"}
+
+
+def test_tco_buys_the_tiers_by_hand():
+    """Two one-GPU replicas on one 8-GPU node: the node's 512 GB of DRAM ($10/GB) and 30,720 GB of
+    NVMe ($0.15/GB) are bought whole and shared by the two GPUs, over 5 years."""
+    from sim.cost import kv_tiers_usd_per_gpu_h
+    d = tiered(cost={"mode": "tco", "tco": {"capex_usd_per_gpu": 25000, "amortization_years": 5}})
+    d["serving"]["replicas"] = 2
+    d["serving"]["kv_cache"]["tiers"] = [{"kind": "host_dram", "capacity_gb": 512}, {"kind": "nvme"}]
+    sc = scenario_from_dict(d)
+    want = (512 * 10.0 + 30720 * 0.15) / 2 / (5 * 8760)
+    assert kv_tiers_usd_per_gpu_h(sc) == pytest.approx(want)
+    s = run(sc).summary
+    assert s["kv_tiers_usd_per_gpu_h"] == pytest.approx(want)
+    d["serving"]["kv_cache"]["tiers"] = []
+    assert s["price_usd_per_gpu_h"] - run(scenario_from_dict(d)).summary["price_usd_per_gpu_h"] == \
+        pytest.approx(want, rel=1e-3)      # the rest of the price moves only with the power drawn
