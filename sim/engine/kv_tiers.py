@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import islice, takewhile
 
 import numpy as np
 
@@ -293,9 +293,13 @@ class KvHierarchy:
         usable = min(len(chain), (prompt_tokens - 1) // self.chunk_tokens)
         hbm = self.hbm.refs
         stores = self.stores
-        in_hbm: list[int] = []                      # positions resident in HBM
+        # The common case first: a run of HBM hits from the start (in C: takewhile, dict lookups).
+        head = sum(1 for _ in takewhile(hbm.__contains__, chain[:usable]))
+        if head == usable or not stores:
+            return self._hbm_only(chain, head, now)
+        in_hbm: list[int] = list(range(head))      # positions resident in HBM
         runs: list[list] = []                       # [store, first position, end position]
-        i = 0
+        i = head
         while i < usable:
             h = chain[i]
             if h in hbm:
@@ -335,6 +339,15 @@ class KvHierarchy:
             hit.hbm_ready_s = max((ready.get(h, 0.0) for h in hit.hbm), default=0.0)
         elif hbm_cache.ready:
             hbm_cache.ready.clear()
+        return hit
+
+    def _hbm_only(self, chain: Sequence[int], n: int, now: float) -> PrefixHit:
+        """A hit of the chain's first n chunks, all resident in HBM."""
+        hit = PrefixHit(hbm=list(chain[:n]), load_end_s=now)
+        hbm_cache = self.hbm
+        if hbm_cache.ready_until > now:             # some loads into HBM are still under way
+            ready = hbm_cache.ready
+            hit.hbm_ready_s = max((ready.get(h, 0.0) for h in hit.hbm), default=0.0)
         return hit
 
     def pin_blocks(self, hit: PrefixHit) -> int:
