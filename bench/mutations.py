@@ -8,7 +8,7 @@ review found the suite blind to: a queue length of zero, halved KV occupancy and
 least_kv_load routed as least_outstanding, free swap transfers, goodput counting every request, and
 decode runs' KV block-seconds forgetting the blocks held before the run; and, since the fidelity
 issue, chip power ignoring the utilization model and small GEMMs running at full rate; and, since
-the KV hierarchy, a tier evicting its newest chunks, free prefix loads, cached input priced as
+the KV hierarchy, a tier evicting its newest chunks, free tier transfers, cached input priced as
 uncached, and shared prefix chunks released twice.
 Exit status 1 if any mutation goes unnoticed.
 """
@@ -52,7 +52,7 @@ MUTATIONS = {
     "tier evicts its most recent chunks": ("sim/engine/kv_tiers.py",
                                            "gone = list(islice(lru, over))          # the least recently used first",
                                            "gone = list(islice(reversed(lru), over))"),
-    "prefix loads are free": ("sim/engine/kv_tiers.py", "busy = self.latency_s + nbytes / self.read_bytes_per_s",
+    "tier link transfers are free": ("sim/engine/kv_tiers.py", "busy = self.latency_s + nbytes / self.bytes_per_s",
                               "busy = 0.0"),
     "cached input priced as uncached": ("sim/cost.py",
                                         '"cached_input": ratio.cached_input, "output": ratio.output}',

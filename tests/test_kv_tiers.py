@@ -37,7 +37,7 @@ def test_link_is_a_fifo_server_per_direction():
     assert link.read(0.0, 10 * GB) == pytest.approx(1.001)
     assert link.read(0.5, 10 * GB) == pytest.approx(2.002)      # queued behind the first read
     assert link.write(0.5, 5 * GB) == pytest.approx(1.501)      # the other direction is free
-    assert link.read_bytes == 20 * GB and link.write_bytes == 5 * GB
+    assert link.reading.moved_bytes == 20 * GB and link.writing.moved_bytes == 5 * GB
 
 
 def test_tier_store_evicts_least_recently_used_first():
@@ -90,24 +90,32 @@ def test_occupancy_mean_is_time_weighted():
 
 # ---- exact latency of a load ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("load", ["overlap", "stall"])
-def test_ttft_of_a_prefix_in_host_memory_is_load_plus_remaining_prefill(load):
-    """One request, 4,608 prompt tokens whose first 4,096 (eight 512-token chunks) sit in host
-    DRAM: TTFT = latency + bytes / bandwidth + the prefill of the last 512 tokens, exactly."""
+def one_request_with_its_prefix_in_dram(prefix_load: str = "overlap", tiers: list | None = None):
+    """(scenario, built simulation) of one request of 4,608 prompt tokens whose first 4,096 (eight
+    shared 512-token chunks) sit in the host DRAM tier before it arrives."""
     d = tiered(workload={"arrivals": {"kind": "offline", "requests": 1},
                          "input_tokens": {"kind": "fixed", "value": 4608},
                          "output_tokens": {"kind": "fixed", "value": 2},
                          "shared_prefix": {"tokens": 4096}})
-    d["serving"]["kv_cache"]["prefix_load"] = load
+    d["serving"]["kv_cache"]["prefix_load"] = prefix_load
+    if tiers is not None:
+        d["serving"]["kv_cache"]["tiers"] = tiers
     sc = scenario_from_dict(d)
     sim = build(sc)
+    sim.cluster.replicas[0].kv.tiers.stores[0].insert([chunk_name(SHARED, 0, k) for k in range(8)], 0.0)
+    return sc, sim
+
+
+@pytest.mark.parametrize("load", ["overlap", "stall"])
+def test_ttft_of_a_prefix_in_host_memory_is_load_plus_remaining_prefill(load):
+    """One request, 4,608 prompt tokens whose first 4,096 (eight 512-token chunks) sit in host
+    DRAM: TTFT = latency + bytes / bandwidth + the prefill of the last 512 tokens, exactly."""
+    sc, sim = one_request_with_its_prefix_in_dram(prefix_load=load)
     hier = sim.cluster.replicas[0].kv.tiers
-    chain = [chunk_name(SHARED, 0, k) for k in range(8)]
-    hier.stores[0].insert(chain, 0.0)
     res = execute(sim)
     r = res.requests.iloc[0]
     link = hier.links[0]
-    load_s = link.latency_s + 8 * hier.chunk_bytes / link.read_bytes_per_s
+    load_s = link.reading.latency_s + 8 * hier.chunk_bytes / link.reading.bytes_per_s
     prefill_s = step_model_for(sc).iteration_s(StepShape(0, 0, 1, (Chunk(4096, 512, True),), None))
     assert r["cached_tokens"] == 4096 and r["loaded_tokens"] == 4096
     assert r["load_s"] == pytest.approx(load_s, rel=1e-12)
@@ -117,13 +125,7 @@ def test_ttft_of_a_prefix_in_host_memory_is_load_plus_remaining_prefill(load):
 
 def test_a_load_slower_than_recomputing_is_recomputed():
     """A tier so slow that loading loses to prefilling: the hit is recomputed instead."""
-    d = tiered(workload={"arrivals": {"kind": "offline", "requests": 1},
-                         "input_tokens": {"kind": "fixed", "value": 4608},
-                         "output_tokens": {"kind": "fixed", "value": 2},
-                         "shared_prefix": {"tokens": 4096}})
-    d["serving"]["kv_cache"]["tiers"] = [{"kind": "host_dram", "capacity_gb": 200, "read_gb_s": 0.01}]
-    sim = build(scenario_from_dict(d))
-    sim.cluster.replicas[0].kv.tiers.stores[0].insert([chunk_name(SHARED, 0, k) for k in range(8)], 0.0)
+    _, sim = one_request_with_its_prefix_in_dram(tiers=[{"kind": "host_dram", "capacity_gb": 200, "read_gb_s": 0.01}])
     r = execute(sim).requests.iloc[0]
     assert r["cached_tokens"] == 0 and r["load_s"] == 0.0
 
@@ -424,14 +426,8 @@ def test_a_chunk_still_being_loaded_is_waited_for():
     """Request B hits the chunks request A is still loading: B's first token comes after they
     arrive, not before."""
     from sim.engine.request import Request
-    d = tiered(workload={"arrivals": {"kind": "offline", "requests": 1},
-                         "input_tokens": {"kind": "fixed", "value": 4608},
-                         "output_tokens": {"kind": "fixed", "value": 2},
-                         "shared_prefix": {"tokens": 4096}})
-    d["serving"]["kv_cache"]["tiers"] = [{"kind": "host_dram", "capacity_gb": 200, "read_gb_s": 4}]
-    sim = build(scenario_from_dict(d))
+    _, sim = one_request_with_its_prefix_in_dram(tiers=[{"kind": "host_dram", "capacity_gb": 200, "read_gb_s": 4}])
     chain = tuple(chunk_name(SHARED, 0, k) for k in range(8))
-    sim.cluster.replicas[0].kv.tiers.stores[0].insert(list(chain), 0.0)
 
     def late():
         yield sim.env.timeout(0.01)

@@ -34,50 +34,53 @@ from itertools import islice, takewhile
 import numpy as np
 
 
+class Direction:
+    """One direction of a link: a FIFO server of `bytes_per_s` with a fixed latency per transfer."""
+
+    __slots__ = ("bytes_per_s", "latency_s", "free_s", "moved_bytes", "busy_s", "log")
+
+    def __init__(self, bytes_per_s: float, latency_s: float) -> None:
+        self.bytes_per_s = bytes_per_s
+        self.latency_s = latency_s
+        self.free_s = 0.0               # when it finishes what it has been given
+        self.moved_bytes = 0.0          # totals for the metrics
+        self.busy_s = 0.0
+        #: Every transfer as (start, end, bytes), for the metrics over a window.
+        self.log: list[tuple[float, float, float]] = []
+
+    def end_s(self, now: float, nbytes: float) -> float:
+        """When a transfer of nbytes given now would end (nothing booked)."""
+        return max(now, self.free_s) + self.latency_s + nbytes / self.bytes_per_s
+
+    def book(self, now: float, nbytes: float) -> float:
+        """Book a transfer of nbytes from now; returns when it ends."""
+        busy = self.latency_s + nbytes / self.bytes_per_s
+        end = max(now, self.free_s) + busy
+        self.free_s = end
+        self.moved_bytes += nbytes
+        self.busy_s += busy
+        self.log.append((end - busy, end, nbytes))
+        return end
+
+
 class Link:
     """One link's two directions (read: tier to GPU, write: GPU to tier), each a FIFO server."""
 
-    __slots__ = ("name", "read_bytes_per_s", "write_bytes_per_s", "latency_s", "read_free_s", "write_free_s",
-                 "read_bytes", "write_bytes", "read_busy_s", "write_busy_s", "reads", "writes")
+    __slots__ = ("name", "reading", "writing")
 
     def __init__(self, name: str, read_bytes_per_s: float, write_bytes_per_s: float, latency_s: float) -> None:
         self.name = name
-        self.read_bytes_per_s = read_bytes_per_s
-        self.write_bytes_per_s = write_bytes_per_s
-        self.latency_s = latency_s
-        self.read_free_s = 0.0          # when each direction finishes what it has been given
-        self.write_free_s = 0.0
-        self.read_bytes = 0.0           # totals for the metrics
-        self.write_bytes = 0.0
-        self.read_busy_s = 0.0
-        self.write_busy_s = 0.0
-        #: Every transfer as (start, end, bytes), per direction, for the metrics over a window.
-        self.reads: list[tuple[float, float, float]] = []
-        self.writes: list[tuple[float, float, float]] = []
+        self.reading = Direction(read_bytes_per_s, latency_s)
+        self.writing = Direction(write_bytes_per_s, latency_s)
 
     def read_end_s(self, now: float, nbytes: float) -> float:
-        """When a read of nbytes given now would end (nothing booked)."""
-        return max(now, self.read_free_s) + self.latency_s + nbytes / self.read_bytes_per_s
+        return self.reading.end_s(now, nbytes)
 
     def read(self, now: float, nbytes: float) -> float:
-        """Book a read of nbytes from now; returns when it ends."""
-        busy = self.latency_s + nbytes / self.read_bytes_per_s
-        end = max(now, self.read_free_s) + busy
-        self.read_free_s = end
-        self.read_bytes += nbytes
-        self.read_busy_s += busy
-        self.reads.append((end - busy, end, nbytes))
-        return end
+        return self.reading.book(now, nbytes)
 
     def write(self, now: float, nbytes: float) -> float:
-        """Book a write of nbytes from now; returns when it ends."""
-        busy = self.latency_s + nbytes / self.write_bytes_per_s
-        end = max(now, self.write_free_s) + busy
-        self.write_free_s = end
-        self.write_bytes += nbytes
-        self.write_busy_s += busy
-        self.writes.append((end - busy, end, nbytes))
-        return end
+        return self.writing.book(now, nbytes)
 
 
 class OccupancyLog:

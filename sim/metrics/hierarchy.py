@@ -49,7 +49,7 @@ def link_metrics(links: list[Link], w: Window) -> dict[str, float]:
         for direction in ("read", "write"):
             moved = busy = 0.0
             for link in same:
-                b, s = _in_window(getattr(link, f"{direction}s"), w)
+                b, s = _in_window((link.reading if direction == "read" else link.writing).log, w)
                 moved, busy = moved + b, busy + s
             out[f"link_{kind}_{direction}_gb"] = moved / 1e9
             out[f"link_{kind}_{direction}_utilization"] = busy / (w.length_s * len(same)) if w.length_s > 0 \
