@@ -377,8 +377,8 @@ class KvHierarchy:
             for h in chunks:
                 if h in lru:
                     lru.move_to_end(h)
-                hbm.add_pinned(h)
-                hbm.ready[h] = t
+            hbm.refs.update(dict.fromkeys(chunks, 1))      # pinned by the request, blocks allocated next
+            hbm.ready.update(dict.fromkeys(chunks, t))
             hbm.ready_until = max(hbm.ready_until, t)
             pinned.extend(chunks)
             hit.tier_tokens[store.index] += len(chunks) * self.chunk_tokens
@@ -388,8 +388,7 @@ class KvHierarchy:
                 if self.stores[k].write_through:
                     entered, gone = self.stores[k].insert(chunks, now)
                     upper = self.stores[k]
-                    for h in entered:
-                        upper.ready[h] = t
+                    upper.ready.update(dict.fromkeys(entered, t))
                     upper.ready_until = max(upper.ready_until, t)
                     self.pass_down(k, entered, gone, now)
         hbm.occupancy.note(now, len(hbm.refs))
@@ -414,10 +413,9 @@ class KvHierarchy:
         entered, gone = store.insert(chunks, now)
         if entered:
             end = self.links[k].write(now, len(entered) * self.chunk_bytes)
-            ready = store.ready
-            for h in entered:
-                ready[h] = end
-            store.ready_until = max(store.ready_until, end)
+            store.ready.update(dict.fromkeys(entered, end))
+            if end > store.ready_until:
+                store.ready_until = end
         if k + 1 < len(self.stores) and (entered or gone):
             self.pass_down(k, entered, gone, now)
 

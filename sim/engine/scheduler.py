@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import takewhile
 
 from sim.engine.admission import admission_policy
 from sim.engine.decode_set import DecodeSet
@@ -492,7 +493,7 @@ class BatchScheduler:
         for h in r.pinned:               # unpinned: free, still cached, most recently used last
             n = refs[h] - 1
             refs[h] = n
-            if n == 0:
+            if not n:
                 free_lru[h] = None
                 freed += cb
         own = blocks - len(r.pinned) * cb
@@ -501,9 +502,8 @@ class BatchScheduler:
         chain = r.hash_ids
         if chain:
             kept = [h for h in chain[:min(len(chain), kv_tokens // tiers.chunk_tokens)] if h not in refs]
-            for h in kept:
-                refs[h] = 0
-                free_lru[h] = None
+            refs.update(dict.fromkeys(kept, 0))
+            free_lru.update(dict.fromkeys(kept))
             if kept:
                 tiers.computed(kept, self.kv.now)
             hbm.occupancy.note(self.kv.now, len(refs))
@@ -522,12 +522,8 @@ class BatchScheduler:
         hbm = tiers.hbm
         refs = hbm.refs
         full = min(len(chain), r.prefilled // tiers.chunk_tokens)
-        new = []
-        for h in chain[len(r.pinned):full]:
-            if h in refs:
-                break
-            refs[h] = 1
-            new.append(h)
+        new = list(takewhile(lambda h: h not in refs, chain[len(r.pinned):full]))
+        refs.update(dict.fromkeys(new, 1))
         r.pinned = [*r.pinned, *new]
         r.blocks -= len(new) * hbm.chunk_blocks      # those blocks are held through the cache now
         if new:
