@@ -18,6 +18,9 @@ a hit only if every chunk before it is a hit too; reuse stops at the first miss.
 * Links (`Link`): each direction is a FIFO server. A transfer of B bytes that starts when the
   direction frees up takes latency + B / bandwidth, so concurrent loads queue behind each other.
   Directions are independent (PCIe and network links are full duplex), so writes never delay loads.
+* Time in flight: a chunk takes its room in a tier when its write is issued and is readable once
+  the write ends (`TierStore.ready`); a chunk loaded into HBM is a hit at once, but a request that
+  hits it waits until its load ends (`HbmPrefixCache.ready`).
 
 A lookup (`KvHierarchy.lookup`) finds the hit chunks and, per lower tier, whether loading them is
 faster than recomputing them; `commit` pins, loads and books the transfers. The scheduler calls
