@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import simpy
@@ -108,15 +109,24 @@ BALANCE_REL_THRESHOLD = 1.5
 
 
 def cached_head_chunks(replica: AnyReplica, chain: Sequence[int], usable: int) -> int:
-    """Chunks at the head of `chain` resident in the replica's HBM (its best attention rank)."""
+    """Chunks at the head of `chain` resident in the replica's HBM (its best attention rank). A
+    replica inside a decode run counts as evicted the chunks its steps so far would have evicted
+    (their evictions are booked at the run's end), so routing is the same as step by step."""
     best = 0
+    gone: set[int] = set()
+    if isinstance(replica, Replica):
+        evicted = replica.evicted_in_run()
+        if evicted:
+            tiers = replica.scheduler.prefix
+            assert tiers is not None
+            gone = set(islice(tiers.hbm.free_lru, evicted))
     for sched in replica.schedulers():
         tiers = sched.prefix
         if tiers is None:
             continue
         refs = tiers.hbm.refs
         n = 0
-        while n < usable and chain[n] in refs:
+        while n < usable and chain[n] in refs and chain[n] not in gone:
             n += 1
         best = max(best, n)
     return best

@@ -532,3 +532,19 @@ def test_tco_buys_the_tiers_by_hand():
     d["serving"]["kv_cache"]["tiers"] = []
     assert s["price_usd_per_gpu_h"] - run(scenario_from_dict(d)).summary["price_usd_per_gpu_h"] == \
         pytest.approx(want, rel=1e-3)      # the rest of the price moves only with the power drawn
+
+
+def test_cache_aware_routing_is_the_same_in_jump_and_step_mode():
+    """Three replicas short of KV (cached chunks evicted inside decode runs), sessions with thirty
+    system prompts: every request goes to the same replica and gets the same latency."""
+    d = base_dict(seed=2, serving={"kv_cache": {"prefix_caching": True, "gpu_memory_fraction": 0.25},
+                                   "batching": {"max_num_seqs": 64, "max_num_batched_tokens": 4096}, "replicas": 3,
+                                   "router": "cache_aware"})
+    d["workload"] = {"sessions": {"rate_per_s": 4.0, "turns": {"kind": "uniform", "low": 2, "high": 8},
+                                  "think_time_s": 1.0, "system_prompt_tokens": 2048, "system_prompts": 30,
+                                  "user_tokens": {"kind": "uniform", "low": 100, "high": 800},
+                                  "output_tokens": {"kind": "uniform", "low": 50, "high": 500}}}
+    sc = scenario_from_dict(d)
+    cols = ["replica", "arrival_s", "ttft_s", "e2e_s", "cached_tokens"]
+    jumped, stepped = execute(build(sc)).requests[cols], execute(build(sc, allow_jumps=False)).requests[cols]
+    pd.testing.assert_frame_equal(jumped, stepped, check_exact=False, rtol=1e-9, atol=1e-12)

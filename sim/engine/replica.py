@@ -118,6 +118,20 @@ class Replica:
         k = steps_within(run, path, n, self.env.now - t0)
         return self.kv.used_blocks + self.scheduler.decode_set.blocks_needed(min(n, k + 1))
 
+    def evicted_in_run(self) -> int:
+        """Prefix chunks a per-step simulation would have evicted by now inside the current decode
+        run (whose allocations, and so evictions, are booked at its end): the least recently used
+        free ones, as many as the steps so far take beyond the free blocks holding no chunk."""
+        tiers = self.scheduler.prefix
+        if self._jump_state is None or tiers is None:
+            return 0
+        t0, run, path, n = self._jump_state
+        k = steps_within(run, path, n, self.env.now - t0)
+        hbm = tiers.hbm
+        short = self.scheduler.decode_set.blocks_needed(min(n, k + 1)) \
+            - (self.kv.free_blocks - len(hbm.free_lru) * hbm.chunk_blocks)
+        return min(len(hbm.free_lru), -(-short // hbm.chunk_blocks)) if short > 0 else 0
+
     # ---- the SimPy process ------------------------------------------------------------------------
     def _hand_back_finished(self) -> None:
         """Report the requests the last event finished (closed-loop clients wait on them)."""
