@@ -5,14 +5,15 @@ Geometry. A node holds `gpus_per_node` GPUs (HGX: 8; a GB200/GB300 NVL72 compute
 DRAM and NVMe belong to a node: the replicas on one node share their content (one store), and a
 replica wider than a node gets the stores of every node it spans (their capacities add up). A
 remote pool is one store for the whole cluster. A `per_gpu` link is each GPU's own (PCIe,
-NVLink-C2C, its NIC): a replica's tp GPUs move their shares of a chunk in parallel, so its link is
-tp times one GPU's. A `per_node` link is one for the node, shared by its replicas.
+NVLink-C2C, its NIC): an attention rank's tp x pp GPUs move their shares of a chunk in parallel,
+so its link is tp x pp times one GPU's. A `per_node` link is one per node, shared by the node's
+replicas (a remote pool's too: each node reaches it through its own).
 
-Bytes. A chunk of c tokens is c x KV bytes per token per GPU x tp bytes (the whole attention
-rank's KV). Capacities count whole chunks.
+Bytes. A chunk of c tokens is c x KV bytes per token per GPU x tp x pp bytes (the whole attention
+rank's KV; a pipeline stage's GPUs hold its share of the layers). Capacities count whole chunks.
 
-Cost (TCO mode): each tier's capacity x capex_usd_per_gb, amortized over the TCO's years, per
-GPU-hour of the GPUs that share it (sim/cost.py).
+Cost (TCO mode): every store the deployment uses (a partly filled node's whole tier) x
+capex_usd_per_gb, amortized over the TCO's years, per GPU-hour of the deployment (sim/cost.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from sim.catalog import _load_yaml
 from sim.engine.kv_tiers import KvHierarchy, Link, TierStore
-from sim.scenario import TIER_ORDER, KvTier, Scenario
+from sim.scenario import KvTier, Scenario
 
 
 @dataclass(frozen=True)
@@ -207,5 +208,3 @@ class HierarchyBuilder:
                 seen.setdefault(id(link), link)
         return list(seen.values())
 
-
-TIER_KINDS = TIER_ORDER
