@@ -29,6 +29,7 @@ these at admission (scheduler.py); everything here is plain Python, no SimPy.
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,8 +49,9 @@ class Direction:
         self.free_s = 0.0               # when it finishes what it has been given
         self.moved_bytes = 0.0          # totals for the metrics
         self.busy_s = 0.0
-        #: Every transfer as (start, end, bytes), for the metrics over a window.
-        self.log: list[tuple[float, float, float]] = []
+        #: Every transfer as start, end, bytes (packed doubles: a few per request), for the metrics
+        #: over a window.
+        self.log = array("d")
 
     def end_s(self, now: float, nbytes: float) -> float:
         """When a transfer of nbytes given now would end (nothing booked)."""
@@ -62,7 +64,7 @@ class Direction:
         self.free_s = end
         self.moved_bytes += nbytes
         self.busy_s += busy
-        self.log.append((end - busy, end, nbytes))
+        self.log.extend((end - busy, end, nbytes))
         return end
 
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,11 +29,12 @@ from sim.metrics.summary import _pcts
 from sim.metrics.window import Window
 
 
-def _in_window(transfers: list[tuple[float, float, float]], w: Window) -> tuple[float, float]:
-    """(bytes, busy seconds) of the transfers inside W, each by its time share."""
-    if not transfers:
+def _in_window(transfers: array, w: Window) -> tuple[float, float]:
+    """(bytes, busy seconds) of the transfers (start, end, bytes, packed flat) inside W, each by its
+    time share."""
+    if not len(transfers):
         return 0.0, 0.0
-    a = np.asarray(transfers, dtype=float)
+    a = np.frombuffer(transfers, dtype=float).reshape(-1, 3)
     start, end, nbytes = a[:, 0], a[:, 1], a[:, 2]
     overlap = np.clip(np.minimum(end, w.end_s) - np.maximum(start, w.start_s), 0.0, None)
     span = end - start
