@@ -57,7 +57,8 @@ MUTATIONS = {
     "cached input priced as uncached": ("sim/cost.py",
                                         '"cached_input": ratio.cached_input, "output": ratio.output}',
                                         '"cached_input": ratio.input, "output": ratio.output}'),
-    "shared chunks cost their blocks twice": ("sim/engine/scheduler.py", "        own = blocks - len(r.pinned) * cb",
+    "shared chunks cost their blocks twice": ("sim/engine/scheduler.py",
+                                              "        own = blocks - len(r.pinned) * hbm.chunk_blocks",
                                               "        own = blocks"),
 }
 

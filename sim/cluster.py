@@ -112,7 +112,6 @@ def cached_head_chunks(replica: AnyReplica, chain: Sequence[int], usable: int) -
     """Chunks at the head of `chain` resident in the replica's HBM (its best attention rank). A
     replica inside a decode run counts as evicted the chunks its steps so far would have evicted
     (their evictions are booked at the run's end), so routing is the same as step by step."""
-    best = 0
     gone: set[int] = set()
     if isinstance(replica, Replica):
         evicted = replica.evicted_in_run()
@@ -120,16 +119,8 @@ def cached_head_chunks(replica: AnyReplica, chain: Sequence[int], usable: int) -
             tiers = replica.scheduler.prefix
             assert tiers is not None
             gone = set(islice(tiers.hbm.free_lru, evicted))
-    for sched in replica.schedulers():
-        tiers = sched.prefix
-        if tiers is None:
-            continue
-        refs = tiers.hbm.refs
-        n = 0
-        while n < usable and chain[n] in refs and chain[n] not in gone:
-            n += 1
-        best = max(best, n)
-    return best
+    return max((s.prefix.hbm.head_hits(chain, usable, gone) for s in replica.schedulers() if s.prefix is not None),
+               default=0)
 
 
 def pick_cache_aware(replicas: Sequence[AnyReplica], r: Request) -> int:
@@ -142,7 +133,7 @@ def pick_cache_aware(replicas: Sequence[AnyReplica], r: Request) -> int:
     tiers = replicas[0].schedulers()[0].prefix
     if not chain or tiers is None:
         return least
-    usable = min(len(chain), (r.input_tokens - 1) // tiers.chunk_tokens)
+    usable = tiers.usable_chunks(chain, r.input_tokens)
     hits = [cached_head_chunks(rep, chain, usable) for rep in replicas]
     best = max(range(len(hits)), key=lambda i: (hits[i], -loads[i], -i))
     if hits[best] * tiers.chunk_tokens >= CACHE_THRESHOLD * r.input_tokens:

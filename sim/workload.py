@@ -400,8 +400,9 @@ def chunk_name(space: int, owner: int, position: int) -> int:
 
 
 def prefix_chains(inp: np.ndarray, chunk_tokens: int, shared: SharedPrefix | None,
-                  rng: np.random.Generator) -> list[tuple[int, ...] | None]:
-    """Each prompt's full chunks: a shared prefix's (when the model gives it one), then its own."""
+                  rng: np.random.Generator, first_owner: int = 0) -> list[tuple[int, ...] | None]:
+    """Each prompt's full chunks: a shared prefix's (when the model gives it one), then its own,
+    named after the request (prompt i is request first_owner + i)."""
     n = len(inp)
     full = (inp // chunk_tokens).tolist()
     if shared is not None:
@@ -412,7 +413,7 @@ def prefix_chains(inp: np.ndarray, chunk_tokens: int, shared: SharedPrefix | Non
     for i in range(n):
         k_shared = min(shared_chunks, full[i]) if shared is not None and uses[i] else 0
         head = [chunk_name(SHARED, picks[i], k) for k in range(k_shared)] if k_shared else []
-        chains.append(tuple(head + [chunk_name(OWN, i, k) for k in range(k_shared, full[i])]))
+        chains.append(tuple(head + [chunk_name(OWN, first_owner + i, k) for k in range(k_shared, full[i])]))
     return chains
 
 
@@ -503,10 +504,8 @@ class ClosedLoopLengths:
         self._out = self._samplers[1].draw(4096)
         self._i = 0
         if self._chunk is not None:
-            chains = prefix_chains(self._inp, self._chunk, self._shared, self._prefix_rng)
             # the chunks of request j of this batch are named by its number among all drawn
-            self._hashes = [tuple(chunk_name(OWN, self._drawn + j, h & ((1 << CHUNK_BITS) - 1))
-                                  if h >> 58 == OWN else h for h in c) for j, c in enumerate(chains) if c is not None]
+            self._hashes = prefix_chains(self._inp, self._chunk, self._shared, self._prefix_rng, self._drawn)
             self._drawn += len(self._inp)
 
     def next(self) -> tuple[int, int, tuple[int, ...] | None]:
@@ -520,9 +519,7 @@ class ClosedLoopLengths:
         self._i += 1
         if self._fresh_chains:
             assert self._chunk is not None
-            chain = prefix_chains(self._inp[i:i + 1], self._chunk, self._shared, self._prefix_rng)[0] or ()
-            chain = tuple(chunk_name(OWN, self._drawn, h & ((1 << CHUNK_BITS) - 1)) if h >> 58 == OWN else h
-                          for h in chain)
+            chain = prefix_chains(self._inp[i:i + 1], self._chunk, self._shared, self._prefix_rng, self._drawn)[0]
             self._drawn += 1
             return int(self._inp[i]), int(self._out[i]), chain
         return int(self._inp[i]), int(self._out[i]), None if self._hashes is None else self._hashes[i]

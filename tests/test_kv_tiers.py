@@ -53,11 +53,13 @@ def test_tier_store_evicts_least_recently_used_first():
 
 def test_hbm_cache_evicts_unpinned_chunks_in_lru_order():
     c = HbmPrefixCache(chunk_blocks=4)
-    for h in (10, 11, 12):
-        c.add_free(h)
-    assert c.pin(11) == 4                        # leaves the free pool
-    assert c.unpin(11) == 4                      # back, most recently used
-    c.add_pinned(13)                             # pinned chunks are never evicted
+    c.add_free([10, 11, 12])
+    assert c.pin([11]) == 4                      # leaves the free pool
+    assert c.pin([11]) == 0                      # a second user: shared, no more blocks
+    assert c.unpin([11]) == 0                    # still used by the other
+    assert c.unpin([11]) == 4                    # back, most recently used
+    c.add_pinned([13])                           # pinned chunks are never evicted
+    assert c.head_hits([10, 11, 12, 99, 13], 5) == 3 and c.head_hits([10, 11], 2, gone={10}) == 0
     assert c.evict(8) == [10, 12]
     assert set(c.refs) == {11, 13} and c.cached_free_blocks == 4
 
@@ -548,3 +550,26 @@ def test_cache_aware_routing_is_the_same_in_jump_and_step_mode():
     cols = ["replica", "arrival_s", "ttft_s", "e2e_s", "cached_tokens"]
     jumped, stepped = execute(build(sc)).requests[cols], execute(build(sc, allow_jumps=False)).requests[cols]
     pd.testing.assert_frame_equal(jumped, stepped, check_exact=False, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("source", ["synthetic", "azure"])
+def test_closed_loop_prompts_have_chunks_of_their_own(source):
+    """Closed-loop clients draw prompts in batches (synthetic) or in laps of a trace (Azure):
+    without a shared prefix, no two requests share a chunk."""
+    from sim.workload import ClosedLoopLengths, rng_streams
+    d = tiered()
+    d["workload"] = {"arrivals": {"kind": "closed_loop", "clients": 4}}
+    if source == "azure":
+        d["workload"]["trace"] = {"format": "azure", "path": "bundled:AzureLLMInferenceTrace_conv.csv"}
+    else:
+        d["workload"].update({"input_tokens": {"kind": "uniform", "low": 600, "high": 3000},
+                              "output_tokens": {"kind": "fixed", "value": 10}})
+    lengths = ClosedLoopLengths(scenario_from_dict(d), rng_streams(1))
+    seen: set[int] = set()
+    total = 0
+    for _ in range(5000 if source == "synthetic" else 20_000):     # beyond a batch of 4,096; a lap of the trace
+        inp, _, chain = lengths.next()
+        assert chain is not None and len(chain) == inp // 512
+        seen.update(chain)
+        total += len(chain)
+    assert len(seen) == total

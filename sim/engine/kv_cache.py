@@ -63,7 +63,7 @@ class KvCache:
         tiers = self.tiers
         if tiers is not None:
             hbm = tiers.hbm
-            short = blocks - (self.free_blocks - len(hbm.free_lru) * hbm.chunk_blocks)
+            short = blocks - (self.free_blocks - hbm.cached_free_blocks)
             if short > 0:
                 tiers.evicted_from_hbm(hbm.evict(short), self.now)
         self.used_blocks += blocks

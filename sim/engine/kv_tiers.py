@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice, takewhile
 
@@ -114,12 +114,43 @@ class OccupancyLog:
         return float(np.dot(np.asarray(self.values, dtype=float), span) / (end_s - start_s))
 
 
+class InFlight:
+    """When chunks still on their way into a tier (or into HBM) arrive: a chunk is usable from its
+    time on. `until` is the latest of them, so a query can skip the chunks when nothing is in
+    flight any more."""
+
+    __slots__ = ("times", "until")
+
+    def __init__(self) -> None:
+        self.times: dict[int, float] = {}
+        self.until = 0.0
+
+    def mark(self, chunks: Sequence[int], t: float) -> None:
+        """These chunks arrive at t."""
+        self.times.update(dict.fromkeys(chunks, t))
+        if t > self.until:
+            self.until = t
+
+    def ready_s(self, chunks: Iterable[int], now: float) -> float:
+        """When the last of these chunks is there (now if all are)."""
+        if self.until <= now:
+            if self.times:
+                self.times.clear()              # nothing in flight: forget the past arrivals
+            return now
+        times = self.times
+        return max(now, max((times.get(h, 0.0) for h in chunks), default=0.0))
+
+    def forget(self, h: int) -> None:
+        if self.times:
+            self.times.pop(h, None)
+
+
 class TierStore:
     """A tier below HBM: an LRU set of chunk hashes, at most `capacity_chunks` of them, some of its
     room possibly reserved for swapped-out requests' KV."""
 
     __slots__ = ("name", "index", "capacity_chunks", "write_through", "lru", "reserved_chunks", "occupancy",
-                 "evicted", "written_chunks", "ready", "ready_until")
+                 "evicted", "written_chunks", "ready")
 
     def __init__(self, name: str, index: int, capacity_chunks: int, write_through: bool) -> None:
         self.name = name
@@ -129,8 +160,7 @@ class TierStore:
         self.lru: OrderedDict[int, None] = OrderedDict()
         #: When each chunk's write into the tier ends: it can be read from then on (its room is
         #: taken from the start of the write).
-        self.ready: dict[int, float] = {}
-        self.ready_until = 0.0                 # the latest of those (none later: all are readable)
+        self.ready = InFlight()
         self.reserved_chunks = 0               # room held by swapped-out requests
         self.occupancy = OccupancyLog()
         self.evicted = 0
@@ -150,11 +180,11 @@ class TierStore:
         over = len(self.lru) + self.reserved_chunks + chunks - self.capacity_chunks
         if over <= 0:
             return []
-        lru, ready = self.lru, self.ready
+        lru, forget = self.lru, self.ready.forget
         gone = list(islice(lru, over))          # the least recently used first
         for h in gone:
             del lru[h]
-            ready.pop(h, None)
+            forget(h)
         self.evicted += over
         return gone
 
@@ -198,16 +228,16 @@ class TierStore:
 class HbmPrefixCache:
     """Prefix chunks in one replica's (or attention rank's) GPU KV cache: pinned while running
     requests use them, otherwise free-but-cached in LRU order (see the module docstring). A chunk
-    still being loaded from a tier has a ready time: a request that hits it waits for it."""
+    still being loaded from a tier has a ready time: a request that hits it waits for it. The
+    operations take a request's chunks at once (its chain holds a few dozen)."""
 
-    __slots__ = ("chunk_blocks", "refs", "free_lru", "ready", "ready_until", "evicted", "occupancy")
+    __slots__ = ("chunk_blocks", "refs", "free_lru", "ready", "evicted", "occupancy")
 
     def __init__(self, chunk_blocks: int) -> None:
         self.chunk_blocks = chunk_blocks
         self.refs: dict[int, int] = {}                  # hash -> running requests using it (>= 0)
         self.free_lru: OrderedDict[int, None] = OrderedDict()   # hashes no request uses, LRU first
-        self.ready: dict[int, float] = {}               # hash -> when its load ends (loads in flight)
-        self.ready_until = 0.0                          # the latest of those
+        self.ready = InFlight()                         # chunks whose load into HBM is under way
         self.evicted = 0
         self.occupancy = OccupancyLog()                 # chunks held (pinned or cached)
 
@@ -218,42 +248,56 @@ class HbmPrefixCache:
     def __contains__(self, h: int) -> bool:
         return h in self.refs
 
-    def pin(self, h: int) -> int:
-        """A request starts using a resident chunk; returns the blocks that leave the free pool."""
-        n = self.refs[h]
-        self.refs[h] = n + 1
-        if n == 0:
-            del self.free_lru[h]
-            return self.chunk_blocks
-        return 0
+    def head_hits(self, chain: Sequence[int], usable: int, gone: Container[int] = ()) -> int:
+        """How many chunks at the head of the chain are resident (not counting those in `gone`)."""
+        refs = self.refs
+        if not gone:
+            return sum(1 for _ in takewhile(refs.__contains__, chain[:usable]))
+        return sum(1 for _ in takewhile(lambda h: h in refs and h not in gone, chain[:usable]))
 
-    def add_pinned(self, h: int) -> None:
-        """A chunk a request just computed or loaded (its blocks are already allocated)."""
-        self.refs[h] = 1
+    def pin(self, chunks: Sequence[int]) -> int:
+        """A request starts using these resident chunks; returns the blocks that leave the free
+        pool (those no request used)."""
+        refs, free_lru = self.refs, self.free_lru
+        taken = 0
+        for h in chunks:
+            n = refs[h]
+            refs[h] = n + 1
+            if not n:
+                del free_lru[h]
+                taken += 1
+        return taken * self.chunk_blocks
 
-    def unpin(self, h: int) -> int:
-        """A request stops using a chunk; returns the blocks that become free (but stay cached)."""
-        n = self.refs[h] - 1
-        self.refs[h] = n
-        if n == 0:
-            self.free_lru[h] = None
-            return self.chunk_blocks
-        return 0
+    def add_pinned(self, chunks: Sequence[int]) -> None:
+        """Chunks a request just computed or is loading (their blocks are its, allocated)."""
+        self.refs.update(dict.fromkeys(chunks, 1))
 
-    def add_free(self, h: int) -> None:
-        """A finished request's chunk whose blocks it just released: cached, unpinned, most recent."""
-        self.refs[h] = 0
-        self.free_lru[h] = None
+    def unpin(self, chunks: Sequence[int]) -> int:
+        """A request stops using these chunks; returns the blocks that become free (but stay
+        cached, most recently used last)."""
+        refs, free_lru = self.refs, self.free_lru
+        freed = 0
+        for h in chunks:
+            n = refs[h] - 1
+            refs[h] = n
+            if not n:
+                free_lru[h] = None
+                freed += 1
+        return freed * self.chunk_blocks
+
+    def add_free(self, chunks: Sequence[int]) -> None:
+        """A leaving request's chunks whose blocks it just released: cached, unpinned, most recent."""
+        self.refs.update(dict.fromkeys(chunks, 0))
+        self.free_lru.update(dict.fromkeys(chunks))
 
     def evict(self, blocks: int) -> list[int]:
         """Drop LRU unpinned chunks until `blocks` blocks are reclaimed; the chunks dropped."""
-        free_lru, refs, ready = self.free_lru, self.refs, self.ready
+        free_lru, refs, forget = self.free_lru, self.refs, self.ready.forget
         gone = list(islice(free_lru, -(-blocks // self.chunk_blocks)))    # the least recently used first
         for h in gone:
             del free_lru[h]
             del refs[h]
-            if ready:
-                ready.pop(h, None)
+            forget(h)
         self.evicted += len(gone)
         return gone
 
@@ -298,13 +342,15 @@ class KvHierarchy:
         tier holding it; a run of loads from one tier that would not beat recomputing it ends the
         hit there (nothing is changed). Full chunks only, and never the prompt's last token (the
         engine recomputes it to sample the first output token)."""
-        usable = min(len(chain), (prompt_tokens - 1) // self.chunk_tokens)
+        usable = self.usable_chunks(chain, prompt_tokens)
         hbm = self.hbm.refs
         stores = self.stores
-        # The common case first: a run of HBM hits from the start (in C: takewhile, dict lookups).
-        head = sum(1 for _ in takewhile(hbm.__contains__, chain[:usable]))
+        # The common case first: a run of HBM hits from the start.
+        head = self.hbm.head_hits(chain, usable)
         if head == usable or not stores:
-            return self._hbm_only(chain, head, now)
+            hit = PrefixHit(hbm=list(chain[:head]), load_end_s=now)
+            hit.hbm_ready_s = self.hbm.ready.ready_s(hit.hbm, now)
+            return hit
         in_hbm: list[int] = list(range(head))      # positions resident in HBM
         runs: list[list] = []                       # [store, first position, end position]
         i = head
@@ -329,10 +375,7 @@ class KvHierarchy:
         for store, a, b in runs:
             link = self.links[store.index]
             nbytes = booked.get(store.index, 0.0) + (b - a) * self.chunk_bytes
-            start = now
-            if store.ready_until > now:             # some writes into the tier are still under way
-                written = store.ready
-                start = max(now, max(written.get(h, 0.0) for h in chain[a:b]))   # its writes must end
+            start = store.ready.ready_s(chain[a:b], now)     # the chunks' writes into the tier must end
             load_end = link.read_end_s(start, nbytes)
             if load_end - now >= self.recompute_s(a * self.chunk_tokens, (b - a) * self.chunk_tokens):
                 cut = a
@@ -341,22 +384,13 @@ class KvHierarchy:
             hit.load_end_s = max(hit.load_end_s, load_end)
             hit.loads.append((store, list(chain[a:b]), start))
         hit.hbm = [chain[p] for p in in_hbm if p < cut]
-        hbm_cache = self.hbm
-        if hbm_cache.ready_until > now:             # some loads into HBM are still under way
-            ready = hbm_cache.ready
-            hit.hbm_ready_s = max((ready.get(h, 0.0) for h in hit.hbm), default=0.0)
-        elif hbm_cache.ready:
-            hbm_cache.ready.clear()
+        hit.hbm_ready_s = self.hbm.ready.ready_s(hit.hbm, now)
         return hit
 
-    def _hbm_only(self, chain: Sequence[int], n: int, now: float) -> PrefixHit:
-        """A hit of the chain's first n chunks, all resident in HBM."""
-        hit = PrefixHit(hbm=list(chain[:n]), load_end_s=now)
-        hbm_cache = self.hbm
-        if hbm_cache.ready_until > now:             # some loads into HBM are still under way
-            ready = hbm_cache.ready
-            hit.hbm_ready_s = max((ready.get(h, 0.0) for h in hit.hbm), default=0.0)
-        return hit
+    def usable_chunks(self, chain: Sequence[int], prompt_tokens: int) -> int:
+        """Chunks of the chain a prompt can take from a cache: full chunks, never the prompt's last
+        token (the engine recomputes it to sample the first output token)."""
+        return min(len(chain), (prompt_tokens - 1) // self.chunk_tokens)
 
     def pin_blocks(self, hit: PrefixHit) -> int:
         """Blocks the HBM hits take out of the free pool (chunks no running request uses yet)."""
@@ -382,20 +416,15 @@ class KvHierarchy:
             for h in chunks:
                 if h in lru:
                     lru.move_to_end(h)
-            hbm.refs.update(dict.fromkeys(chunks, 1))      # pinned by the request, blocks allocated next
-            hbm.ready.update(dict.fromkeys(chunks, t))
-            hbm.ready_until = max(hbm.ready_until, t)
+            hbm.add_pinned(chunks)                  # pinned by the request, blocks allocated next
+            hbm.ready.mark(chunks, t)
             pinned.extend(chunks)
             hit.tier_tokens[store.index] += len(chunks) * self.chunk_tokens
             # Read from a tier further down, a chunk passes through the write-through tiers above
-            # it (onboarding from disk goes through host memory).
+            # it (onboarding from disk goes through host memory, without its link).
             for k in range(store.index):
                 if self.stores[k].write_through:
-                    entered, gone = self.stores[k].insert(chunks, now)
-                    upper = self.stores[k]
-                    upper.ready.update(dict.fromkeys(entered, t))
-                    upper.ready_until = max(upper.ready_until, t)
-                    self.pass_down(k, entered, gone, now)
+                    self.enter(k, chunks, now, arrives_s=t)
         hbm.occupancy.note(now, len(hbm.refs))
         return pinned, end
 
@@ -411,16 +440,15 @@ class KvHierarchy:
         if chunks and self.stores and not self.stores[0].write_through:
             self.enter(0, chunks, now)
 
-    def enter(self, k: int, chunks: Sequence[int], now: float) -> None:
-        """Chunks enter tier k over its link; what enters goes on to a write-through tier below,
-        what it evicts to a write-on-evict one."""
+    def enter(self, k: int, chunks: Sequence[int], now: float, arrives_s: float | None = None) -> None:
+        """Chunks enter tier k, written over its link (or arriving at `arrives_s` by another way);
+        what enters goes on to a write-through tier below, what it evicts to a write-on-evict one."""
         store = self.stores[k]
         entered, gone = store.insert(chunks, now)
         if entered:
-            end = self.links[k].write(now, len(entered) * self.chunk_bytes)
-            store.ready.update(dict.fromkeys(entered, end))
-            if end > store.ready_until:
-                store.ready_until = end
+            if arrives_s is None:
+                arrives_s = self.links[k].write(now, len(entered) * self.chunk_bytes)
+            store.ready.mark(entered, arrives_s)
         if k + 1 < len(self.stores) and (entered or gone):
             self.pass_down(k, entered, gone, now)
 

@@ -45,13 +45,10 @@ def cache_aware_rank(ranks: list[BatchScheduler], r: Request) -> BatchScheduler 
     chain = r.hash_ids
     if tiers is None or not chain:
         return None
-    usable = min(len(chain), (r.input_tokens - 1) // tiers.chunk_tokens)
+    usable = tiers.usable_chunks(chain, r.input_tokens)
     best, best_key = None, (0, 0)
     for s in ranks:
-        refs = s.prefix.hbm.refs if s.prefix is not None else {}
-        n = 0
-        while n < usable and chain[n] in refs:
-            n += 1
+        n = s.prefix.hbm.head_hits(chain, usable) if s.prefix is not None else 0
         key = (n, -s.outstanding)
         if best is None or key > best_key:
             best, best_key = s, key

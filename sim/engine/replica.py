@@ -128,8 +128,7 @@ class Replica:
         t0, run, path, n = self._jump_state
         k = steps_within(run, path, n, self.env.now - t0)
         hbm = tiers.hbm
-        short = self.scheduler.decode_set.blocks_needed(min(n, k + 1)) \
-            - (self.kv.free_blocks - len(hbm.free_lru) * hbm.chunk_blocks)
+        short = self.scheduler.decode_set.blocks_needed(min(n, k + 1)) - (self.kv.free_blocks - hbm.cached_free_blocks)
         return min(len(hbm.free_lru), -(-short // hbm.chunk_blocks)) if short > 0 else 0
 
     # ---- the SimPy process ------------------------------------------------------------------------

@@ -441,8 +441,7 @@ class BatchScheduler:
             return -1
         self._admit(r, now)
         plan.admitted += 1
-        hbm = tiers.hbm
-        kv.take_cached(sum([hbm.pin(h) for h in hit.hbm]))
+        kv.take_cached(tiers.hbm.pin(hit.hbm))
         r.pinned, end = tiers.commit(hit, now)   # the loads are under way before blocks are taken
         kv.allocate(load_blocks + blocks)
         r.prefilled = skip
@@ -487,24 +486,16 @@ class BatchScheduler:
             self.kv.release(blocks)
             return
         hbm = tiers.hbm
-        cb = hbm.chunk_blocks
-        refs, free_lru = hbm.refs, hbm.free_lru
-        freed = 0
-        for h in r.pinned:               # unpinned: free, still cached, most recently used last
-            n = refs[h] - 1
-            refs[h] = n
-            if not n:
-                free_lru[h] = None
-                freed += cb
-        own = blocks - len(r.pinned) * cb
+        own = blocks - len(r.pinned) * hbm.chunk_blocks
+        freed = hbm.unpin(r.pinned)
         r.pinned = ()
         self.kv.release(own + freed)
         chain = r.hash_ids
         if chain:
+            refs = hbm.refs
             kept = [h for h in chain[:min(len(chain), kv_tokens // tiers.chunk_tokens)] if h not in refs]
-            refs.update(dict.fromkeys(kept, 0))
-            free_lru.update(dict.fromkeys(kept))
             if kept:
+                hbm.add_free(kept)
                 tiers.computed(kept, self.kv.now)
             hbm.occupancy.note(self.kv.now, len(refs))
 
@@ -523,12 +514,12 @@ class BatchScheduler:
         refs = hbm.refs
         full = min(len(chain), r.prefilled // tiers.chunk_tokens)
         new = list(takewhile(lambda h: h not in refs, chain[len(r.pinned):full]))
-        refs.update(dict.fromkeys(new, 1))
-        r.pinned = [*r.pinned, *new]
-        r.blocks -= len(new) * hbm.chunk_blocks      # those blocks are held through the cache now
         if new:
+            hbm.add_pinned(new)
+            r.pinned = [*r.pinned, *new]
+            r.blocks -= len(new) * hbm.chunk_blocks      # those blocks are held through the cache now
             tiers.computed(new, self.kv.now)
-            hbm.occupancy.note(self.kv.now, len(hbm.refs))
+            hbm.occupancy.note(self.kv.now, len(refs))
 
     def _finish_decode_steps(self, now: float) -> None:
         for r, blocks in self.decode_set.pop_finished():
@@ -567,7 +558,7 @@ class BatchScheduler:
             if r.first_token_s < 0:
                 r.first_token_s = now
             if r.generated >= r.output_tokens:
-                self._complete(r, r.blocks + self._pinned_blocks(r) if r.pinned else r.blocks, now)
+                self._complete(r, r.blocks + self._pinned_blocks(r), now)
             else:
                 r.blocks = 0
                 ds.add(r, r.prefilled)
@@ -601,7 +592,7 @@ class BatchScheduler:
             # block whatever it hits (none if it would only wait for chunks others are loading),
             # and free blocks only fall during a run: the run is stable if even that does not fit,
             # else decide step by step.
-            least = 0 if self.prefix.hbm.ready_until > self.kv.now else 1
+            least = 0 if self.prefix.hbm.ready.until > self.kv.now else 1
             return self.kv.free_blocks - least < self.kv.watermark_blocks
         if self.limits.mixed_prefill and not r.swapped_kv \
                 and r.prefill_target - r.prefilled > self.limits.max_num_batched_tokens - self.decode_set.size * self.q:
