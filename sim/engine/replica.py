@@ -147,13 +147,15 @@ class Replica:
                 yield self._wakeup
                 self._wakeup = None
                 continue
-            if self.allow_jumps and sched.decode_run_stable():
+            if self.allow_jumps and sched.decode_run_stable(env.now):
                 n = sched.decode_run_length()
                 if n > 1:
                     size = sched.decode_set.size
                     run = self.spec_run(size) if self._spec else self.step_model.decode_run(size)
                     path = sched.decode_set.path()
                     n, total_s = self._steps_before_mark(run, path, n)
+                    if sched.loading:
+                        n, total_s = self._steps_until(run, path, n, total_s, sched.next_ready_s())
                     if n > 1:
                         yield from self._decode_run(run, path, n, total_s)
                         continue
@@ -191,6 +193,24 @@ class Replica:
         while k > 0 and t0 + t_k >= m:
             k -= 1
             t_k = run.run_s(path, k)
+        return k, t_k
+
+    def _steps_until(self, run: DecodeRun, path: ContextPath, n: int, total_s: float,
+                     ready_s: float) -> tuple[int, float]:
+        """The steps of a decode run up to the first step boundary at or after ready_s (when a
+        waiting request's load has ended, so a per-step simulation would schedule its prefill
+        there), all n if it ends before; and their duration."""
+        t0 = self.env.now
+        if t0 + total_s < ready_s:
+            return n, total_s
+        k, t_k, t_next = steps_bracket(run, path, n, ready_s - t0)
+        if not (k > 0 and t0 + t_k >= ready_s):
+            k, t_k = k + 1, t_next      # the step in progress at ready_s ends the run
+        while k > 1:                    # exactly the first boundary t0 + T(k) >= ready_s
+            t_prev = run.run_s(path, k - 1)
+            if t0 + t_prev < ready_s:
+                break
+            k, t_k = k - 1, t_prev
         return k, t_k
 
     def _free_stuck_prefill(self, plan: IterationPlan) -> Generator[simpy.Event, Any, None]:

@@ -572,11 +572,14 @@ class BatchScheduler:
         return prompt, recompute, sampled, cached
 
     # ---- decode runs ------------------------------------------------------------------------------
-    def decode_run_stable(self) -> bool:
-        """Decode-only and nothing could be admitted: only arrivals, completions or a block
-        shortage change the batch, so decode steps until then can run as one event."""
-        if self.prefilling or self.loading or self.decode_set.size == 0:
+    def decode_run_stable(self, now: float) -> bool:
+        """Decode-only and nothing could be admitted: only arrivals, completions, a block shortage
+        or the end of a request's load change the batch, so decode steps until then can run as one
+        event (the replica ends it at the step boundary where the next load has ended)."""
+        if self.prefilling or self.decode_set.size == 0:
             return False
+        if self.loading and self.next_ready_s() <= now:
+            return False                        # a load has ended: its request prefills next
         if not self.waiting:
             return True
         if len(self.running) >= self.limits.max_num_seqs:
@@ -588,11 +591,12 @@ class BatchScheduler:
             return True
         if self.prefix is not None and r.hash_ids and not r.swapped_kv:
             # What it would take from the caches, and so the blocks and tokens it needs, can change
-            # with every block a decode step takes (evicting cached chunks). It needs at least one
-            # block whatever it hits (none if it would only wait for chunks others are loading),
-            # and free blocks only fall during a run: the run is stable if even that does not fit,
-            # else decide step by step.
-            least = 0 if self.prefix.hbm.ready.until > self.kv.now else 1
+            # with every block a decode step takes (evicting cached chunks), and with what other
+            # replicas do to the tiers they share. It needs at least one block whatever it hits
+            # (none if it would only wait for chunks others are loading), and free blocks only
+            # fall during a run: the run is stable if even that does not fit, else decide step by
+            # step. (Checking its actual hits here costs a lookup per event and saves few events.)
+            least = 0 if self.prefix.hbm.ready.until > now else 1
             return self.kv.free_blocks - least < self.kv.watermark_blocks
         if self.limits.mixed_prefill and not r.swapped_kv \
                 and r.prefill_target - r.prefilled > self.limits.max_num_batched_tokens - self.decode_set.size * self.q:
@@ -605,9 +609,15 @@ class BatchScheduler:
         return kv.free_blocks - need < kv.watermark_blocks
 
     def decode_run_length(self) -> int:
-        """Decode steps that can run before a member finishes or the KV blocks run out."""
-        ds = self.decode_set
-        return ds.safe_steps(self.kv.free_blocks, ds.steps_to_next_finish())
+        """Decode steps that can run before a member finishes or the KV blocks run out; with a
+        write-on-evict first tier, also before the first step that evicts a cached prefix chunk
+        (its write into the tier starts at that step, as in a per-step simulation)."""
+        ds, kv = self.decode_set, self.kv
+        n = ds.safe_steps(kv.free_blocks, ds.steps_to_next_finish())
+        tiers = self.prefix
+        if tiers is not None and tiers.stores and not tiers.stores[0].write_through and n > 1:
+            n = ds.safe_steps(kv.free_blocks - tiers.hbm.cached_free_blocks, n)
+        return n
 
     def finish_decode_run(self, n_steps: int, now: float) -> tuple[int, int]:
         """Apply n decode-only steps that end at `now`: (tokens sampled, KV blocks held during the
