@@ -33,7 +33,6 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice, takewhile
 
 import numpy as np
 
@@ -140,9 +139,12 @@ class InFlight:
         times = self.times
         return max(now, max((times.get(h, 0.0) for h in chunks), default=0.0))
 
-    def forget(self, h: int) -> None:
-        if self.times:
-            self.times.pop(h, None)
+    def forget_all(self, chunks: Iterable[int]) -> None:
+        """These chunks left the tier: no arrival to wait for any more."""
+        times = self.times
+        if times:
+            for h in chunks:
+                times.pop(h, None)
 
 
 class TierStore:
@@ -180,12 +182,10 @@ class TierStore:
         over = len(self.lru) + self.reserved_chunks + chunks - self.capacity_chunks
         if over <= 0:
             return []
-        lru, forget = self.lru, self.ready.forget
-        gone = list(islice(lru, over))          # the least recently used first
-        for h in gone:
-            del lru[h]
-            forget(h)
-        self.evicted += over
+        pop = self.lru.popitem
+        gone = [pop(False)[0] for _ in range(min(over, len(self.lru)))]     # the least recently used first
+        self.ready.forget_all(gone)
+        self.evicted += len(gone)
         return gone
 
     def insert(self, hashes: Sequence[int], now: float) -> tuple[list[int], list[int]]:
@@ -193,8 +193,10 @@ class TierStore:
         make room: (chunks that entered, chunks evicted). If more are new than the tier can hold,
         the most recent of them enter."""
         lru = self.lru
-        new = [h for h in hashes if h not in lru]
-        if len(new) < len(hashes):
+        if lru.keys().isdisjoint(hashes):
+            new = list(hashes)
+        else:
+            new = [h for h in hashes if h not in lru]
             move = lru.move_to_end
             for h in hashes:
                 if h in lru:
@@ -251,9 +253,12 @@ class HbmPrefixCache:
     def head_hits(self, chain: Sequence[int], usable: int, gone: Container[int] = ()) -> int:
         """How many chunks at the head of the chain are resident (not counting those in `gone`)."""
         refs = self.refs
-        if not gone:
-            return sum(1 for _ in takewhile(refs.__contains__, chain[:usable]))
-        return sum(1 for _ in takewhile(lambda h: h in refs and h not in gone, chain[:usable]))
+        n = 0
+        for h in chain[:usable]:
+            if h not in refs or h in gone:
+                break
+            n += 1
+        return n
 
     def pin(self, chunks: Sequence[int]) -> int:
         """A request starts using these resident chunks; returns the blocks that leave the free
@@ -292,12 +297,11 @@ class HbmPrefixCache:
 
     def evict(self, blocks: int) -> list[int]:
         """Drop LRU unpinned chunks until `blocks` blocks are reclaimed; the chunks dropped."""
-        free_lru, refs, forget = self.free_lru, self.refs, self.ready.forget
-        gone = list(islice(free_lru, -(-blocks // self.chunk_blocks)))    # the least recently used first
+        free_lru, refs, pop = self.free_lru, self.refs, self.free_lru.popitem
+        gone = [pop(False)[0] for _ in range(min(len(free_lru), -(-blocks // self.chunk_blocks)))]   # LRU first
         for h in gone:
-            del free_lru[h]
             del refs[h]
-            forget(h)
+        self.ready.forget_all(gone)
         self.evicted += len(gone)
         return gone
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from itertools import takewhile
 
 from sim.engine.admission import admission_policy
 from sim.engine.decode_set import DecodeSet
@@ -513,7 +512,11 @@ class BatchScheduler:
         hbm = tiers.hbm
         refs = hbm.refs
         full = min(len(chain), r.prefilled // tiers.chunk_tokens)
-        new = list(takewhile(lambda h: h not in refs, chain[len(r.pinned):full]))
+        new = []
+        for h in chain[len(r.pinned):full]:
+            if h in refs:
+                break
+            new.append(h)
         if new:
             hbm.add_pinned(new)
             r.pinned = [*r.pinned, *new]
