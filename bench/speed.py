@@ -12,7 +12,9 @@ with 32 redundant slots, two-batch overlap), Poisson at --rate (default 100/s he
 trace lengths. `--mooncake` replays the bundled Mooncake conversation trace (12,031 requests over an
 hour, prompts of 12,035 tokens on average) with prefix reuse over HBM, host DRAM and NVMe, as
 scenarios/mooncake_prefix_tiers_h200.yaml does (Llama-3.1-70B FP8, four TP2 replicas on one H200
-node); --requests and --rate do not apply to it.
+node); --requests and --rate do not apply to it. `--mooncake --no-prefix` replays the same trace on
+the same cluster with prefix caching and the tiers off: the engine's own cost on these long
+prompts, to compare the prefix bookkeeping against.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml  # noqa: E402
 
 from sim.runner import build, execute  # noqa: E402
 from sim.scenario import load_scenario, scenario_from_dict  # noqa: E402
@@ -73,9 +77,18 @@ def main() -> None:
     ap.add_argument("--dep72", action="store_true", help="one DEP72 replica of DeepSeek-R1 on a GB300 NVL72 rack")
     ap.add_argument("--mooncake", action="store_true",
                     help="the Mooncake conversation trace with prefix reuse over HBM, host DRAM and NVMe")
+    ap.add_argument("--no-prefix", action="store_true", help="with --mooncake: prefix caching and the tiers off")
     args = ap.parse_args()
+    if args.no_prefix and not args.mooncake:
+        ap.error("--no-prefix applies to --mooncake only")
     if args.mooncake:
-        sc = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "mooncake_prefix_tiers_h200.yaml")
+        path = Path(__file__).resolve().parents[1] / "scenarios" / "mooncake_prefix_tiers_h200.yaml"
+        if args.no_prefix:
+            d = yaml.safe_load(path.read_text())
+            d["serving"]["kv_cache"] = {}
+            sc = scenario_from_dict(d)
+        else:
+            sc = load_scenario(path)
     elif args.dep72:
         sc = scenario_from_dict(dep72_scenario(args.requests, args.rate or 100.0))
     else:

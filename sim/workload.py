@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import zlib
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from sim.csvio import read_csv
@@ -227,24 +229,71 @@ MAX_TRACE_MS = 10 ** 12
 
 
 def read_mooncake_trace(path: str | Path) -> pd.DataFrame:
-    """Mooncake JSONL -> DataFrame(arrival_s, input_tokens, output_tokens[, hash_ids])."""
-    t, inp, out, hashes, linenos = [], [], [], [], []
+    """Mooncake JSONL -> DataFrame(arrival_s, input_tokens, output_tokens[, hash_ids]).
+
+    The file is parsed in one go and checked column by column; only a file that fails the check is
+    read again row by row, to name the first bad line and field."""
     try:
         with open(path, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read Mooncake trace: {one_line(err)}") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    linenos = [i for i, line in enumerate(lines, 1) if line.strip()]
+    if not linenos:
+        raise InputError(f"{path}: the trace holds no requests")
+    columns = _mooncake_columns(lines, linenos)
+    if columns is None:
+        columns = _mooncake_rows(path, lines, linenos)
+    t, inp, out, hashes = columns
+    # hash_ids are carried to the requests for prefix reuse.
+    return _trace_frame(t - t.min(), inp, out, hash_ids=hashes, line=np.asarray(linenos))
+
+
+_MOONCAKE_FIELDS = (("timestamp", 0, MAX_TRACE_MS), ("input_length", 1, MAX_TOKENS), ("output_length", 0, MAX_TOKENS))
+_Columns = tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, ...] | None]]
+
+
+def _mooncake_columns(lines: list[str], linenos: list[int]) -> _Columns | None:
+    """The trace's columns if every row is well formed (integers in range, hash_ids lists of
+    integers or absent), else None."""
+    try:
+        rows = orjson.loads("[" + ",".join(lines[i - 1] for i in linenos) + "]")
+    except orjson.JSONDecodeError:     # also integers beyond 64 bits: the row by row reading names the line
+        return None
+    if set(map(type, rows)) != {dict}:
+        return None
+    cols = []
+    for key, lo, hi in _MOONCAKE_FIELDS:
+        vals = [row.get(key) for row in rows]
+        if not set(map(type, vals)) <= {int}:       # floats, bools, strings, missing: the row by row check
+            return None
+        try:
+            col = np.array(vals, dtype=np.int64)
+        except OverflowError:
+            return None
+        if ((col < lo) | (col > hi)).any():
+            return None
+        cols.append(col)
+    raw = [row.get("hash_ids") for row in rows]
+    if not set(map(type, raw)) <= {list, type(None)} \
+            or not set(map(type, itertools.chain.from_iterable(h for h in raw if h is not None))) <= {int}:
+        return None
+    hashes = [None if h is None else tuple(h) for h in raw]
+    return cols[0] / 1000.0, cols[1], cols[2], hashes
+
+
+def _mooncake_rows(path: str | Path, lines: list[str], linenos: list[int]) -> _Columns:
+    """The trace's columns read row by row, raising InputError at the first bad line."""
+    t, inp, out, hashes = [], [], [], []
+    for lineno in linenos:
+        line = lines[lineno - 1]
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise InputError(f"{path}: line {lineno}: malformed JSON: {err.msg}") from None
         if not isinstance(row, dict):
             raise InputError(f"{path}: line {lineno}: expected a JSON object, got {line.strip()[:60]!r}")
-        for key, lo, hi in (("timestamp", 0, MAX_TRACE_MS), ("input_length", 1, MAX_TOKENS),
-                            ("output_length", 0, MAX_TOKENS)):
+        for key, lo, hi in _MOONCAKE_FIELDS:
             v = row.get(key)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi \
                     or v != int(v):
@@ -253,13 +302,7 @@ def read_mooncake_trace(path: str | Path) -> pd.DataFrame:
         inp.append(int(row["input_length"]))
         out.append(int(row["output_length"]))
         hashes.append(_hash_ids(path, lineno, row.get("hash_ids")))
-        linenos.append(lineno)
-    if not t:
-        raise InputError(f"{path}: the trace holds no requests")
-    # hash_ids are carried to the requests for prefix reuse.
-    df = _trace_frame(np.asarray(t) - min(t), np.asarray(inp), np.asarray(out), hash_ids=hashes,
-                      line=np.asarray(linenos))
-    return df
+    return np.asarray(t), np.asarray(inp), np.asarray(out), hashes
 
 
 def _hash_ids(path: str | Path, lineno: int, v: object) -> tuple[int, ...] | None:
@@ -315,7 +358,38 @@ def spread_arrivals(t: np.ndarray, spread_s: float, rng: np.random.Generator) ->
 def check_hash_chains(path: str, hashes: list[tuple[int, ...] | None], lines: list[int] | None = None) -> None:
     """Every row has hash_ids, and the chains agree: a hash names a chunk and everything before it,
     so it always sits at the same position after the same hash. `lines`: each row's line in the
-    file (for the messages)."""
+    file (for the messages). Checked on arrays; a trace that fails is checked again row by row
+    to name the first contradiction."""
+    if any(chain is None for chain in hashes) or not _chains_agree(hashes):   # type: ignore[arg-type]
+        _check_hash_chains_by_row(path, hashes, lines)
+
+
+def _chains_agree(hashes: list[tuple[int, ...]]) -> bool:
+    """Whether each hash has one position and one hash before it over all chains (False also when
+    a hash does not fit in 64 bits: the row-by-row check decides then)."""
+    lens = np.fromiter(map(len, hashes), dtype=np.int64, count=len(hashes))
+    total = int(lens.sum())
+    if total == 0:
+        return True
+    try:
+        flat = np.fromiter(itertools.chain.from_iterable(hashes), dtype=np.int64, count=total)
+    except OverflowError:
+        return False
+    starts = np.repeat(np.cumsum(lens) - lens, lens)
+    pos = np.arange(total) - starts
+    before = np.empty_like(flat)
+    before[0] = 0
+    before[1:] = flat[:-1]
+    before[pos == 0] = 0                    # the first chunk has none (its position says so)
+    order = np.argsort(flat, kind="stable")
+    h = flat[order]
+    new_group = np.ones(total, dtype=bool)
+    new_group[1:] = h[1:] != h[:-1]
+    first = order[np.maximum.accumulate(np.where(new_group, np.arange(total), 0))]   # each hash's first sighting
+    return bool((pos[order] == pos[first]).all() and (before[order] == before[first]).all())
+
+
+def _check_hash_chains_by_row(path: str, hashes: list[tuple[int, ...] | None], lines: list[int] | None) -> None:
     where: dict[int, tuple[int, int | None, int]] = {}     # hash -> (position, hash before it, line)
     for row, chain in enumerate(hashes):
         line = lines[row] if lines is not None else row + 1

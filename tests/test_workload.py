@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import base_dict
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sim.errors import InputError
 from sim.scenario import Diurnal, Piecewise, Trace, scenario_from_dict
@@ -164,6 +166,36 @@ def test_mooncake_bad_hash_ids(tmp_path):
     p.write_text('{"timestamp": 0, "input_length": 10, "output_length": 3, "hash_ids": "abc"}\n', encoding="utf-8")
     with pytest.raises(InputError, match="line 1: field 'hash_ids' must be a list of integers"):
         read_mooncake_trace(p)
+
+
+def test_mooncake_rows_outside_the_fast_reading_read_as_before(tmp_path):
+    """The file is parsed at once and checked by column; a row the column check does not take
+    (integral floats, a hash id beyond 64 bits, blank lines) is read row by row, as before."""
+    p = tmp_path / "m.jsonl"
+    big = 2 ** 70
+    p.write_text('{"timestamp": 1000.0, "input_length": 1030, "output_length": 2, "hash_ids": [1, 2]}\n\n'
+                 f'{{"timestamp": 3500, "input_length": 20.0, "output_length": 0, "hash_ids": [{big}]}}\n',
+                 encoding="utf-8")
+    df = read_mooncake_trace(p)
+    assert df["arrival_s"].tolist() == [0.0, 2.5] and df["input_tokens"].tolist() == [1030, 20]
+    assert df["hash_ids"].tolist() == [(1, 2), (big,)] and df["line"].tolist() == [1, 3]
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"timestamp": 1000, "input_length": 1030, "output_length": 2, "hash_ids": [1, 2]}\n\n'
+                 '{"timestamp": 3500, "input_length": 20, "output_length": 0, "hash_ids": [3]}\n', encoding="utf-8")
+    fast = read_mooncake_trace(q)
+    assert fast["input_tokens"].dtype == df["input_tokens"].dtype and fast["line"].tolist() == [1, 3]
+
+
+@given(st.lists(st.lists(st.integers(0, 6), max_size=5), max_size=8))
+def test_hash_chain_check_on_arrays_agrees_with_the_row_by_row_check(chains):
+    from sim.workload import _chains_agree, _check_hash_chains_by_row
+    rows = [tuple(c) for c in chains]
+    try:
+        _check_hash_chains_by_row("t", rows, None)
+        agree = True
+    except InputError:
+        agree = False
+    assert _chains_agree(rows) == agree
 
 
 def test_open_loop_requests_are_seeded():
