@@ -260,7 +260,7 @@ def _mooncake_columns(lines: list[str], linenos: list[int]) -> _Columns | None:
         rows = orjson.loads("[" + ",".join(lines[i - 1] for i in linenos) + "]")
     except orjson.JSONDecodeError:     # also integers beyond 64 bits: the row by row reading names the line
         return None
-    if set(map(type, rows)) != {dict}:
+    if len(rows) != len(linenos) or set(map(type, rows)) != {dict}:    # a line holding two values: by row
         return None
     cols = []
     for key, lo, hi in _MOONCAKE_FIELDS:
@@ -431,7 +431,8 @@ def trace_requests(spec: Trace, duration_s: float, chunk_tokens: int | None = No
             kept = [all_hashes[i] for i in order[keep]]
             hashes = [None if c is None else c[:n // chunk_tokens] for c, n in zip(kept, inp.tolist(), strict=True)]
     elif "hash_ids" in df:
-        hashes = [df["hash_ids"].iloc[i] for i in order[keep]]
+        all_hashes = df["hash_ids"].tolist()
+        hashes = [all_hashes[i] for i in order[keep].tolist()]
     return OpenLoopRequests(t[keep], inp, out, hashes)
 
 

@@ -182,6 +182,11 @@ def test_mooncake_rows_outside_the_fast_reading_read_as_before(tmp_path):
     q = tmp_path / "q.jsonl"
     q.write_text('{"timestamp": 1000, "input_length": 1030, "output_length": 2, "hash_ids": [1, 2]}\n\n'
                  '{"timestamp": 3500, "input_length": 20, "output_length": 0, "hash_ids": [3]}\n', encoding="utf-8")
+    two = tmp_path / "two.jsonl"     # two objects on one line parse as two array items at once
+    two.write_text('{"timestamp": 0, "input_length": 5, "output_length": 1}, '
+                   '{"timestamp": 1, "input_length": 5, "output_length": 1}\n', encoding="utf-8")
+    with pytest.raises(InputError, match="line 1: malformed JSON: Extra data"):
+        read_mooncake_trace(two)
     fast = read_mooncake_trace(q)
     assert fast["input_tokens"].dtype == df["input_tokens"].dtype and fast["line"].tolist() == [1, 3]
 
