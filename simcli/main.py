@@ -4,6 +4,7 @@
     run.py sweep SWEEP.yaml [...]        grid of points x replications, resumable
     run.py plan SCENARIO.yaml [...]      smallest/cheapest deployment, or highest load, within the SLO
     run.py calibrate MEASUREMENTS.csv    fit step-time parameters; write a perf profile
+    run.py report RESULTS_DIR            report.html + report.md of a run's results folder
 
 Bad input (files, flags) prints one message per problem and exits with status 2; a simulation that
 a command depends on failing (a plan's evaluation) prints which and why, and exits with status 1.
@@ -15,9 +16,9 @@ import argparse
 import sys
 
 from sim.errors import InputError, SimulationFailed
-from simcli import calibrate_cmd, plan_cmd, run_cmd, sweep_cmd
+from simcli import calibrate_cmd, plan_cmd, report_cmd, run_cmd, sweep_cmd
 
-COMMANDS = ("run", "sweep", "plan", "calibrate")
+COMMANDS = ("run", "sweep", "plan", "calibrate", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cmd.add_parser(sub)
     plan_cmd.add_parser(sub)
     calibrate_cmd.add_parser(sub)
+    report_cmd.add_parser(sub)
     return p
 
 

@@ -93,6 +93,9 @@ RESULT_FILES: dict[str, frozenset[str]] = {
                         "pareto.parquet", "pareto.csv", "pareto.png"}),
 }
 
+#: What `run.py report` adds to a run's folder (a run writes them itself unless --no-report).
+REPORT_FILES = frozenset({"report.html", "report.md", "report_figures"})
+
 #: A result folder's identity: its marker's token (or, for a folder from before the marker, its
 #: device and inode), what `--out` found before the work, so that at the end only that folder is
 #: replaced, not one a concurrent run put there meanwhile.
@@ -105,7 +108,7 @@ def is_result_dir(folder: Path, kind: str) -> bool:
         names = {p.name for p in folder.iterdir()}
     except OSError:
         return False
-    if not names or not names <= RESULT_FILES[kind] | {MARKER}:
+    if not names or not names <= RESULT_FILES[kind] | {MARKER} | (REPORT_FILES if kind == "run" else frozenset()):
         return False
     if MARKER in names:
         return _marker(folder)[0] == kind

@@ -19,10 +19,10 @@ from simcli.output import FolderId, atomic_dir, check_out_dir, make_console, sho
 
 
 def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int, *,
-                  replace: FolderId | None = None) -> Path:
-    """Write a run's files into out_dir atomically (temporary folder + rename); returns the folder
-    they went to (see `output.atomic_dir`: a taken name gets a suffix, unless `replace` identifies
-    the earlier run there that may be replaced)."""
+                  replace: FolderId | None = None, report: bool = False) -> Path:
+    """Write a run's files (and with `report` its report) into out_dir atomically (temporary
+    folder + rename); returns the folder they went to (see `output.atomic_dir`: a taken name gets
+    a suffix, unless `replace` identifies the earlier run there that may be replaced)."""
     from sim import __version__
 
     with atomic_dir(out_dir, "run", replace=replace) as res:
@@ -44,6 +44,9 @@ def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int, 
         result.iterations.to_parquet(tmp / "iterations.parquet", index=False)
         result.levels.to_parquet(tmp / "levels.parquet", index=False)
         result.replicas.to_parquet(tmp / "replicas.parquet", index=False)
+        if report:
+            from simcli.report_cmd import write_report
+            write_report(tmp)
     return res.path
 
 
@@ -125,11 +128,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                           show_progress(args.quiet)) as update:
             plain = execute(build(without_speculation(sc), seed), progress=update if show_progress(args.quiet) else None)
         result.summary.update(comparison(result.summary, plain.summary))
-    out_dir = write_results(result, out_dir, args.scenario, seed, replace=prior)
+    out_dir = write_results(result, out_dir, args.scenario, seed, replace=prior, report=not args.no_report)
     if args.quiet:
         print(out_dir)
     else:
         print_summary(result, out_dir, console)
+        if not args.no_report:
+            console.print(f"report: {out_dir / 'report.html'} (and report.md)")
     return 0
 
 
@@ -142,6 +147,7 @@ def add_parser(sub) -> None:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario key, e.g. --set duration_s=60 (repeatable)")
     r.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    r.add_argument("--no-report", action="store_true", help="do not write report.html and report.md")
     r.add_argument("--compare-no-spec", action="store_true",
                    help="also run the scenario without its speculative: block (same seed) and report "
                         "the effective speedup")

@@ -17,6 +17,8 @@ from conftest import base_dict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sim.report.content import read_run_folder, run_report
+from sim.report.render import render_html
 from simcli.main import main
 
 BASE = base_dict(
@@ -74,7 +76,7 @@ def test_a_mutated_scenario_runs_or_is_refused_cleanly(tmp_path_factory, capsys,
     scenario = work / "s.yaml"
     scenario.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     out = work / "out"
-    rc = main(["run", str(scenario), "--quiet", "--out", str(out)])
+    rc = main(["run", str(scenario), "--quiet", "--no-report", "--out", str(out)])
     captured = capsys.readouterr()
     if rc == 2:
         # One line per problem, each naming the file (a mapping missing seven keys gives seven).
@@ -84,6 +86,10 @@ def test_a_mutated_scenario_runs_or_is_refused_cleanly(tmp_path_factory, capsys,
         assert sorted(p.name for p in work.iterdir()) == ["s.yaml"], "a refused run wrote files"
         return
     assert rc == 0, (rc, captured.err)
+    # The report's text from whatever the run produced (its figures are drawn in test_report.py:
+    # rasterizing them for every example would double this test's time).
+    report = run_report(read_run_folder(out))
+    assert report.title in render_html(report, {f"{ref.name}.png": b"" for ref in report.all_figures()})
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["requests_arrived"] == (summary["requests_completed"] + summary["requests_rejected"]
                                            + summary["requests_in_flight"])

@@ -1,0 +1,125 @@
+"""The report a person reads: built at the end of `run` (or by `run.py report DIR`), one HTML file
+with its figures embedded and no external reference, a Markdown page with its PNGs beside it, and
+numbers that are the run's own."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from sim.report.content import HOURS_PER_MONTH, monthly_usd, pct, per_s, seconds, usd, usd_per_m
+from simcli.main import main
+
+SHORT = ["--set", "duration_s=120", "--set", "warmup_s=20"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "run"
+    assert main(["run", str(ROOT / "scenarios/quickstart.yaml"), "--quiet", "--out", str(out), *SHORT]) == 0
+    return out
+
+
+def _images(html: str) -> list[str]:
+    return re.findall(r'<img src="([^"]*)"', html)
+
+
+def test_a_run_writes_its_report(run_dir):
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    md = (run_dir / "report.md").read_text(encoding="utf-8")
+    for title in ("The answer", "What was simulated", "Latency", "Over time", "Where the cost goes", "Levers"):
+        assert f"<h2>{title}</h2>" in html and f"## {title}" in md
+    figures = re.findall(r"\]\((report_figures/[a-z_]+\.png)\)", md)
+    assert len(figures) == 3
+    for rel in figures:
+        png = (run_dir / rel).read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_the_html_is_one_file_with_its_images_embedded(run_dir):
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    srcs = _images(html)
+    assert len(srcs) == 3
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1])
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    # nothing fetched from elsewhere: no links, scripts, stylesheets or fonts outside the file
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", html)
+    assert "http://" not in html and "https://" not in html and "<script" not in html and "@import" not in html
+
+
+def test_the_numbers_are_the_runs_own(run_dir):
+    s = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert usd(s["usd_per_m_output_tokens"], 3) in html
+    assert usd(monthly_usd(s)) in html
+    assert monthly_usd(s) == pytest.approx(s["gpus"] * s["price_usd_per_gpu_h"] * HOURS_PER_MONTH)
+    assert seconds(s["ttft_s_p99"]) in html and seconds(s["tpot_s_p50"]) in html
+    # the GPU's catalog source is shown beside the assumption it backs
+    resolved = (run_dir / "scenario.resolved.yaml").read_text(encoding="utf-8")
+    assert "RF 1a (V): InferenceX gpu-specs" in resolved and "RF 1a (V): InferenceX gpu-specs" in html
+
+
+def test_numbers_are_formatted_for_people():
+    assert usd_per_m(0.1234) == "$0.123/M" and usd_per_m(float("nan")) == "n/a"
+    assert per_s(1234.0) == "1.2k tok/s" and per_s(3_400_000.0) == "3.4M tok/s" and per_s(42.0) == "42.0 tok/s"
+    assert pct(0.973) == "97.3%" and seconds(0.0456) == "45.6 ms" and seconds(2.5) == "2.50 s"
+    assert usd(12345.6) == "$12,346" and usd(1.5) == "$1.50"
+
+
+def test_no_report_then_report_command(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(ROOT / "scenarios/quickstart.yaml"), "--quiet", "--no-report", "--out", str(out), *SHORT]) == 0
+    assert not (out / "report.html").exists() and not (out / "report_figures").exists()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "report.html")
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    # the folder with its report is still this run's: a new run may replace it
+    assert main(["run", str(ROOT / "scenarios/quickstart.yaml"), "--quiet", "--out", str(out), *SHORT]) == 0
+    assert (out / "report.html").is_file()
+
+
+def test_report_of_a_tiered_run_shows_its_hits(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", str(ROOT / "scenarios/mooncake_prefix_tiers_h200.yaml"), "--quiet", "--out", str(out),
+                 "--set", "duration_s=200", "--set", "warmup_s=20"]) == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "prefix hits: all / HBM / host DRAM / NVMe" in html and "input tokens from cache / computed" in html
+
+
+@pytest.mark.parametrize("what", ["missing", "sweep", "not a run"])
+def test_report_refuses_what_is_not_a_run_folder(tmp_path, capsys, what):
+    folder = tmp_path / "x"
+    if what != "missing":
+        folder.mkdir()
+        (folder / ("sweep.json" if what == "sweep" else "notes.txt")).write_text("{}", encoding="utf-8")
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and str(folder) in err
+    assert not (folder / "report.html").exists()
+
+
+def test_report_of_a_run_with_infinite_and_missing_figures(tmp_path):
+    """An iteration overhead of 2 s leaves no request within the SLO ($/M SLO-meeting tokens is
+    infinite, "inf" in summary.json); with figures missing (null) as well, the report says n/a
+    where a number is missing and still draws its figures."""
+    out = tmp_path / "run"
+    assert main(["run", str(ROOT / "scenarios/quickstart.yaml"), "--quiet", "--out", str(out), *SHORT,
+                 "--set", "perf.iteration_overhead_s=2"]) == 0
+    path = out / "summary.json"
+    s = json.loads(path.read_text(encoding="utf-8"))
+    assert s["usd_per_m_slo_output_tokens"] == "inf"
+    s.update(usd_per_m_output_tokens=None, ttft_s_p99=None, energy_kwh=None, gpu_busy_fraction=None)
+    path.write_text(json.dumps(s), encoding="utf-8")
+    assert main(["report", str(out)]) == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    text = re.sub(r'<img src="[^"]*"', "", html)
+    assert "n/a" in text and "nan" not in text.lower()
+    assert len(_images(html)) == 3
