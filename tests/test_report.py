@@ -123,3 +123,38 @@ def test_report_of_a_run_with_infinite_and_missing_figures(tmp_path):
     text = re.sub(r'<img src="[^"]*"', "", html)
     assert "n/a" in text and "nan" not in text.lower()
     assert len(_images(html)) == 3
+
+
+def _browser() -> str | None:
+    import shutil
+    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless Chromium here (.ci/run installs the Debian package)")
+def test_the_page_renders_in_a_real_browser(run_dir, tmp_path):
+    """Headless Chromium loads report.html from disk with no network: every image decodes (the
+    page, with a probe script appended, writes each image's decoded size into the DOM it dumps),
+    and a screenshot of the page is not blank."""
+    import subprocess
+
+    from matplotlib.image import imread
+
+    browser = _browser()
+    flags = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+             "--user-data-dir=" + str(tmp_path / "profile")]
+    probe = tmp_path / "probe.html"
+    probe.write_text((run_dir / "report.html").read_text(encoding="utf-8").replace(
+        "</body>", '<script>document.body.setAttribute("data-images", [...document.images].map(i => '
+        'i.complete && i.naturalWidth > 0 ? i.naturalWidth + "x" + i.naturalHeight : "broken").join(","));'
+        "</script></body>"), encoding="utf-8")
+    dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    sizes = re.search(r'data-images="([^"]*)"', dom)
+    assert sizes is not None, dom[:500]
+    decoded = sizes.group(1).split(",")
+    assert len(decoded) == 3 and all(re.fullmatch(r"[1-9]\d*x[1-9]\d*", d) for d in decoded), decoded
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, "--window-size=1100,2400", f"--screenshot={shot}", (run_dir / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    pixels = imread(shot)[..., :3]
+    assert pixels.shape[0] >= 2000 and pixels.std() > 0.05           # not one flat colour
+    assert (pixels.mean(axis=2) < 0.5).mean() > 0.01                 # text and plot lines drawn in dark

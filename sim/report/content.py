@@ -227,7 +227,8 @@ def _simulated(f: RunFolder, gpu: dict[str, Any], model: dict[str, Any], serving
         ["GPU power", f"{gpu['tdp_w']:,.0f} W at full load, {gpu['idle_w']:,.0f} W idle", _source(gs, "tdp_w")],
         ["price per GPU-hour", f"{usd(s.get('price_usd_per_gpu_h'))} ({sc['cost']['mode']})",
          _source(gs, "prices_usd_per_gpu_h")],
-        ["deployment", f"{serving['replicas']} replica(s), tensor parallel {par.get('tp', 1)}, pipeline "
+        ["deployment", f"{serving['replicas']} replica{'s' if serving['replicas'] != 1 else ''}, tensor parallel "
+                       f"{par.get('tp', 1)}, pipeline "
                        f"{par.get('pp', 1)}; {int(s.get('gpus') or 0):,} GPUs", "scenario file"],
         ["precision", ", ".join(f"{k} {v}" for k, v in prec.items() if v), "scenario file"],
         ["batching", f"{(serving.get('engine') or 'vllm')}-style, up to {serving['batching']['max_num_seqs']} sequences and "
