@@ -256,11 +256,11 @@ _Columns = tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, ...] | None
 def _mooncake_columns(lines: list[str], linenos: list[int]) -> _Columns | None:
     """The trace's columns if every row is well formed (integers in range, hash_ids lists of
     integers or absent), else None."""
-    try:
-        rows = orjson.loads("[" + ",".join(lines[i - 1] for i in linenos) + "]")
+    try:    # line by line: a value spanning lines, or two on one line, is the row by row reading's to name
+        rows = list(map(orjson.loads, [lines[i - 1] for i in linenos]))
     except orjson.JSONDecodeError:     # also integers beyond 64 bits: the row by row reading names the line
         return None
-    if len(rows) != len(linenos) or set(map(type, rows)) != {dict}:    # a line holding two values: by row
+    if set(map(type, rows)) != {dict}:
         return None
     cols = []
     for key, lo, hi in _MOONCAKE_FIELDS:

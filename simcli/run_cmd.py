@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from sim.errors import InputError
+from sim.errors import InputError, SimulationFailed
 from sim.kv_hierarchy import resolve_tiers
 from sim.metrics.registry import RUN_TABLE, SPEC_TABLE, kv_table, row_cells
 from sim.runner import Result
@@ -44,10 +44,21 @@ def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int, 
         result.iterations.to_parquet(tmp / "iterations.parquet", index=False)
         result.levels.to_parquet(tmp / "levels.parquet", index=False)
         result.replicas.to_parquet(tmp / "replicas.parquet", index=False)
-        if report:
-            from simcli.report_cmd import write_report
-            write_report(tmp)
+    if report:
+        _report_or_warn(res.path)
     return res.path
+
+
+def _report_or_warn(folder: Path) -> None:
+    """Write the run's report into its folder, now in place: if that fails the results stay, and
+    the error says where they are."""
+    from simcli.report_cmd import write_report
+
+    try:
+        write_report(folder)
+    except Exception as err:     # a report bug must not cost a finished run its results
+        raise SimulationFailed(f"the run's results are in {folder}, but its report could not be written: "
+                               f"{type(err).__name__}: {err}") from None
 
 
 def run_id(seed: int) -> str:

@@ -158,3 +158,40 @@ def test_the_page_renders_in_a_real_browser(run_dir, tmp_path):
     pixels = imread(shot)[..., :3]
     assert pixels.shape[0] >= 2000 and pixels.std() > 0.05           # not one flat colour
     assert (pixels.mean(axis=2) < 0.5).mean() > 0.01                 # text and plot lines drawn in dark
+
+
+def test_names_from_the_scenario_are_text_not_markup(tmp_path):
+    """A model or GPU name with HTML in it is shown, never run, in both pages."""
+    out = tmp_path / "run"
+    assert main(["run", str(ROOT / "scenarios/custom_inline.yaml"), "--quiet", "--out", str(out),
+                 "--set", "duration_s=20", "--set", "warmup_s=2", "--set", "model.name=m<img src=x onerror=alert(1)>",
+                 "--set", "hardware.gpu.name=g<script>alert(2)</script>|x"]) == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "<script>alert" not in html and "<img src=x" not in html and "&lt;script&gt;alert(2)" in html
+    assert "<script>" not in md and "<img src=x" not in md and "g&lt;script&gt;alert(2)&lt;/script&gt;\\|x" in md
+
+
+def test_a_failing_report_keeps_the_runs_results(tmp_path, monkeypatch, capsys):
+    import simcli.report_cmd
+
+    def broken(folder):
+        raise ValueError("a bug in the report")
+    monkeypatch.setattr(simcli.report_cmd, "write_report", broken)
+    out = tmp_path / "run"
+    assert main(["run", str(ROOT / "scenarios/quickstart.yaml"), "--quiet", "--out", str(out), *SHORT]) == 1
+    err = capsys.readouterr().err
+    assert f"results are in {out}" in err and "a bug in the report" in err and "Traceback" not in err
+    assert (out / "summary.json").is_file() and (out / "requests.parquet").is_file()
+
+
+def test_a_summary_with_missing_counts_and_verdict_reports_na(run_dir, tmp_path):
+    import shutil
+    folder = tmp_path / "copy"
+    shutil.copytree(run_dir, folder)
+    s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    s.update(gpus=None, replicas="inf", slo_met=None, cost_usd=None, kv_tiers_usd_per_gpu_h=None)
+    (folder / "summary.json").write_text(json.dumps(s), encoding="utf-8")
+    assert main(["report", str(folder)]) == 0
+    html = (folder / "report.html").read_text(encoding="utf-8")
+    assert "cannot be judged against the SLO" in html and "KV tiers" not in html

@@ -187,6 +187,12 @@ def test_mooncake_rows_outside_the_fast_reading_read_as_before(tmp_path):
                    '{"timestamp": 1, "input_length": 5, "output_length": 1}\n', encoding="utf-8")
     with pytest.raises(InputError, match="line 1: malformed JSON: Extra data"):
         read_mooncake_trace(two)
+    spans = tmp_path / "spans.jsonl"     # one value over two lines, two on the third: still three "rows"
+    spans.write_text('{"timestamp": 0, "input_length": 5, "output_length": 1\n"x": 2}\n'
+                     '{"timestamp": 1, "input_length": 5, "output_length": 1}, '
+                     '{"timestamp": 2, "input_length": 5, "output_length": 1}\n', encoding="utf-8")
+    with pytest.raises(InputError, match="line 1: malformed JSON"):
+        read_mooncake_trace(spans)
     fast = read_mooncake_trace(q)
     assert fast["input_tokens"].dtype == df["input_tokens"].dtype and fast["line"].tolist() == [1, 3]
 

@@ -137,10 +137,20 @@ def read_run_folder(path: Path) -> RunFolder:
 
 
 def _numbers(summary: dict[str, Any]) -> dict[str, Any]:
-    """summary.json writes infinities as "inf" and NaN as null: back to floats."""
+    """summary.json writes infinities as "inf" (back to floats here) and NaN as null (kept as None:
+    every formatter says n/a for it)."""
     special = {"inf": math.inf, "-inf": -math.inf}
-    return {k: (special[v] if isinstance(v, str) and v in special else math.nan if v is None else v)
-            for k, v in summary.items()}
+    return {k: special[v] if isinstance(v, str) and v in special else v for k, v in summary.items()}
+
+
+def count(v: Any) -> int:
+    """A count from the summary (replicas, GPUs); 0 if missing or not finite."""
+    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else 0
+
+
+def amount(v: Any) -> float:
+    """An amount from the summary for arithmetic; 0.0 if missing or not finite."""
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else 0.0
 
 
 # ---- a single run ---------------------------------------------------------------------------------
@@ -149,30 +159,29 @@ def run_report(folder: RunFolder) -> Report:
     s, sc = folder.summary, folder.scenario
     gpu, model, serving = sc["hardware"]["gpu"], sc["model"], sc["serving"]
     par = serving.get("parallelism", {})
-    replicas, gpus = int(s.get("replicas") or 0), int(s.get("gpus") or 0)
+    replicas, gpus = count(s.get("replicas")), count(s.get("gpus"))
     subtitle = (f"{replicas} replica{'s' if replicas != 1 else ''} x {gpus // max(1, replicas)} {gpu['name'].upper()} "
                 f"serving {model['name']}; measured from {num(s.get('window_start_s'), 0)} s to "
                 f"{num(s.get('window_end_s'), 0)} s of simulated time; seed {folder.meta.get('seed')}")
     sections = [_answer(folder), _simulated(folder, gpu, model, serving, par), _latency(folder), _over_time(folder),
                 _cost(folder)]
-    levers = _levers(folder)
-    if levers is not None:
-        sections.append(levers)
-    sections.append(_all_figures(folder))
+    sections += [_levers(folder), _all_figures(folder)]
     return Report(title=f"{sc['name']}: capacity and cost report", subtitle=subtitle, sections=sections)
 
 
 def monthly_usd(s: dict[str, Any]) -> float:
     """What the deployment's GPUs cost for a month (730 h) at the run's price per GPU-hour."""
-    return float(s.get("gpus", 0)) * float(s.get("price_usd_per_gpu_h", math.nan)) * HOURS_PER_MONTH
+    price = s.get("price_usd_per_gpu_h")
+    return count(s.get("gpus")) * (float(price) if isinstance(price, int | float) else math.nan) * HOURS_PER_MONTH
 
 
 def _answer(f: RunFolder) -> Section:
     s, slo = f.summary, f.scenario["slo"]
     met = s.get("slo_met")
-    verdict = ("meets" if met else "misses") + f" the SLO (p{slo['percentile']:g} TTFT <= {seconds(slo['ttft_s'])}, " \
+    verdict = ("meets" if met is True else "misses" if met is False else "cannot be judged against") + f" the SLO (p{slo['percentile']:g} TTFT <= {seconds(slo['ttft_s'])}, " \
         f"p{slo['percentile']:g} TPOT <= {seconds(slo['tpot_s'])})"
-    tokens_month = s.get("output_tok_per_s", 0.0) * HOURS_PER_MONTH * 3600
+    tokens_month = amount(s.get("output_tok_per_s")) * HOURS_PER_MONTH * 3600
+    gpus = count(s.get("gpus"))
     paras = [
         f"This deployment {verdict}: its p{slo['percentile']:g} TTFT was {seconds(s.get('ttft_s_at_slo_percentile'))} "
         f"and its p{slo['percentile']:g} TPOT {seconds(s.get('tpot_s_at_slo_percentile'))}; "
@@ -180,7 +189,7 @@ def _answer(f: RunFolder) -> Section:
         f"It costs <b>{usd(s.get('usd_per_m_output_tokens'), 3)}</b> per million output tokens "
         f"({usd(s.get('usd_per_m_total_tokens'), 3)} per million tokens in and out) at "
         f"{usd(s.get('price_usd_per_gpu_h'))} per GPU-hour ({f.scenario['cost']['mode']} pricing).",
-        f"Its {int(s.get('gpus') or 0):,} GPUs cost <b>{usd(monthly_usd(s))} per month</b> (730 hours); at this load "
+        f"Its {gpus:,} GPU{'s' if gpus != 1 else ''} cost <b>{usd(monthly_usd(s))} per month</b> (730 hours); at this load "
         f"({num(s.get('arrival_rate_per_s'), 2)} requests/s) they produce {per_s(s.get('output_tok_per_s'))} of output, "
         f"about {num(tokens_month / 1e9, 1)} billion output tokens a month, with the GPUs busy "
         f"{pct(s.get('gpu_busy_fraction'))} of the time.",
@@ -192,7 +201,7 @@ def _answer(f: RunFolder) -> Section:
         ["price per million output tokens (API-style split of the cost)",
          usd_per_m(s.get("usd_per_m_output_tokens_priced"))],
         ["$ per month for the GPUs (730 h)", usd(monthly_usd(s))],
-        ["GPUs", f"{int(s.get('gpus') or 0):,}"],
+        ["GPUs", f"{gpus:,}"],
         ["throughput per GPU (input + output)", per_s(s.get("total_tok_per_s_per_gpu"))],
         ["speed one user sees (1/TPOT, median)", per_s(s.get("output_tok_per_s_per_user_p50"))],
     ])
@@ -229,7 +238,7 @@ def _simulated(f: RunFolder, gpu: dict[str, Any], model: dict[str, Any], serving
          _source(gs, "prices_usd_per_gpu_h")],
         ["deployment", f"{serving['replicas']} replica{'s' if serving['replicas'] != 1 else ''}, tensor parallel "
                        f"{par.get('tp', 1)}, pipeline "
-                       f"{par.get('pp', 1)}; {int(s.get('gpus') or 0):,} GPUs", "scenario file"],
+                       f"{par.get('pp', 1)}; {count(s.get('gpus')):,} GPUs", "scenario file"],
         ["precision", ", ".join(f"{k} {v}" for k, v in prec.items() if v), "scenario file"],
         ["batching", f"{(serving.get('engine') or 'vllm')}-style, up to {serving['batching']['max_num_seqs']} sequences and "
                      f"{serving['batching']['max_num_batched_tokens']:,} tokens per iteration", "scenario file"],
@@ -258,8 +267,9 @@ def _latency(f: RunFolder) -> Section:
 
 def _over_time(f: RunFolder) -> Section:
     s = f.summary
-    fig = figures.timeseries_figure(f.levels, f.iterations, int(s.get("kv_blocks_per_replica") or 0),
-                                    int(s.get("replicas") or 1), s.get("window_start_s", 0.0), s.get("window_end_s", 0.0))
+    fig = figures.timeseries_figure(f.levels, f.iterations, count(s.get("kv_blocks_per_replica")),
+                                    max(1, count(s.get("replicas"))), amount(s.get("window_start_s")),
+                                    amount(s.get("window_end_s")))
     return Section("Over time", [f"Mean over the window: {num(s.get('queue_len_mean'), 1)} requests queued, "
                                  f"{num(s.get('running_mean'), 1)} running, KV cache "
                                  f"{pct(s.get('kv_occupancy_mean'))} full, GPUs busy {pct(s.get('gpu_busy_fraction'))}."],
@@ -269,8 +279,8 @@ def _over_time(f: RunFolder) -> Section:
 
 def _cost(f: RunFolder) -> Section:
     s = f.summary
-    cost = float(s.get("cost_usd") or 0.0)
-    busy = float(s.get("gpu_busy_fraction") or 0.0)
+    cost = amount(s.get("cost_usd"))
+    busy = amount(s.get("gpu_busy_fraction"))
     rows = [
         ["cost of the window", usd(cost), f"{num(s.get('gpu_hours'), 2)} GPU-hours x {usd(s.get('price_usd_per_gpu_h'))}"],
         ["  GPUs busy", usd(cost * busy), pct(busy)],
@@ -278,17 +288,17 @@ def _cost(f: RunFolder) -> Section:
         ["energy", f"{num(s.get('energy_kwh'), 2)} kWh", f"{num(s.get('joules_per_output_token'), 2)} J per "
                                                           "output token"],
     ]
-    if s.get("kv_tiers_usd_per_gpu_h"):
+    if amount(s.get("kv_tiers_usd_per_gpu_h")):
         rows.append(["KV tiers (DRAM, NVMe) in the price", f"{usd(s['kv_tiers_usd_per_gpu_h'])} per GPU-hour", ""])
-    if s.get("cached_input_tokens"):
+    if amount(s.get("cached_input_tokens")):
         rows.append(["input tokens from cache / computed", f"{num(s['cached_input_tokens'])} / {num(s.get('computed_input_tokens'))}",
                      pct(s.get("cached_input_fraction"))])
     priced = [["uncached input", usd_per_m(s.get("usd_per_m_uncached_input_tokens_priced"))],
               ["cached input", usd_per_m(s.get("usd_per_m_cached_input_tokens_priced"))],
               ["output", usd_per_m(s.get("usd_per_m_output_tokens_priced"))]]
-    fig = figures.cost_figure(cost, busy, float(s.get("usd_per_m_uncached_input_tokens_priced") or 0.0),
-                              float(s.get("usd_per_m_cached_input_tokens_priced") or 0.0),
-                              float(s.get("usd_per_m_output_tokens_priced") or 0.0))
+    fig = figures.cost_figure(cost, busy, amount(s.get("usd_per_m_uncached_input_tokens_priced")),
+                              amount(s.get("usd_per_m_cached_input_tokens_priced")),
+                              amount(s.get("usd_per_m_output_tokens_priced")))
     return Section("Where the cost goes",
                    ["The GPUs are paid for whether they compute or wait. The price list splits the cost over the token "
                     "classes in the ratios API providers charge them, so the three classes together pay the whole "
@@ -298,7 +308,7 @@ def _cost(f: RunFolder) -> Section:
                               fig)])
 
 
-def _levers(f: RunFolder) -> Section | None:
+def _levers(f: RunFolder) -> Section:
     s = f.summary
     rows: list[list[str]] = []
     if "prefix_hit_rate" in s:

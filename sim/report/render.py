@@ -18,7 +18,7 @@ from sim.report.content import Report
 #: Folder (beside report.md) that holds the Markdown report's figures.
 FIGURE_DIR = "report_figures"
 
-_ENV = Environment(loader=PackageLoader("sim.report", "templates"), autoescape=select_autoescape(["html"]),
+_ENV = Environment(loader=PackageLoader("sim.report", "templates"), autoescape=select_autoescape(["html", "html.j2"]),
                    trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
@@ -40,8 +40,18 @@ def _bold_only(text: str) -> Markup:
     return Markup(re.sub(r"&lt;(/?)b&gt;", r"<\1b>", str(escape(text))))
 
 
+def _md_escape(text: str) -> str:
+    """Markdown viewers render raw HTML: names and descriptions from a scenario go out as text."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _md(text: str) -> str:
-    return re.sub(r"</?b>", "**", text)
+    return re.sub(r"&lt;(/?)b&gt;", "**", _md_escape(text))
+
+
+def _cell(value: object) -> str:
+    """A Markdown table cell: escaped, one line, its pipes escaped."""
+    return " ".join(_md_escape(str(value)).replace("\\", "\\\\").replace("|", "\\|").split())
 
 
 def render_html(report: Report, images: dict[str, bytes]) -> str:
@@ -50,5 +60,4 @@ def render_html(report: Report, images: dict[str, bytes]) -> str:
 
 
 def render_markdown(report: Report) -> str:
-    return _ENV.get_template("report.md.j2").render(report=report, figure_dir=FIGURE_DIR, md=_md,
-                                                    cell=lambda v: str(v).replace("|", "\\|"))
+    return _ENV.get_template("report.md.j2").render(report=report, figure_dir=FIGURE_DIR, md=_md, cell=_cell)
