@@ -178,8 +178,8 @@ def monthly_usd(s: dict[str, Any]) -> float:
 def _answer(f: RunFolder) -> Section:
     s, slo = f.summary, f.scenario["slo"]
     met = s.get("slo_met")
-    verdict = ("meets" if met is True else "misses" if met is False else "cannot be judged against") + f" the SLO (p{slo['percentile']:g} TTFT <= {seconds(slo['ttft_s'])}, " \
-        f"p{slo['percentile']:g} TPOT <= {seconds(slo['tpot_s'])})"
+    verdict = ("meets" if met is True else "misses" if met is False else "cannot be judged against") + f" the SLO (p{slo['percentile']:g} TTFT ≤ {seconds(slo['ttft_s'])}, " \
+        f"p{slo['percentile']:g} TPOT ≤ {seconds(slo['tpot_s'])})"
     tokens_month = amount(s.get("output_tok_per_s")) * HOURS_PER_MONTH * 3600
     gpus = count(s.get("gpus"))
     paras = [
@@ -245,8 +245,8 @@ def _simulated(f: RunFolder, gpu: dict[str, Any], model: dict[str, Any], serving
         ["traffic", traffic, "scenario file"],
         ["measured window", f"{num(s.get('window_start_s'), 0)} s to {num(s.get('window_end_s'), 0)} s "
                             f"({num(s.get('requests_arrived'))} requests arrived)", "scenario file"],
-        ["SLO", f"p{sc['slo']['percentile']:g} TTFT <= {seconds(sc['slo']['ttft_s'])}, "
-                f"p{sc['slo']['percentile']:g} TPOT <= {seconds(sc['slo']['tpot_s'])}", "scenario file"],
+        ["SLO", f"p{sc['slo']['percentile']:g} TTFT ≤ {seconds(sc['slo']['ttft_s'])}, "
+                f"p{sc['slo']['percentile']:g} TPOT ≤ {seconds(sc['slo']['tpot_s'])}", "scenario file"],
     ]
     desc = sc.get("description") or ""
     return Section("What was simulated", [desc] if desc else [], [Table(["", "assumption", "source"], rows)])
