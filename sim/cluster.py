@@ -14,15 +14,13 @@ lowest replica index so runs are deterministic):
 * ``least_outstanding``: fewest requests waiting + running (join-shortest-queue);
 * ``least_kv_load``: fewest tokens of load: KV tokens allocated (blocks x block size) plus
   prompt tokens waiting (join-shortest-queue by tokens);
-* ``cache_aware`` (with prefix caching): the cache-aware policy of the SGLang and vLLM routers. If
-  the busiest replica has more than 64 requests over the idlest and more than 1.5 times as many,
-  the least loaded one; else the replica holding the longest head of the prompt's chunk chain in
-  HBM (any attention rank's), when that covers at least 30% of the prompt; else the least loaded.
+* ``cache_aware`` (with prefix caching): the cache-aware policy of the SGLang and vLLM routers
+  (sim/cache_aware.py, with its sourced thresholds): the least loaded replica when the loads are
+  out of balance, else the one holding the longest head of the prompt's chunk chain in HBM (any
+  attention rank's) when that covers at least 30% of the prompt, else the least loaded.
   The real routers mirror each replica's cache in a radix tree of the requests sent there; here
   the router reads the replicas' HBM prefix caches themselves (as Dynamo's KV router does from
-  the workers' KV events). Defaults --cache-threshold 0.3, --balance-abs-threshold 64,
-  --balance-rel-threshold 1.5: docs.gpustack.ai, "Model Deployment Routing" (vllm-router v0.1.15,
-  sglang-gateway v0.3.1), and SMG's load-balancing docs.
+  the workers' KV events).
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from itertools import islice
 import numpy as np
 import simpy
 
+from sim.cache_aware import choose, least_loaded, out_of_balance
 from sim.catalog import GpuSpec
 from sim.engine.kv_cache import KvCache
 from sim.engine.kv_integral import block_seconds
@@ -89,23 +88,12 @@ def pick_round_robin(replicas: Sequence[AnyReplica], counter: int) -> int:
     return counter % len(replicas)
 
 
-def _argmin(loads: list[int]) -> int:
-    """Index of the least load; ties go to the lowest index (min keeps the first minimum)."""
-    return min(range(len(loads)), key=loads.__getitem__)
-
-
 def pick_least_outstanding(replicas: Sequence[AnyReplica]) -> int:
-    return _argmin([r.outstanding for r in replicas])
+    return least_loaded([r.outstanding for r in replicas])
 
 
 def pick_least_kv_load(replicas: Sequence[AnyReplica]) -> int:
-    return _argmin([r.kv_load_tokens for r in replicas])
-
-
-#: cache_aware's thresholds (module docstring).
-CACHE_THRESHOLD = 0.3
-BALANCE_ABS_THRESHOLD = 64
-BALANCE_REL_THRESHOLD = 1.5
+    return least_loaded([r.kv_load_tokens for r in replicas])
 
 
 def cached_head_chunks(replica: AnyReplica, chain: Sequence[int], usable: int) -> int:
@@ -125,20 +113,15 @@ def cached_head_chunks(replica: AnyReplica, chain: Sequence[int], usable: int) -
 
 def pick_cache_aware(replicas: Sequence[AnyReplica], r: Request) -> int:
     loads = [rep.outstanding for rep in replicas]
-    least = _argmin(loads)
-    busiest = max(loads)
-    if busiest - loads[least] > BALANCE_ABS_THRESHOLD and busiest > BALANCE_REL_THRESHOLD * loads[least]:
-        return least
     chain = r.hash_ids
     tiers = replicas[0].schedulers()[0].prefix
     if not chain or tiers is None:
-        return least
+        return least_loaded(loads)
+    if out_of_balance(loads):       # (before reading the caches: the decision would not use them)
+        return least_loaded(loads)
     usable = tiers.usable_chunks(chain, r.input_tokens)
-    hits = [cached_head_chunks(rep, chain, usable) for rep in replicas]
-    best = max(range(len(hits)), key=lambda i: (hits[i], -loads[i], -i))
-    if hits[best] * tiers.chunk_tokens >= CACHE_THRESHOLD * r.input_tokens:
-        return best
-    return least
+    return choose([cached_head_chunks(rep, chain, usable) for rep in replicas], loads, tiers.chunk_tokens,
+                  r.input_tokens)
 
 
 ROUTERS: dict[str, Callable[[Sequence[AnyReplica]], int]] = {

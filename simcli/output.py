@@ -94,7 +94,8 @@ RESULT_FILES: dict[str, frozenset[str]] = {
 }
 
 #: What `run.py report` adds to a run's folder (a run writes them itself unless --no-report).
-REPORT_FILES = frozenset({"report.html", "report.md", "report_figures"})
+REPORT_HTML, REPORT_MD, REPORT_FIGURE_DIR = "report.html", "report.md", "report_figures"
+REPORT_FILES = frozenset({REPORT_HTML, REPORT_MD, REPORT_FIGURE_DIR})
 
 #: A result folder's identity: its marker's token (or, for a folder from before the marker, its
 #: device and inode), what `--out` found before the work, so that at the end only that folder is

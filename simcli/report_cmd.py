@@ -7,14 +7,14 @@ import argparse
 from pathlib import Path
 
 from sim.errors import InputError
-from simcli.output import atomic_path, write_text
+from simcli.output import REPORT_FIGURE_DIR, REPORT_HTML, REPORT_MD, atomic_path, write_text
 
 
 def write_report(folder: Path) -> Path:
     """Build the report of the results folder and write it there, each file atomically; returns
     the HTML page's path."""
     from sim.report.content import read_run_folder, run_report  # matplotlib: slow to import
-    from sim.report.render import FIGURE_DIR, pngs, render_html, render_markdown
+    from sim.report.render import pngs, render_html, render_markdown
 
     if not folder.is_dir():
         raise InputError(f"report: {folder}: no such results folder")
@@ -24,10 +24,10 @@ def write_report(folder: Path) -> Path:
     report = run_report(read_run_folder(folder))
     images = pngs(report)
     for name, png in images.items():
-        with atomic_path(folder / FIGURE_DIR / name) as tmp:
+        with atomic_path(folder / REPORT_FIGURE_DIR / name) as tmp:
             tmp.write_bytes(png)
-    write_text(folder / "report.md", render_markdown(report))
-    html = folder / "report.html"
+    write_text(folder / REPORT_MD, render_markdown(report, REPORT_FIGURE_DIR))
+    html = folder / REPORT_HTML
     write_text(html, render_html(report, images))
     return html
 

@@ -45,11 +45,11 @@ def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int, 
         result.levels.to_parquet(tmp / "levels.parquet", index=False)
         result.replicas.to_parquet(tmp / "replicas.parquet", index=False)
     if report:
-        _report_or_warn(res.path)
+        _write_report_keeping_results(res.path)
     return res.path
 
 
-def _report_or_warn(folder: Path) -> None:
+def _write_report_keeping_results(folder: Path) -> None:
     """Write the run's report into its folder, now in place: if that fails the results stay, and
     the error says where they are."""
     from simcli.report_cmd import write_report

@@ -24,6 +24,7 @@ from typing import Any
 
 import simpy
 
+from sim.cache_aware import choose, least_loaded
 from sim.engine.kv_cache import KvCache
 from sim.engine.request import Request
 from sim.engine.scheduler import BatchLimits, BatchScheduler, IterationPlan
@@ -36,23 +37,16 @@ from sim.speculation import Speculation
 _make = tuple.__new__
 
 
-def cache_aware_rank(ranks: list[BatchScheduler], r: Request) -> BatchScheduler | None:
-    """The rank whose HBM holds the longest head of r's chunk chain, when that covers at least the
-    cache-aware router's threshold of the prompt (ties: the least loaded, then the first); None
-    otherwise."""
-    from sim.cluster import CACHE_THRESHOLD  # the router's policy, applied within the replica
+def cache_aware_rank(ranks: list[BatchScheduler], r: Request) -> BatchScheduler:
+    """The rank the cache-aware router's rule picks (sim/cache_aware.py), as it picks a replica."""
     tiers = ranks[0].prefix
     chain = r.hash_ids
+    loads = [s.outstanding for s in ranks]
     if tiers is None or not chain:
-        return None
+        return ranks[least_loaded(loads)]
     usable = tiers.usable_chunks(chain, r.input_tokens)
-    best, best_key = None, (0, 0)
-    for s in ranks:
-        n = s.prefix.hbm.head_hits(chain, usable) if s.prefix is not None else 0
-        key = (n, -s.outstanding)
-        if best is None or key > best_key:
-            best, best_key = s, key
-    return best if best_key[0] * tiers.chunk_tokens >= CACHE_THRESHOLD * r.input_tokens else None
+    hits = [s.prefix.hbm.head_hits(chain, usable) if s.prefix is not None else 0 for s in ranks]
+    return ranks[choose(hits, loads, tiers.chunk_tokens, r.input_tokens)]
 
 
 class RankedReplica:
@@ -103,9 +97,10 @@ class RankedReplica:
         r.replica = self.idx
         limit = self.ranks[0].limits.max_waiting
         with_room = [s for s in self.ranks if limit is None or len(s.waiting) < limit] or self.ranks
-        sched = min(with_room, key=lambda s: s.outstanding)     # the first of the least loaded
-        if self.rank_by_cache and r.hash_ids:
-            sched = cache_aware_rank(with_room, r) or sched
+        if self.rank_by_cache:
+            sched = cache_aware_rank(with_room, r)
+        else:
+            sched = min(with_room, key=lambda s: s.outstanding)     # the first of the least loaded
         if not sched.intake(r, self.env.now):
             self.on_finish(r)
             return False

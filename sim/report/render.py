@@ -15,9 +15,6 @@ from matplotlib.figure import Figure
 
 from sim.report.content import Report
 
-#: Folder (beside report.md) that holds the Markdown report's figures.
-FIGURE_DIR = "report_figures"
-
 _ENV = Environment(loader=PackageLoader("sim.report", "templates"), autoescape=select_autoescape(["html", "html.j2"]),
                    trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
@@ -59,5 +56,6 @@ def render_html(report: Report, images: dict[str, bytes]) -> str:
     return _ENV.get_template("report.html.j2").render(report=report, images=data, prose=_bold_only)
 
 
-def render_markdown(report: Report) -> str:
-    return _ENV.get_template("report.md.j2").render(report=report, figure_dir=FIGURE_DIR, md=_md, cell=_cell)
+def render_markdown(report: Report, figure_dir: str) -> str:
+    """The Markdown page, its figures linked as `figure_dir`/<name>.png beside it."""
+    return _ENV.get_template("report.md.j2").render(report=report, figure_dir=figure_dir, md=_md, cell=_cell)
