@@ -213,6 +213,18 @@ def param_cell(value: Any) -> Any:
     return value
 
 
+def display_cell(v: Any) -> str:
+    """A swept value as a table cell: a list of KV tiers by their kinds ("HBM only" when empty)."""
+    if isinstance(v, str) and v.startswith("["):
+        try:
+            items = json.loads(v)
+        except ValueError:
+            return v
+        if isinstance(items, list) and all(isinstance(i, dict) and "kind" in i for i in items):
+            return " + ".join(["HBM", *(str(i["kind"]) for i in items)]) if items else "HBM only"
+    return str(v)
+
+
 def canonical_json(value: Any, **kw: Any) -> str:
     """JSON text with mapping keys sorted (as text where a mapping mixes numbers and strings)."""
     try:

@@ -23,6 +23,9 @@ from typing import Any
 import pandas as pd
 
 from sim.errors import InputError, one_line
+from sim.report import REPRESENTATIVE_DIR
+from sim.sensitivity import TABLE_CSV as SENSITIVITY_CSV
+from sim.sensitivity import TABLE_FILE as SENSITIVITY_TABLE
 
 
 def jsonable(v: Any) -> Any:
@@ -93,9 +96,12 @@ RESULT_FILES: dict[str, frozenset[str]] = {
                         "pareto.parquet", "pareto.csv", "pareto.png"}),
 }
 
-#: What `run.py report` adds to a run's folder (a run writes them itself unless --no-report).
+#: What `run.py report` adds to a result folder (run, sweep and plan write them themselves unless
+#: --no-report): the pages, their figures, a run's sensitivity table and, in a sweep's or plan's
+#: folder, the recommended configuration's run.
 REPORT_HTML, REPORT_MD, REPORT_FIGURE_DIR = "report.html", "report.md", "report_figures"
-REPORT_FILES = frozenset({REPORT_HTML, REPORT_MD, REPORT_FIGURE_DIR})
+REPORT_FILES = frozenset({REPORT_HTML, REPORT_MD, REPORT_FIGURE_DIR, SENSITIVITY_TABLE, SENSITIVITY_CSV})
+STUDY_REPORT_FILES = REPORT_FILES | {REPRESENTATIVE_DIR}
 
 #: A result folder's identity: its marker's token (or, for a folder from before the marker, its
 #: device and inode), what `--out` found before the work, so that at the end only that folder is
@@ -109,7 +115,7 @@ def is_result_dir(folder: Path, kind: str) -> bool:
         names = {p.name for p in folder.iterdir()}
     except OSError:
         return False
-    if not names or not names <= RESULT_FILES[kind] | {MARKER} | (REPORT_FILES if kind == "run" else frozenset()):
+    if not names or not names <= RESULT_FILES[kind] | {MARKER} | (REPORT_FILES if kind == "run" else STUDY_REPORT_FILES):
         return False
     if MARKER in names:
         return _marker(folder)[0] == kind

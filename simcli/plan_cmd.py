@@ -29,6 +29,7 @@ from simcli.output import (
     write_json,
     write_table,
 )
+from simcli.report_cmd import Progress, report_after
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -50,12 +51,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     with atomic_dir(out, "plan", replace=prior) as res:
         write_table(result.candidates, res.tmp / "plan")
         write_table(result.evaluations, res.tmp / "evaluations")
-        write_json(res.tmp / "plan.json", jsonable(result.answer()))
+        # The candidates' overrides, scenario and its folder: what the report needs to simulate
+        # the cheapest candidate again.
+        write_json(res.tmp / "plan.json", jsonable({**result.answer(), "candidate_overrides": pf.spec.candidates or [{}],
+                                                    "source": pf.source, "base": pf.base, "base_dir": pf.base_dir}))
     out = res.path
+    if not args.no_report:
+        report_after(out, Progress(console, verbose, args.workers, args.dask))
     if args.quiet:
         print(out)
     else:
         print_plan(console, pf.scenario.name, pf.spec.candidates or [{}], result, out)
+        if not args.no_report:
+            from rich.markup import escape
+
+            console.print(f"report: {escape(str(out / 'report.html'))} (and report.md)")
     return 0
 
 
@@ -100,5 +110,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--replications", type=int, default=None, help="replications per evaluation (default 3)")
     s.add_argument("--max-replicas", type=int, default=None, help="upper limit of the replica search (default 64)")
     s.add_argument("--out", type=Path, default=None, help="output folder (default: results/<name>/plan-<time>)")
+    s.add_argument("--no-report", action="store_true", help="do not write report.html and report.md (nor simulate the "
+                   "cheapest candidate again for them)")
     add_execution_options(s, "scenario")
     s.set_defaults(func=cmd_plan)

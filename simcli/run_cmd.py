@@ -9,31 +9,39 @@ from typing import Any
 
 import yaml
 
-from sim.errors import InputError, SimulationFailed
+from sim.errors import InputError
 from sim.kv_hierarchy import resolve_tiers
 from sim.metrics.registry import RUN_TABLE, SPEC_TABLE, kv_table, row_cells
 from sim.runner import Result
-from sim.scenario import KvTier
+from sim.scenario import KvTier, Scenario
 from simcli.common import RESULTS_DIR, parse_set, progress_bar
 from simcli.output import FolderId, atomic_dir, check_out_dir, make_console, show_progress, write_json
+from simcli.report_cmd import Progress, report_after
+
+
+def resolved_scenario(sc: Scenario, seed: int) -> dict[str, Any]:
+    """The scenario as run: catalog specs filled in, KV tiers with their defaults, and the seed
+    actually used (scenario.resolved.yaml; simulating it again gives the same results)."""
+    resolved = {**sc.model_dump(mode="json"), "seed": seed}
+    tiers = resolve_tiers(sc)
+    if tiers:       # the tiers as run: their defaults filled in (and where each came from, in run.json)
+        resolved["serving"]["kv_cache"]["tiers"] = [{k: getattr(t, k) for k in KvTier.model_fields} for t in tiers]
+    return resolved
 
 
 def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int, *,
-                  replace: FolderId | None = None, report: bool = False) -> Path:
-    """Write a run's files (and with `report` its report) into out_dir atomically (temporary
-    folder + rename); returns the folder they went to (see `output.atomic_dir`: a taken name gets
-    a suffix, unless `replace` identifies the earlier run there that may be replaced)."""
+                  replace: FolderId | None = None) -> Path:
+    """Write a run's files into out_dir atomically (temporary folder + rename); returns the folder
+    they went to (see `output.atomic_dir`: a taken name gets a suffix, unless `replace` identifies
+    the earlier run there that may be replaced)."""
     from sim import __version__
 
     with atomic_dir(out_dir, "run", replace=replace) as res:
         tmp = res.tmp
         sc = result.scenario
-        # The scenario as run: catalog specs filled in, and the seed actually used.
-        resolved = {**sc.model_dump(mode="json"), "seed": seed}
         tiers = resolve_tiers(sc)
-        if tiers:       # the tiers as run: their defaults filled in (and where each came from, in run.json)
-            resolved["serving"]["kv_cache"]["tiers"] = [{k: getattr(t, k) for k in KvTier.model_fields} for t in tiers]
-        (tmp / "scenario.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+        (tmp / "scenario.resolved.yaml").write_text(yaml.safe_dump(resolved_scenario(sc, seed), sort_keys=False),
+                                                    encoding="utf-8")
         meta = {"scenario": sc.name, "scenario_file": scenario_path, "seed": result.seed, "version": __version__,
                 "created_utc": datetime.now(UTC).isoformat(timespec="seconds"), "wall_s": result.wall_s}
         if tiers:
@@ -44,21 +52,7 @@ def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int, 
         result.iterations.to_parquet(tmp / "iterations.parquet", index=False)
         result.levels.to_parquet(tmp / "levels.parquet", index=False)
         result.replicas.to_parquet(tmp / "replicas.parquet", index=False)
-    if report:
-        _write_report_keeping_results(res.path)
     return res.path
-
-
-def _write_report_keeping_results(folder: Path) -> None:
-    """Write the run's report into its folder, now in place: if that fails the results stay, and
-    the error says where they are."""
-    from simcli.report_cmd import write_report
-
-    try:
-        write_report(folder)
-    except Exception as err:     # a report bug must not cost a finished run its results
-        raise SimulationFailed(f"the run's results are in {folder}, but its report could not be written: "
-                               f"{type(err).__name__}: {err}") from None
 
 
 def run_id(seed: int) -> str:
@@ -139,7 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                           show_progress(args.quiet)) as update:
             plain = execute(build(without_speculation(sc), seed), progress=update if show_progress(args.quiet) else None)
         result.summary.update(comparison(result.summary, plain.summary))
-    out_dir = write_results(result, out_dir, args.scenario, seed, replace=prior, report=not args.no_report)
+    out_dir = write_results(result, out_dir, args.scenario, seed, replace=prior)
+    if not args.no_report:
+        report_after(out_dir, Progress(console, show_progress(args.quiet)))
     if args.quiet:
         print(out_dir)
     else:
@@ -158,7 +154,8 @@ def add_parser(sub) -> None:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario key, e.g. --set duration_s=60 (repeatable)")
     r.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
-    r.add_argument("--no-report", action="store_true", help="do not write report.html and report.md")
+    r.add_argument("--no-report", action="store_true", help="do not write report.html and report.md (nor simulate "
+                   "the report's sensitivity variations)")
     r.add_argument("--compare-no-spec", action="store_true",
                    help="also run the scenario without its speculative: block (same seed) and report "
                         "the effective speedup")

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from sim.errors import InputError
-from sim.metrics.registry import SWEEP_TABLE, metric
+from sim.metrics.registry import KV_SWEEP_KEYS, SWEEP_TABLE, metric
 from sim.perf.split import SPLIT_KEYS
 from sim.sweep import (
     PARETO_X,
@@ -36,6 +36,7 @@ from sim.sweep import (
     SweepFile,
     SweepResult,
     analyse,
+    display_cell,
     execute,
     expand,
     load_sweep,
@@ -56,6 +57,7 @@ from simcli.output import (
     write_table,
     write_text,
 )
+from simcli.report_cmd import Progress, report_after
 
 _SPECIAL = {"inf": float("inf"), "-inf": float("-inf")}
 
@@ -102,8 +104,10 @@ class PointStore:
                     f.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
         write_text(out / MARKER, "sweep\n")
+        # base and base_dir: what the report needs to simulate the recommended point again.
         write_json(manifest, {"name": sweep.name, "source": sweep.source, "digest": digest,
-                              "spec": sweep.spec.model_dump(), "points": len(points),
+                              "spec": sweep.spec.model_dump(), "points": len(points), "base": sweep.base,
+                              "base_dir": sweep.base_dir,
                               "created_utc": datetime.now(UTC).isoformat(timespec="seconds")})
 
     def path(self, key: str) -> Path:
@@ -166,14 +170,14 @@ def _rows_frame(rows: list[dict[str, Any]], points: list[Point]) -> pd.DataFrame
 
 def write_outputs(out: Path, sweep: SweepFile, result: SweepResult) -> None:
     """sweep, aggregate and Pareto tables, and the Pareto chart."""
-    from sim import report  # matplotlib: slow to import, only needed here
+    from sim.report.figures import pareto_figure  # matplotlib: slow to import, only needed here
 
     write_table(result.rows, out / "sweep")
     write_table(result.aggregate, out / "aggregate")
     if result.pareto.empty:
         return
     write_table(result.pareto, out / "pareto")
-    fig = report.pareto_figure(result.aggregate, result.pareto, f"{PARETO_X}_mean", f"{PARETO_Y}_mean",
+    fig = pareto_figure(result.aggregate, result.pareto, f"{PARETO_X}_mean", f"{PARETO_Y}_mean",
                                "usd_per_m_total_tokens_mean", f"{sweep.name}: throughput per GPU vs speed per user",
                                group="configuration" if result.config_params else None)
     save_figure(fig, out / "pareto.png")
@@ -209,28 +213,12 @@ def print_sweep(console: Any, sweep: SweepFile, result: SweepResult, out: Path, 
     console.print(f"results: {escape(str(out))}")
 
 
-def display_cell(v: Any) -> str:
-    """A swept value as a table cell: a list of KV tiers by their kinds ("HBM only" when empty)."""
-    if isinstance(v, str) and v.startswith("["):
-        try:
-            items = json.loads(v)
-        except ValueError:
-            return v
-        if isinstance(items, list) and all(isinstance(i, dict) and "kind" in i for i in items):
-            return " + ".join(["HBM", *(str(i["kind"]) for i in items)]) if items else "HBM only"
-    return str(v)
-
-
 #: Axes that change where a step's time goes: a sweep over them also prints the step split.
 SPLIT_AXES = ("serving.parallelism.", "hardware.gpu", "serving.precision.")
 
 
 #: Axes that change the KV hierarchy: a sweep over them also prints its figures.
 KV_AXES = ("serving.kv_cache.",)
-KV_SWEEP_KEYS = ("prefix_hit_rate", "prefix_hit_rate_hbm", "prefix_hit_rate_host_dram", "prefix_hit_rate_nvme",
-                 "prefix_hit_rate_remote", "ttft_queue_s_p50",
-                 "ttft_load_s_p50", "ttft_prefill_s_p50", "usd_per_m_uncached_input_tokens_priced",
-                 "usd_per_m_cached_input_tokens_priced", "usd_per_m_output_tokens_priced")
 
 
 def step_split_table(agg: pd.DataFrame, params: list[str]) -> Any:
@@ -279,11 +267,16 @@ def cmd_sweep(args: argparse.Namespace, after_row: Callable[[dict[str, Any]], No
                 update(i)
     result = analyse(_rows_frame(store.rows(points), points), sweep.spec)
     write_outputs(out, sweep, result)
+    if not args.no_report and not result.aggregate.empty:
+        report_after(out, Progress(console, show_progress(args.quiet), args.workers, args.dask))
+    from rich.markup import escape
+
     if args.quiet:
         print(out)
     else:
         print_sweep(console, sweep, result, out, len(todo), len(done))
-    from rich.markup import escape
+        if not args.no_report and not result.aggregate.empty:
+            console.print(f"report: {escape(str(out / 'report.html'))} (and report.md)")
 
     for _, r in result.failed.head(5).iterrows():
         console.print(f"[red]point {r['point_id']} replication {r['replication']} failed:[/red] {escape(r['error'])}")
@@ -296,5 +289,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--out", type=Path, default=None, help="output folder (default: results/<name>/sweep-<digest>); an existing one must hold this "
                    "sweep's earlier points")
     s.add_argument("--fresh", action="store_true", help="discard finished points in the output folder")
+    s.add_argument("--no-report", action="store_true", help="do not write report.html and report.md (nor simulate the "
+                   "recommended point again for them)")
     add_execution_options(s, "base scenario")
     s.set_defaults(func=cmd_sweep)

@@ -37,7 +37,8 @@ def test_run_writes_results(tmp_path):
     out = runs[0]
     assert sorted(f.name for f in out.iterdir()) == [
         ".token-factory-result", "iterations.parquet", "levels.parquet", "replicas.parquet", "report.html", "report.md",
-        "report_figures", "requests.parquet", "run.json", "scenario.resolved.yaml", "summary.json"]
+        "report_figures", "requests.parquet", "run.json", "scenario.resolved.yaml", "sensitivity.csv",
+        "sensitivity.parquet", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seed"] == 4 and summary["requests_completed"] > 0
     req = pd.read_parquet(out / "requests.parquet")

@@ -104,7 +104,7 @@ def mdc_scenario(tmp_path, plan: dict, rate_factor: float, replicas: int = 1) ->
 
 def plan_args(path, out, **kw) -> argparse.Namespace:
     a = {"scenario": str(path), "rate": None, "max_rate": False, "replications": None, "max_replicas": None,
-         "workers": 1, "dask": None, "out": out, "set": [], "quiet": True}
+         "workers": 1, "dask": None, "out": out, "set": [], "quiet": True, "no_report": True}
     a.update(kw)
     return argparse.Namespace(**a)
 

@@ -32,10 +32,11 @@ def _images(html: str) -> list[str]:
 def test_a_run_writes_its_report(run_dir):
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     md = (run_dir / "report.md").read_text(encoding="utf-8")
-    for title in ("The answer", "What was simulated", "Latency", "Over time", "Where the cost goes", "Levers"):
+    for title in ("The answer", "What was simulated", "Latency", "Over time", "Where the cost goes", "Sensitivity",
+                  "Levers"):
         assert f"<h2>{title}</h2>" in html and f"## {title}" in md
     figures = re.findall(r"\]\((report_figures/[a-z_]+\.png)\)", md)
-    assert len(figures) == 3
+    assert len(figures) == 4
     for rel in figures:
         png = (run_dir / rel).read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
@@ -44,7 +45,7 @@ def test_a_run_writes_its_report(run_dir):
 def test_the_html_is_one_file_with_its_images_embedded(run_dir):
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     srcs = _images(html)
-    assert len(srcs) == 3
+    assert len(srcs) == 4
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
         png = base64.b64decode(src.split(",", 1)[1])
@@ -94,12 +95,12 @@ def test_report_of_a_tiered_run_shows_its_hits(tmp_path):
     assert "prefix hits: all / HBM / host DRAM / NVMe" in html and "input tokens from cache / computed" in html
 
 
-@pytest.mark.parametrize("what", ["missing", "sweep", "not a run"])
+@pytest.mark.parametrize("what", ["missing", "sweep without tables", "not a run"])
 def test_report_refuses_what_is_not_a_run_folder(tmp_path, capsys, what):
     folder = tmp_path / "x"
     if what != "missing":
         folder.mkdir()
-        (folder / ("sweep.json" if what == "sweep" else "notes.txt")).write_text("{}", encoding="utf-8")
+        (folder / ("sweep.json" if what.startswith("sweep") else "notes.txt")).write_text("{}", encoding="utf-8")
     assert main(["report", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and str(folder) in err
@@ -122,7 +123,7 @@ def test_report_of_a_run_with_infinite_and_missing_figures(tmp_path):
     html = (out / "report.html").read_text(encoding="utf-8")
     text = re.sub(r'<img src="[^"]*"', "", html)
     assert "n/a" in text and "nan" not in text.lower()
-    assert len(_images(html)) == 3
+    assert len(_images(html)) == 4
 
 
 def _browser() -> str | None:
@@ -131,7 +132,8 @@ def _browser() -> str | None:
 
 
 @pytest.mark.skipif(_browser() is None, reason="no headless Chromium here (.ci/run installs the Debian package)")
-def test_the_page_renders_in_a_real_browser(run_dir, tmp_path):
+@pytest.mark.parametrize("which", ["run_dir", "sweep_dir"])
+def test_the_page_renders_in_a_real_browser(which, request, tmp_path):
     """Headless Chromium loads report.html from disk with no network: every image decodes (the
     page, with a probe script appended, writes each image's decoded size into the DOM it dumps),
     and a screenshot of the page is not blank."""
@@ -139,6 +141,7 @@ def test_the_page_renders_in_a_real_browser(run_dir, tmp_path):
 
     from matplotlib.image import imread
 
+    run_dir = request.getfixturevalue(which)
     browser = _browser()
     flags = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
              "--user-data-dir=" + str(tmp_path / "profile")]
@@ -151,7 +154,7 @@ def test_the_page_renders_in_a_real_browser(run_dir, tmp_path):
     sizes = re.search(r'data-images="([^"]*)"', dom)
     assert sizes is not None, dom[:500]
     decoded = sizes.group(1).split(",")
-    assert len(decoded) == 3 and all(re.fullmatch(r"[1-9]\d*x[1-9]\d*", d) for d in decoded), decoded
+    assert len(decoded) == len(_images((run_dir / "report.html").read_text(encoding="utf-8"))) >= 4 and all(re.fullmatch(r"[1-9]\d*x[1-9]\d*", d) for d in decoded), decoded
     shot = tmp_path / "shot.png"
     subprocess.run([*flags, "--window-size=1100,2400", f"--screenshot={shot}", (run_dir / "report.html").as_uri()],
                    capture_output=True, timeout=120, check=True)
@@ -175,7 +178,7 @@ def test_names_from_the_scenario_are_text_not_markup(tmp_path):
 def test_a_failing_report_keeps_the_runs_results(tmp_path, monkeypatch, capsys):
     import simcli.report_cmd
 
-    def broken(folder):
+    def broken(folder, progress=None):
         raise ValueError("a bug in the report")
     monkeypatch.setattr(simcli.report_cmd, "write_report", broken)
     out = tmp_path / "run"
@@ -195,3 +198,156 @@ def test_a_summary_with_missing_counts_and_verdict_reports_na(run_dir, tmp_path)
     assert main(["report", str(folder)]) == 0
     html = (folder / "report.html").read_text(encoding="utf-8")
     assert "cannot be judged against the SLO" in html and "KV tiers" not in html
+
+
+# ---- sensitivity, sweeps and plans ------------------------------------------------------------------
+
+def test_a_runs_sensitivity_is_simulated_not_guessed(run_dir):
+    """Price rows scale $/M exactly; the load rows are the scenario simulated again at ±20% load
+    with the run's seed (checked against a direct run)."""
+    import pandas as pd
+
+    from sim.runner import run
+    from sim.scenario import load_scenario
+
+    t = pd.read_parquet(run_dir / "sensitivity.parquet")
+    s = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    base = t[t["lever"] == "as simulated"].iloc[0]
+    assert base["usd_per_m_output_tokens"] == pytest.approx(s["usd_per_m_output_tokens"])
+    price = t[t["lever"] == "price"].sort_values("change")
+    assert list(price["usd_per_m_output_tokens"]) == pytest.approx([0.8 * s["usd_per_m_output_tokens"],
+                                                                   1.2 * s["usd_per_m_output_tokens"]])
+    up = t[(t["lever"] == "load") & (t["change"] > 0)].iloc[0]
+    assert up["setting"] == "rate_scale = 1.2 x trace speed" and up["error"] == ""
+    sc = load_scenario(ROOT / "scenarios/quickstart.yaml", overrides={"duration_s": 120, "warmup_s": 20,
+                                                                     "workload.trace.rate_scale": 1.2})
+    direct = run(sc, seed=s["seed"]).summary
+    assert up["usd_per_m_output_tokens"] == direct["usd_per_m_output_tokens"]
+    assert up["ttft_s_at_slo_percentile"] == direct["ttft_s_at_slo_percentile"]
+    assert set(t["lever"]) == {"as simulated", "price", "load"}      # no speculation, no prefix caching here
+
+
+@pytest.mark.parametrize(("scenario", "lever", "measured"), [
+    ("eagle_llama8b_h100.yaml", "acceptance", "spec_acceptance_rate"),
+    ("multiturn_offload_h100.yaml", "prefix hit rate", "prefix_hit_rate"),
+])
+def test_sensitivity_moves_acceptance_and_prefix_hits(tmp_path, scenario, lever, measured):
+    import pandas as pd
+
+    out = tmp_path / "run"
+    assert main(["run", str(ROOT / "scenarios" / scenario), "--quiet", "--out", str(out),
+                 "--set", "duration_s=90", "--set", "warmup_s=10"]) == 0
+    t = pd.read_parquet(out / "sensitivity.parquet")
+    rows = t[t["lever"] == lever].sort_values("change")
+    assert len(rows) == 2 and (rows["error"] == "").all()
+    base = t[t["lever"] == "as simulated"].iloc[0][measured]
+    if lever == "acceptance":        # the acceptance measured follows the lever
+        assert rows.iloc[0][measured] < base < rows.iloc[1][measured]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert f"<td>{lever}</td>" in html
+
+
+def _study_file(tmp_path: Path, block: dict) -> Path:
+    import yaml
+
+    data = yaml.safe_load((ROOT / "scenarios/chat_poisson_h100_llama8b.yaml").read_text(encoding="utf-8"))
+    data.update(duration_s=60, warmup_s=10, **block)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("sweep")
+    path = _study_file(tmp, {"sweep": {"axes": {"workload.arrivals.rate_per_s": [5, 30],
+                                                "serving.replicas": [1, 2]}, "replications": 2}})
+    out = tmp / "out"
+    assert main(["sweep", str(path), "--quiet", "--workers", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_a_sweeps_report_recommends_the_cheapest_row_that_meets_the_slo(sweep_dir):
+    import pandas as pd
+
+    agg = pd.read_csv(sweep_dir / "aggregate.csv")
+    ok = agg[(agg["slo_met_mean"] == 1.0) & (agg["replications"] == 2)]
+    assert 0 < len(ok) < len(agg)           # some meet the SLO, some do not: the choice is not trivial
+    best = ok.sort_values(["usd_per_m_output_tokens_mean", "gpus_mean"]).iloc[0]
+    label = f"rate_per_s={best['workload.arrivals.rate_per_s']}, replicas={best['serving.replicas']}"
+    html = (sweep_dir / "report.html").read_text(encoding="utf-8")
+    assert f"<b>Recommended: {label}</b>" in html
+    assert usd(best["usd_per_m_output_tokens_mean"], 3) in html
+    months = best["gpus_mean"] * best["price_usd_per_gpu_h_mean"] * HOURS_PER_MONTH
+    assert usd(months) in html
+    for title in ("The answer", "Runners-up", "Cheapest at each load", "How confident we are", "What was simulated",
+                  "Latency against load", "Throughput against speed per user, with cost", "Sensitivity"):
+        assert f"<h2>{title}</h2>" in html
+    assert " ± " in html                     # confidence intervals of the replications
+    # The representative run is replication 0 of the recommended point, simulated again: the same figures.
+    rows = pd.read_csv(sweep_dir / "sweep.csv")
+    row = rows[(rows["point_id"] == best["point_id"]) & (rows["replication"] == 0)].iloc[0]
+    rep = json.loads((sweep_dir / "representative" / "summary.json").read_text(encoding="utf-8"))
+    assert rep["usd_per_m_output_tokens"] == pytest.approx(row["usd_per_m_output_tokens"], rel=1e-12)
+    assert rep["ttft_s_p99"] == pytest.approx(row["ttft_s_p99"], rel=1e-12)
+    md = (sweep_dir / "report.md").read_text(encoding="utf-8")
+    figures = re.findall(r"\]\((report_figures/[a-z_]+\.png)\)", md)
+    assert {"report_figures/latency_load.png", "report_figures/frontier.png", "report_figures/sensitivity.png",
+            "report_figures/representative_timeseries.png"} <= set(figures)
+    for rel in figures:
+        assert (sweep_dir / rel).stat().st_size > 10_000
+    assert len(_images(html)) == len(figures) and all(src.startswith("data:image/png;base64,") for src in _images(html))
+
+
+def test_report_again_reuses_the_representative_run(sweep_dir, capsys):
+    before = (sweep_dir / "representative" / "summary.json").stat().st_mtime_ns
+    assert main(["report", str(sweep_dir)]) == 0
+    assert capsys.readouterr().out.strip() == str(sweep_dir / "report.html")
+    assert (sweep_dir / "representative" / "summary.json").stat().st_mtime_ns == before
+
+
+def test_a_plans_report_recommends_its_cheapest_candidate(tmp_path):
+    import pandas as pd
+
+    path = _study_file(tmp_path, {"plan": {"rate": 20, "replications": 2, "max_replicas": 8, "candidates": [
+        {"hardware.gpu": "h100-sxm"}, {"hardware.gpu": "h200"}, {"hardware.gpu": "a100-80g"}]}})
+    out = tmp_path / "plan"
+    assert main(["plan", str(path), "--quiet", "--workers", "2", "--out", str(out)]) == 0
+    plan = pd.read_csv(out / "plan.csv")
+    best = plan[plan["feasible"]].sort_values(["usd_per_m_output_tokens", "gpus"]).iloc[0]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    gpu = best["overrides"].split("=")[1]
+    replicas = int(best["min_replicas"])
+    assert f"<b>Recommended: gpu={gpu} x {replicas} replica{'s' if replicas != 1 else ''}</b>" in html
+    assert usd(best["usd_per_m_output_tokens"], 3) in html
+    assert "<h2>Latency against load</h2>" in html and "<h2>Sensitivity</h2>" in html
+    assert (out / "representative" / "sensitivity.parquet").is_file()
+    assert all((out / "report_figures" / f).stat().st_size > 10_000 for f in ("latency_load.png", "frontier.png"))
+
+
+def test_no_report_for_sweep_and_plan(tmp_path):
+    path = _study_file(tmp_path, {"sweep": {"axes": {"serving.replicas": [1, 2]}}})
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(path), "--quiet", "--workers", "1", "--no-report", "--out", str(out)]) == 0
+    assert not (out / "report.html").exists() and not (out / "representative").exists()
+    assert main(["report", str(out)]) == 0            # later, from the folder alone
+    assert (out / "report.html").is_file() and (out / "representative" / "summary.json").is_file()
+    plan = _study_file(tmp_path, {"plan": {"rate": 5, "replications": 1, "max_replicas": 2}})
+    pout = tmp_path / "plan"
+    assert main(["plan", str(plan), "--quiet", "--workers", "1", "--no-report", "--out", str(pout)]) == 0
+    assert not (pout / "report.html").exists()
+
+
+def test_a_sweep_folder_from_before_reports_still_reports(sweep_dir, tmp_path, capsys):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(sweep_dir, old)
+    shutil.rmtree(old / "representative")
+    manifest = json.loads((old / "sweep.json").read_text(encoding="utf-8"))
+    del manifest["base"], manifest["base_dir"]
+    (old / "sweep.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert main(["report", str(old)]) == 0
+    assert "written before reports of sweeps and plans" in capsys.readouterr().out
+    html = (old / "report.html").read_text(encoding="utf-8")
+    assert "<b>Recommended:" in html and "No representative run in this folder" in html

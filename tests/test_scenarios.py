@@ -5,6 +5,7 @@ change that is meant to move them, and say why in the commit)."""
 from __future__ import annotations
 
 import json
+import pathlib
 import math
 import os
 
@@ -92,11 +93,20 @@ def test_sweep_file_runs(path, tmp_path):
 
     sf = load_sweep(path)
     args = argparse.Namespace(sweep_file=str(path), workers=1, dask=None, out=tmp_path / "o", fresh=False,
-                              set=["duration_s=40", "warmup_s=5"], quiet=True)
+                              set=["duration_s=40", "warmup_s=5"], quiet=True, no_report=False)
     assert cmd_sweep(args) == 0
     df = pd.read_parquet(tmp_path / "o" / "sweep.parquet")
     assert len(df) == len(expand(sf.spec)) * sf.spec.replications
     assert (df["error"] == "").all()
+    _has_a_report(tmp_path / "o")
+
+
+def _has_a_report(folder: pathlib.Path) -> None:
+    """Every bundled sweep and plan produces its report (README tour), with the recommended (or
+    closest) configuration's run and its sensitivity."""
+    html = (folder / "report.html").read_text(encoding="utf-8")
+    assert "<h2>The answer</h2>" in html and "<h2>Sensitivity</h2>" in html and "data:image/png;base64," in html
+    assert (folder / "representative" / "sensitivity.parquet").is_file()
 
 
 @pytest.mark.parametrize("path", PLANS, ids=[p.stem for p in PLANS])
@@ -109,6 +119,7 @@ def test_plan_file_runs(path, tmp_path):
 
     args = argparse.Namespace(scenario=str(path), rate=None, max_rate=False, replications=1, max_replicas=8,
                               workers=1, dask=None, out=tmp_path / "o", set=["duration_s=60", "warmup_s=5"],
-                              quiet=True)
+                              quiet=True, no_report=False)
     assert cmd_plan(args) == 0
     assert len(pd.read_csv(tmp_path / "o" / "plan.csv")) >= 1
+    _has_a_report(tmp_path / "o")

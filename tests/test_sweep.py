@@ -47,7 +47,8 @@ def sweep_file(tmp_path: Path, sweep: dict, **over) -> Path:
 
 
 def args_for(path: Path, out: Path, **kw) -> argparse.Namespace:
-    a = {"sweep_file": str(path), "workers": 1, "dask": None, "out": out, "fresh": False, "set": [], "quiet": True}
+    a = {"sweep_file": str(path), "workers": 1, "dask": None, "out": out, "fresh": False, "set": [], "quiet": True,
+         "no_report": True}
     a.update(kw)
     return argparse.Namespace(**a)
 

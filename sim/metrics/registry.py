@@ -229,6 +229,16 @@ def kv_table(summary: dict[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]
 
 
 #: Columns of the sweep table (mean ± 95% CI per point).
+#: A sweep over the KV hierarchy also shows these per point (prefix hits, TTFT's parts, token-class prices).
+KV_SWEEP_KEYS = ("prefix_hit_rate", "prefix_hit_rate_hbm", "prefix_hit_rate_host_dram", "prefix_hit_rate_nvme",
+                 "prefix_hit_rate_remote", "ttft_queue_s_p50",
+                 "ttft_load_s_p50", "ttft_prefill_s_p50", "usd_per_m_uncached_input_tokens_priced",
+                 "usd_per_m_cached_input_tokens_priced", "usd_per_m_output_tokens_priced")
+
+#: A study with speculative decoding shows these per configuration.
+SPEC_SWEEP_KEYS = ("spec_acceptance_rate", "spec_mean_accepted_length")
+
+
 SWEEP_TABLE: tuple[str, ...] = ("ttft_s_p99", "tpot_s_p50", "not_served_fraction", "slo_attainment",
                                 "total_tok_per_s_per_gpu", "usd_per_m_output_tokens")
 

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from sim.errors import InputError
 from sim.metrics.registry import RUN_TABLE, SPEC_TABLE, TIER_LABEL, format_value, kv_table, row_cells
 from sim.report import figures
+from sim.sensitivity import TABLE_FILE as SENSITIVITY_FILE
 
 HOURS_PER_MONTH = 730.0
 
@@ -115,6 +116,9 @@ class RunFolder:
     requests: pd.DataFrame
     iterations: pd.DataFrame
     levels: pd.DataFrame
+    sensitivity: pd.DataFrame | None = None     # sensitivity.parquet (sim/sensitivity.py), when computed
+
+
 
 
 def read_run_folder(path: Path) -> RunFolder:
@@ -131,7 +135,9 @@ def read_run_folder(path: Path) -> RunFolder:
                          scenario=yaml.safe_load((path / "scenario.resolved.yaml").read_text(encoding="utf-8")),
                          requests=pd.read_parquet(path / "requests.parquet"),
                          iterations=pd.read_parquet(path / "iterations.parquet"),
-                         levels=pd.read_parquet(path / "levels.parquet"))
+                         levels=pd.read_parquet(path / "levels.parquet"),
+                         sensitivity=pd.read_parquet(path / SENSITIVITY_FILE) if (path / SENSITIVITY_FILE).is_file()
+                         else None)
     except (OSError, ValueError, yaml.YAMLError) as err:
         raise InputError(f"{path}: cannot read the run's results: {err}") from None
 
@@ -156,6 +162,7 @@ def amount(v: Any) -> float:
 # ---- a single run ---------------------------------------------------------------------------------
 
 def run_report(folder: RunFolder) -> Report:
+    from sim.report.sensitivity import sensitivity_section  # it builds on this module's types
     s, sc = folder.summary, folder.scenario
     gpu, model, serving = sc["hardware"]["gpu"], sc["model"], sc["serving"]
     par = serving.get("parallelism", {})
@@ -165,7 +172,8 @@ def run_report(folder: RunFolder) -> Report:
                 f"{num(s.get('window_end_s'), 0)} s of simulated time; seed {folder.meta.get('seed')}")
     sections = [_answer(folder), _simulated(folder, gpu, model, serving, par), _latency(folder), _over_time(folder),
                 _cost(folder)]
-    sections += [_levers(folder), _all_figures(folder)]
+    sections += [sensitivity_section(folder.sensitivity, sc["slo"]["percentile"], "this deployment"),
+                 _levers(folder), _all_figures(folder)]
     return Report(title=f"{sc['name']}: capacity and cost report", subtitle=subtitle, sections=sections)
 
 

@@ -152,3 +152,86 @@ def cost_figure(cost_usd: float, busy_fraction: float, uncached_usd_per_m: float
     ax2.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
+
+
+def latency_load_figure(points: pd.DataFrame, x: str, x_label: str, group: str | None, ttft_slo_s: float,
+                        tpot_slo_s: float, percentile: float, ticks: list[str] | None = None) -> Figure:
+    """TTFT (left) and TPOT (right) at the SLO's percentile (solid) and the median (dotted) against
+    load, one colour per configuration (`group`), 95% confidence bars where there are replications,
+    the SLO targets dashed red. With `ticks`, x is a category position (configurations, not loads)
+    labelled by them. `points` holds `<metric>_mean` and `<metric>_ci95` columns (sim/sweep.py
+    `aggregate`) for ttft_s_p50, ttft_s_at_slo_percentile, tpot_s_p50 and tpot_s_at_slo_percentile."""
+    groups = list(points.groupby(group, sort=False)) if group and group in points else [("", points)]
+    fig = Figure(figsize=(9.5, 4.0 + 0.2 * ((len(groups) + 1) // 2)), layout="constrained")
+    axes = []
+    for i, (base, label, slo, scale, unit) in enumerate((("ttft_s", "time to first token", ttft_slo_s, 1.0, "s"),
+                                                         ("tpot_s", "time per output token", tpot_slo_s, 1000.0, "ms"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        axes.append(ax)
+        for j, (name, g) in enumerate(groups):
+            g = g.sort_values(x)
+            color = f"C{j % 10}"
+            for col, style, median in ((f"{base}_at_slo_percentile", "-o", False), (f"{base}_p50", ":", True)):
+                if f"{col}_mean" not in g:
+                    continue
+                y = g[f"{col}_mean"].to_numpy(dtype=float) * scale
+                err = g[f"{col}_ci95"].to_numpy(dtype=float) * scale if f"{col}_ci95" in g else None
+                yerr = None
+                if err is not None and not np.isnan(err).all():
+                    err = np.nan_to_num(err)
+                    yerr = np.vstack([np.minimum(err, 0.9 * y), err])   # never below zero (log axes)
+                ax.errorbar(g[x].to_numpy(dtype=float), y, yerr=yerr, fmt=style, color=color, ms=4, lw=1.2,
+                            capsize=2, alpha=0.55 if median else 0.9,
+                            label=str(name) if (not median and name != "") else "_nolegend_")
+        ax.axhline(slo * scale, color="red", ls="--", lw=1)
+        ax.set_title(f"{label}: p{percentile:g} solid, p50 dotted; SLO ≤ {slo * scale:g} {unit} dashed", fontsize=8)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(f"{label} ({unit})")
+        if ticks is not None:
+            ax.set_xticks(range(len(ticks)), [t if len(t) <= 28 else t[:27] + "…" for t in ticks], rotation=20,
+                          ha="right", fontsize=7)
+        else:
+            xs = points[x].to_numpy(dtype=float)
+            if len(xs) and xs.min() > 0 and xs.max() > 20 * xs.min():
+                ax.set_xscale("log")
+        if ax.get_ylim()[1] > 30 * slo * scale:          # a collapsed point would flatten the rest: log scale
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    if len(groups) > 1:
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=7, frameon=False)
+    return fig
+
+
+def sensitivity_figure(rows: pd.DataFrame, baseline_usd_per_m: float) -> Figure:
+    """Tornado chart: the change of $ per million output tokens (%) when each lever moves down
+    (upper bar) or up (lower bar) by 20%; a hatched bar misses the SLO."""
+    from matplotlib.patches import Patch
+
+    levers = list(dict.fromkeys(rows["lever"]))
+    fig = Figure(figsize=(8, 0.8 * len(levers) + 1.6))
+    ax = fig.add_subplot()
+    for i, lever in enumerate(levers):
+        for _, r in rows[rows["lever"] == lever].iterrows():
+            v = float(r["usd_per_m_output_tokens"]) if r["usd_per_m_output_tokens"] is not None else math.nan
+            change = (v / baseline_usd_per_m - 1) * 100 if baseline_usd_per_m and math.isfinite(v) else 0.0
+            down = r["change"] < 0
+            missed = r.get("slo_met") is False or r.get("slo_met") == 0
+            y = i - 0.19 if down else i + 0.19
+            color = "tab:blue" if down else "tab:orange"
+            ax.barh(y, change, color=color, hatch="//" if missed else None, edgecolor="red" if missed else color,
+                    height=0.36)
+            ax.annotate(f"{change:+.1f}%", (change, y), xytext=(4 if change >= 0 else -4, 0),
+                        textcoords="offset points", ha="left" if change >= 0 else "right", va="center", fontsize=8)
+    ax.set_yticks(range(len(levers)), levers)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("change of $ per million output tokens (%)")
+    ax.grid(alpha=0.3, axis="x")
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(min(lo, -5) * 1.3, max(hi, 5) * 1.3)
+    ax.legend(handles=[Patch(color="tab:blue", label="lever -20%"), Patch(color="tab:orange", label="lever +20%"),
+                       Patch(facecolor="white", edgecolor="red", hatch="//", label="misses the SLO")],
+              fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
