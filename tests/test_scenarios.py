@@ -5,9 +5,9 @@ change that is meant to move them, and say why in the commit)."""
 from __future__ import annotations
 
 import json
-import pathlib
 import math
 import os
+import pathlib
 
 import numpy as np
 import pytest
