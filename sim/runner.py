@@ -16,6 +16,7 @@ from functools import lru_cache, partial
 from itertools import count
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import simpy
 
@@ -38,7 +39,7 @@ from sim.perf.split import decode_step_split
 from sim.scenario import ClosedLoop, Offline, Scenario
 from sim.speculation import speculation_for
 from sim.traffic import closed_loop_client, open_loop_source, session_source
-from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams, session_plans
+from sim.workload import ClosedLoopLengths, open_loop_requests, rng_streams, salted_chain, session_plans
 
 
 def step_model_for(sc: Scenario) -> RooflineStepModel | TableStepModel | PipelineStepModel:
@@ -188,19 +189,32 @@ def build(sc: Scenario, seed: int | None = None, allow_jumps: bool = True) -> Si
     sim = Simulation(sc, seed, env, cluster, specs, [], records, levels)
     arrivals = sc.workload.arrivals
     kv = sc.serving.kv_cache
+    submit = salting(cluster.submit, sc.workload.cache_salt_fraction, streams["cache_salt"]) \
+        if kv.prefix_caching and sc.workload.cache_salt_fraction > 0 else cluster.submit
     if sc.workload.sessions is not None:
-        env.process(session_source(env, cluster.submit, session_plans(sc, streams), sc.workload.sessions,
+        env.process(session_source(env, submit, session_plans(sc, streams), sc.workload.sessions,
                                    kv.prefix_chunk_tokens if kv.prefix_caching else None, sc.duration_s,
                                    sim.requests, count().__next__))
     elif isinstance(arrivals, ClosedLoop):
         lengths = ClosedLoopLengths(sc, streams)
         ids = count()
         for _ in range(arrivals.clients):
-            env.process(closed_loop_client(env, cluster.submit, arrivals, lengths, streams["think_time"],
+            env.process(closed_loop_client(env, submit, arrivals, lengths, streams["think_time"],
                                            sc.duration_s, sim.requests, ids.__next__))
     else:
-        env.process(open_loop_source(env, cluster.submit, open_loop_requests(sc, streams), sim.requests))
+        env.process(open_loop_source(env, submit, open_loop_requests(sc, streams), sim.requests))
     return sim
+
+
+def salting(submit: Callable[[Request], bool], fraction: float,
+            rng: np.random.Generator) -> Callable[[Request], bool]:
+    """`submit` that first gives a `fraction` of the requests (one draw per request, in submission
+    order) a cache salt: their prefix chunks renamed after the request alone."""
+    def salted_submit(r: Request) -> bool:
+        if rng.random() < fraction and r.hash_ids:
+            r.hash_ids = salted_chain(r.id, len(r.hash_ids))
+        return submit(r)
+    return salted_submit
 
 
 PROGRESS_EVENTS = 20_000   # events between progress reports (a few tens of milliseconds of wall time)

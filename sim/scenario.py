@@ -199,6 +199,10 @@ class Workload(_Frozen):
     trace: Trace | None = None
     sessions: Sessions | None = None
     shared_prefix: SharedPrefix | None = None
+    cache_salt_fraction: float = Field(
+        default=0.0, ge=0, le=1, description="with prefix caching: the share of requests (drawn at random) that carry "
+        "their own cache salt, as vLLM's per-request cache_salt isolates tenants: they reuse no cached prefix and "
+        "leave none for others")
 
     @model_validator(mode="after")
     def _one_source(self) -> Workload:

@@ -10,10 +10,14 @@ happens when
   and needs no simulation;
 * speculative decoding's **acceptance** is 20% lower or higher: every per-position acceptance
   a_i = S_i / S_(i-1) (sim/speculation.py `survival`) is scaled, capped at 1, and re-simulated;
-* the **prefix hit rate** moves: the hit rate is an outcome, so the lever that sets it is varied
-  by 20% and the measured hit rate is shown beside it: the share of requests that carry a shared
-  prefix (`workload.shared_prefix.fraction`, capped at 1) where the workload has one, else the
-  capacity of every KV tier below HBM (what a planner buys). A workload with neither has no row.
+* the **prefix hit rate** moves (with prefix caching). The hit rate is an outcome, so the levers
+  that set it are moved by 20% and the measured hit rate is shown beside them:
+  - *prefix reuse*: the share of requests that carry a shared prefix
+    (`workload.shared_prefix.fraction`, capped at 1) where the workload has one; otherwise (traces
+    with prompt hashes, sessions) 20% less reuse is 20% of the requests given their own cache salt
+    (`workload.cache_salt_fraction`: they reuse nothing and leave nothing), and there is no +20%
+    row, as the workload's own reuse is the most it has;
+  - *KV tier capacity*: every tier below HBM (what a planner buys), where there are tiers.
 
 Each variation is one simulation with the same seed as the configuration it varies (common random
 numbers: the same arrivals and lengths where the load allows), so differences are the lever's, not
@@ -38,6 +42,9 @@ from sim.sweep import Point, apply_params, execute, point_id
 #: The table's file beside a run's results (and its CSV twin).
 TABLE_FILE, TABLE_CSV = "sensitivity.parquet", "sensitivity.csv"
 
+#: The levers that move the prefix hit rate.
+REUSE, CAPACITY = "prefix reuse", "KV tier capacity"
+
 #: The relative change of every lever.
 STEP = 0.20
 
@@ -49,7 +56,7 @@ KEPT = ("slo_met", "slo_attainment", "ttft_s_at_slo_percentile", "tpot_s_at_slo_
 
 @dataclass(frozen=True)
 class Variation:
-    lever: str              # "load", "acceptance", "prefix hit rate"
+    lever: str              # "load", "acceptance", REUSE or CAPACITY
     change: float           # relative change of the lever: -0.2 or +0.2
     setting: str            # what was set, for people: "rate_per_s = 9.6 requests/s"
     params: dict[str, Any]  # scenario overrides on top of the configuration's
@@ -60,8 +67,9 @@ def variations(base: dict[str, Any], params: dict[str, Any], base_dir: str | Non
     sc = scenario_from_dict(apply_params(base, params), base_dir=base_dir)
     out: list[Variation] = []
     for change in (-STEP, STEP):
-        out += [v for v in (_load(sc, change), _acceptance(sc, change), _prefix(sc, change)) if v is not None]
-    order = {"load": 0, "acceptance": 1, "prefix hit rate": 2}
+        out += [v for v in (_load(sc, change), _acceptance(sc, change), _reuse(sc, change), _capacity(sc, change))
+                if v is not None]
+    order = {"load": 0, "acceptance": 1, REUSE: 2, CAPACITY: 3}
     return sorted(out, key=lambda v: (order[v.lever], v.change))
 
 
@@ -90,24 +98,40 @@ def _acceptance(sc: Scenario, change: float) -> Variation | None:
                      {"speculative.acceptance": {"per_position": scaled}})
 
 
-def _prefix(sc: Scenario, change: float) -> Variation | None:
-    kv = sc.serving.kv_cache
-    if not kv.prefix_caching:
+def _reuse(sc: Scenario, change: float) -> Variation | None:
+    """The workload's prefix reuse: a shared prefix's share of requests moved by `change`; else,
+    for less reuse, that share of the requests given a cache salt (they reuse nothing)."""
+    if not sc.serving.kv_cache.prefix_caching:
         return None
     shared = sc.workload.shared_prefix
     if shared is not None:
         fraction = min(1.0, shared.fraction * (1 + change))
         if fraction == shared.fraction:
             return None
-        return Variation("prefix hit rate", change, f"share of requests with a shared prefix = {fraction:.3f}",
+        return Variation(REUSE, change, f"share of requests with a shared prefix = {fraction:.3f}",
                          {"workload.shared_prefix.fraction": fraction})
+    salted = sc.workload.cache_salt_fraction
+    if change > 0:
+        if salted == 0:
+            return None                # nothing to give back: the workload's own reuse is the most there is
+        fraction = max(0.0, 1 - (1 - salted) * (1 + change))
+    else:
+        fraction = 1 - (1 - salted) * (1 + change)
+    return Variation(REUSE, change, f"{fraction:.0%} of requests with their own cache salt (reuse nothing)",
+                     {"workload.cache_salt_fraction": fraction})
+
+
+def _capacity(sc: Scenario, change: float) -> Variation | None:
+    """The capacity of every KV tier below HBM (what a planner buys), with prefix caching."""
+    if not sc.serving.kv_cache.prefix_caching:
+        return None
     tiers = resolve_tiers(sc)
     if not tiers:
         return None
     scaled = [{k: getattr(t, k) for k in KvTier.model_fields} | {"capacity_gb": t.capacity_gb * (1 + change)}
               for t in tiers]
-    return Variation("prefix hit rate", change, "KV tier capacity " + ", ".join(
-        f"{t['kind']} {t['capacity_gb']:,.0f} GB" for t in scaled), {"serving.kv_cache.tiers": scaled})
+    return Variation(CAPACITY, change, ", ".join(f"{t['kind']} {t['capacity_gb']:,.0f} GB" for t in scaled),
+                     {"serving.kv_cache.tiers": scaled})
 
 
 def price_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:

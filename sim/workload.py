@@ -19,7 +19,10 @@
   traces give them (``hash_ids``, 512-token blocks; the last, partial block is dropped). Otherwise
   a request's chunks are its own, except a shared prefix (``workload.shared_prefix``: one of P
   prefixes of T tokens, for a share of the requests) or, in multi-turn sessions, the system prompt
-  and the session's earlier turns. Names are namespaced integers (``chunk_name``).
+  and the session's earlier turns. Names are namespaced integers (``chunk_name``). A share of the
+  requests (``workload.cache_salt_fraction``, drawn from the ``cache_salt`` stream in submission
+  order) carry a cache salt, as vLLM's per-request ``cache_salt`` isolates tenants: their chunks
+  are renamed after the request alone, so they reuse nothing and leave nothing for others.
 * Sessions (``workload.sessions``): sessions start as a Poisson process; each draws its turn count,
   system prompt, user-message and answer lengths and think times up front (so two configurations
   see the same sessions); a turn's prompt is the system prompt, all earlier messages and answers,
@@ -60,7 +63,7 @@ from sim.scenario import (
 )
 
 STREAMS = ("arrivals", "input_tokens", "output_tokens", "think_time", "routing", "prefixes", "sessions",
-           "trace_spread")
+           "trace_spread", "cache_salt")
 
 
 def rng_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -464,7 +467,7 @@ def open_loop_requests(sc: Scenario, streams: dict[str, np.random.Generator]) ->
 # ---- prefix hash chains ---------------------------------------------------------------------------
 
 #: Namespaces of generated chunk names (Mooncake's own ids are small non-negative integers).
-OWN, SHARED, SYSTEM, SESSION = 1, 2, 3, 4
+OWN, SHARED, SYSTEM, SESSION, SALTED = 1, 2, 3, 4, 5
 CHUNK_BITS = 24          # chunk positions below 2**24 (8.6 billion tokens at 512 per chunk)
 
 
@@ -490,6 +493,12 @@ def prefix_chains(inp: np.ndarray, chunk_tokens: int, shared: SharedPrefix | Non
         head = [chunk_name(SHARED, picks[i], k) for k in range(k_shared)] if k_shared else []
         chains.append(tuple(head + [chunk_name(OWN, first_owner + i, k) for k in range(k_shared, full[i])]))
     return chains
+
+
+def salted_chain(rid: int, chunks: int) -> tuple[int, ...]:
+    """A salted request's chunks: named after the request alone, so they match no other request's
+    (workload.cache_salt_fraction)."""
+    return tuple(chunk_name(SALTED, rid, k) for k in range(chunks))
 
 
 # ---- multi-turn sessions ----------------------------------------------------------------------------

@@ -229,7 +229,7 @@ def test_a_runs_sensitivity_is_simulated_not_guessed(run_dir):
 
 @pytest.mark.parametrize(("scenario", "lever", "measured"), [
     ("eagle_llama8b_h100.yaml", "acceptance", "spec_acceptance_rate"),
-    ("multiturn_offload_h100.yaml", "prefix hit rate", "prefix_hit_rate"),
+    ("multiturn_offload_h100.yaml", "prefix reuse", "prefix_hit_rate"),
 ])
 def test_sensitivity_moves_acceptance_and_prefix_hits(tmp_path, scenario, lever, measured):
     import pandas as pd
@@ -239,10 +239,14 @@ def test_sensitivity_moves_acceptance_and_prefix_hits(tmp_path, scenario, lever,
                  "--set", "duration_s=90", "--set", "warmup_s=10"]) == 0
     t = pd.read_parquet(out / "sensitivity.parquet")
     rows = t[t["lever"] == lever].sort_values("change")
-    assert len(rows) == 2 and (rows["error"] == "").all()
     base = t[t["lever"] == "as simulated"].iloc[0][measured]
+    assert (rows["error"] == "").all()
     if lever == "acceptance":        # the acceptance measured follows the lever
-        assert rows.iloc[0][measured] < base < rows.iloc[1][measured]
+        assert len(rows) == 2 and rows.iloc[0][measured] < base < rows.iloc[1][measured]
+    else:                            # sessions: 20% of the turns salted lose their hits, and no +20% row
+        assert list(rows["change"]) == [-0.2] and rows.iloc[0][measured] < 0.9 * base
+        assert rows.iloc[0]["setting"] == "20% of requests with their own cache salt (reuse nothing)"
+        assert list(t[t["lever"] == "KV tier capacity"]["change"]) == [-0.2, 0.2]
     html = (out / "report.html").read_text(encoding="utf-8")
     assert f"<td>{lever}</td>" in html
 

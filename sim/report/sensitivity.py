@@ -11,7 +11,7 @@ import pandas as pd
 
 from sim.report import figures
 from sim.report.content import FigureRef, Section, Table, pct, seconds, usd_per_m
-from sim.sensitivity import STEP
+from sim.sensitivity import CAPACITY, REUSE, STEP
 
 
 def _value(v: Any) -> float:
@@ -23,8 +23,8 @@ def _verdict(v: Any) -> str:
 
 
 def _measured(r: pd.Series) -> str:
-    if r["lever"] == "prefix hit rate":
-        return f"hit rate {pct(_value(r.get('prefix_hit_rate')))}"
+    if r["lever"] in (REUSE, CAPACITY):
+        return f"prefix hit rate {pct(_value(r.get('prefix_hit_rate')))}"
     if r["lever"] == "acceptance":
         return f"acceptance {pct(_value(r.get('spec_acceptance_rate')))}"
     if r["lever"] == "load":
@@ -55,8 +55,9 @@ def sensitivity_section(table: pd.DataFrame | None, slo_percentile: float, subje
     header = ["lever", "change", "what was set", "SLO", f"{p} TTFT", f"{p} TPOT", "$ per M output tokens",
               "vs as simulated", "measured"]
     paras = [f"Each row moves one assumption by {STEP:.0%} and simulates {subject} again with the same seed (the "
-             "price needs no simulation: every $ per million tokens scales with the price per GPU-hour). The prefix "
-             "hit rate is an outcome, so the lever that sets it is moved and the hit rate measured."]
+             "price needs no simulation: every $ per million tokens scales with the price per GPU-hour)."
+             + (" The prefix hit rate is an outcome, so the lever that sets it is moved and the hit rate measured."
+                if table["lever"].isin([REUSE, CAPACITY]).any() else "")]
     paras += _headlines(table, base, subject)
     movers = table[table["lever"] != "as simulated"]
     fig = figures.sensitivity_figure(movers, base_usd)
@@ -76,8 +77,8 @@ def _headlines(table: pd.DataFrame, base: pd.Series, subject: str) -> list[str]:
         elif _verdict(base.get("slo_met")) == "meets":
             out.append(f"<b>With {STEP:.0%} more load {subject} misses the SLO</b> ({r['setting']}): it has less than "
                        f"{STEP:.0%} headroom, so plan more capacity for growth or bursts.")
-    hits = table[table["lever"] == "prefix hit rate"]
-    if len(hits) and "KV tier capacity" in str(hits.iloc[0]["setting"]):
+    hits = table[table["lever"] == CAPACITY]
+    if len(hits):
         rates = [_value(v) for v in (base.get("prefix_hit_rate"), *hits["prefix_hit_rate"])]
         if all(abs(v - rates[0]) < 0.005 for v in rates if not math.isnan(v)):
             out.append(f"The KV tiers' capacity does not limit the prefix hits ({pct(rates[0])} with 20% less or more "
