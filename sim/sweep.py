@@ -295,7 +295,9 @@ def aggregate(df: pd.DataFrame, param_cols: list[str]) -> pd.DataFrame:
     such as TTFT when nothing completed) is left out of the mean, and `<metric>_n` (present when
     this happens anywhere in the sweep) says over how many replications the mean was taken."""
     from scipy import stats  # slow to import; only sweeps need it
-    ok = df[df["error"] == ""] if "error" in df else df
+    # Failed rows carry no metrics: without them a column of True/False that held None is typed
+    # again as bool (slo_met), so it is aggregated like the others.
+    ok = (df[df["error"] == ""] if "error" in df else df).infer_objects()
     skip = set(param_cols) | {"replication", "seed", "root_seed"}
     metrics = [c for c in ok.columns if c not in skip and c != "point_id"
                and (pd.api.types.is_numeric_dtype(ok[c]) or pd.api.types.is_bool_dtype(ok[c]))]

@@ -56,16 +56,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         write_json(res.tmp / "plan.json", jsonable({**result.answer(), "candidate_overrides": pf.spec.candidates or [{}],
                                                     "source": pf.source, "base": pf.base, "base_dir": pf.base_dir}))
     out = res.path
+    if not args.quiet:          # before the report: a failing report must not hide the answer
+        print_plan(console, pf.scenario.name, pf.spec.candidates or [{}], result, out)
     if not args.no_report:
         report_after(out, Progress(console, verbose, args.workers, args.dask))
-    if args.quiet:
-        print(out)
-    else:
-        print_plan(console, pf.scenario.name, pf.spec.candidates or [{}], result, out)
-        if not args.no_report:
+        if not args.quiet:
             from rich.markup import escape
 
             console.print(f"report: {escape(str(out / 'report.html'))} (and report.md)")
+    if args.quiet:
+        print(out)
     return 0
 
 

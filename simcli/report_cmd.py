@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from sim.errors import InputError, SimulationFailed, one_line
@@ -58,6 +59,7 @@ class Progress:
 def write_report(folder: Path, progress: Progress | None = None) -> Path:
     """Build the report of the results folder and write it there, each file atomically; returns
     the HTML page's path."""
+    from sim.report import REPRESENTATIVE_DIR
     from sim.report.content import read_run_folder, run_report  # matplotlib: slow to import
     from sim.report.study import read_study_folder, study_report
 
@@ -65,8 +67,11 @@ def write_report(folder: Path, progress: Progress | None = None) -> Path:
     if not folder.is_dir():
         raise InputError(f"report: {folder}: no such results folder")
     if (folder / "sweep.json").is_file() or (folder / "plan.json").is_file():
-        ensure_representative(folder, progress)
-        report = study_report(read_study_folder(folder))
+        study = read_study_folder(folder)
+        ensure_representative(folder, study, progress)
+        rep = folder / REPRESENTATIVE_DIR      # as it is now: kept, simulated again, or absent
+        study.representative = read_run_folder(rep) if (rep / "summary.json").is_file() else None
+        report = study_report(study)
     else:
         read_run_folder(folder)                  # a clear message for a folder that is not a run's
         ensure_sensitivity(folder, progress)
@@ -117,17 +122,15 @@ def ensure_sensitivity(folder: Path, progress: Progress) -> None:
     write_table(table, folder / SENSITIVITY_TABLE.removesuffix(".parquet"))
 
 
-def ensure_representative(folder: Path, progress: Progress) -> None:
+def ensure_representative(folder: Path, study: Any, progress: Progress) -> None:
     """Simulate the recommended (or, when none meets the SLO, the closest) configuration of a
     sweep's or plan's folder into representative/, unless it is there already."""
     from sim.report import REPRESENTATIVE_DIR
-    from sim.report.study import read_study_folder
     from sim.runner import build, execute
     from sim.scenario import scenario_from_dict
     from sim.sweep import apply_params
     from simcli.run_cmd import resolved_scenario, write_results
 
-    study = read_study_folder(folder)
     if study.base is None:
         progress.warn(f"{folder}: written before reports of sweeps and plans (no scenario recorded): the report "
                       "has no representative run and no sensitivity; run the command again to get them")
@@ -135,7 +138,9 @@ def ensure_representative(folder: Path, progress: Progress) -> None:
     c = study.configs
     row = c.loc[study.recommended] if study.recommended is not None else \
         c.sort_values("slo_attainment_mean", ascending=False).iloc[0]
-    if row.get("seed0") is None:
+    if pd.isna(row.get("seed0")):
+        progress.warn(f"{folder}: {row['label']} has no finished replication 0 to simulate again: the report has no "
+                      "representative run")
         return
     seed = int(row["seed0"])
     sc = scenario_from_dict(apply_params(study.base, row["params"]), base_dir=study.base_dir)

@@ -39,12 +39,11 @@ def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int, 
     with atomic_dir(out_dir, "run", replace=replace) as res:
         tmp = res.tmp
         sc = result.scenario
-        tiers = resolve_tiers(sc)
         (tmp / "scenario.resolved.yaml").write_text(yaml.safe_dump(resolved_scenario(sc, seed), sort_keys=False),
                                                     encoding="utf-8")
         meta = {"scenario": sc.name, "scenario_file": scenario_path, "seed": result.seed, "version": __version__,
                 "created_utc": datetime.now(UTC).isoformat(timespec="seconds"), "wall_s": result.wall_s}
-        if tiers:
+        if tiers := resolve_tiers(sc):
             meta["kv_tier_sources"] = {t.kind: dict(t.sources) for t in tiers}
         write_json(tmp / "run.json", meta)
         write_json(tmp / "summary.json", {**result.summary, "seed": result.seed})

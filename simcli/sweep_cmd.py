@@ -267,16 +267,16 @@ def cmd_sweep(args: argparse.Namespace, after_row: Callable[[dict[str, Any]], No
                 update(i)
     result = analyse(_rows_frame(store.rows(points), points), sweep.spec)
     write_outputs(out, sweep, result)
-    if not args.no_report and not result.aggregate.empty:
-        report_after(out, Progress(console, show_progress(args.quiet), args.workers, args.dask))
     from rich.markup import escape
 
+    if not args.quiet:          # before the report: a failing report must not hide the table
+        print_sweep(console, sweep, result, out, len(todo), len(done))
+    if not args.no_report and not result.aggregate.empty:
+        report_after(out, Progress(console, show_progress(args.quiet), args.workers, args.dask))
+        if not args.quiet:
+            console.print(f"report: {escape(str(out / 'report.html'))} (and report.md)")
     if args.quiet:
         print(out)
-    else:
-        print_sweep(console, sweep, result, out, len(todo), len(done))
-        if not args.no_report and not result.aggregate.empty:
-            console.print(f"report: {escape(str(out / 'report.html'))} (and report.md)")
 
     for _, r in result.failed.head(5).iterrows():
         console.print(f"[red]point {r['point_id']} replication {r['replication']} failed:[/red] {escape(r['error'])}")

@@ -265,6 +265,12 @@ def test_failing_point_is_recorded_and_others_finish(tmp_path):
     ran = []
     assert cmd_sweep(args_for(p, out), after_row=ran.append) == 1
     assert len(ran) == 1                      # the failed point is retried, the good one is not
+    # The report of a sweep with a failed point: slo_met is still aggregated (bool once the failed
+    # row is left out), the good point is the answer, the failed one is named as such.
+    assert cmd_sweep(args_for(p, out, no_report=False)) == 1
+    assert "slo_met_mean" in pd.read_parquet(out / "aggregate.parquet")
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "failed in at least one replication" in html and "bad.csv" in html
 
 
 def test_python_api_run_sweep_matches_cli(tmp_path):

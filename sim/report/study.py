@@ -160,7 +160,8 @@ def _read_sweep(path: Path) -> StudyFolder:
     configs = agg.copy()
     configs["params"] = [by_id.get(pid, {}) for pid in configs["point_id"]]
     configs["label"] = [label_of(p) for p in configs["params"]]
-    configs["seed0"] = [seed0.get(pid) for pid in configs["point_id"]]
+    # object dtype: a missing seed must not turn the column to float (seeds exceed 2**53)
+    configs["seed0"] = pd.Series([seed0.get(pid) for pid in configs["point_id"]], index=configs.index, dtype=object)
     configs["meets"] = [(m == 1.0) and (n == replications) and pid not in failed_ids
                         for m, n, pid in zip(configs["slo_met_mean"], configs["replications"], configs["point_id"],
                                              strict=True)]
