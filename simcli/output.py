@@ -149,7 +149,8 @@ def _folder_id(path: Path) -> FolderId | None:
     return (_marker(path)[1], st.st_dev, st.st_ino)
 
 
-def check_out_dir(path: Path, kind: str, *, given: bool = True, replaced_whole: bool = True) -> FolderId | None:
+def check_out_dir(path: Path, kind: str, *, given: bool = True, replaced_whole: bool = True,
+                  named: str | None = None) -> FolderId | None:
     """Refuse, before any work, an output folder this command may not write: one that holds the
     current folder, a symbolic link, a file, a folder holding anything but an earlier `kind`
     result of this program, a name too long, or a place that cannot be written. Returns the
@@ -157,8 +158,10 @@ def check_out_dir(path: Path, kind: str, *, given: bool = True, replaced_whole: 
     user named the path (--out); otherwise it is a default results folder, which is never
     replaced (a concurrent run may have just written it). `replaced_whole`: the new result is built
     beside the folder and renamed into place (atomic_dir), so the parent must be writable too;
-    a sweep writes inside its folder instead."""
-    flag = f"--out {path}" if given else f"results folder {path}"
+    a sweep writes inside its folder instead. `named`: how messages name the folder, when neither
+    --out nor a default folder (the report's representative/)."""
+    flag = named or (f"--out {path}" if given else f"results folder {path}")
+    new_folder = "move it away and run the command again" if named else "name a new folder for the results"
     try:
         resolved = path.resolve()
     except (OSError, RuntimeError) as err:
@@ -170,15 +173,16 @@ def check_out_dir(path: Path, kind: str, *, given: bool = True, replaced_whole: 
         if len(part.encode("utf-8")) > MAX_NAME_BYTES:
             raise InputError(f"{flag}: a path component is longer than {MAX_NAME_BYTES} bytes")
     if path.is_symlink():
-        raise InputError(f"{flag}: is a symbolic link; name the folder itself")
+        raise InputError(f"{flag}: is a symbolic link; " + ("move it away and run the command again" if named
+                                                             else "name the folder itself"))
     if not path.exists():
         check_writable(nearest_existing(path.parent), flag)
         return None
     if not path.is_dir():
-        raise InputError(f"{flag}: exists and is not a folder; name a new folder for the results")
+        raise InputError(f"{flag}: exists and is not a folder; {new_folder}")
     if any(path.iterdir()) and not is_result_dir(path, kind):
         raise InputError(f"{flag}: exists and holds files that are not {kind} results of this program; "
-                         "it is left untouched: name a new folder, or remove it yourself")
+                         f"it is left untouched: {'move it away' if named else 'name a new folder'}, or remove it yourself")
     check_writable(path, flag)
     if replaced_whole:
         check_writable(resolved.parent, flag)

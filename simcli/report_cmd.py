@@ -12,14 +12,12 @@ when the recommendation changed (a resumed sweep with more points).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from sim.errors import InputError, SimulationFailed, one_line
 from simcli.common import make_executor, progress_bar
@@ -94,13 +92,14 @@ def write_pages(folder: Path, report: Any) -> Path:
 
 def _run_scenario(folder: Path) -> tuple[dict[str, Any], str, int, dict[str, Any]]:
     """(scenario data as run, the folder its relative paths are read from, seed, summary)."""
-    from sim.report.content import _numbers
+    from sim.report.content import read_run_folder
 
-    data = yaml.safe_load((folder / "scenario.resolved.yaml").read_text(encoding="utf-8"))
-    meta = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-    summary = _numbers(json.loads((folder / "summary.json").read_text(encoding="utf-8")))
-    base_dir = str(Path(str(meta.get("scenario_file", "."))).parent.resolve())
-    return data, base_dir, int(meta["seed"]), summary
+    run = read_run_folder(folder)
+    seed = run.meta.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InputError(f"{folder / 'run.json'}: seed: expected the run's integer seed, got {seed!r}")
+    base_dir = str(Path(str(run.meta.get("scenario_file", "."))).parent.resolve())
+    return run.scenario, base_dir, seed, run.summary
 
 
 def ensure_sensitivity(folder: Path, progress: Progress) -> None:
@@ -109,7 +108,11 @@ def ensure_sensitivity(folder: Path, progress: Progress) -> None:
     from sim.sensitivity import run_sensitivity, variations
 
     if (folder / SENSITIVITY_TABLE).is_file():
-        return
+        try:
+            pd.read_parquet(folder / SENSITIVITY_TABLE)
+            return
+        except (OSError, ValueError) as err:
+            progress.warn(f"{folder / SENSITIVITY_TABLE}: cannot be read ({one_line(err)}); computing it again")
     data, base_dir, seed, summary = _run_scenario(folder)
     try:
         n = len(variations(data, {}, base_dir))
@@ -143,12 +146,14 @@ def ensure_representative(folder: Path, study: Any, progress: Progress) -> None:
                       "representative run")
         return
     seed = int(row["seed0"])
-    sc = scenario_from_dict(apply_params(study.base, row["params"]), base_dir=study.base_dir)
+    sc = scenario_from_dict(apply_params(study.base, row["params"]), base_dir=study.base_dir,
+                            source=f"{folder}: the scenario its manifest records, with {row['label']}")
     rep = folder / REPRESENTATIVE_DIR
     if _same_run(rep, resolved_scenario(sc, seed)):
         ensure_sensitivity(rep, progress)
         return
-    prior = check_out_dir(rep, "run", given=True)
+    prior = check_out_dir(rep, "run", given=True, named=f"{rep} (where the report keeps the recommended "
+                                                        "configuration's run)")
     try:
         with progress_bar(progress.console, "simulating the recommended configuration", "s of simulated arrivals",
                           sc.duration_s, progress.show) as update:
@@ -161,11 +166,14 @@ def ensure_representative(folder: Path, study: Any, progress: Progress) -> None:
 
 
 def _same_run(rep: Path, resolved: dict[str, Any]) -> bool:
+    """Whether representative/ holds a complete, readable run of exactly this scenario and seed
+    (anything else, an unreadable or half-deleted run included, is simulated again)."""
+    from sim.report.content import read_run_folder
+
     try:
-        stored = yaml.safe_load((rep / "scenario.resolved.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        return read_run_folder(rep).scenario == resolved
+    except InputError:
         return False
-    return stored == resolved and (rep / "summary.json").is_file()
 
 
 def report_after(folder: Path, progress: Progress) -> Path:

@@ -221,3 +221,23 @@ def test_a_window_ending_with_the_simulation_counts_its_tokens(jumps):
     s = res.summary
     assert s["requests_in_flight"] > 0
     assert s["output_tokens"] == int(res.requests["output_tokens_in_window"].sum()) > 0
+
+
+def test_latency_percentiles_when_nothing_finished_or_no_request_has_a_tpot():
+    """A window where nothing finished has unbounded TTFT and TPOT (never 0, which would read as
+    fast); finished requests of one output token have no TPOT (NaN) and the TPOT target constrains
+    nothing."""
+    slo = {"ttft_s": 5.0, "tpot_s": 0.001}
+    d = lone(1000, 1, slo=slo)
+    _, res = run_one(d, 1000, 1)
+    s = res.summary
+    assert s["requests_completed"] == 1
+    assert math.isnan(s["tpot_s_at_slo_percentile"]) and s["ttft_s_at_slo_percentile"] < 5.0
+    assert s["slo_met"] is True
+    d = lone(1000, 500, duration_s=3.0, slo=slo)
+    d["drain_timeout_s"] = 0.01
+    _, res = run_one(d, 1000, 500, arrival_s=2.9)
+    s = res.summary
+    assert s["requests_completed"] == 0 and s["requests_arrived"] == 1
+    assert s["ttft_s_at_slo_percentile"] == math.inf and s["tpot_s_at_slo_percentile"] == math.inf
+    assert s["slo_met"] is False

@@ -310,13 +310,20 @@ def test_report_again_reuses_the_representative_run(sweep_dir, capsys):
     assert (sweep_dir / "representative" / "summary.json").stat().st_mtime_ns == before
 
 
-def test_a_plans_report_recommends_its_cheapest_candidate(tmp_path):
+@pytest.fixture(scope="module")
+def plan_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("plan")
+    path = _study_file(tmp, {"plan": {"rate": 20, "replications": 2, "max_replicas": 8, "candidates": [
+        {"hardware.gpu": "h100-sxm"}, {"hardware.gpu": "h200"}, {"hardware.gpu": "a100-80g"}]}})
+    out = tmp / "plan"
+    assert main(["plan", str(path), "--quiet", "--workers", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_a_plans_report_recommends_its_cheapest_candidate(plan_dir):
     import pandas as pd
 
-    path = _study_file(tmp_path, {"plan": {"rate": 20, "replications": 2, "max_replicas": 8, "candidates": [
-        {"hardware.gpu": "h100-sxm"}, {"hardware.gpu": "h200"}, {"hardware.gpu": "a100-80g"}]}})
-    out = tmp_path / "plan"
-    assert main(["plan", str(path), "--quiet", "--workers", "2", "--out", str(out)]) == 0
+    out = plan_dir
     plan = pd.read_csv(out / "plan.csv")
     best = plan[plan["feasible"]].sort_values(["usd_per_m_output_tokens", "gpus"]).iloc[0]
     html = (out / "report.html").read_text(encoding="utf-8")
@@ -355,3 +362,79 @@ def test_a_sweep_folder_from_before_reports_still_reports(sweep_dir, tmp_path, c
     assert "written before reports of sweeps and plans" in capsys.readouterr().out
     html = (old / "report.html").read_text(encoding="utf-8")
     assert "<b>Recommended:" in html and "No representative run in this folder" in html
+
+
+def _tampered(src: Path, tmp_path: Path, manifest: str, change) -> Path:
+    import shutil
+
+    out = tmp_path / "tampered"
+    shutil.copytree(src, out)
+    data = json.loads((out / manifest).read_text(encoding="utf-8"))
+    change(data)
+    (out / manifest).write_text(json.dumps(data), encoding="utf-8")
+    return out
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m.update(spec={"axes": 5}), "sweep.json: spec.axes: Input should be a valid dictionary (got 5)"),
+    (lambda m: m.update(base=[1, 2]), "sweep.json: base: Input should be a valid dictionary"),
+    (lambda m: m["spec"].update(replications="x"), "sweep.json: spec.replications: Input should be a valid integer"),
+    (lambda m: m.update(base={"name": "x"}), "the scenario its manifest records, with rate_per_s="),
+])
+def test_a_tampered_sweep_manifest_is_named_not_a_traceback(sweep_dir, tmp_path, capsys, change, message):
+    out = _tampered(sweep_dir, tmp_path, "sweep.json", change)
+    assert main(["report", str(out)]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m.update(candidate_overrides=[{}]), "plan.json: candidate_overrides: 1 entries for 3 candidates"),
+    (lambda m: m.update(candidates=[1, 2]), "plan.json: candidates.0: Input should be a valid dictionary"),
+    (lambda m: m.update(cheapest_candidate=7), "plan.json: cheapest_candidate: 7 is not one of the candidates"),
+    (lambda m: [c.update(candidate=9) for c in m["candidates"]], "plan.json: candidates: expected candidates numbered"),
+    (lambda m: m.update(mode="zzz"), "plan.json: mode: Input should be 'min_replicas' or 'max_load' (got 'zzz')"),
+])
+def test_a_tampered_plan_manifest_is_named_not_a_traceback(plan_dir, tmp_path, capsys, change, message):
+    out = _tampered(plan_dir, tmp_path, "plan.json", change)
+    assert main(["report", str(out)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_plan_folder_from_before_reports_labels_its_candidates(plan_dir, tmp_path):
+    def old(m):
+        del m["candidate_overrides"], m["base"], m["base_dir"]
+    out = _tampered(plan_dir, tmp_path, "plan.json", old)
+    assert main(["report", str(out)]) == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "gpu=a100-80g" in html and "the scenario as is" not in html
+
+
+@pytest.mark.parametrize("damage", ["summary.json", "scenario.resolved.yaml", "sensitivity.parquet", "requests.parquet"])
+def test_a_damaged_representative_run_is_simulated_again(sweep_dir, tmp_path, damage):
+    import shutil
+
+    out = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, out)
+    good = json.loads((sweep_dir / "representative" / "summary.json").read_text(encoding="utf-8"))
+    target = out / "representative" / damage
+    if damage == "requests.parquet":
+        target.unlink()
+    else:
+        target.write_text("{not: [valid", encoding="utf-8")
+    assert main(["report", str(out)]) == 0
+    again = json.loads((out / "representative" / "summary.json").read_text(encoding="utf-8"))
+    assert {k: v for k, v in again.items() if "wall" not in k} == {k: v for k, v in good.items() if "wall" not in k}
+    assert (out / "representative" / "sensitivity.parquet").stat().st_size > 100
+
+
+def test_a_file_where_the_representative_run_goes_is_named(sweep_dir, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, out)
+    shutil.rmtree(out / "representative")
+    (out / "representative").write_text("mine", encoding="utf-8")
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "where the report keeps the recommended configuration's run" in err and "--out" not in err
+    assert (out / "representative").read_text(encoding="utf-8") == "mine"

@@ -16,6 +16,7 @@ SLO-meeting requests, so goodput and throughput have the same basis and goodput 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -264,15 +265,17 @@ def slo(req: pd.DataFrame, sc: Scenario, window: Window) -> dict[str, Any]:
     n = len(win)
     p = sc.slo.percentile
     unfinished = (n - len(done)) / n if n else 0.0
+    # Nothing finished: both latencies are unbounded, so the SLO is missed. Finished requests with
+    # one output token each have no TPOT: it is undefined (NaN) and constrains nothing.
     ttft_p = float(np.percentile(done["ttft_s"], p)) if len(done) else float("inf")
     tpots = done["tpot_s"].dropna()
-    tpot_p = float(np.percentile(tpots, p)) if len(tpots) else 0.0
+    tpot_p = float(np.percentile(tpots, p)) if len(tpots) else (float("nan") if len(done) else float("inf"))
     good_tokens = int(req.loc[req["met_slo"], "output_tokens_in_window"].sum())
     return {
         "slo_attainment": float(win["met_slo"].sum() / n) if n else float("nan"),
         "ttft_s_at_slo_percentile": ttft_p,
         "tpot_s_at_slo_percentile": tpot_p,
-        "slo_met": bool(n > 0 and ttft_p <= sc.slo.ttft_s and tpot_p <= sc.slo.tpot_s
+        "slo_met": bool(n > 0 and ttft_p <= sc.slo.ttft_s and (math.isnan(tpot_p) or tpot_p <= sc.slo.tpot_s)
                         and unfinished <= 1.0 - p / 100.0),
         "goodput_req_per_s": _rate(int(win["met_slo"].sum()), window.length_s),
         "goodput_output_tokens": good_tokens,

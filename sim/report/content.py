@@ -99,7 +99,9 @@ def pct(v: float | None) -> str:
 
 
 def seconds(v: float | None) -> str:
-    """0.123 s, or 45.6 ms below a second."""
+    """0.123 s, or 45.6 ms below a second; "never" for an unbounded latency (nothing finished)."""
+    if v is not None and v == math.inf:
+        return "never"
     if v is None or not math.isfinite(v):
         return "n/a"
     return f"{v * 1000:,.1f} ms" if abs(v) < 1 else f"{v:,.2f} s"
@@ -129,17 +131,29 @@ def read_run_folder(path: Path) -> RunFolder:
     if missing:
         raise InputError(f"{path}: not a run's results folder (missing {', '.join(missing)})")
     try:
-        return RunFolder(path=path,
-                         summary=_numbers(json.loads((path / "summary.json").read_text(encoding="utf-8"))),
-                         meta=json.loads((path / "run.json").read_text(encoding="utf-8")),
-                         scenario=yaml.safe_load((path / "scenario.resolved.yaml").read_text(encoding="utf-8")),
+        summary, meta, scenario = (json.loads((path / "summary.json").read_text(encoding="utf-8")),
+                                   json.loads((path / "run.json").read_text(encoding="utf-8")),
+                                   yaml.safe_load((path / "scenario.resolved.yaml").read_text(encoding="utf-8")))
+        for name, data in (("summary.json", summary), ("run.json", meta), ("scenario.resolved.yaml", scenario)):
+            if not isinstance(data, dict):
+                raise InputError(f"{path / name}: not a mapping of names to values (got {type(data).__name__})")
+        return RunFolder(path=path, summary=_numbers(summary), meta=meta, scenario=scenario,
                          requests=pd.read_parquet(path / "requests.parquet"),
                          iterations=pd.read_parquet(path / "iterations.parquet"),
                          levels=pd.read_parquet(path / "levels.parquet"),
-                         sensitivity=pd.read_parquet(path / SENSITIVITY_FILE) if (path / SENSITIVITY_FILE).is_file()
-                         else None)
+                         sensitivity=_sensitivity(path))
+    except InputError:
+        raise
     except (OSError, ValueError, yaml.YAMLError) as err:
         raise InputError(f"{path}: cannot read the run's results: {err}") from None
+
+
+def _sensitivity(path: Path) -> pd.DataFrame | None:
+    """The run's sensitivity table; None when absent or unreadable (the CLI computes it again)."""
+    try:
+        return pd.read_parquet(path / SENSITIVITY_FILE) if (path / SENSITIVITY_FILE).is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _numbers(summary: dict[str, Any]) -> dict[str, Any]:

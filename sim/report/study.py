@@ -41,6 +41,7 @@ from sim.report.content import (
     usd,
     usd_per_m,
 )
+from sim.report.manifests import PlanManifest, SweepManifest, read_manifest, require_columns
 from sim.report.sensitivity import sensitivity_section
 from sim.scenario import LOAD_KNOB_PATHS
 from sim.sweep import PARETO_X, PARETO_Y, aggregate, display_cell, expand, pareto_frontier, point_id
@@ -110,9 +111,10 @@ def read_study_folder(path: Path) -> StudyFolder:
         study = _read_plan(path)
     else:
         raise InputError(f"{path}: not a sweep's or plan's results folder (no sweep.json or plan.json)")
-    rep = path / REPRESENTATIVE_DIR
-    if (rep / "summary.json").is_file():
-        study.representative = read_run_folder(rep)
+    try:     # a damaged representative run is no representative run (the CLI simulates it again)
+        study.representative = read_run_folder(path / REPRESENTATIVE_DIR)
+    except InputError:
+        study.representative = None
     return study
 
 
@@ -140,17 +142,20 @@ def _finish(configs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _read_sweep(path: Path) -> StudyFolder:
-    manifest = _read_json(path / "sweep.json")
+    raw = _read_json(path / "sweep.json")
+    manifest = read_manifest(SweepManifest, raw, path / "sweep.json")
     for need in ("aggregate.parquet", "sweep.parquet"):
         if not (path / need).is_file():
             raise InputError(f"{path}: the sweep has no {need} yet (is it still running?)")
     agg, rows = _parquet(path / "aggregate.parquet"), _parquet(path / "sweep.parquet")
-    spec = manifest.get("spec") or {}
-    from sim.sweep import SweepSpec
-    params_list = expand(SweepSpec.model_validate(spec))
+    require_columns(agg, ("point_id", "replications", "slo_met_mean", "gpus_mean", "price_usd_per_gpu_h_mean", f"{COST}_mean"),
+                    path / "aggregate.parquet")
+    require_columns(rows, ("point_id", "replication", "seed"), path / "sweep.parquet")
+    spec = manifest.spec
+    params_list = expand(spec)
     by_id = {point_id(p): p for p in params_list}
-    replications = int(spec.get("replications", 1))
-    axes = list(spec.get("axes", {})) + list(spec.get("zip", {}))
+    replications = spec.replications
+    axes = list(spec.axes) + list(spec.zip)
     failed_ids = set(rows.loc[rows["error"] != "", "point_id"]) if "error" in rows else set()
     ok = rows[rows["error"] == ""] if "error" in rows else rows
     seed0 = {pid: int(s) for pid, s in zip(ok.loc[ok["replication"] == 0, "point_id"],
@@ -179,58 +184,74 @@ def _read_sweep(path: Path) -> StudyFolder:
     failed = [f"{label_of(by_id.get(pid, {}))}: {err}" for pid, err in
               rows.loc[rows["error"] != "", ["point_id", "error"]].drop_duplicates("point_id").itertuples(index=False)] \
         if "error" in rows else []
-    return StudyFolder(path, "sweep", str(manifest.get("name", path.name)), manifest, configs, curves, x, x_label,
+    return StudyFolder(path, "sweep", manifest.name or path.name, raw, configs, curves, x, x_label,
                        group, ticks, recommend(configs), replications, failed)
 
 
 def _read_plan(path: Path) -> StudyFolder:
-    manifest = _read_json(path / "plan.json")
-    ev = _parquet(path / "evaluations.parquet")
-    cands = manifest.get("candidates") or []
-    overrides = manifest.get("candidate_overrides") or [{} for _ in cands]
-    knob, load, mode = manifest.get("load_knob"), manifest.get("load"), manifest.get("mode")
-    replications = int(manifest.get("replications", 1))
+    raw = _read_json(path / "plan.json")
+    manifest = read_manifest(PlanManifest, raw, path / "plan.json")
+    evaluations = path / "evaluations.parquet"
+    if not evaluations.is_file():
+        raise InputError(f"{path}: the plan has no evaluations.parquet (copied half-way?); run the plan again")
+    ev = _parquet(evaluations)
     if ev.empty:
         raise InputError(f"{path}: the plan made no evaluation; nothing to report")
+    require_columns(ev, ("candidate", "value", "met", "replication", "seed", "gpus", "price_usd_per_gpu_h", COST),
+                    evaluations)
+    cands = manifest.candidates
+    unknown = sorted(set(ev["candidate"]) - {c.candidate for c in cands})
+    if unknown:
+        raise InputError(f"{evaluations}: evaluations of candidates {unknown}, which plan.json does not list")
+    # Folders written before plan.json kept the overrides: the label comes from plan.csv's text.
+    overrides = manifest.candidate_overrides or [_parse_overrides(c.overrides) for c in cands]
+    knob, load, mode, unit = manifest.load_knob, manifest.load, manifest.mode, manifest.load_unit
     per_value = aggregate(ev, ["candidate", "value", "met"])
     rows = []
     for c in cands:
-        i = int(c["candidate"])
-        answer = c.get("min_replicas") if mode == "min_replicas" else c.get("max_load")
-        feasible = bool(c.get("feasible")) and answer is not None and not (isinstance(answer, float) and math.isnan(answer))
+        i = c.candidate
+        answer = c.min_replicas if mode == "min_replicas" else c.max_load
+        feasible = c.feasible and answer is not None and not math.isnan(answer)
         mine = per_value[per_value["candidate"] == i]
-        if feasible:
-            at = mine[mine["value"] == answer]
-        else:                        # the figures of its last evaluation, as plan.csv gives them
-            last = ev[ev["candidate"] == i]["value"].iloc[-1]
-            at = mine[mine["value"] == last]
+        mine_ev = ev[ev["candidate"] == i]
+        if mine_ev.empty:
+            continue
+        # infeasible: the figures of its last evaluation, as plan.csv gives them
+        at = mine[mine["value"] == (answer if feasible else mine_ev["value"].iloc[-1])]
         if at.empty:
             continue
         r = at.iloc[0].to_dict()
         value = float(r["value"])
         params = {**overrides[i], knob: load, "serving.replicas": int(value)} if mode == "min_replicas" else \
             {**overrides[i], knob: value}
-        seeds = ev[(ev["candidate"] == i) & (ev["value"] == value) & (ev["replication"] == 0)]["seed"]
+        seeds = mine_ev[(mine_ev["value"] == value) & (mine_ev["replication"] == 0)]["seed"]
         r.update({"candidate": i, "params": params, "meets": feasible and bool(r["met"]),
                   "label": label_of(overrides[i]) + (f" x {_replicas(int(value))}" if mode == "min_replicas" else
-                                                     f" at {value:g} {manifest.get('load_unit', '')}"),
+                                                     f" at {value:g} {unit}"),
                   "seed0": int(seeds.iloc[0]) if len(seeds) else None})
         rows.append(r)
+    if not rows:
+        raise InputError(f"{path}: no candidate of the plan has an evaluation at its answer; nothing to report")
     configs = _finish(pd.DataFrame(rows))
     curves = per_value.copy()
-    replicas = {int(c["candidate"]): c.get("replicas") for c in cands}
+    replicas = {c.candidate: c.replicas for c in cands}
     if mode == "min_replicas":
         curves["load_per_replica"] = float(load or 0.0) / curves["value"]
     else:
         curves["load_per_replica"] = [v / max(1, replicas.get(int(c)) or 1) for c, v in
                                       zip(curves["candidate"], curves["value"], strict=True)]
     curves["candidate_label"] = [label_of(overrides[int(c)]) for c in curves["candidate"]]
-    unit = manifest.get("load_unit", "")
-    rec = manifest.get("cheapest_candidate")
-    rec_row = None if rec is None else next((j for j, c in enumerate(configs["candidate"]) if int(c) == int(rec)), None)
-    name = str((manifest.get("base") or {}).get("name") or path.parent.name)
-    return StudyFolder(path, "plan", name, manifest, configs, curves, "load_per_replica",
-                       f"load per replica ({unit})", "candidate_label", None, rec_row, replications)
+    name = str((manifest.base or {}).get("name") or path.parent.name)
+    # The plan's rule (sim/plan.py `cheapest`) on the same figures: the candidate plan.json names.
+    return StudyFolder(path, "plan", name, raw, configs, curves, "load_per_replica",
+                       f"load per replica ({unit})", "candidate_label", None, recommend(configs), manifest.replications)
+
+
+def _parse_overrides(text: str) -> dict[str, Any]:
+    """plan.csv's `overrides` text (`hardware.gpu=h200, serving.parallelism.tp=2`) back to keys and
+    values, for a label; "(scenario as is)" is none."""
+    pairs = [part.partition("=") for part in text.split(", ") if "=" in part]
+    return {k.strip(): v.strip() for k, _, v in pairs}
 
 
 # ---- the report ---------------------------------------------------------------------------------------
