@@ -82,8 +82,11 @@ def _load(sc: Scenario, change: float) -> Variation | None:
     value = float(max(1, round(value))) if knob.integer else min(value, knob.maximum)
     if value == knob.value:
         return None
-    shown = f"{value:g}" if not knob.integer else f"{int(value)}"
-    return Variation("load", change, f"{knob.path.rsplit('.', 1)[-1]} = {shown} {knob.unit}",
+    shown = f"{value:.4g}" if not knob.integer else f"{int(value)}"
+    key = knob.path.rsplit('.', 1)[-1]
+    # "102 clients", not "clients = 102 clients"
+    setting = f"{shown} {knob.unit}" if knob.unit.startswith(key) else f"{key} = {shown} {knob.unit}"
+    return Variation("load", change, setting,
                      {knob.path: int(value) if knob.integer else value})
 
 

@@ -323,6 +323,22 @@ def aggregate(df: pd.DataFrame, param_cols: list[str]) -> pd.DataFrame:
     return agg.drop(columns=[c for c in counts if c not in partial])
 
 
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
+    """Mean of b - a over the replications both have, its 95% half-width (Student t) and their
+    number. Replication i runs with the same seed at every point (common random numbers), so the
+    difference is measured on the same traffic and its interval is narrower than the two means'
+    intervals together would suggest. The half-width is NaN below two pairs."""
+    from scipy import stats
+
+    keys = sorted(set(a) & set(b))
+    d = np.array([b[k] - a[k] for k in keys], dtype=float)
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return math.nan, math.nan, 0
+    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
+    return float(d.mean()), half, len(d)
+
+
 PARETO_X = "output_tok_per_s_per_user_p50"
 PARETO_Y = "total_tok_per_s_per_gpu"
 

@@ -139,8 +139,7 @@ def ensure_representative(folder: Path, study: Any, progress: Progress) -> None:
                       "has no representative run and no sensitivity; run the command again to get them")
         return
     c = study.configs
-    row = c.loc[study.recommended] if study.recommended is not None else \
-        c.sort_values("slo_attainment_mean", ascending=False).iloc[0]
+    row = c.loc[study.recommended] if study.recommended is not None else study.closest()
     if pd.isna(row.get("seed0")):
         progress.warn(f"{folder}: {row['label']} has no finished replication 0 to simulate again: the report has no "
                       "representative run")

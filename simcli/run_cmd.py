@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from sim.errors import InputError
-from sim.kv_hierarchy import resolve_tiers
+from sim.kv_hierarchy import TierParams, resolve_tiers
 from sim.metrics.registry import RUN_TABLE, SPEC_TABLE, kv_table, row_cells
 from sim.runner import Result
 from sim.scenario import KvTier, Scenario
@@ -19,11 +19,12 @@ from simcli.output import FolderId, atomic_dir, check_out_dir, make_console, sho
 from simcli.report_cmd import Progress, report_after
 
 
-def resolved_scenario(sc: Scenario, seed: int) -> dict[str, Any]:
-    """The scenario as run: catalog specs filled in, KV tiers with their defaults, and the seed
-    actually used (scenario.resolved.yaml; simulating it again gives the same results)."""
+def resolved_scenario(sc: Scenario, seed: int, tiers: list[TierParams] | None = None) -> dict[str, Any]:
+    """The scenario as run: catalog specs filled in, KV tiers with their defaults (`tiers`, when
+    the caller resolved them already), and the seed actually used (scenario.resolved.yaml;
+    simulating it again gives the same results)."""
     resolved = {**sc.model_dump(mode="json"), "seed": seed}
-    tiers = resolve_tiers(sc)
+    tiers = resolve_tiers(sc) if tiers is None else tiers
     if tiers:       # the tiers as run: their defaults filled in (and where each came from, in run.json)
         resolved["serving"]["kv_cache"]["tiers"] = [{k: getattr(t, k) for k in KvTier.model_fields} for t in tiers]
     return resolved
@@ -39,11 +40,12 @@ def write_results(result: Result, out_dir: Path, scenario_path: str, seed: int, 
     with atomic_dir(out_dir, "run", replace=replace) as res:
         tmp = res.tmp
         sc = result.scenario
-        (tmp / "scenario.resolved.yaml").write_text(yaml.safe_dump(resolved_scenario(sc, seed), sort_keys=False),
-                                                    encoding="utf-8")
+        tiers = resolve_tiers(sc)
+        (tmp / "scenario.resolved.yaml").write_text(yaml.safe_dump(resolved_scenario(sc, seed, tiers),
+                                                                   sort_keys=False), encoding="utf-8")
         meta = {"scenario": sc.name, "scenario_file": scenario_path, "seed": result.seed, "version": __version__,
                 "created_utc": datetime.now(UTC).isoformat(timespec="seconds"), "wall_s": result.wall_s}
-        if tiers := resolve_tiers(sc):
+        if tiers:
             meta["kv_tier_sources"] = {t.kind: dict(t.sources) for t in tiers}
         write_json(tmp / "run.json", meta)
         write_json(tmp / "summary.json", {**result.summary, "seed": result.seed})

@@ -251,11 +251,13 @@ def test_sensitivity_moves_acceptance_and_prefix_hits(tmp_path, scenario, lever,
     assert f"<td>{lever}</td>" in html
 
 
-def _study_file(tmp_path: Path, block: dict) -> Path:
+def _study_file(tmp_path: Path, block: dict, rate_per_s: float | None = None) -> Path:
     import yaml
 
     data = yaml.safe_load((ROOT / "scenarios/chat_poisson_h100_llama8b.yaml").read_text(encoding="utf-8"))
     data.update(duration_s=60, warmup_s=10, **block)
+    if rate_per_s is not None:
+        data["workload"]["arrivals"]["rate_per_s"] = rate_per_s
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
@@ -265,7 +267,8 @@ def _study_file(tmp_path: Path, block: dict) -> Path:
 def sweep_dir(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("sweep")
     path = _study_file(tmp, {"sweep": {"axes": {"workload.arrivals.rate_per_s": [5, 30],
-                                                "serving.replicas": [1, 2]}, "replications": 2}})
+                                                "serving.replicas": [1, 2, 4]}, "replications": 2}},
+                       rate_per_s=30)
     out = tmp / "out"
     assert main(["sweep", str(path), "--quiet", "--workers", "2", "--out", str(out)]) == 0
     return out
@@ -276,12 +279,20 @@ def test_a_sweeps_report_recommends_the_cheapest_row_that_meets_the_slo(sweep_di
 
     agg = pd.read_csv(sweep_dir / "aggregate.csv")
     ok = agg[(agg["slo_met_mean"] == 1.0) & (agg["replications"] == 2)]
-    assert 0 < len(ok) < len(agg)           # some meet the SLO, some do not: the choice is not trivial
-    best = ok.sort_values(["usd_per_m_output_tokens_mean", "gpus_mean"]).iloc[0]
-    label = f"rate_per_s={best['workload.arrivals.rate_per_s']}, replicas={best['serving.replicas']}"
+    # The load is not a choice: the answer is the cheapest SLO-meeting row at the scenario's load.
+    at = agg[agg["workload.arrivals.rate_per_s"] == 30]
+    ok_at = ok[ok["workload.arrivals.rate_per_s"] == 30]
+    assert 0 < len(ok_at) < len(at)         # some meet the SLO, some do not: the choice is not trivial
+    best = ok_at.sort_values(["usd_per_m_output_tokens_mean", "gpus_mean"]).iloc[0]
     html = (sweep_dir / "report.html").read_text(encoding="utf-8")
-    assert f"<b>Recommended: {label}</b>" in html
+    assert f"<b>Recommended: replicas={best['serving.replicas']} at 30 requests/s</b>" in html
+    assert "The answer is given at 30 requests/s, the scenario's load" in (sweep_dir / "report.md").read_text(
+        encoding="utf-8")
     assert usd(best["usd_per_m_output_tokens_mean"], 3) in html
+    # ... and across loads, where tokens cost least
+    cheapest = ok.sort_values(["usd_per_m_output_tokens_mean", "gpus_mean"]).iloc[0]
+    assert (f"Tokens cost least with replicas={cheapest['serving.replicas']} at "
+            f"{cheapest['workload.arrivals.rate_per_s']} requests/s") in html
     months = best["gpus_mean"] * best["price_usd_per_gpu_h_mean"] * HOURS_PER_MONTH
     assert usd(months) in html
     for title in ("The answer", "Runners-up", "Cheapest at each load", "How confident we are", "What was simulated",
@@ -331,9 +342,43 @@ def test_a_plans_report_recommends_its_cheapest_candidate(plan_dir):
     replicas = int(best["min_replicas"])
     assert f"<b>Recommended: gpu={gpu} x {replicas} replica{'s' if replicas != 1 else ''}</b>" in html
     assert usd(best["usd_per_m_output_tokens"], 3) in html
+    assert "from the difference in each of 2 replications, measured on the same traffic" in html
     assert "<h2>Latency against load</h2>" in html and "<h2>Sensitivity</h2>" in html
     assert (out / "representative" / "sensitivity.parquet").is_file()
     assert all((out / "report_figures" / f).stat().st_size > 10_000 for f in ("latency_load.png", "frontier.png"))
+
+
+def test_a_sweep_of_configurations_recommends_the_cheapest_row_that_meets_the_slo(tmp_path):
+    """No load axis: every row is an alternative, and the answer is the cheapest that meets the SLO."""
+    import pandas as pd
+
+    path = _study_file(tmp_path, {"sweep": {"axes": {"serving.replicas": [1, 2, 4]}}}, rate_per_s=30)
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(path), "--quiet", "--workers", "2", "--out", str(out)]) == 0
+    agg = pd.read_csv(out / "aggregate.csv")
+    ok = agg[agg["slo_met_mean"] == 1.0]
+    assert 0 < len(ok) < len(agg)
+    best = ok.sort_values(["usd_per_m_output_tokens_mean", "gpus_mean"]).iloc[0]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert f"<b>Recommended: replicas={best['serving.replicas']}</b>" in html
+    assert f"{len(agg)} configurations were simulated; {len(ok)} of them meet the SLO" in html
+
+
+def test_a_sweep_of_the_load_alone_gives_the_operating_point(tmp_path):
+    """One configuration at several loads: the answer is the highest load within the SLO."""
+    import pandas as pd
+
+    path = _study_file(tmp_path, {"sweep": {"axes": {"workload.arrivals.rate_per_s": [5, 15, 30, 60]}}})
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(path), "--quiet", "--workers", "2", "--out", str(out)]) == 0
+    agg = pd.read_csv(out / "aggregate.csv")
+    ok = agg[agg["slo_met_mean"] == 1.0]
+    assert 1 < len(ok) < len(agg)
+    top = ok["workload.arrivals.rate_per_s"].max()
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert f"<b>Operating point: {top} requests/s</b>" in html
+    assert "<h2>Other loads within the SLO</h2>" in html and "<h2>Runners-up</h2>" not in html
+    assert "<h2>Price that would change the answer</h2>" not in html    # other loads are not alternatives
 
 
 def test_no_report_for_sweep_and_plan(tmp_path):

@@ -3,6 +3,7 @@ scenario simulated again (not estimates), and the cache salt that lowers prefix 
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from conftest import ROOT
 
@@ -63,3 +64,38 @@ def test_cache_salt_lowers_reuse_and_zero_changes_nothing():
     every = run(load_scenario(path, overrides={**over, "workload.cache_salt_fraction": 1.0}), seed=2).summary
     assert 0 == every["prefix_hit_rate"] < some["prefix_hit_rate"] < 0.85 * plain["prefix_hit_rate"]
     assert some["requests_arrived"] == plain["requests_arrived"]     # the same traffic, less reuse
+
+
+def test_settings_say_the_load_once_with_its_unit():
+    closed, d = _base("closed_loop_benchmark.yaml")
+    assert [v.setting for v in variations(closed, {}, d)] == ["51 clients", "77 clients"]
+    plain, d = _base("chat_poisson_h100_llama8b.yaml", **{"workload.arrivals.rate_per_s": 2.890625})
+    assert [v.setting for v in variations(plain, {}, d)] == ["rate_per_s = 2.312 requests/s",
+                                                              "rate_per_s = 3.469 requests/s"]
+
+
+def _table(rows: list[dict]) -> pd.DataFrame:
+    cols = {"change": 0.0, "setting": "", "simulated": True, "error": "", "slo_met": True,
+            "ttft_s_at_slo_percentile": 0.1, "tpot_s_at_slo_percentile": 0.01, "arrival_rate_per_s": 10.0,
+            "prefix_hit_rate": float("nan")}
+    return pd.DataFrame([{**cols, **r} for r in rows])
+
+
+def test_the_headlines_name_the_lever_that_moves_cost_most_other_than_the_price():
+    from sim.report.sensitivity import sensitivity_section
+
+    t = _table([{"lever": "as simulated", "usd_per_m_output_tokens": 1.0},
+                {"lever": "price", "change": -0.2, "usd_per_m_output_tokens": 0.8},
+                {"lever": "price", "change": 0.2, "usd_per_m_output_tokens": 1.2},
+                {"lever": "load", "change": -0.2, "usd_per_m_output_tokens": 1.1, "arrival_rate_per_s": 8.1},
+                {"lever": "load", "change": 0.2, "usd_per_m_output_tokens": 0.95, "arrival_rate_per_s": 12.2},
+                {"lever": CAPACITY, "change": -0.2, "usd_per_m_output_tokens": 1.0},
+                {"lever": CAPACITY, "change": 0.2, "usd_per_m_output_tokens": 1.0}])
+    sec = sensitivity_section(t, 99, "this deployment")
+    text = " ".join(sec.paragraphs)
+    assert ("the cost per token moves most with the load: 10% for a 20% change, less than a 20% change of the GPU "
+            "price moves it") in text
+    # hit rates not measured (NaN): no claim that the tiers' capacity does not limit them
+    assert "does not limit" not in text
+    baseline = sec.tables[0].rows[0]
+    assert baseline[0] == "as simulated" and "10.00 requests/s arrived" in baseline[-1]

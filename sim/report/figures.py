@@ -21,8 +21,10 @@ from matplotlib.figure import Figure
 
 
 def pareto_figure(points: pd.DataFrame, frontier: pd.DataFrame, x: str, y: str, cost: str | None,
-                  title: str, group: str | None = None) -> Figure:
-    """Scatter of all points (coloured by `group` if given) with the frontier and cost labels."""
+                  title: str, group: str | None = None, cost_unit: str = "M tok",
+                  meets: str | None = None) -> Figure:
+    """Scatter of all points (coloured by `group` if given) with the frontier, labelled with
+    `cost` in $ per `cost_unit`; points whose `meets` column is false are crossed out in red."""
     fig = Figure(figsize=(8, 5.5))
     ax = fig.add_subplot()
     if group and group in points:
@@ -31,10 +33,15 @@ def pareto_figure(points: pd.DataFrame, frontier: pd.DataFrame, x: str, y: str, 
             ax.plot(g[x], g[y], "-o", ms=4, lw=1, alpha=0.8, label=str(name))
     else:
         ax.scatter(points[x], points[y], s=22, alpha=0.5, color="0.5", label="points")
+    if meets and meets in points:
+        missed = points[~points[meets].astype(bool)]
+        if len(missed):
+            ax.scatter(missed[x], missed[y], marker="x", s=60, color="crimson", lw=1.5, zorder=3,
+                       label="misses the SLO")
     ax.plot(frontier[x], frontier[y], "--", color="black", lw=2, alpha=0.6, label="Pareto frontier")
     if cost and cost in frontier:
         for xv, yv, c in zip(frontier[x], frontier[y], frontier[cost], strict=True):
-            ax.annotate(f"${c:.3g}/M tok", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.annotate(f"${c:.3g}/{cost_unit}", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.legend(fontsize=8, loc="upper right")
     ax.set_xlabel("tokens/s per user (1 / TPOT, median)")
     ax.set_ylabel("total tokens/s per GPU")

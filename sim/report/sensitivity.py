@@ -22,14 +22,17 @@ def _verdict(v: Any) -> str:
     return "meets" if v is True or v == 1 else "misses" if v is False or v == 0 else "n/a"
 
 
-def _measured(r: pd.Series) -> str:
-    if r["lever"] in (REUSE, CAPACITY):
-        return f"prefix hit rate {pct(_value(r.get('prefix_hit_rate')))}"
-    if r["lever"] == "acceptance":
-        return f"acceptance {pct(_value(r.get('spec_acceptance_rate')))}"
-    if r["lever"] == "load":
-        return f"{_value(r.get('arrival_rate_per_s')):,.2f} requests/s arrived"
-    return ""
+def _measured(r: pd.Series, levers: set[str]) -> str:
+    """What the row's lever moved, as measured; the baseline row gives each of them, for comparison."""
+    mine = levers if r["lever"] == "as simulated" else {r["lever"]}
+    out = []
+    if mine & {REUSE, CAPACITY}:
+        out.append(f"prefix hit rate {pct(_value(r.get('prefix_hit_rate')))}")
+    if "acceptance" in mine:
+        out.append(f"acceptance {pct(_value(r.get('spec_acceptance_rate')))}")
+    if "load" in mine:
+        out.append(f"{_value(r.get('arrival_rate_per_s')):,.2f} requests/s arrived")
+    return ", ".join(out)
 
 
 def sensitivity_section(table: pd.DataFrame | None, slo_percentile: float, subject: str) -> Section:
@@ -41,6 +44,7 @@ def sensitivity_section(table: pd.DataFrame | None, slo_percentile: float, subje
     base = table[table["lever"] == "as simulated"].iloc[0]
     base_usd = _value(base["usd_per_m_output_tokens"])
     rows = []
+    levers = set(table["lever"])
     for _, r in table.iterrows():
         usd = _value(r["usd_per_m_output_tokens"])
         change = "" if r["lever"] == "as simulated" else f"{r['change'] * 100:+.0f}%"
@@ -50,7 +54,7 @@ def sensitivity_section(table: pd.DataFrame | None, slo_percentile: float, subje
         rows.append([r["lever"], change, r["setting"] or "as in the scenario",
                      "failed: " + str(r["error"]) if failed else _verdict(r.get("slo_met")),
                      seconds(_value(r.get("ttft_s_at_slo_percentile"))), seconds(_value(r.get("tpot_s_at_slo_percentile"))),
-                     usd_per_m(usd), delta, _measured(r)])
+                     usd_per_m(usd), delta, _measured(r, levers)])
     p = f"p{slo_percentile:g}"
     header = ["lever", "change", "what was set", "SLO", f"{p} TTFT", f"{p} TPOT", "$ per M output tokens",
               "vs as simulated", "measured"]
@@ -80,16 +84,20 @@ def _headlines(table: pd.DataFrame, base: pd.Series, subject: str) -> list[str]:
     hits = table[table["lever"] == CAPACITY]
     if len(hits):
         rates = [_value(v) for v in (base.get("prefix_hit_rate"), *hits["prefix_hit_rate"])]
-        if all(abs(v - rates[0]) < 0.005 for v in rates if not math.isnan(v)):
+        if not any(math.isnan(v) for v in rates) and all(abs(v - rates[0]) < 0.005 for v in rates):
             out.append(f"The KV tiers' capacity does not limit the prefix hits ({pct(rates[0])} with 20% less or more "
                        "of it): the workload's reuse does, so buying less DRAM or NVMe would cost nothing here.")
-    movers = table[(table["lever"] != "as simulated")].copy()
+    # The price moves every $ per token by exactly its own change: the question is what else does.
+    movers = table[~table["lever"].isin(["as simulated", "price"])].copy()
     base_usd = _value(base["usd_per_m_output_tokens"])
     if len(movers) and base_usd:
         movers["swing"] = [abs(_value(v) / base_usd - 1) for v in movers["usd_per_m_output_tokens"]]
         movers = movers.dropna(subset=["swing"])
         if len(movers):
             top = movers.sort_values("swing", ascending=False).iloc[0]
-            out.append(f"The cost per token moves most with the {top['lever']} ({top['swing'] * 100:.0f}% for a "
-                       f"{STEP:.0%} change).")
+            than = "more than" if top["swing"] > STEP + 0.005 else "less than" if top["swing"] < STEP - 0.005 else \
+                "as much as"
+            out.append(f"Of the simulated assumptions, the cost per token moves most with the {top['lever']}: "
+                       f"{top['swing'] * 100:.0f}% for a {STEP:.0%} change, {than} a {STEP:.0%} change of the GPU "
+                       "price moves it.")
     return out

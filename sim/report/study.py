@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sim.errors import InputError
@@ -44,7 +46,16 @@ from sim.report.content import (
 from sim.report.manifests import PlanManifest, SweepManifest, read_manifest, require_columns
 from sim.report.sensitivity import sensitivity_section
 from sim.scenario import LOAD_KNOB_PATHS
-from sim.sweep import PARETO_X, PARETO_Y, aggregate, display_cell, expand, pareto_frontier, point_id
+from sim.sweep import (
+    PARETO_X,
+    PARETO_Y,
+    aggregate,
+    display_cell,
+    expand,
+    paired_difference,
+    pareto_frontier,
+    point_id,
+)
 
 #: Scenario keys that set the load (the sweep axes drawn on the latency-against-load x axis).
 LOAD_PATHS = (*LOAD_KNOB_PATHS, "workload.sessions.rate_per_s")
@@ -70,6 +81,20 @@ class StudyFolder:
     replications: int
     failed: list[str] = field(default_factory=list)
     representative: RunFolder | None = None
+    load_axis: str | None = None      # a sweep's grid axis that sets the load
+    load_only: bool = False           # the load is the only axis: one configuration at several loads
+    scenario_load: float | None = None
+    at_load: float | None = None      # the load the recommendation is made at (grid load axis with others)
+
+    def candidates(self) -> pd.DataFrame:
+        """The rows the answer is chosen from: every configuration, or those at the planning load."""
+        if self.at_load is None or self.load_axis is None:
+            return self.configs
+        return self.configs[self.configs[self.load_axis].astype(float) == self.at_load]
+
+    def closest(self) -> pd.Series:
+        """The configuration nearest to meeting the SLO, when none meets it."""
+        return self.candidates().sort_values("slo_attainment_mean", ascending=False, kind="stable").iloc[0]
 
     @property
     def base(self) -> dict[str, Any] | None:
@@ -164,6 +189,7 @@ def _read_sweep(path: Path) -> StudyFolder:
         raise InputError(f"{path}: no point of the sweep finished; nothing to report")
     configs = agg.copy()
     configs["params"] = [by_id.get(pid, {}) for pid in configs["point_id"]]
+    configs["cost_reps"] = _per_replication(ok, "point_id", list(configs["point_id"]))
     configs["label"] = [label_of(p) for p in configs["params"]]
     # object dtype: a missing seed must not turn the column to float (seeds exceed 2**53)
     configs["seed0"] = pd.Series([seed0.get(pid) for pid in configs["point_id"]], index=configs.index, dtype=object)
@@ -184,8 +210,63 @@ def _read_sweep(path: Path) -> StudyFolder:
     failed = [f"{label_of(by_id.get(pid, {}))}: {err}" for pid, err in
               rows.loc[rows["error"] != "", ["point_id", "error"]].drop_duplicates("point_id").itertuples(index=False)] \
         if "error" in rows else []
-    return StudyFolder(path, "sweep", manifest.name or path.name, raw, configs, curves, x, x_label,
-                       group, ticks, recommend(configs), replications, failed)
+    study = StudyFolder(path, "sweep", manifest.name or path.name, raw, configs, curves, x, x_label,
+                        group, ticks, None, replications, failed)
+    # A load on the grid is not a choice: the answer is given at one load (a load zipped with
+    # the other keys scales with the configuration, and is part of it).
+    if load is not None and load in spec.axes:
+        study.load_axis, study.load_only = load, not config_keys
+        study.scenario_load = _number(_dotted(manifest.base, load))
+        study.at_load = _planning_load(configs, load, study.scenario_load, study.load_only)
+    study.recommended = _recommend_sweep(study)
+    return study
+
+
+def _per_replication(rows: pd.DataFrame, key: str, points: list[Any]) -> list[dict[int, float]]:
+    """Each point's $ per million output tokens by replication (for paired comparisons)."""
+    if COST not in rows:
+        return [{} for _ in points]
+    by = {k: dict(zip(g["replication"].astype(int), g[COST].astype(float), strict=True))
+          for k, g in rows.groupby(key, sort=False)}
+    return [by.get(p, {}) for p in points]
+
+
+def _dotted(data: dict[str, Any] | None, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_) else None
+
+
+def _planning_load(configs: pd.DataFrame, load: str, scenario_load: float | None, load_only: bool) -> float | None:
+    """The load the recommendation is made at: the scenario's, or the smallest swept load above
+    it, or the highest swept one. One configuration at several loads has no such load: its answer
+    is its operating point (`_recommend_sweep`)."""
+    if load_only:
+        return None
+    values = sorted(float(v) for v in configs[load].unique())
+    if scenario_load is None:
+        meeting = sorted(float(v) for v in configs.loc[configs["meets"], load].unique())
+        return meeting[-1] if meeting else values[-1]
+    return next((v for v in values if v >= scenario_load - 1e-12), values[-1])
+
+
+def _recommend_sweep(study: StudyFolder) -> int | None:
+    """Row of the answer: the cheapest SLO-meeting configuration (at the planning load when the
+    sweep varies the load); for one configuration at several loads, the highest load within the
+    SLO (its operating point: the most its GPUs carry)."""
+    c, load = study.configs, study.load_axis
+    if load is None:
+        return recommend(c)
+    if study.load_only:
+        ok = c[c["meets"]]
+        return None if ok.empty else int(ok[load].astype(float).idxmax())
+    return recommend(c[c[load].astype(float) == study.at_load])
 
 
 def _read_plan(path: Path) -> StudyFolder:
@@ -226,8 +307,9 @@ def _read_plan(path: Path) -> StudyFolder:
             {**overrides[i], knob: value}
         seeds = mine_ev[(mine_ev["value"] == value) & (mine_ev["replication"] == 0)]["seed"]
         r.update({"candidate": i, "params": params, "meets": feasible and bool(r["met"]),
+                  "cost_reps": _per_replication(mine_ev, "value", [value])[0],
                   "label": label_of(overrides[i]) + (f" x {_replicas(int(value))}" if mode == "min_replicas" else
-                                                     f" at {value:g} {unit}"),
+                                                     f" at {value:.4g} {unit}"),
                   "seed0": int(seeds.iloc[0]) if len(seeds) else None})
         rows.append(r)
     if not rows:
@@ -291,48 +373,153 @@ def study_report(study: StudyFolder) -> Report:
     return Report(f"{study.name}: capacity and cost report", subtitle, [s for s in sections if s is not None])
 
 
+#: The unit of each load key, for people ("20 requests/s", "32 clients").
+LOAD_UNITS = {"workload.arrivals.rate_per_s": "requests/s", "workload.arrivals.mean_rate_per_s": "requests/s (mean)",
+              "workload.arrivals.clients": "clients", "workload.trace.rate_scale": "x the trace's speed",
+              "workload.sessions.rate_per_s": "sessions/s"}
+
+
+def load_text(key: str, value: Any) -> str:
+    """`20 requests/s`, `32 clients`: a load with its unit, to 4 significant digits."""
+    v = _number(value)
+    shown = f"{v:.4g}" if v is not None else str(value)
+    return f"{shown} {LOAD_UNITS.get(key, _short(key))}"
+
+
+def _runner_up(study: StudyFolder) -> pd.Series | None:
+    """The next cheapest SLO-meeting alternative to the recommendation (none for an operating point:
+    another load is not an alternative)."""
+    if study.recommended is None or study.load_only:
+        return None
+    cand = study.candidates()
+    others = cand[cand["meets"]].drop(index=study.recommended).sort_values([f"{COST}_mean", "gpus_mean"], kind="stable")
+    return None if others.empty else others.iloc[0]
+
+
 def _answer(study: StudyFolder, slo: dict[str, Any]) -> list[Section]:
     """The recommendation, the runners-up, and (for a sweep over load) the cheapest at each load."""
-    c, n = study.configs, len(study.configs)
+    c = study.configs
     p = f"p{slo.get('percentile', 99):g}"
     target = (f"{p} TTFT ≤ {seconds(slo.get('ttft_s'))} and {p} TPOT ≤ {seconds(slo.get('tpot_s'))}" if slo else
               "the scenario's SLO")
-    meets = int(c["meets"].sum())
-    paras = [f"{n} configuration{'s were' if n != 1 else ' was'} simulated; {meets} meet{'s' if meets == 1 else ''} "
-             f"the SLO ({target}, in every replication). The recommendation is the cheapest of those by $ per million "
-             "output tokens (ties: fewer GPUs)."]
+    paras = [_answer_intro(study, target)]
+    per_load = _cheapest_per_load(study)
     if study.recommended is None:
-        best = c.sort_values("slo_attainment_mean", ascending=False).iloc[0]
-        paras.append(f"<b>No configuration meets the SLO.</b> The closest is {best['label']}, with "
+        best = study.closest()
+        where = f" at {load_text(study.load_axis, study.at_load)}" if study.at_load is not None and study.load_axis \
+            else ""
+        paras.append(f"<b>No configuration meets the SLO{where}.</b> The closest is {best['label']}, with "
                      f"{pct(best['slo_attainment_mean'])} of the requests within both targets: add capacity or relax "
                      "the SLO.")
-        return [Section("The answer", paras, [_config_table(c.loc[[best.name]])])]
+        out = [Section("The answer", paras, [_config_table(c.loc[[best.name]])])]
+        if per_load is not None:
+            out.append(per_load)
+        return out
     r = c.loc[study.recommended]
-    paras.append(
-        f"<b>Recommended: {r['label']}</b>. It takes {num(r['gpus_mean'])} GPU{'s' if r['gpus_mean'] != 1 else ''} "
-        "and costs "
-        f"<b>{usd(r[f'{COST}_mean'], 3)} per million output tokens</b>; priced the way APIs bill (input and "
-        f"output in fixed ratios that together recover the cost), {usd(r.get('usd_per_m_uncached_input_tokens_priced_mean'), 3)} "
-        f"per million input tokens and {usd(r.get('usd_per_m_output_tokens_priced_mean'), 3)} per million output "
-        f"tokens. Its GPUs cost <b>{usd(r['usd_per_month_mean'])} per month</b> (730 h at "
-        f"{usd(r['price_usd_per_gpu_h_mean'])} per GPU-hour) at {num(r.get('arrival_rate_per_s_mean'), 2)} requests/s, "
-        f"producing {per_s(r.get('output_tok_per_s_mean'))} of output; its {p} TTFT is "
-        f"{seconds(r.get('ttft_s_at_slo_percentile_mean'))} and {p} TPOT {seconds(r.get('tpot_s_at_slo_percentile_mean'))}.")
+    paras.append(_recommendation(study, r, p))
     out = [Section("The answer", paras, [_config_table(c.loc[[study.recommended]])])]
-    others = c[c["meets"]].drop(index=study.recommended).sort_values([f"{COST}_mean", "gpus_mean"], kind="stable")
-    missed = n - meets
-    note = f" {missed} configuration{'s miss' if missed != 1 else ' misses'} the SLO (all are in the last table)." \
-        if missed else ""
-    if len(others):
-        out.append(Section("Runners-up", [f"The next {min(10, len(others))} configurations that meet the SLO, cheapest "
-                                          f"first.{note}"], [_config_table(others.head(10))]))
-    elif note:
-        out.append(Section("Runners-up", ["No other configuration meets the SLO." + note]))
-    per_load = _cheapest_per_load(study)
+    out += _runners_up(study)
     if per_load is not None:
-        out.append(Section("Cheapest at each load", ["The cheapest configuration that meets the SLO at each load of "
-                                                     "the sweep: what to deploy as the load grows."], [per_load]))
+        out.append(per_load)
     return out
+
+
+def _answer_intro(study: StudyFolder, target: str) -> str:
+    c, cand = study.configs, study.candidates()
+    meets = int(cand["meets"].sum())
+    rule = "the cheapest of those by $ per million output tokens (ties: fewer GPUs)"
+    if study.kind == "plan":
+        m, n = study.manifest, len(c)
+        what = (f"the fewest replicas that meet the SLO ({target}, in every replication) at "
+                f"{_number(m.get('load')) or 0:.4g} {m.get('load_unit', '')}" if m.get("mode") == "min_replicas" else
+                f"the highest load ({m.get('load_unit', '')}) at which its replicas meet the SLO ({target}, in every "
+                "replication)")
+        return (f"For each of the {n} candidate{'s' if n != 1 else ''} the plan searched {what}; {meets} of them "
+                "found one within the search's limits." + (f" The recommendation is {rule}." if meets else ""))
+    if study.load_axis is None:
+        n = len(c)
+        return (f"{n} configuration{'s were' if n != 1 else ' was'} simulated; {meets} of them meet the SLO ({target}, "
+                "in every replication)." + (f" The recommendation is {rule}." if meets else ""))
+    key = study.load_axis
+    loads = sorted(float(v) for v in c[key].unique())
+    shown = ", ".join(f"{v:.4g}" for v in loads)
+    if study.load_only:
+        return (f"The sweep runs one configuration at {len(loads)} loads ({shown} {LOAD_UNITS.get(key, _short(key))}); "
+                f"{meets} of them meet the SLO ({target}, in every replication)."
+                + (" Its operating point is the highest of those loads: the most its GPUs carry within the SLO, and "
+                   "(GPUs are paid for by the hour) about its lowest cost per token." if meets else ""))
+    k = c["config_label"].nunique()
+    at = load_text(key, study.at_load)
+    sl = study.scenario_load
+    why = ("the scenario's load" if sl is not None and math.isclose(sl, study.at_load or 0.0) else
+           f"the smallest swept load at or above the scenario's {load_text(key, sl)}" if sl is not None and
+           (study.at_load or 0.0) > sl else
+           f"the highest swept load (the scenario's, {load_text(key, sl)}, is above the sweep's range)" if sl is not None
+           else "the highest load at which a configuration meets the SLO")
+    return (f"{k} configurations were each simulated at {len(loads)} loads ({shown} "
+            f"{LOAD_UNITS.get(key, _short(key))}). The answer is given at {at}, {why}: {meets} of the {k} configurations "
+            f"meet{'s' if meets == 1 else ''} the SLO there ({target}, in every replication)"
+            + (f", and the recommendation is {rule}" if meets else "") + ". \"Cheapest at each load\" answers for the "
+            "other loads.")
+
+
+def _offered(study: StudyFolder, r: pd.Series) -> str | None:
+    """The load the row was simulated at, as set (None when the study does not set one)."""
+    if study.load_axis is not None:
+        return load_text(study.load_axis, r.get(study.load_axis))
+    m = study.manifest
+    if study.kind == "plan":
+        value = m.get("load") if m.get("mode") == "min_replicas" else r.get("value")
+        return f"{_number(value):.4g} {m.get('load_unit', '')}".strip() if _number(value) is not None else None
+    return None
+
+
+def _recommendation(study: StudyFolder, r: pd.Series, p: str) -> str:
+    if study.load_only and study.load_axis:
+        head = f"Operating point: {load_text(study.load_axis, r.get(study.load_axis))}"
+    elif study.at_load is not None:
+        head = f"Recommended: {r['config_label']} at {load_text(study.load_axis or '', study.at_load)}"
+    else:
+        head = f"Recommended: {r['label']}"
+    offered = _offered(study, r)
+    measured = f"{num(r.get('arrival_rate_per_s_mean'), 2)} requests/s arrived"
+    at = f"at {offered} ({measured})" if offered and not offered.endswith(" requests/s") else \
+        f"at {offered} offered ({measured})" if offered else f"at {measured}"
+    gpus = num(r["gpus_mean"])
+    return (f"<b>{head}</b>. It takes {gpus} GPU{'s' if r['gpus_mean'] != 1 else ''} and costs "
+            f"<b>{usd(r[f'{COST}_mean'], 3)} per million output tokens</b> when the output tokens carry the whole cost. "
+            "Billed the way APIs price tokens (input and output at fixed ratios that together recover the cost), that "
+            f"is {usd(r.get('usd_per_m_uncached_input_tokens_priced_mean'), 3)} per million input tokens plus "
+            f"{usd(r.get('usd_per_m_output_tokens_priced_mean'), 3)} per million output tokens. Its GPUs cost "
+            f"<b>{usd(r['usd_per_month_mean'])} per month</b> (730 h at {usd(r['price_usd_per_gpu_h_mean'])} per "
+            f"GPU-hour) {at}, producing {per_s(r.get('output_tok_per_s_mean'))} of output; its {p} TTFT is "
+            f"{seconds(r.get('ttft_s_at_slo_percentile_mean'))} and {p} TPOT "
+            f"{seconds(r.get('tpot_s_at_slo_percentile_mean'))}.")
+
+
+def _runners_up(study: StudyFolder) -> list[Section]:
+    c, cand = study.configs, study.candidates()
+    assert study.recommended is not None
+    missed = int((~cand["meets"]).sum())
+    if study.load_only and study.load_axis:
+        others = c[c["meets"]].drop(index=study.recommended).sort_values(study.load_axis, ascending=False)
+        if others.empty:
+            return []
+        return [Section("Other loads within the SLO", ["The lower loads at which the configuration also meets the "
+                                                       "SLO, highest first: its GPUs are less used there, so each token "
+                                                       "costs more."], [_config_table(others)])]
+    others = cand[cand["meets"]].drop(index=study.recommended).sort_values([f"{COST}_mean", "gpus_mean"], kind="stable")
+    there = f" at {load_text(study.load_axis or '', study.at_load)}" if study.at_load is not None else ""
+    note = (f" {missed} configuration{'s miss' if missed != 1 else ' misses'} the SLO{there} (all are in the last "
+            "table).") if missed else ""
+    if len(others):
+        lead = "The next configuration that meets" if len(others) == 1 else \
+            f"The next {min(10, len(others))} configurations that meet"
+        return [Section("Runners-up", [f"{lead} the SLO{there}, cheapest first.{note}"],
+                        [_config_table(others.head(10))])]
+    if note:
+        return [Section("Runners-up", [f"No other configuration meets the SLO{there}." + note])]
+    return []
 
 
 _CONFIG_HEADER = ["configuration", "GPUs", "$ per M output tokens", "$ per M input / output (API-style)",
@@ -351,20 +538,33 @@ def _config_table(rows: pd.DataFrame) -> Table:
     return Table(_CONFIG_HEADER, out)
 
 
-def _cheapest_per_load(study: StudyFolder) -> Table | None:
-    if study.kind != "sweep" or study.curve_ticks is not None or study.curve_group is None:
+def _cheapest_per_load(study: StudyFolder) -> Section | None:
+    """For a sweep over load and configurations: the cheapest SLO-meeting configuration at each
+    load, and the cheapest operating point of all (the load per GPU where tokens cost least)."""
+    if study.load_axis is None or study.load_only:
         return None
-    x = study.curve_x
+    x = study.load_axis
     rows = []
     for value, g in study.configs.groupby(x, sort=True):
         i = recommend(g)
         r = None if i is None else g.loc[i]
-        rows.append([f"{value:g}" if isinstance(value, float) else str(value),
-                     "none meets the SLO" if r is None else r["config_label"],
+        rows.append([load_text(x, value), "none meets the SLO" if r is None else r["config_label"],
                      "" if r is None else num(r["gpus_mean"]), "" if r is None else _pm(r, COST, usd_per_m),
                      "" if r is None else usd(r["usd_per_month_mean"])])
-    return Table([f"{_short(x)} (load)", "cheapest within the SLO", "GPUs", "$ per M output tokens",
-                  "$ per month (GPUs)"], rows)
+    paras = ["The cheapest configuration that meets the SLO at each load of the sweep: what to deploy as the load "
+             "grows."]
+    best = recommend(study.configs)
+    if best is not None:
+        b = study.configs.loc[best]
+        per_gpu = _number(b.get(x))
+        paras.append(f"Tokens cost least with {b['config_label']} at {load_text(x, b.get(x))} "
+                     f"({usd(b[f'{COST}_mean'], 3)} per million output tokens"
+                     + (f", {per_gpu / b['gpus_mean']:.3g} {LOAD_UNITS.get(x, _short(x))} per GPU"
+                        if per_gpu is not None and b["gpus_mean"] else "")
+                     + "): the load at which its GPUs are busiest while the SLO still holds.")
+    return Section("Cheapest at each load", paras,
+                   [Table(["load", "cheapest within the SLO", "GPUs", "$ per M output tokens", "$ per month (GPUs)"],
+                          rows)])
 
 
 def _confidence(study: StudyFolder) -> Section:
@@ -376,31 +576,39 @@ def _confidence(study: StudyFolder) -> Section:
                      "to the next.")
     else:
         paras.append(f"Each configuration was simulated {study.replications} times with different random draws of "
-                     "the traffic (the same draws for every configuration, so differences between them are not "
-                     "noise); figures are means ± the 95% confidence half-width (Student's t).")
+                     "the traffic; figures are means ± the 95% confidence half-width (Student's t). Replication i "
+                     "uses the same seed in every configuration (common random numbers): configurations at the same "
+                     "load see the same requests, which makes the comparison between them sharper than the "
+                     "intervals suggest.")
         if study.recommended is not None:
             r = c.loc[study.recommended]
             mean, ci = r[f"{COST}_mean"], r.get(f"{COST}_ci95")
             if isinstance(ci, float) and math.isfinite(ci) and mean:
                 paras.append(f"The recommendation's cost is known to ±{ci / mean:.1%}.")
-            others = c[c["meets"]].drop(index=study.recommended).sort_values(f"{COST}_mean")
-            if len(others):
-                o = others.iloc[0]
-                gap, width = o[f"{COST}_mean"] - mean, (ci if isinstance(ci, float) and math.isfinite(ci) else 0.0) + \
-                    (o.get(f"{COST}_ci95") if isinstance(o.get(f"{COST}_ci95"), float) and
-                     math.isfinite(o.get(f"{COST}_ci95")) else 0.0)
-                if gap > width:
-                    paras.append(f"The runner-up ({o['label']}) costs {gap / mean:.1%} more, beyond both intervals: "
-                                 "the ranking is clear.")
-                else:
-                    paras.append(f"<b>The runner-up ({o['label']}) is within the noise</b> ({gap / mean:.1%} more, "
-                                 "intervals overlap): treat the two as equally cheap, or run more replications.")
+            o = _runner_up(study)
+            if o is not None and mean:
+                paras.append(_ranking(r, o, mean))
     if study.kind == "plan":
         paras.append(f"Search: {study.manifest.get('stopping_rules', '')}.")
     if study.failed:
         paras.append(f"{len(study.failed)} configuration{'s' if len(study.failed) != 1 else ''} failed in at least one "
                      "replication and cannot be recommended: " + "; ".join(study.failed[:5]))
     return Section("How confident we are", paras)
+
+
+def _ranking(r: pd.Series, o: pd.Series, mean: float) -> str:
+    """Is the runner-up's extra cost real? Judged on the paired difference, replication by
+    replication on the same traffic (common random numbers)."""
+    gap, half, n = paired_difference(r.get("cost_reps") or {}, o.get("cost_reps") or {})
+    if n < 2 or not math.isfinite(half):
+        return (f"The runner-up ({o['label']}) costs {(o[f'{COST}_mean'] - mean) / mean:.1%} more; the replications "
+                "do not pair up, so whether that is more than noise is not known.")
+    diff = (f"{gap / mean:.1%} more (± {half / mean:.1%}, from the difference in each of {n} replications, measured on "
+            "the same traffic)")
+    if gap - half > 0:
+        return f"The runner-up ({o['label']}) costs {diff}: the ranking is clear."
+    return (f"<b>The runner-up ({o['label']}) is within the noise</b>: it costs {diff}, an interval that includes no "
+            "difference. Treat the two as equally cheap, or run more replications.")
 
 
 def _simulated(study: StudyFolder) -> Section:
@@ -415,7 +623,8 @@ def _simulated(study: StudyFolder) -> Section:
     else:
         m = study.manifest
         rows = [[str(c["candidate"]), c.get("overrides", "")] for c in m.get("candidates", [])]
-        what = (f"the fewest replicas that meet the SLO at {m.get('load_knob')} = {m.get('load')} {m.get('load_unit')}"
+        what = (f"the fewest replicas that meet the SLO at {m.get('load_knob')} = "
+                f"{_number(m.get('load')) or 0:.4g} {m.get('load_unit')}"
                 if m.get("mode") == "min_replicas" else f"the highest {m.get('load_knob')} each meets the SLO at")
         intro = f"The plan searched, for each candidate, {what}:"
         header = ["candidate", "overrides"]
@@ -459,33 +668,43 @@ def _frontier(study: StudyFolder) -> Section | None:
     if x not in pts or y not in pts or pts[[x, y]].dropna().empty:
         return None
     front = pareto_frontier(pts, x, y)
-    fig = figures.pareto_figure(pts, front, x, y, "usd_per_m_total_tokens_mean",
-                                f"{study.name}: throughput per GPU against speed per user", group=study.curve_group)
+    meets = "meets" if "meets" in pts else "met" if "met" in pts else None
+    fig = figures.pareto_figure(pts, front, x, y, f"{COST}_mean",
+                                f"{study.name}: throughput per GPU against speed per user", group=study.curve_group,
+                                cost_unit="M output tok", meets=meets)
+    missed = "" if meets is None or pts[meets].astype(bool).all() else \
+        " Red crosses mark points that miss the SLO: a frontier point among them is not for sale at that speed."
     return Section("Throughput against speed per user, with cost",
-                   ["Each point is a configuration at a load: total tokens/s each GPU produces (what the owner "
-                    "sells) against the tokens/s one user sees (1/TPOT, median). Points on the frontier are not "
-                    "beaten on both; each is labelled with its $ per million tokens (input and output)."],
+                   ["Each point is a configuration at a load: total tokens/s (input and output) each GPU processes, "
+                    "what the owner sells, against the tokens/s one user sees (1/TPOT, median). Points on the "
+                    "frontier are not beaten on both; each is labelled with its $ per million output tokens, as in "
+                    "the tables." + missed],
                    figures=[FigureRef("frontier", "Throughput per GPU against speed per user, frontier labelled with "
-                                                  "$ per million tokens", fig)])
+                                                  "$ per million output tokens", fig)])
+
+
+def _gpu(study: StudyFolder, r: pd.Series) -> str | None:
+    params = r.get("params") if isinstance(r.get("params"), dict) else {}
+    gpu = params.get("hardware.gpu", _dotted(study.base, "hardware.gpu"))
+    return str(gpu) if gpu is not None else None
 
 
 def _price_ranking(study: StudyFolder) -> Section | None:
     """Price changes that would change the recommendation (every $/M scales with $/GPU-h)."""
-    if study.recommended is None:
+    o = _runner_up(study)
+    if study.recommended is None or o is None:
         return None
-    c = study.configs
-    r = c.loc[study.recommended]
-    others = c[c["meets"]].drop(index=study.recommended).sort_values(f"{COST}_mean")
-    if others.empty:
-        return None
-    o = others.iloc[0]
-    rise = o[f"{COST}_mean"] / r[f"{COST}_mean"] - 1
-    same_price = math.isclose(o["price_usd_per_gpu_h_mean"], r["price_usd_per_gpu_h_mean"], rel_tol=1e-9)
-    text = (f"The recommendation stays the cheapest unless its price per GPU-hour rises by more than {rise:.1%} "
-            f"relative to the runner-up's ({o['label']}, at {usd(o['price_usd_per_gpu_h_mean'])} per GPU-hour against "
-            f"{usd(r['price_usd_per_gpu_h_mean'])}).")
-    if same_price:
-        text += " Both run on GPUs at the same price, so a change of that price moves both alike."
+    r = study.configs.loc[study.recommended]
+    mine, theirs = _gpu(study, r), _gpu(study, o)
+    price_r, price_o = usd(r["price_usd_per_gpu_h_mean"]), usd(o["price_usd_per_gpu_h_mean"])
+    if mine is not None and mine == theirs:
+        text = (f"The runner-up ({o['label']}) runs on the same GPU ({mine}, {price_r} per GPU-hour): a change of that "
+                "price moves both alike and cannot change the answer.")
+    else:
+        rise = o[f"{COST}_mean"] / r[f"{COST}_mean"] - 1
+        text = (f"The recommendation stays the cheapest unless its GPUs' price per GPU-hour rises by more than "
+                f"{rise:.1%} against the runner-up's ({o['label']}: {theirs or 'its GPU'} at {price_o}, against "
+                f"{mine or 'its GPU'} at {price_r}).")
     return Section("Price that would change the answer", [text])
 
 
@@ -496,7 +715,8 @@ def _levers_across(study: StudyFolder) -> Section | None:
         return None
     from sim.metrics.registry import metric
     ms = [metric(k) for k in keys]
-    rows = [[r["label"], *[m.display(r.get(f"{m.name}_mean")) for m in ms]] for _, r in c.iterrows()]
+    rows = [[r["label"], *[usd_per_m(r.get(f"{m.name}_mean")) if m.unit.startswith("$/M") else
+                           m.display(r.get(f"{m.name}_mean")) for m in ms]] for _, r in c.iterrows()]
     return Section("Levers across the configurations",
                    ["What each configuration's levers did: a decode step at its mean batch in its parts (ms; the step "
                     "takes the larger of compute and memory, plus the rest), prefix hits and speculative acceptance "
